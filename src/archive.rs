@@ -1,0 +1,608 @@
+//! Volume archives: one standard tar per volume, streamed with bounded memory.
+//!
+//! Writing: walk the tree (sorted, never following symlinks, staying on one
+//! filesystem) → read each file once, hashing it → tar → compress → hash the
+//! archive → write. Reading mirrors it for `verify --deep` and `restore`.
+//!
+//! The archive is plain GNU-format tar: GNU tar extracts it. Hard links are
+//! stored as links, symlinks as symlinks, extended attributes as PAX
+//! `SCHILY.xattr.*` records (GNU tar's `--xattrs` reads them).
+
+use crate::cancel::Cancel;
+use crate::error::Cancelled;
+use crate::hashing::{hex_digest, HashingReader, HashingWriter};
+use crate::manifest::{Compression, EntryKind, FileEntry};
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+const IO_BUFFER: usize = 1 << 20;
+/// Prefix of the PAX records that carry extended attributes.
+pub const XATTR_PAX_PREFIX: &str = "SCHILY.xattr.";
+
+/// How archives are compressed.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchiveOptions {
+    pub compression: Compression,
+    /// zstd level (1–19) or gzip level (1–9).
+    pub level: i32,
+    /// zstd worker threads (0: compress on the calling thread).
+    pub threads: u32,
+}
+
+impl Default for ArchiveOptions {
+    fn default() -> Self {
+        Self {
+            compression: Compression::Zstd,
+            level: 3,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        }
+    }
+}
+
+/// What was written, for the manifest.
+#[derive(Debug, Default)]
+pub struct ArchiveSummary {
+    pub sha256: String,
+    pub archive_bytes: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub entries: Vec<FileEntry>,
+    pub changed_during_read: Vec<String>,
+    pub vanished_during_read: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+/// Writes the archive of the tree at `source` to the new file `dest`.
+/// `progress` is called with the number of content bytes read since the
+/// last call.
+pub fn write_archive(
+    source: &Path,
+    dest: &Path,
+    options: &ArchiveOptions,
+    cancel: &Cancel,
+    progress: &dyn Fn(u64),
+) -> Result<ArchiveSummary> {
+    let file = crate::fsutil::create_private(dest)?;
+    let hashed = HashingWriter::new(BufWriter::with_capacity(IO_BUFFER, file));
+    let compressor = Compressor::new(hashed, options)?;
+    let mut builder = tar::Builder::new(BufWriter::with_capacity(IO_BUFFER, compressor));
+    builder.follow_symlinks(false);
+
+    let mut writer = TreeWriter {
+        builder: &mut builder,
+        summary: ArchiveSummary::default(),
+        hard_links: HashMap::new(),
+        cancel,
+        progress,
+    };
+    writer.write_tree(source).map_err(|e| {
+        unwrap_cancelled(e).context(format!("archiving {} failed", source.display()))
+    })?;
+    let mut summary = writer.summary;
+
+    let write_err = || format!("cannot write archive {}", dest.display());
+    let compressor = builder
+        .into_inner()
+        .and_then(|buffered| buffered.into_inner().map_err(|e| e.into_error()))
+        .with_context(write_err)?;
+    let (buffered, sha256, archive_bytes) = compressor.finish().with_context(write_err)?.finish();
+    let file = buffered
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(write_err)?;
+    file.sync_all().with_context(write_err)?;
+    summary.sha256 = sha256;
+    summary.archive_bytes = archive_bytes;
+    Ok(summary)
+}
+
+/// Turns an I/O error that carries [`Cancelled`] back into it, so callers
+/// can tell an interruption from a failure.
+fn unwrap_cancelled(err: anyhow::Error) -> anyhow::Error {
+    let cancelled = err
+        .chain()
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| e.get_ref().is_some_and(|inner| inner.is::<Cancelled>()));
+    if cancelled {
+        anyhow::Error::new(Cancelled)
+    } else {
+        err
+    }
+}
+
+struct TreeWriter<'a, W: Write> {
+    builder: &'a mut tar::Builder<W>,
+    summary: ArchiveSummary,
+    /// (device, inode) of multiply-linked files already archived → their path.
+    hard_links: HashMap<(u64, u64), String>,
+    cancel: &'a Cancel,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<W: Write> TreeWriter<'_, W> {
+    fn write_tree(&mut self, root: &Path) -> Result<()> {
+        let root_meta = fs::symlink_metadata(root)
+            .with_context(|| format!("cannot read {}", root.display()))?;
+        if !root_meta.is_dir() {
+            bail!("{} is not a directory", root.display());
+        }
+        // Depth-first, pre-order, children sorted: directories come before
+        // their content and the archive is deterministic.
+        let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), ".".to_string())];
+        while let Some((abs, rel)) = stack.pop() {
+            self.cancel.check()?;
+            let meta = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.summary.vanished_during_read.push(rel);
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", abs.display())),
+            };
+            if meta.is_dir() && meta.dev() != root_meta.dev() {
+                tracing::warn!("not crossing into another filesystem at {}", abs.display());
+                self.summary
+                    .skipped
+                    .push(format!("{rel} (another filesystem)"));
+                continue;
+            }
+            self.write_entry(&abs, &rel, &meta)?;
+            if meta.is_dir() {
+                let mut names = match fs::read_dir(&abs) {
+                    Ok(list) => list
+                        .map(|e| e.map(|e| e.file_name()))
+                        .collect::<io::Result<Vec<_>>>()
+                        .with_context(|| format!("cannot list {}", abs.display()))?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot list {}", abs.display()))
+                    }
+                };
+                names.sort();
+                for name in names.into_iter().rev() {
+                    let child_rel = if rel == "." {
+                        name.to_string_lossy().into_owned()
+                    } else {
+                        format!("{rel}/{}", name.to_string_lossy())
+                    };
+                    stack.push((abs.join(&name), child_rel));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_entry(&mut self, abs: &Path, rel: &str, meta: &fs::Metadata) -> Result<()> {
+        let file_type = meta.file_type();
+        let mut entry = FileEntry {
+            path: rel.to_string(),
+            kind: EntryKind::Dir,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: meta.mtime(),
+            size: 0,
+            sha256: None,
+            target: None,
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(entry.mode);
+        header.set_uid(entry.uid.into());
+        header.set_gid(entry.gid.into());
+        header.set_mtime(entry.mtime.max(0) as u64);
+        header.set_size(0);
+        // The root is stored as "./" so that GNU tar applies its metadata to
+        // the extraction directory.
+        let tar_path = if rel == "." { "./" } else { rel };
+
+        if file_type.is_file() && meta.nlink() > 1 {
+            if let Some(first) = self.hard_links.get(&(meta.dev(), meta.ino())) {
+                entry.kind = EntryKind::Hardlink;
+                entry.target = Some(first.clone());
+                header.set_entry_type(tar::EntryType::Link);
+                self.builder
+                    .append_link(&mut header, tar_path, first)
+                    .with_context(|| format!("cannot archive {}", abs.display()))?;
+                self.summary.entries.push(entry);
+                return Ok(());
+            }
+        }
+
+        self.write_xattrs(abs)?;
+        if file_type.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            self.builder
+                .append_data(&mut header, tar_path, io::empty())?;
+        } else if file_type.is_symlink() {
+            let target = match fs::read_link(abs) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.summary.vanished_during_read.push(rel.to_string());
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot read link {}", abs.display()))
+                }
+            };
+            entry.kind = EntryKind::Symlink;
+            entry.target = Some(target.to_string_lossy().into_owned());
+            header.set_entry_type(tar::EntryType::Symlink);
+            self.builder.append_link(&mut header, tar_path, &target)?;
+        } else if file_type.is_file() {
+            let file = match fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+                .open(abs)
+            {
+                Ok(f) => f,
+                // Gone, or replaced by a symlink, since it was listed.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ELOOP) =>
+                {
+                    self.summary.vanished_during_read.push(rel.to_string());
+                    return Ok(());
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", abs.display())),
+            };
+            entry.kind = EntryKind::File;
+            entry.size = meta.len();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(entry.size);
+            let mut reader = ExactReader {
+                inner: BufReader::with_capacity(IO_BUFFER, &file),
+                remaining: entry.size,
+                hasher: Sha256::new(),
+                came_up_short: false,
+                cancel: self.cancel,
+                progress: self.progress,
+            };
+            self.builder
+                .append_data(&mut header, tar_path, &mut reader)
+                .with_context(|| format!("cannot archive {}", abs.display()))?;
+            let came_up_short = reader.came_up_short;
+            entry.sha256 = Some(hex_digest(reader.hasher));
+            let after = file
+                .metadata()
+                .with_context(|| format!("cannot read {}", abs.display()))?;
+            if came_up_short || changed_while_read(meta, &after) {
+                self.summary.changed_during_read.push(rel.to_string());
+            }
+            self.summary.files += 1;
+            self.summary.bytes += entry.size;
+            if meta.nlink() > 1 {
+                self.hard_links
+                    .insert((meta.dev(), meta.ino()), rel.to_string());
+            }
+        } else if file_type.is_fifo() || file_type.is_char_device() || file_type.is_block_device() {
+            let (kind, tar_type) = if file_type.is_fifo() {
+                (EntryKind::Fifo, tar::EntryType::Fifo)
+            } else if file_type.is_char_device() {
+                (EntryKind::CharDevice, tar::EntryType::Char)
+            } else {
+                (EntryKind::BlockDevice, tar::EntryType::Block)
+            };
+            entry.kind = kind;
+            header.set_entry_type(tar_type);
+            let rdev = meta.rdev();
+            header.set_device_major(nix::sys::stat::major(rdev) as u32)?;
+            header.set_device_minor(nix::sys::stat::minor(rdev) as u32)?;
+            self.builder
+                .append_data(&mut header, tar_path, io::empty())?;
+        } else {
+            // Sockets cannot be archived (GNU tar skips them too).
+            self.summary.skipped.push(format!("{rel} (socket)"));
+            return Ok(());
+        }
+        self.summary.entries.push(entry);
+        Ok(())
+    }
+
+    fn write_xattrs(&mut self, abs: &Path) -> Result<()> {
+        let names = match xattr::list(abs) {
+            Ok(names) => names,
+            // Filesystems without xattr support simply have none.
+            Err(_) => return Ok(()),
+        };
+        let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+        for name in names {
+            let name = name.to_string_lossy().into_owned();
+            if let Ok(Some(value)) = xattr::get(abs, &name) {
+                records.push((format!("{XATTR_PAX_PREFIX}{name}"), value));
+            }
+        }
+        if !records.is_empty() {
+            self.builder
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .with_context(|| {
+                    format!("cannot archive extended attributes of {}", abs.display())
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a file changed between the listing and the end of its read.
+fn changed_while_read(before: &fs::Metadata, after: &fs::Metadata) -> bool {
+    before.len() != after.len()
+        || (before.mtime(), before.mtime_nsec()) != (after.mtime(), after.mtime_nsec())
+        || (before.ctime(), before.ctime_nsec()) != (after.ctime(), after.ctime_nsec())
+}
+
+/// Yields exactly the size announced in the tar header, hashing it: a file
+/// that shrank while read is padded with zeros (and reported as changed), one
+/// that grew is cut at the announced size. Either way the archive stays valid.
+struct ExactReader<'a, R> {
+    inner: R,
+    remaining: u64,
+    hasher: Sha256,
+    came_up_short: bool,
+    cancel: &'a Cancel,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<R: Read> Read for ExactReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other(Cancelled));
+        }
+        let want = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
+        let mut n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            self.came_up_short = true;
+            buf[..want].fill(0);
+            n = want;
+        }
+        self.hasher.update(&buf[..n]);
+        self.remaining -= n as u64;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
+}
+
+/// The compression stage of the writer.
+enum Compressor<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+    Plain(W),
+}
+
+impl<W: Write> Compressor<W> {
+    fn new(inner: W, options: &ArchiveOptions) -> Result<Self> {
+        Ok(match options.compression {
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(inner, options.level)
+                    .context("cannot start zstd compression")?;
+                if options.threads > 1 {
+                    encoder
+                        .multithread(options.threads)
+                        .context("cannot start zstd worker threads")?;
+                }
+                encoder.include_checksum(true)?;
+                Compressor::Zstd(encoder)
+            }
+            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
+                inner,
+                flate2::Compression::new(options.level.clamp(1, 9) as u32),
+            )),
+            Compression::None => Compressor::Plain(inner),
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::Zstd(e) => e.finish(),
+            Compressor::Gzip(e) => e.finish(),
+            Compressor::Plain(mut w) => w.flush().map(|_| w),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Zstd(e) => e.write(buf),
+            Compressor::Gzip(e) => e.write(buf),
+            Compressor::Plain(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Zstd(e) => e.flush(),
+            Compressor::Gzip(e) => e.flush(),
+            Compressor::Plain(w) => w.flush(),
+        }
+    }
+}
+
+type HashedFile = HashingReader<BufReader<File>>;
+
+/// The decompression stage of the reader.
+pub enum Decompressor {
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<HashedFile>>),
+    Gzip(flate2::read::GzDecoder<HashedFile>),
+    Plain(HashedFile),
+}
+
+impl Read for Decompressor {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decompressor::Zstd(d) => d.read(buf),
+            Decompressor::Gzip(d) => d.read(buf),
+            Decompressor::Plain(r) => r.read(buf),
+        }
+    }
+}
+
+/// A volume archive opened for reading: iterate its entries with
+/// [`ArchiveReader::archive`], then call [`ArchiveReader::finish`] to check
+/// the stream ended cleanly and get the archive's SHA-256.
+pub struct ArchiveReader {
+    archive: tar::Archive<Decompressor>,
+    path: PathBuf,
+}
+
+impl ArchiveReader {
+    pub fn open(path: &Path, compression: Compression) -> Result<Self> {
+        let file =
+            File::open(path).with_context(|| format!("cannot open archive {}", path.display()))?;
+        let hashed = HashingReader::new(BufReader::with_capacity(IO_BUFFER, file));
+        let decompressor = match compression {
+            Compression::Zstd => Decompressor::Zstd(
+                zstd::stream::read::Decoder::new(hashed)
+                    .with_context(|| format!("cannot read archive {}", path.display()))?,
+            ),
+            Compression::Gzip => Decompressor::Gzip(flate2::read::GzDecoder::new(hashed)),
+            Compression::None => Decompressor::Plain(hashed),
+        };
+        Ok(Self {
+            archive: tar::Archive::new(decompressor),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn archive(&mut self) -> &mut tar::Archive<Decompressor> {
+        &mut self.archive
+    }
+
+    /// Drains the stream (a truncated or corrupt one fails here) and returns
+    /// the archive file's SHA-256 and size.
+    pub fn finish(self) -> Result<(String, u64)> {
+        let mut decompressor = self.archive.into_inner();
+        let path = &self.path;
+        io::copy(&mut decompressor, &mut io::sink())
+            .with_context(|| format!("archive {} is truncated or corrupt", path.display()))?;
+        let hashed = match decompressor {
+            Decompressor::Zstd(d) => d.finish().into_inner(),
+            Decompressor::Gzip(d) => d.into_inner(),
+            Decompressor::Plain(r) => r,
+        };
+        hashed
+            .finish()
+            .with_context(|| format!("cannot read archive {}", path.display()))
+    }
+}
+
+/// The path of a tar entry as the manifest spells it ("." for the root).
+pub fn entry_path(entry: &tar::Entry<'_, Decompressor>) -> String {
+    let raw = entry.path_bytes();
+    let text = String::from_utf8_lossy(&raw);
+    let trimmed = text.trim_start_matches("./").trim_end_matches('/');
+    if trimmed.is_empty() || trimmed == "." {
+        ".".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Extended attributes carried by an entry's PAX records.
+pub fn entry_xattrs(entry: &mut tar::Entry<'_, Decompressor>) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(extensions) = entry.pax_extensions()? {
+        for ext in extensions {
+            let ext = ext?;
+            if let Ok(key) = ext.key() {
+                if let Some(name) = key.strip_prefix(XATTR_PAX_PREFIX) {
+                    out.push((name.to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the rest of an entry's content, returning its SHA-256 and length.
+pub fn hash_content(reader: &mut impl Read) -> io::Result<(String, u64)> {
+    HashingReader::new(reader).finish()
+}
+
+/// Checks an archive's entries against the manifest, one by one: each must
+/// be listed, of the listed kind, and seen once; at the end none may be
+/// missing. Shared by `verify --deep` and `restore`.
+pub struct EntryChecker<'m> {
+    volume: &'m str,
+    index: HashMap<&'m str, &'m FileEntry>,
+    seen: std::collections::HashSet<&'m str>,
+}
+
+impl<'m> EntryChecker<'m> {
+    pub fn new(volume: &'m crate::manifest::VolumeRecord) -> Self {
+        Self {
+            volume: &volume.name,
+            index: volume
+                .entries
+                .iter()
+                .map(|e| (e.path.as_str(), e))
+                .collect(),
+            seen: Default::default(),
+        }
+    }
+
+    /// The manifest's record of an archive entry, or why it is refused.
+    pub fn check(&mut self, path: &str, tar_type: tar::EntryType) -> Result<&'m FileEntry> {
+        let kind = match tar_type {
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => EntryKind::Symlink,
+            tar::EntryType::Link => EntryKind::Hardlink,
+            tar::EntryType::Fifo => EntryKind::Fifo,
+            tar::EntryType::Char => EntryKind::CharDevice,
+            tar::EntryType::Block => EntryKind::BlockDevice,
+            other => bail!(
+                "{}: entry {path:?} has unsupported type {other:?}",
+                self.volume
+            ),
+        };
+        let (&key, &record) = self.index.get_key_value(path).with_context(|| {
+            format!(
+                "{}: archive entry {path:?} is not in the manifest",
+                self.volume
+            )
+        })?;
+        if record.kind != kind {
+            bail!(
+                "{}: archive entry {path:?} is a {kind:?}, the manifest says {:?}",
+                self.volume,
+                record.kind
+            );
+        }
+        if !self.seen.insert(key) {
+            bail!("{}: archive entry {path:?} appears twice", self.volume);
+        }
+        Ok(record)
+    }
+
+    /// Fails when manifest entries never appeared (a truncated archive).
+    pub fn finish(&self) -> Result<()> {
+        let missing: Vec<&str> = self
+            .index
+            .keys()
+            .filter(|k| !self.seen.contains(*k))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let mut sample = missing.clone();
+            sample.sort();
+            sample.truncate(3);
+            bail!(
+                "{}: the archive lacks {} entr{} listed in the manifest (truncated?), e.g. {}",
+                self.volume,
+                missing.len(),
+                if missing.len() == 1 { "y" } else { "ies" },
+                sample.join(", ")
+            );
+        }
+        Ok(())
+    }
+}

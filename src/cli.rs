@@ -1,0 +1,177 @@
+//! Command-line definitions (clap). Nothing else in the program sees clap.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use volsnap::manifest::Compression;
+use volsnap::plan::{Quiesce, RequestedStrategy};
+
+/// Consistent backups of Docker volumes: stop/flush/archive (cold), archive
+/// while running (online), or snapshot for about a second (snapshot).
+#[derive(Parser, Debug)]
+#[command(name = "volsnap", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  volsnap plan   --project milvus
+  volsnap backup --project milvus --repo /backups
+  volsnap list   --repo /backups
+  volsnap verify --repo /backups latest --deep
+  volsnap restore --repo /backups latest --volume milvus_etcd=etcd_restored
+  volsnap restore --repo /backups latest --target-dir /tmp/inspect
+
+Exit status: 0 success, 1 failure, 2 bad usage.";
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the steps a backup would run, the volumes and sizes, and why
+    /// this strategy.
+    Plan(PlanArgs),
+    /// Back up every volume of the selection as one point in time.
+    Backup(BackupArgs),
+    /// List the backups in a repository.
+    List(ListArgs),
+    /// Check a backup's checksums; --deep checks every file.
+    Verify(VerifyArgs),
+    /// Restore a backup into its volumes, new volumes, or a directory.
+    Restore(RestoreArgs),
+}
+
+/// Which containers form the stack (exactly one kind).
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct SelectionArgs {
+    /// Containers of a docker compose project (label com.docker.compose.project).
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
+    /// A container by name or id; repeat for several.
+    #[arg(long, value_name = "NAME")]
+    pub container: Vec<String>,
+    /// Containers carrying the label KEY=VALUE.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Option<String>,
+}
+
+/// How to choose and run the strategy.
+#[derive(Args, Debug, Clone)]
+pub struct StrategyArgs {
+    /// auto picks snapshot when every volume is on LVM/ZFS/btrfs, else cold
+    /// (or online when --max-downtime rules cold out).
+    #[arg(long, value_enum, default_value_t = RequestedStrategy::Auto)]
+    pub strategy: RequestedStrategy,
+    /// How services are held still for a snapshot.
+    #[arg(long, value_enum, default_value_t = Quiesce::Stop)]
+    pub quiesce: Quiesce,
+    /// Downtime budget in seconds; auto falls back to online when cold
+    /// would exceed it.
+    #[arg(long, value_name = "SECS")]
+    pub max_downtime: Option<u64>,
+    /// Refuse rather than fall back to a best-effort (online) backup.
+    #[arg(long)]
+    pub require_consistent: bool,
+    /// Seconds a container gets to stop gracefully before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub stop_timeout: u32,
+    /// Seconds to wait for a restarted container to run (and be healthy).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub ready_timeout: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Backup repository (a directory).
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub compression: CompressionArg,
+    /// Compression level (zstd 1-19, gzip 1-9).
+    #[arg(long, value_name = "N")]
+    pub level: Option<i32>,
+    /// Compression worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<u32>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// clap's view of [`Compression`].
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum CompressionArg {
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::None => Compression::None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Backup id, or "latest".
+    #[arg(default_value = "latest")]
+    pub id: String,
+    /// Also read every archive and check every file's SHA-256.
+    #[arg(long)]
+    pub deep: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Backup id, or "latest".
+    #[arg(default_value = "latest")]
+    pub id: String,
+    /// Restore volume OLD into volume NEW (created if missing); repeat for
+    /// several. Only the volumes named are restored.
+    #[arg(long = "volume", value_name = "OLD=NEW")]
+    pub volumes: Vec<String>,
+    /// Restore into DIR/<volume> instead of Docker volumes.
+    #[arg(long, value_name = "DIR", conflicts_with = "volumes")]
+    pub target_dir: Option<PathBuf>,
+    /// Stop containers using the target volumes, restore, start them again.
+    #[arg(long)]
+    pub force: bool,
+    /// Allow device nodes and setuid/setgid files.
+    #[arg(long)]
+    pub allow_special: bool,
+}

@@ -1,0 +1,148 @@
+//! `volsnap backup`: discover, plan, run, report.
+
+use crate::cli::BackupArgs;
+use crate::output::{secs, TerminalObserver};
+use anyhow::Result;
+use serde_json::json;
+use volsnap::archive::ArchiveOptions;
+use volsnap::cancel::Cancel;
+use volsnap::discovery::discover;
+use volsnap::docker::Docker;
+use volsnap::execute::{run_backup, BackupJob};
+use volsnap::fsutil::human_bytes;
+use volsnap::manifest::{Compression, Manifest};
+use volsnap::plan::build;
+use volsnap::repo::{new_backup_id, Repo};
+use volsnap::storage::{detect_stack, set_label, snapshot_label, SystemRunner};
+
+pub fn run(args: BackupArgs) -> Result<i32> {
+    let selection = args.selection.to_selection()?;
+    let compression: Compression = args.compression.into();
+    let mut archive = ArchiveOptions {
+        compression,
+        ..ArchiveOptions::default()
+    };
+    if let Some(level) = args.level {
+        let range = if compression == Compression::Gzip {
+            1..=9
+        } else {
+            1..=19
+        };
+        if !range.contains(&level) {
+            return Err(volsnap::usage!(
+                "--level {level} is out of range for {compression:?} ({range:?})"
+            ));
+        }
+        archive.level = level;
+    } else if compression == Compression::Gzip {
+        archive.level = 6;
+    }
+    if let Some(threads) = args.threads {
+        archive.threads = threads;
+    }
+    // Check everything that can be checked before anything is stopped.
+    let repo = Repo::open(&args.repo)?;
+    repo.check_writable()?;
+    let cancel = Cancel::from_signals()?;
+    let docker = Docker::connect()?;
+    let stack = discover(&docker, &selection)?;
+    let storage = detect_stack(&SystemRunner, &stack)?;
+    let mut plan = build(&stack, &storage, &args.strategy.to_options())?;
+    let id = new_backup_id();
+    set_label(&mut plan.steps, &snapshot_label(&id));
+    let observer = TerminalObserver::new();
+    let job = BackupJob {
+        docker: &docker,
+        runner: &SystemRunner,
+        stack: &stack,
+        storage: &storage,
+        plan: &plan,
+        repo: &repo,
+        id,
+        archive,
+        cancel: &cancel,
+        observer: &observer,
+    };
+    let outcome = run_backup(&job)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json_report(
+                &outcome.manifest,
+                &outcome.dir,
+                &outcome.problems
+            ))?
+        );
+    } else {
+        print_human(&outcome.manifest, &outcome.dir);
+    }
+    for problem in &outcome.problems {
+        eprintln!("volsnap: error: the backup is complete, but {problem}");
+    }
+    Ok(if outcome.problems.is_empty() { 0 } else { 1 })
+}
+
+fn json_report(m: &Manifest, dir: &std::path::Path, problems: &[String]) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "path": dir,
+        "strategy": m.strategy,
+        "consistency": m.consistency,
+        "reason": m.reason,
+        "downtime_ms": m.downtime_ms,
+        "duration_ms": m.duration_ms,
+        "compression": m.compression,
+        "bytes": m.total_bytes(),
+        "archive_bytes": m.archive_bytes(),
+        "volumes": m.volumes.iter().map(|v| json!({
+            "name": v.name,
+            "kind": v.kind,
+            "archive": v.archive,
+            "sha256": v.sha256,
+            "files": v.files,
+            "bytes": v.bytes,
+            "archive_bytes": v.archive_bytes,
+            "changed_during_read": v.changed_during_read,
+            "vanished_during_read": v.vanished_during_read,
+        })).collect::<Vec<_>>(),
+        "notes": m.notes,
+        "problems": problems,
+    })
+}
+
+fn print_human(m: &Manifest, dir: &std::path::Path) {
+    println!(
+        "backup {}: {}, {}, downtime {}, total {}",
+        m.id,
+        m.strategy,
+        m.consistency,
+        secs(m.downtime_ms),
+        secs(m.duration_ms)
+    );
+    for v in &m.volumes {
+        println!(
+            "  {:<28} {:>7} files {:>10} -> {} ({})",
+            v.name,
+            v.files,
+            human_bytes(v.bytes),
+            v.archive,
+            human_bytes(v.archive_bytes)
+        );
+        if !v.changed_during_read.is_empty() {
+            println!(
+                "      changed while read: {}",
+                v.changed_during_read.join(", ")
+            );
+        }
+        if !v.vanished_during_read.is_empty() {
+            println!(
+                "      vanished while read: {}",
+                v.vanished_during_read.join(", ")
+            );
+        }
+    }
+    for note in &m.notes {
+        println!("  note: {note}");
+    }
+    println!("saved to {}", dir.display());
+}

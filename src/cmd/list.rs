@@ -1,0 +1,58 @@
+//! `volsnap list`: the backups in a repository.
+
+use crate::cli::ListArgs;
+use anyhow::Result;
+use serde_json::json;
+use volsnap::fsutil::human_bytes;
+use volsnap::repo::Repo;
+
+pub fn run(args: ListArgs) -> Result<i32> {
+    let repo = Repo::open(&args.repo)?;
+    let (backups, warnings) = repo.list()?;
+    for w in &warnings {
+        eprintln!("volsnap: warning: skipping {w}");
+    }
+    if args.json {
+        let rows: Vec<_> = backups
+            .iter()
+            .map(|b| {
+                let m = &b.manifest;
+                json!({
+                    "id": b.id,
+                    "started_at": m.started_at,
+                    "selection": m.selection,
+                    "strategy": m.strategy,
+                    "consistency": m.consistency,
+                    "downtime_ms": m.downtime_ms,
+                    "bytes": m.total_bytes(),
+                    "archive_bytes": m.archive_bytes(),
+                    "volumes": m.volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    if backups.is_empty() {
+        println!("no backups in {}", repo.root().display());
+        return Ok(0);
+    }
+    println!(
+        "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10}  selection",
+        "id", "time (UTC)", "strategy", "consistency", "data", "archives"
+    );
+    for b in &backups {
+        let m = &b.manifest;
+        println!(
+            "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10}  {}",
+            b.id,
+            m.started_at.format("%Y-%m-%d %H:%M:%S"),
+            m.strategy.to_string(),
+            m.consistency.to_string(),
+            human_bytes(m.total_bytes()),
+            human_bytes(m.archive_bytes()),
+            m.selection
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,53 @@
+//! One subcommand per file; each turns its arguments into library calls and
+//! prints the result. `run` returns the exit status.
+
+mod backup;
+mod list;
+mod plan;
+mod restore;
+mod verify;
+
+use crate::cli::{Command, SelectionArgs, StrategyArgs};
+use anyhow::Result;
+use volsnap::discovery::Selection;
+use volsnap::plan::PlanOptions;
+use volsnap::usage;
+
+pub fn run(command: Command) -> Result<i32> {
+    match command {
+        Command::Plan(args) => plan::run(args),
+        Command::Backup(args) => backup::run(args),
+        Command::List(args) => list::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Restore(args) => restore::run(args),
+    }
+}
+
+impl SelectionArgs {
+    pub fn to_selection(&self) -> Result<Selection> {
+        if let Some(project) = &self.project {
+            return Ok(Selection::Project(project.clone()));
+        }
+        if let Some(label) = &self.label {
+            let (key, value) = label
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| usage!("--label takes KEY=VALUE, not {label:?}"))?;
+            return Ok(Selection::Label(key.to_string(), value.to_string()));
+        }
+        Ok(Selection::Containers(self.container.clone()))
+    }
+}
+
+impl StrategyArgs {
+    pub fn to_options(&self) -> PlanOptions {
+        PlanOptions {
+            strategy: self.strategy,
+            quiesce: self.quiesce,
+            max_downtime: self.max_downtime.map(std::time::Duration::from_secs),
+            require_consistent: self.require_consistent,
+            stop_timeout_secs: self.stop_timeout,
+            ready_timeout_secs: self.ready_timeout,
+        }
+    }
+}

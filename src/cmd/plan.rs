@@ -1,0 +1,156 @@
+//! `volsnap plan`: what a backup would do, and why.
+
+use crate::cli::PlanArgs;
+use anyhow::Result;
+use serde::Serialize;
+use volsnap::discovery::{discover, Stack};
+use volsnap::docker::Docker;
+use volsnap::fsutil::human_bytes;
+use volsnap::plan::{build, Plan};
+use volsnap::storage::{detect_stack, SnapshotSupport, StorageInfo, SystemRunner};
+
+#[derive(Serialize)]
+struct PlanReport<'a> {
+    selection: String,
+    strategy: String,
+    consistency: String,
+    reason: &'a str,
+    estimated_downtime_ms: u64,
+    containers: Vec<ContainerLine<'a>>,
+    volumes: Vec<VolumeLine<'a>>,
+    skipped: &'a [String],
+    steps: Vec<StepLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct ContainerLine<'a> {
+    name: &'a str,
+    service: Option<&'a str>,
+    running: bool,
+    depends_on: &'a [String],
+}
+
+#[derive(Serialize)]
+struct VolumeLine<'a> {
+    name: &'a str,
+    host_path: String,
+    bytes: u64,
+    entries: u64,
+    storage: &'a StorageInfo,
+}
+
+#[derive(Serialize)]
+struct StepLine<'a> {
+    name: &'static str,
+    description: String,
+    #[serde(flatten)]
+    step: &'a volsnap::plan::Step,
+}
+
+pub fn run(args: PlanArgs) -> Result<i32> {
+    let selection = args.selection.to_selection()?;
+    let docker = Docker::connect()?;
+    let stack = discover(&docker, &selection)?;
+    let storage = detect_stack(&SystemRunner, &stack)?;
+    let plan = build(&stack, &storage, &args.strategy.to_options())?;
+    let report = report(&stack, &storage, &plan);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(0)
+}
+
+fn report<'a>(stack: &'a Stack, storage: &'a [StorageInfo], plan: &'a Plan) -> PlanReport<'a> {
+    PlanReport {
+        selection: stack.selection.to_string(),
+        strategy: plan.strategy.to_string(),
+        consistency: plan.consistency.to_string(),
+        reason: &plan.reason,
+        estimated_downtime_ms: plan.estimated_downtime_ms,
+        containers: stack
+            .containers
+            .iter()
+            .map(|c| ContainerLine {
+                name: &c.info.name,
+                service: c.service.as_deref(),
+                running: c.info.running,
+                depends_on: &c.depends_on,
+            })
+            .collect(),
+        volumes: stack
+            .volumes
+            .iter()
+            .zip(storage)
+            .map(|(v, s)| VolumeLine {
+                name: &v.name,
+                host_path: v.host_path.display().to_string(),
+                bytes: v.bytes,
+                entries: v.entries,
+                storage: s,
+            })
+            .collect(),
+        skipped: &stack.skipped,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| StepLine {
+                name: s.action.name(),
+                description: s.action.describe(stack),
+                step: s,
+            })
+            .collect(),
+    }
+}
+
+fn print_human(r: &PlanReport<'_>) {
+    println!("selection:   {}", r.selection);
+    println!("strategy:    {} ({})", r.strategy, r.consistency);
+    println!("why:         {}", r.reason);
+    println!(
+        "downtime:    about {} (estimate)",
+        crate::output::secs(r.estimated_downtime_ms)
+    );
+    println!("containers (start order):");
+    for c in &r.containers {
+        let deps = if c.depends_on.is_empty() {
+            String::new()
+        } else {
+            format!(", depends on {}", c.depends_on.join(", "))
+        };
+        let state = if c.running { "running" } else { "not running" };
+        println!("  {} [{}{deps}]", c.name, state);
+    }
+    println!("volumes:");
+    for v in &r.volumes {
+        let snap = match &v.storage.support {
+            SnapshotSupport::Yes => "can snapshot".to_string(),
+            SnapshotSupport::No(why) => format!("no snapshot: {why}"),
+        };
+        println!(
+            "  {}  {}  {} entries  at {}",
+            v.name,
+            human_bytes(v.bytes),
+            v.entries,
+            v.host_path
+        );
+        println!(
+            "      storage: {} ({} on {}); {snap}",
+            v.storage.backend_name(),
+            v.storage.fs_type,
+            v.storage.device
+        );
+    }
+    for s in r.skipped {
+        println!("  skipped: {s}");
+    }
+    println!("steps:");
+    for (i, s) in r.steps.iter().enumerate() {
+        let undo = match &s.step.undo {
+            Some(u) => format!("   (undo: {})", u.name()),
+            None => String::new(),
+        };
+        println!("  {:>2}. {:<14} {}{undo}", i + 1, s.name, s.description);
+    }
+}

@@ -1,0 +1,266 @@
+//! `volsnap restore`: into the original volumes, new volumes, or a directory.
+
+use crate::cli::RestoreArgs;
+use crate::output::{byte_bar, stderr_is_terminal};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use volsnap::cancel::Cancel;
+use volsnap::discovery::{start_order, volume_host_path, Container};
+use volsnap::docker::{ContainerInfo, Docker};
+use volsnap::fsutil::human_bytes;
+use volsnap::manifest::{Manifest, VolumeKind, VolumeRecord, MANIFEST_FILE};
+use volsnap::repo::Repo;
+use volsnap::restore::{restore_volume, RestoreOptions};
+use volsnap::usage;
+
+/// One volume to restore and where.
+struct Target<'m> {
+    volume: &'m VolumeRecord,
+    path: PathBuf,
+    /// How to call the destination in messages.
+    label: String,
+}
+
+pub fn run(args: RestoreArgs) -> Result<i32> {
+    let repo = Repo::open(&args.repo)?;
+    let (id, dir) = repo.resolve(&args.id)?;
+    let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
+    let cancel = Cancel::from_signals()?;
+    let check = volsnap::verify::verify(&dir, false, &cancel)?;
+    if !check.problems.is_empty() {
+        anyhow::bail!(
+            "backup {id} failed verification, not restoring it: {}",
+            check.problems.join("; ")
+        );
+    }
+    let mapping = parse_mapping(&args.volumes, &manifest)?;
+
+    let docker = match &args.target_dir {
+        Some(_) => None,
+        None => Some(Docker::connect()?),
+    };
+    let targets = match (&args.target_dir, &docker) {
+        (Some(root), _) => manifest
+            .volumes
+            .iter()
+            .map(|v| {
+                let stem = v
+                    .archive
+                    .split(".tar")
+                    .next()
+                    .unwrap_or(&v.name)
+                    .to_string();
+                let path = root.join(&stem);
+                Target {
+                    volume: v,
+                    label: path.display().to_string(),
+                    path,
+                }
+            })
+            .collect(),
+        (None, Some(docker)) => docker_targets(docker, &manifest, &mapping, &id)?,
+        (None, None) => {
+            unreachable!("a Docker connection exists whenever there is no --target-dir")
+        }
+    };
+
+    // Who uses the targets? Refuse, or with --force stop them (and always
+    // start them again afterwards).
+    let mut users: Vec<ContainerInfo> = Vec::new();
+    if let Some(docker) = &docker {
+        for t in &targets {
+            for c in users_of(docker, t)? {
+                if c.running && !users.iter().any(|u| u.id == c.id) {
+                    users.push(c);
+                }
+            }
+        }
+    }
+    if !users.is_empty() && !args.force {
+        let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
+        return Err(usage!(
+            "the restore target is in use by running container(s) {}; stop them first, or pass --force to have volsnap stop them and start them again afterwards",
+            names.join(", ")
+        ));
+    }
+    let ordered = start_order(users.into_iter().map(Container::new).collect())?;
+    let mut stopped: Vec<&Container> = Vec::new();
+    let mut result = Ok(());
+    if let Some(docker) = &docker {
+        for c in ordered.iter().rev() {
+            eprintln!("stopping {}", c.info.name);
+            if let Err(e) = docker.stop(&c.info.id, 30) {
+                result = Err(e);
+                break;
+            }
+            stopped.push(c);
+        }
+    }
+    if result.is_ok() {
+        result = restore_all(&dir, &manifest, &targets, &args, &cancel);
+    }
+    let mut restart_errors = Vec::new();
+    if let Some(docker) = &docker {
+        for c in stopped.iter().rev() {
+            eprintln!("starting {}", c.info.name);
+            if let Err(e) = docker.start(&c.info.id) {
+                restart_errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    result?;
+    if !restart_errors.is_empty() {
+        anyhow::bail!(
+            "restore completed, but containers did not start again: {}",
+            restart_errors.join("; ")
+        );
+    }
+    println!("restored backup {id} ({} volume(s))", targets.len());
+    Ok(0)
+}
+
+fn restore_all(
+    dir: &std::path::Path,
+    manifest: &Manifest,
+    targets: &[Target<'_>],
+    args: &RestoreArgs,
+    cancel: &Cancel,
+) -> Result<()> {
+    let options = RestoreOptions {
+        allow_special: args.allow_special,
+    };
+    for t in targets {
+        let bar = byte_bar(&t.volume.name, t.volume.bytes, stderr_is_terminal());
+        let stats = restore_volume(
+            &dir.join(&t.volume.archive),
+            manifest.compression,
+            t.volume,
+            &t.path,
+            options,
+            cancel,
+            &|n| bar.inc(n),
+        );
+        bar.finish_and_clear();
+        let stats = stats?;
+        println!(
+            "  {} -> {}: {} files, {} verified",
+            t.volume.name,
+            t.label,
+            stats.files,
+            human_bytes(stats.bytes)
+        );
+    }
+    Ok(())
+}
+
+/// `--volume OLD=NEW` pairs, checked against the backup.
+fn parse_mapping(pairs: &[String], manifest: &Manifest) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for pair in pairs {
+        let (old, new) = pair
+            .split_once('=')
+            .filter(|(o, n)| !o.is_empty() && !n.is_empty())
+            .ok_or_else(|| usage!("--volume takes OLD=NEW, not {pair:?}"))?;
+        if !manifest.volumes.iter().any(|v| v.name == old) {
+            let names: Vec<&str> = manifest.volumes.iter().map(|v| v.name.as_str()).collect();
+            return Err(usage!(
+                "backup {} has no volume {old:?}; it has {}",
+                manifest.id,
+                names.join(", ")
+            ));
+        }
+        let valid = new
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+            && new
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid {
+            return Err(usage!("{new:?} is not a valid Docker volume name"));
+        }
+        map.insert(old.to_string(), new.to_string());
+    }
+    Ok(map)
+}
+
+fn docker_targets<'m>(
+    docker: &Docker,
+    manifest: &'m Manifest,
+    mapping: &BTreeMap<String, String>,
+    id: &str,
+) -> Result<Vec<Target<'m>>> {
+    let mut targets = Vec::new();
+    for v in &manifest.volumes {
+        if !mapping.is_empty() {
+            let Some(new) = mapping.get(&v.name) else {
+                continue;
+            };
+            let info = match docker.inspect_volume(new)? {
+                Some(info) => info,
+                None => {
+                    let mut labels = BTreeMap::new();
+                    labels.insert(
+                        "volsnap.restored-from".to_string(),
+                        format!("{id}/{}", v.name),
+                    );
+                    docker.create_volume(new, "local", &BTreeMap::new(), &labels)?
+                }
+            };
+            targets.push(Target {
+                volume: v,
+                path: volume_host_path(&info.driver, &info.options, &info.mountpoint),
+                label: format!("volume {new}"),
+            });
+            continue;
+        }
+        match v.kind {
+            VolumeKind::Volume => {
+                let info = match docker.inspect_volume(&v.name)? {
+                    Some(info) => info,
+                    None => docker
+                        .create_volume(
+                            &v.name,
+                            v.driver.as_deref().unwrap_or("local"),
+                            &v.driver_opts,
+                            &v.labels,
+                        )
+                        .with_context(|| format!("cannot recreate volume {}", v.name))?,
+                };
+                targets.push(Target {
+                    volume: v,
+                    path: volume_host_path(&info.driver, &info.options, &info.mountpoint),
+                    label: format!("volume {}", v.name),
+                });
+            }
+            VolumeKind::Bind => targets.push(Target {
+                volume: v,
+                path: PathBuf::from(&v.source_path),
+                label: v.source_path.clone(),
+            }),
+        }
+    }
+    Ok(targets)
+}
+
+/// Containers that mount a restore target.
+fn users_of(docker: &Docker, target: &Target<'_>) -> Result<Vec<ContainerInfo>> {
+    if target.label.starts_with("volume ") {
+        let name = target.label.trim_start_matches("volume ");
+        return docker.containers_using_volume(name);
+    }
+    // Bind mounts and directories: any container binding that path.
+    let mut out = Vec::new();
+    for id in docker.list_container_ids(&[])? {
+        if let Some(c) = docker.inspect_container(&id)? {
+            if c.mounts
+                .iter()
+                .any(|m| std::path::Path::new(&m.source) == target.path)
+            {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,30 @@
+//! `volsnap verify`: is a backup intact?
+
+use crate::cli::VerifyArgs;
+use anyhow::Result;
+use volsnap::cancel::Cancel;
+use volsnap::repo::Repo;
+
+pub fn run(args: VerifyArgs) -> Result<i32> {
+    let repo = Repo::open(&args.repo)?;
+    let (id, dir) = repo.resolve(&args.id)?;
+    let cancel = Cancel::from_signals()?;
+    let report = volsnap::verify::verify(&dir, args.deep, &cancel)?;
+    if report.problems.is_empty() {
+        let depth = if args.deep {
+            format!(", {} files checked one by one", report.files_checked)
+        } else {
+            String::new()
+        };
+        println!(
+            "backup {id} is intact: {} checksums match{depth}",
+            report.archives_checked
+        );
+        return Ok(0);
+    }
+    eprintln!("volsnap: backup {id} FAILED verification:");
+    for p in &report.problems {
+        eprintln!("  - {p}");
+    }
+    Ok(1)
+}

@@ -1,0 +1,435 @@
+//! Discovery: from a selection to a [`Stack`] — its containers in
+//! dependency order and every persistent volume under them, resolved to the
+//! host path where the data really lives.
+
+use crate::docker::{ContainerInfo, Docker};
+use crate::manifest::{MountUse, VolumeKind};
+use crate::usage;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+pub const PROJECT_LABEL: &str = "com.docker.compose.project";
+pub const SERVICE_LABEL: &str = "com.docker.compose.service";
+pub const DEPENDS_ON_LABEL: &str = "com.docker.compose.depends_on";
+
+/// Which containers make up the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Containers of a compose project (`com.docker.compose.project`).
+    Project(String),
+    /// Containers by name or id.
+    Containers(Vec<String>),
+    /// Containers carrying a label `KEY=VALUE`.
+    Label(String, String),
+}
+
+impl std::fmt::Display for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selection::Project(p) => write!(f, "--project {p}"),
+            Selection::Containers(c) => {
+                let parts: Vec<String> = c.iter().map(|c| format!("--container {c}")).collect();
+                f.write_str(&parts.join(" "))
+            }
+            Selection::Label(k, v) => write!(f, "--label {k}={v}"),
+        }
+    }
+}
+
+/// A container of the stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    pub info: ContainerInfo,
+    pub service: Option<String>,
+    pub project: Option<String>,
+    /// Compose services this one depends on.
+    pub depends_on: Vec<String>,
+}
+
+impl Container {
+    pub fn new(info: ContainerInfo) -> Container {
+        let depends_on = info
+            .labels
+            .get(DEPENDS_ON_LABEL)
+            .map(|v| parse_depends_on(v))
+            .unwrap_or_default();
+        Container {
+            service: info.labels.get(SERVICE_LABEL).cloned(),
+            project: info.labels.get(PROJECT_LABEL).cloned(),
+            depends_on,
+            info,
+        }
+    }
+}
+
+/// A persistent volume of the stack, backed up once however many
+/// containers mount it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    /// Docker volume name, or the host path of a bind mount.
+    pub name: String,
+    pub kind: VolumeKind,
+    /// Where the data lives on this host.
+    pub host_path: PathBuf,
+    pub driver: Option<String>,
+    pub driver_opts: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub mounted_by: Vec<MountUse>,
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+impl Volume {
+    /// The archive's base name: the volume name, or for a bind mount its
+    /// path made file-name safe.
+    pub fn archive_stem(&self) -> String {
+        match self.kind {
+            VolumeKind::Volume => self.name.clone(),
+            VolumeKind::Bind => {
+                let flat: String = self
+                    .name
+                    .trim_matches('/')
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                format!("bind-{flat}")
+            }
+        }
+    }
+}
+
+/// The discovered stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stack {
+    pub selection: Selection,
+    /// Containers in start order: dependencies before dependents.
+    pub containers: Vec<Container>,
+    pub volumes: Vec<Volume>,
+    /// Mounts not backed up, with the reason (tmpfs, single files, …).
+    pub skipped: Vec<String>,
+}
+
+impl Stack {
+    pub fn total_bytes(&self) -> u64 {
+        self.volumes.iter().map(|v| v.bytes).sum()
+    }
+
+    /// Containers in stop order: dependents before their dependencies.
+    pub fn stop_order(&self) -> impl Iterator<Item = &Container> {
+        self.containers.iter().rev()
+    }
+}
+
+/// Parses compose's depends_on label: `db:service_started:false,cache:...`.
+pub fn parse_depends_on(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .filter_map(|item| item.split(':').next())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Finds the containers of a selection and everything they store.
+pub fn discover(docker: &Docker, selection: &Selection) -> Result<Stack> {
+    let infos = select_containers(docker, selection)?;
+    let containers = start_order(infos.into_iter().map(Container::new).collect())?;
+    let (volumes, skipped) = resolve_volumes(docker, &containers)?;
+    Ok(Stack {
+        selection: selection.clone(),
+        containers,
+        volumes,
+        skipped,
+    })
+}
+
+fn select_containers(docker: &Docker, selection: &Selection) -> Result<Vec<ContainerInfo>> {
+    let ids = match selection {
+        Selection::Project(project) => {
+            let ids = docker.list_container_ids(&[format!("{PROJECT_LABEL}={project}")])?;
+            if ids.is_empty() {
+                return Err(usage!(
+                    "no container belongs to compose project {project:?}; 'docker ps -a --filter label={PROJECT_LABEL}' shows the projects there are"
+                ));
+            }
+            ids
+        }
+        Selection::Label(key, value) => {
+            let ids = docker.list_container_ids(&[format!("{key}={value}")])?;
+            if ids.is_empty() {
+                return Err(usage!(
+                    "no container has the label {key}={value}; 'docker ps -a --filter label={key}' shows which do"
+                ));
+            }
+            ids
+        }
+        Selection::Containers(names) => {
+            if names.is_empty() {
+                return Err(usage!(
+                    "the selection is empty: name at least one --container"
+                ));
+            }
+            names.clone()
+        }
+    };
+    let mut infos = Vec::new();
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        let info = docker.inspect_container(&id)?.ok_or_else(|| {
+            usage!("no container named {id:?}; 'docker ps -a' lists the containers there are")
+        })?;
+        if seen.insert(info.id.clone()) {
+            infos.push(info);
+        }
+    }
+    Ok(infos)
+}
+
+/// Orders containers so that every one comes after the services it depends
+/// on; among containers free to go, by name, so the order is stable.
+pub fn start_order(containers: Vec<Container>) -> Result<Vec<Container>> {
+    let n = containers.len();
+    // deps[i]: indices of the containers i depends on (within the selection).
+    let deps: Vec<BTreeSet<usize>> = containers
+        .iter()
+        .map(|c| {
+            containers
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.service.as_ref().is_some_and(|s| c.depends_on.contains(s)))
+                .filter(|(_, d)| d.info.id != c.info.id)
+                .map(|(j, _)| j)
+                .collect()
+        })
+        .collect();
+    let mut placed = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    while order.len() < n {
+        let next = (0..n)
+            .filter(|&i| !placed[i] && deps[i].iter().all(|&d| placed[d]))
+            .min_by(|&a, &b| containers[a].info.name.cmp(&containers[b].info.name));
+        match next {
+            Some(i) => {
+                placed[i] = true;
+                order.push(i);
+            }
+            None => {
+                let stuck: Vec<&str> = (0..n)
+                    .filter(|&i| !placed[i])
+                    .map(|i| containers[i].info.name.as_str())
+                    .collect();
+                bail!(
+                    "the depends_on relations of {} form a cycle; fix the compose file",
+                    stuck.join(", ")
+                );
+            }
+        }
+    }
+    let mut slots: Vec<Option<Container>> = containers.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+fn resolve_volumes(
+    docker: &Docker,
+    containers: &[Container],
+) -> Result<(Vec<Volume>, Vec<String>)> {
+    let mut volumes: Vec<Volume> = Vec::new();
+    let mut skipped = Vec::new();
+    for container in containers {
+        let name = &container.info.name;
+        for dest in &container.info.tmpfs {
+            skipped.push(format!(
+                "{name}:{dest} is a tmpfs mount: not persistent, not backed up"
+            ));
+        }
+        for mount in &container.info.mounts {
+            let usage = MountUse {
+                container: name.clone(),
+                destination: mount.destination.clone(),
+            };
+            let (volume_name, kind, host_path, driver, opts, labels) = match mount.kind.as_str() {
+                "volume" => {
+                    let vname = mount.name.clone().unwrap_or_default();
+                    let info = docker.inspect_volume(&vname)?.with_context(|| {
+                        format!("volume {vname} of container {name} does not exist")
+                    })?;
+                    let path = volume_host_path(&info.driver, &info.options, &info.mountpoint);
+                    (
+                        vname,
+                        VolumeKind::Volume,
+                        path,
+                        Some(info.driver),
+                        info.options,
+                        info.labels,
+                    )
+                }
+                "bind" => {
+                    let path = PathBuf::from(&mount.source);
+                    if !path.is_dir() {
+                        skipped.push(format!(
+                            "{name}:{} binds {}, which is not a directory: not backed up",
+                            mount.destination, mount.source
+                        ));
+                        continue;
+                    }
+                    (
+                        mount.source.clone(),
+                        VolumeKind::Bind,
+                        path,
+                        None,
+                        BTreeMap::new(),
+                        BTreeMap::new(),
+                    )
+                }
+                "tmpfs" => {
+                    skipped.push(format!(
+                        "{name}:{} is a tmpfs mount: not persistent, not backed up",
+                        mount.destination
+                    ));
+                    continue;
+                }
+                other => {
+                    skipped.push(format!(
+                        "{name}:{} is a {other} mount: not supported, not backed up",
+                        mount.destination
+                    ));
+                    continue;
+                }
+            };
+            if let Some(existing) = volumes
+                .iter_mut()
+                .find(|v| v.name == volume_name || v.host_path == host_path)
+            {
+                existing.mounted_by.push(usage);
+                continue;
+            }
+            if !host_path.is_dir() {
+                bail!(
+                    "the data of {volume_name} (mounted by {name}) should be at {}, which is not a directory; is the volume's device mounted?",
+                    host_path.display()
+                );
+            }
+            let (bytes, entries) = crate::fsutil::tree_usage(&host_path)?;
+            volumes.push(Volume {
+                name: volume_name,
+                kind,
+                host_path,
+                driver,
+                driver_opts: opts,
+                labels,
+                mounted_by: vec![usage],
+                bytes,
+                entries,
+            });
+        }
+    }
+    Ok((volumes, skipped))
+}
+
+/// Where a named volume's data lives on the host: for a `local` volume
+/// created with `type=none, o=bind, device=X` it is X (Docker's mountpoint is
+/// then only a bind of it, present while a container runs).
+pub fn volume_host_path(
+    driver: &str,
+    options: &BTreeMap<String, String>,
+    mountpoint: &str,
+) -> PathBuf {
+    let is_bind = options.get("type").is_some_and(|t| t == "none")
+        && options
+            .get("o")
+            .is_some_and(|o| o.split(',').any(|opt| opt == "bind" || opt == "rbind"));
+    match options.get("device") {
+        Some(device) if driver == "local" && is_bind => PathBuf::from(device),
+        _ => PathBuf::from(mountpoint),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(name: &str, service: &str, depends: &str) -> Container {
+        let mut labels = BTreeMap::new();
+        labels.insert(SERVICE_LABEL.to_string(), service.to_string());
+        if !depends.is_empty() {
+            labels.insert(DEPENDS_ON_LABEL.to_string(), depends.to_string());
+        }
+        Container::new(ContainerInfo {
+            id: format!("id-{name}"),
+            name: name.to_string(),
+            image: "img".into(),
+            labels,
+            running: true,
+            paused: false,
+            health: None,
+            mounts: vec![],
+            tmpfs: vec![],
+        })
+    }
+
+    fn names(cs: &[Container]) -> Vec<&str> {
+        cs.iter().map(|c| c.info.name.as_str()).collect()
+    }
+
+    #[test]
+    fn dependencies_start_first_and_unrelated_keep_name_order() {
+        let milvus = container(
+            "m-milvus",
+            "milvus",
+            "etcd:service_started:false,minio:service_healthy:true",
+        );
+        let etcd = container("m-etcd", "etcd", "");
+        let minio = container("m-minio", "minio", "");
+        let other = container("a-other", "other", "");
+        let ordered = start_order(vec![milvus, etcd, minio, other]).unwrap();
+        assert_eq!(
+            names(&ordered),
+            ["a-other", "m-etcd", "m-minio", "m-milvus"]
+        );
+    }
+
+    #[test]
+    fn cycles_are_reported() {
+        let a = container("ca", "a", "b:service_started");
+        let b = container("cb", "b", "a:service_started");
+        let err = start_order(vec![a, b]).unwrap_err().to_string();
+        assert!(err.contains("cycle") && err.contains("ca"), "{err}");
+    }
+
+    #[test]
+    fn bind_type_local_volume_resolves_to_device() {
+        let mut opts = BTreeMap::new();
+        opts.insert("type".into(), "none".into());
+        opts.insert("o".into(), "bind".into());
+        opts.insert("device".into(), "/mnt/ssd/etcd".into());
+        let mp = "/var/lib/docker/volumes/x/_data";
+        assert_eq!(
+            volume_host_path("local", &opts, mp),
+            PathBuf::from("/mnt/ssd/etcd")
+        );
+        opts.insert("type".into(), "nfs".into());
+        assert_eq!(volume_host_path("local", &opts, mp), PathBuf::from(mp));
+        assert_eq!(
+            volume_host_path("local", &BTreeMap::new(), mp),
+            PathBuf::from(mp)
+        );
+    }
+
+    #[test]
+    fn depends_on_label_forms() {
+        assert_eq!(
+            parse_depends_on("etcd:service_started:false,minio:service_healthy:true"),
+            ["etcd", "minio"]
+        );
+        assert_eq!(parse_depends_on("db"), ["db"]);
+        assert!(parse_depends_on("").is_empty());
+    }
+}

@@ -1,0 +1,467 @@
+//! The executor: runs a plan's steps in order with a cleanup stack.
+//!
+//! Before each side effect its undo is pushed on the stack; a step that
+//! succeeds discharges the undo it completes (a start discharges the pending
+//! start of the same container). When a step fails, the run is interrupted,
+//! or a step panics, the pending undos run newest first: services come back
+//! in dependency order, snapshots are unmounted and dropped, and the partial
+//! backup is removed. Cleanup keeps going past its own failures and reports
+//! them all.
+
+use crate::archive::{write_archive, ArchiveOptions, ArchiveSummary};
+use crate::cancel::Cancel;
+use crate::discovery::Stack;
+use crate::docker::Docker;
+use crate::manifest::{
+    render_sums, Consistency, ContainerRecord, Manifest, VolumeRecord, FORMAT_VERSION,
+    MANIFEST_FILE, SUMS_FILE,
+};
+use crate::plan::{Action, Plan, Step};
+use crate::repo::Repo;
+use crate::storage::{backend_for, mount_dir, Runner, StorageInfo};
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Progress and events, so the library never writes to the terminal.
+pub trait Observer {
+    fn step_started(&self, _step: &Step, _description: &str) {}
+    fn step_finished(&self, _step: &Step, _elapsed: Duration) {}
+    /// An archive of `total` bytes of content is starting.
+    fn archive_started(&self, _volume: &str, _total: u64) {}
+    /// `n` more content bytes were read.
+    fn bytes_read(&self, _n: u64) {}
+    fn archive_finished(&self) {}
+    fn warning(&self, _message: &str) {}
+}
+
+/// An observer that only logs.
+pub struct LogObserver;
+
+impl Observer for LogObserver {
+    fn warning(&self, message: &str) {
+        tracing::warn!("{message}");
+    }
+}
+
+/// Everything a backup run needs.
+pub struct BackupJob<'a> {
+    pub docker: &'a Docker,
+    pub runner: &'a dyn Runner,
+    pub stack: &'a Stack,
+    pub storage: &'a [StorageInfo],
+    pub plan: &'a Plan,
+    pub repo: &'a Repo,
+    pub id: String,
+    pub archive: ArchiveOptions,
+    pub cancel: &'a Cancel,
+    pub observer: &'a dyn Observer,
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+    /// Problems that did not void the backup: a service that did not come
+    /// back healthy, say. The command still exits 1 when there are any.
+    pub problems: Vec<String>,
+}
+
+struct Run<'a> {
+    job: &'a BackupJob<'a>,
+    started_at: DateTime<Utc>,
+    started: Instant,
+    cleanup: Vec<Action>,
+    archives: Vec<Option<ArchiveSummary>>,
+    /// Where each volume is read from, once its snapshot is readable.
+    read_from: HashMap<usize, PathBuf>,
+    down_since: Option<Instant>,
+    downtime: Duration,
+    problems: Vec<String>,
+    committed: Option<(Manifest, PathBuf)>,
+}
+
+/// Runs a backup plan. On failure everything is undone and the error says
+/// what failed and what the cleanup could not do.
+pub fn run_backup(job: &BackupJob<'_>) -> Result<BackupOutcome> {
+    let mut run = Run {
+        job,
+        started_at: Utc::now(),
+        started: Instant::now(),
+        cleanup: Vec::new(),
+        archives: (0..job.stack.volumes.len()).map(|_| None).collect(),
+        read_from: HashMap::new(),
+        down_since: None,
+        downtime: Duration::ZERO,
+        problems: Vec::new(),
+        committed: None,
+    };
+    let result = run.steps();
+    if let Err(err) = result {
+        let cleanup_errors = run.unwind();
+        if cleanup_errors.is_empty() {
+            return Err(err.context(
+                "backup failed; everything was undone (services restarted, partial backup removed)",
+            ));
+        }
+        return Err(err.context(format!(
+            "backup failed, and cleanup could not undo everything — act on these by hand: {}",
+            cleanup_errors.join("; ")
+        )));
+    }
+    let (manifest, dir) = run
+        .committed
+        .take()
+        .ok_or_else(|| anyhow!("internal error: the plan has no commit step"))?;
+    Ok(BackupOutcome {
+        manifest,
+        dir,
+        problems: run.problems,
+    })
+}
+
+impl Run<'_> {
+    fn steps(&mut self) -> Result<()> {
+        let job = self.job;
+        for step in &job.plan.steps {
+            job.cancel.check()?;
+            let description = step.action.describe(job.stack);
+            job.observer.step_started(step, &description);
+            let begun = Instant::now();
+            if let Some(undo) = &step.undo {
+                self.cleanup.push(undo.clone());
+            }
+            if step.action.is_service_down() && self.down_since.is_none() {
+                self.down_since = Some(begun);
+            }
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(&step.action)))
+                    .unwrap_or_else(|panic| {
+                        Err(anyhow!(
+                            "internal error (panic) in step {}: {}",
+                            step.action.name(),
+                            panic_text(&panic)
+                        ))
+                    });
+            match outcome {
+                Ok(()) => {}
+                // A service that will not come back does not void the
+                // backup: note it, keep going, exit 1 at the end.
+                Err(e)
+                    if matches!(step.action, Action::Start { .. } | Action::WaitReady { .. }) =>
+                {
+                    let message = format!("{description}: {e:#}");
+                    job.observer.warning(&message);
+                    self.problems.push(message);
+                }
+                Err(e) => {
+                    return Err(e.context(format!("step {} ({description})", step.action.name())))
+                }
+            }
+            if let Some(done) = &step.discharges {
+                if let Some(pos) = self.cleanup.iter().rposition(|a| a == done) {
+                    self.cleanup.remove(pos);
+                }
+            }
+            self.note_service_up(&step.action);
+            job.observer.step_finished(step, begun.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Ends the downtime window once nothing taken down is still pending.
+    fn note_service_up(&mut self, action: &Action) {
+        if action.is_service_up() && !self.cleanup.iter().any(Action::is_service_up) {
+            if let Some(since) = self.down_since.take() {
+                self.downtime += since.elapsed();
+            }
+        }
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<()> {
+        let job = self.job;
+        let docker = job.docker;
+        match action {
+            Action::Prepare => crate::fsutil::create_private_dir(&job.repo.partial_dir(&job.id)),
+            Action::RemovePartial => {
+                let dir = job.repo.partial_dir(&job.id);
+                match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
+                        .with_context(|| format!("cannot remove partial backup {}", dir.display())),
+                    _ => Ok(()),
+                }
+            }
+            Action::Stop {
+                container,
+                timeout_secs,
+                ..
+            } => docker.stop(container, *timeout_secs),
+            Action::Start { container, .. } => docker.start(container),
+            Action::WaitReady {
+                container,
+                name,
+                timeout_secs,
+            } => docker.wait_ready(container, name, Duration::from_secs((*timeout_secs).into())),
+            Action::Pause { container, .. } => docker.pause(container),
+            Action::Unpause { container, .. } => docker.unpause(container),
+            Action::Flush { path } => crate::fsutil::syncfs(path),
+            Action::Snapshot { volumes, label } => self.snapshot(volumes, label),
+            Action::MountSnapshot { volume, label } => {
+                let info = &job.storage[*volume];
+                let backend = backend_for(info).context("internal error: no snapshot backend")?;
+                let dir = mount_dir(label, *volume);
+                backend.mount(job.runner, info, label, &dir)?;
+                self.read_from
+                    .insert(*volume, backend.read_path(info, label, &dir));
+                Ok(())
+            }
+            Action::Unmount { volume, label } => {
+                let dir = mount_dir(label, *volume);
+                if crate::storage::mountinfo::read()?
+                    .iter()
+                    .any(|m| m.mount_point == dir)
+                {
+                    job.runner.run("umount", &[dir.display().to_string()])?;
+                }
+                let _ = std::fs::remove_dir(&dir);
+                let _ = std::fs::remove_dir(dir.parent().unwrap_or(&dir));
+                Ok(())
+            }
+            Action::DropSnapshot { volume, label } => {
+                let info = &job.storage[*volume];
+                backend_for(info)
+                    .context("internal error: no snapshot backend")?
+                    .drop_snapshot(job.runner, info, label)
+            }
+            Action::Archive {
+                volume,
+                watch_changes,
+                ..
+            } => self.archive(*volume, *watch_changes),
+            Action::Commit => self.commit(),
+        }
+    }
+
+    fn snapshot(&mut self, volumes: &[usize], label: &str) -> Result<()> {
+        let job = self.job;
+        // Record every drop before taking any snapshot: a half-taken group
+        // is cleaned up too (drops are no-ops for snapshots never taken).
+        for &v in volumes {
+            self.cleanup.push(Action::DropSnapshot {
+                volume: v,
+                label: label.to_string(),
+            });
+        }
+        // Group by backend kind, one call per group (ZFS: one atomic call).
+        let mut groups: Vec<(&'static str, Vec<usize>)> = Vec::new();
+        for &v in volumes {
+            let kind = job.storage[v].backend_name();
+            match groups.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, members)) => members.push(v),
+                None => groups.push((kind, vec![v])),
+            }
+        }
+        for (kind, members) in groups {
+            let infos: Vec<&StorageInfo> = members.iter().map(|&v| &job.storage[v]).collect();
+            let backend =
+                backend_for(infos[0]).with_context(|| format!("{kind} storage cannot snapshot"))?;
+            backend.snapshot(job.runner, &infos, label)?;
+            if !backend.needs_mount() {
+                for &v in &members {
+                    let info = &job.storage[v];
+                    self.read_from
+                        .insert(v, backend.read_path(info, label, &mount_dir(label, v)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn archive(&mut self, volume: usize, watch_changes: bool) -> Result<()> {
+        let job = self.job;
+        let v = &job.stack.volumes[volume];
+        let source = self
+            .read_from
+            .get(&volume)
+            .cloned()
+            .unwrap_or_else(|| v.host_path.clone());
+        let file_name = format!(
+            "{}.{}",
+            v.archive_stem(),
+            job.archive.compression.extension()
+        );
+        let dest = job.repo.partial_dir(&job.id).join(&file_name);
+        job.observer.archive_started(&v.name, v.bytes);
+        let observer = job.observer;
+        let summary = write_archive(&source, &dest, &job.archive, job.cancel, &|n| {
+            observer.bytes_read(n)
+        });
+        job.observer.archive_finished();
+        let summary = summary?;
+        if let Some(info) = job
+            .storage
+            .get(volume)
+            .filter(|_| self.read_from.contains_key(&volume))
+        {
+            if let Some(backend) = backend_for(info) {
+                if let Some(Action::Snapshot { label, .. }) = job
+                    .plan
+                    .steps
+                    .iter()
+                    .map(|s| &s.action)
+                    .find(|a| matches!(a, Action::Snapshot { .. }))
+                {
+                    backend.check_valid(job.runner, info, label)?;
+                }
+            }
+        }
+        if watch_changes && !summary.changed_during_read.is_empty() {
+            job.observer.warning(&format!(
+                "{}: {} file(s) changed while being read",
+                v.name,
+                summary.changed_during_read.len()
+            ));
+        }
+        self.archives[volume] = Some(summary);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let job = self.job;
+        let partial = job.repo.partial_dir(&job.id);
+        let mut volumes = Vec::new();
+        let mut notes: Vec<String> = job.stack.skipped.clone();
+        let mut any_changed = false;
+        for (i, v) in job.stack.volumes.iter().enumerate() {
+            let summary = self.archives[i]
+                .take()
+                .with_context(|| format!("internal error: volume {} was not archived", v.name))?;
+            any_changed |= !summary.changed_during_read.is_empty();
+            notes.extend(
+                summary
+                    .skipped
+                    .iter()
+                    .map(|s| format!("{}: skipped {s}", v.name)),
+            );
+            volumes.push(VolumeRecord {
+                name: v.name.clone(),
+                kind: v.kind,
+                source_path: v.host_path.display().to_string(),
+                driver: v.driver.clone(),
+                driver_opts: v.driver_opts.clone(),
+                labels: v.labels.clone(),
+                mounted_by: v.mounted_by.clone(),
+                archive: format!(
+                    "{}.{}",
+                    v.archive_stem(),
+                    job.archive.compression.extension()
+                ),
+                sha256: summary.sha256,
+                archive_bytes: summary.archive_bytes,
+                files: summary.files,
+                bytes: summary.bytes,
+                changed_during_read: summary.changed_during_read,
+                vanished_during_read: summary.vanished_during_read,
+                entries: summary.entries,
+            });
+        }
+        let mut consistency = job.plan.consistency;
+        if any_changed && consistency == Consistency::Consistent {
+            // Something wrote while the services were supposedly still:
+            // say so rather than claim a consistency we did not get.
+            consistency = Consistency::BestEffort;
+            notes.push("files changed while read although the services were stopped: another writer uses these volumes".into());
+        }
+        if let Some(since) = self.down_since.take() {
+            self.downtime += since.elapsed();
+        }
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            id: job.id.clone(),
+            started_at: self.started_at,
+            completed_at: Utc::now(),
+            host: hostname(),
+            volsnap_version: env!("CARGO_PKG_VERSION").to_string(),
+            selection: job.stack.selection.to_string(),
+            strategy: job.plan.strategy,
+            consistency,
+            reason: job.plan.reason.clone(),
+            downtime_ms: self.downtime.as_millis() as u64,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            compression: job.archive.compression,
+            containers: job
+                .stack
+                .containers
+                .iter()
+                .map(|c| ContainerRecord {
+                    name: c.info.name.clone(),
+                    id: c.info.id.clone(),
+                    image: c.info.image.clone(),
+                    service: c.service.clone(),
+                    project: c.project.clone(),
+                    was_running: c.info.running,
+                })
+                .collect(),
+            volumes,
+            notes,
+        };
+        let json = serde_json::to_vec_pretty(&manifest).context("cannot encode the manifest")?;
+        crate::fsutil::write_private(&partial.join(MANIFEST_FILE), &json)?;
+        let mut sums: Vec<(String, String)> = manifest
+            .volumes
+            .iter()
+            .map(|v| (v.sha256.clone(), v.archive.clone()))
+            .collect();
+        sums.push((
+            crate::hashing::sha256_file(&partial.join(MANIFEST_FILE))?,
+            MANIFEST_FILE.to_string(),
+        ));
+        crate::fsutil::write_private(&partial.join(SUMS_FILE), render_sums(&sums).as_bytes())?;
+        crate::fsutil::sync_dir(&partial)?;
+        let dir = job.repo.backup_dir(&job.id);
+        if dir.exists() {
+            bail!("{} already exists; not overwriting it", dir.display());
+        }
+        std::fs::rename(&partial, &dir)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), dir.display()))?;
+        crate::fsutil::sync_dir(job.repo.root())?;
+        self.committed = Some((manifest, dir));
+        Ok(())
+    }
+
+    /// Runs pending undos, newest first; returns what could not be undone.
+    fn unwind(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        while let Some(undo) = self.cleanup.pop() {
+            let description = undo.describe(self.job.stack);
+            tracing::info!("cleanup: {description}");
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(&undo)))
+                    .unwrap_or_else(|p| Err(anyhow!("panic: {}", panic_text(&p))));
+            if let Err(e) = result {
+                errors.push(format!("{description}: {e:#}"));
+            }
+            self.note_service_up(&undo);
+        }
+        errors
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// This host's name, for the manifest.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}

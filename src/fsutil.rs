@@ -1,0 +1,105 @@
+//! Small filesystem helpers shared by the repository, archiver and restore.
+
+use anyhow::{Context, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Creates a private file (0600) that must not exist yet.
+pub fn create_private(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Writes `data` to a new private file and fsyncs it.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let mut file = create_private(path)?;
+    file.write_all(data)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Creates a private directory (0700) that must not exist yet.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create directory {}", path.display()))
+}
+
+/// fsyncs a directory, making renames and creations inside it durable.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", path.display()))
+}
+
+/// Flushes every dirty page of the filesystem holding `path` (syncfs(2)).
+pub fn syncfs(path: &Path) -> Result<()> {
+    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    nix::unistd::syncfs(&dir).with_context(|| format!("syncfs failed on {}", path.display()))
+}
+
+/// Total size of regular files and number of entries below `root`,
+/// without following symlinks or crossing into other filesystems.
+pub fn tree_usage(root: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let top =
+        fs::symlink_metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let listing = match fs::read_dir(&dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        };
+        for entry in listing {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(_) => continue, // vanished meanwhile: sizes are estimates
+            };
+            entries += 1;
+            if meta.is_dir() && meta.dev() == top.dev() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                bytes += meta.len();
+            }
+        }
+    }
+    Ok((bytes, entries))
+}
+
+/// Human-readable byte count (binary units).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_picks_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,21 @@
+//! volsnap: consistency-aware snapshot orchestrator for Docker volumes.
+//!
+//! The library holds everything but argument parsing and terminal output:
+//! discovery of a stack through the Docker API, plans as data, the executor
+//! with its cleanup stack, the archive format, the repository, verification
+//! and restore. `src/main.rs` and `src/cmd/` are thin glue around it.
+
+pub mod archive;
+pub mod cancel;
+pub mod discovery;
+pub mod docker;
+pub mod error;
+pub mod execute;
+pub mod fsutil;
+pub mod hashing;
+pub mod manifest;
+pub mod plan;
+pub mod repo;
+pub mod restore;
+pub mod storage;
+pub mod verify;

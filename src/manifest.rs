@@ -1,0 +1,288 @@
+//! The backup manifest (`manifest.json`) and `SHA256SUMS`: the repository
+//! format, specified in docs/FORMAT.md. Bump [`FORMAT_VERSION`] on any
+//! incompatible change and keep reading the old versions.
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Version of the manifest format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+/// File name of the manifest inside a backup directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// File name of the checksum list inside a backup directory.
+pub const SUMS_FILE: &str = "SHA256SUMS";
+
+/// How a backup was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Cold,
+    Online,
+    Snapshot,
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Strategy::Cold => "cold",
+            Strategy::Online => "online",
+            Strategy::Snapshot => "snapshot",
+        })
+    }
+}
+
+/// Whether every volume shows one point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    Consistent,
+    BestEffort,
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Consistency::Consistent => "consistent",
+            Consistency::BestEffort => "best-effort",
+        })
+    }
+}
+
+/// Archive compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl Compression {
+    /// File name suffix of an archive with this compression.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Zstd => "tar.zst",
+            Compression::Gzip => "tar.gz",
+            Compression::None => "tar",
+        }
+    }
+}
+
+/// Whether a volume is a Docker named volume or a bind-mounted host path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    Volume,
+    Bind,
+}
+
+/// One container of the stack, as it was when backed up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub name: String,
+    pub id: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Whether it was running when the backup started.
+    pub was_running: bool,
+}
+
+/// Where a volume is mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountUse {
+    pub container: String,
+    pub destination: String,
+}
+
+/// What kind of filesystem object an archive entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Fifo,
+    CharDevice,
+    BlockDevice,
+}
+
+/// One entry of a volume archive, in archive order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the volume root; "." is the root itself.
+    pub path: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Size of the content stored (regular files only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// SHA-256 of the content stored (regular files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Symlink target, or for a hard link the path it links to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One volume and its archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Docker volume name, or for a bind mount its host path.
+    pub name: String,
+    pub kind: VolumeKind,
+    /// Where the data was read from on the backed-up host.
+    pub source_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub mounted_by: Vec<MountUse>,
+    /// Archive file name inside the backup directory.
+    pub archive: String,
+    /// SHA-256 of the archive file.
+    pub sha256: String,
+    pub archive_bytes: u64,
+    /// Number of regular files.
+    pub files: u64,
+    /// Bytes of regular-file content.
+    pub bytes: u64,
+    /// Files whose size, mtime or ctime changed while they were read.
+    #[serde(default)]
+    pub changed_during_read: Vec<String>,
+    /// Files that disappeared between listing and reading.
+    #[serde(default)]
+    pub vanished_during_read: Vec<String>,
+    pub entries: Vec<FileEntry>,
+}
+
+/// The whole backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: DateTime<Utc>,
+    pub host: String,
+    pub volsnap_version: String,
+    /// The selection, as the user gave it (`--project milvus`).
+    pub selection: String,
+    pub strategy: Strategy,
+    pub consistency: Consistency,
+    /// Why the strategy was chosen (the plan's reason).
+    pub reason: String,
+    pub downtime_ms: u64,
+    pub duration_ms: u64,
+    pub compression: Compression,
+    pub containers: Vec<ContainerRecord>,
+    pub volumes: Vec<VolumeRecord>,
+    /// Anything the operator should know: skipped tmpfs mounts, changes seen.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+impl Manifest {
+    /// Reads and checks a manifest, refusing versions this build cannot read.
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let probe: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not valid JSON (corrupt manifest)", path.display()))?;
+        let version = probe.get("format_version").and_then(|v| v.as_u64());
+        match version {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(v) => bail!(
+                "{} has manifest format version {v}; this volsnap reads version {FORMAT_VERSION}: use a newer volsnap",
+                path.display()
+            ),
+            None => bail!("{} has no format_version (corrupt manifest)", path.display()),
+        }
+        serde_json::from_value(probe).with_context(|| {
+            format!(
+                "{} does not match the manifest format (corrupt manifest)",
+                path.display()
+            )
+        })
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.volumes.iter().map(|v| v.bytes).sum()
+    }
+
+    pub fn archive_bytes(&self) -> u64 {
+        self.volumes.iter().map(|v| v.archive_bytes).sum()
+    }
+}
+
+/// Renders `SHA256SUMS` in the format `sha256sum -c` reads.
+pub fn render_sums(entries: &[(String, String)]) -> String {
+    entries
+        .iter()
+        .map(|(digest, name)| format!("{digest}  {name}\n"))
+        .collect()
+}
+
+/// Parses `SHA256SUMS` into (digest, file name) pairs.
+pub fn parse_sums(text: &str) -> Result<Vec<(String, String)>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            let (digest, name) = line
+                .split_once("  ")
+                .or_else(|| line.split_once(" *"))
+                .with_context(|| format!("{SUMS_FILE} line {} is malformed", i + 1))?;
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("{SUMS_FILE} line {} has no valid SHA-256", i + 1);
+            }
+            Ok((digest.to_ascii_lowercase(), name.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_round_trip() {
+        let entries = vec![
+            ("a".repeat(64), "vol.tar.zst".to_string()),
+            ("b".repeat(64), MANIFEST_FILE.to_string()),
+        ];
+        let text = render_sums(&entries);
+        assert_eq!(parse_sums(&text).unwrap(), entries);
+        assert!(parse_sums("xyz  file\n").is_err());
+    }
+
+    #[test]
+    fn unknown_manifest_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE);
+        std::fs::write(&path, r#"{"format_version": 99}"#).unwrap();
+        let err = Manifest::load(&path).unwrap_err().to_string();
+        assert!(err.contains("version 99"), "{err}");
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(Manifest::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("corrupt"));
+    }
+}

@@ -1,0 +1,466 @@
+//! Plans as data: the ordered steps a backup runs, each with the step that
+//! undoes it. `volsnap plan` prints a plan; the executor runs the same value.
+
+use crate::discovery::Stack;
+use crate::fsutil::human_bytes;
+use crate::manifest::{Consistency, Strategy};
+use crate::storage::{SnapshotSupport, StorageInfo};
+use crate::usage;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Archive throughput assumed when estimating cold downtime. Deliberately
+/// conservative (a busy disk, zstd on two cores).
+pub const ESTIMATE_BYTES_PER_SEC: u64 = 150 * 1024 * 1024;
+/// Time assumed to stop and start one container.
+pub const ESTIMATE_RESTART_MS_PER_CONTAINER: u64 = 2_000;
+
+/// What the user asked for with `--strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestedStrategy {
+    #[default]
+    Auto,
+    Cold,
+    Online,
+    Snapshot,
+}
+
+/// How services are held still for a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quiesce {
+    /// Stop the containers (the safest: applications flush and exit).
+    #[default]
+    Stop,
+    /// Freeze their processes with the cgroup freezer (`docker pause`).
+    Pause,
+    /// Leave them running: the snapshot is crash-consistent only.
+    None,
+}
+
+/// Settings that shape a plan.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub strategy: RequestedStrategy,
+    pub quiesce: Quiesce,
+    pub max_downtime: Option<Duration>,
+    pub require_consistent: bool,
+    pub stop_timeout_secs: u32,
+    pub ready_timeout_secs: u32,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            strategy: RequestedStrategy::Auto,
+            quiesce: Quiesce::Stop,
+            max_downtime: None,
+            require_consistent: false,
+            stop_timeout_secs: 30,
+            ready_timeout_secs: 120,
+        }
+    }
+}
+
+/// One side effect. Equal actions are the same effect: running an action
+/// that is pending as an undo discharges that undo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Create the hidden partial backup directory.
+    Prepare,
+    /// Remove the partial backup directory.
+    RemovePartial,
+    Stop {
+        container: String,
+        name: String,
+        timeout_secs: u32,
+    },
+    Start {
+        container: String,
+        name: String,
+    },
+    WaitReady {
+        container: String,
+        name: String,
+        timeout_secs: u32,
+    },
+    Pause {
+        container: String,
+        name: String,
+    },
+    Unpause {
+        container: String,
+        name: String,
+    },
+    /// syncfs(2) on the filesystem holding the path.
+    Flush {
+        path: PathBuf,
+    },
+    /// Snapshot every listed volume at once (one call where the backend
+    /// allows, e.g. ZFS).
+    Snapshot {
+        volumes: Vec<usize>,
+        label: String,
+    },
+    /// Drop one volume's snapshot.
+    DropSnapshot {
+        volume: usize,
+        label: String,
+    },
+    /// Mount one volume's snapshot read-only.
+    MountSnapshot {
+        volume: usize,
+        label: String,
+    },
+    Unmount {
+        volume: usize,
+        label: String,
+    },
+    /// Archive one volume (from its snapshot when one is mounted).
+    Archive {
+        volume: usize,
+        name: String,
+        watch_changes: bool,
+    },
+    /// Write manifest and SHA256SUMS, then give the backup its final name.
+    Commit,
+}
+
+impl Action {
+    /// The stable step name, used by `plan`, logs and (later) hooks.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Prepare => "prepare",
+            Action::RemovePartial => "remove-partial",
+            Action::Stop { .. } => "stop",
+            Action::Start { .. } => "start",
+            Action::WaitReady { .. } => "wait-ready",
+            Action::Pause { .. } => "pause",
+            Action::Unpause { .. } => "unpause",
+            Action::Flush { .. } => "flush",
+            Action::Snapshot { .. } => "snapshot",
+            Action::DropSnapshot { .. } => "drop-snapshot",
+            Action::MountSnapshot { .. } => "mount-snapshot",
+            Action::Unmount { .. } => "unmount",
+            Action::Archive { .. } => "archive",
+            Action::Commit => "commit",
+        }
+    }
+
+    /// Whether this action takes services down (its undo brings them back).
+    pub fn is_service_down(&self) -> bool {
+        matches!(self, Action::Stop { .. } | Action::Pause { .. })
+    }
+
+    /// Whether this action brings a service back.
+    pub fn is_service_up(&self) -> bool {
+        matches!(self, Action::Start { .. } | Action::Unpause { .. })
+    }
+
+    /// One line for people.
+    pub fn describe(&self, stack: &Stack) -> String {
+        let vol = |i: &usize| {
+            stack
+                .volumes
+                .get(*i)
+                .map_or("?".to_string(), |v| v.name.clone())
+        };
+        match self {
+            Action::Prepare => "create the partial backup directory".into(),
+            Action::RemovePartial => "remove the partial backup directory".into(),
+            Action::Stop {
+                name, timeout_secs, ..
+            } => format!("stop {name} (graceful, {timeout_secs} s timeout)"),
+            Action::Start { name, .. } => format!("start {name}"),
+            Action::WaitReady {
+                name, timeout_secs, ..
+            } => {
+                format!("wait until {name} runs (and is healthy, if it has a healthcheck; {timeout_secs} s at most)")
+            }
+            Action::Pause { name, .. } => format!("pause {name} (cgroup freezer)"),
+            Action::Unpause { name, .. } => format!("unpause {name}"),
+            Action::Flush { path } => {
+                format!("flush the filesystem holding {} (syncfs)", path.display())
+            }
+            Action::Snapshot { volumes, label } => {
+                let names: Vec<String> = volumes.iter().map(vol).collect();
+                format!("snapshot {} as {label}", names.join(", "))
+            }
+            Action::DropSnapshot { volume, label } => {
+                format!("drop snapshot {label} of {}", vol(volume))
+            }
+            Action::MountSnapshot { volume, label } => {
+                format!("mount snapshot {label} of {} read-only", vol(volume))
+            }
+            Action::Unmount { volume, label } => {
+                format!("unmount snapshot {label} of {}", vol(volume))
+            }
+            Action::Archive {
+                volume,
+                watch_changes,
+                ..
+            } => {
+                let v = &stack.volumes[*volume];
+                let from = if *watch_changes {
+                    ", watching for changes"
+                } else {
+                    ""
+                };
+                format!(
+                    "archive {} ({}, {}{from})",
+                    v.name,
+                    human_bytes(v.bytes),
+                    v.host_path.display()
+                )
+            }
+            Action::Commit => {
+                "write manifest.json and SHA256SUMS, then rename the backup into place".into()
+            }
+        }
+    }
+}
+
+/// A step: an action, the action that undoes it, and the pending undo it
+/// discharges when it succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Action>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discharges: Option<Action>,
+}
+
+impl Step {
+    pub fn new(action: Action) -> Step {
+        Step {
+            action,
+            undo: None,
+            discharges: None,
+        }
+    }
+
+    pub fn with_undo(action: Action, undo: Action) -> Step {
+        Step {
+            action,
+            undo: Some(undo),
+            discharges: None,
+        }
+    }
+
+    pub fn discharging(action: Action) -> Step {
+        Step {
+            discharges: Some(action.clone()),
+            action,
+            undo: None,
+        }
+    }
+}
+
+/// A backup plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub strategy: Strategy,
+    pub consistency: Consistency,
+    pub quiesce: Option<Quiesce>,
+    /// Why this strategy.
+    pub reason: String,
+    pub estimated_downtime_ms: u64,
+    pub steps: Vec<Step>,
+}
+
+/// Rough cold downtime: stop and start every running container, archive all.
+pub fn estimate_cold_downtime(stack: &Stack) -> Duration {
+    let running = stack.containers.iter().filter(|c| c.info.running).count() as u64;
+    let archive_ms = stack.total_bytes().saturating_mul(1000) / ESTIMATE_BYTES_PER_SEC;
+    Duration::from_millis(archive_ms + running * ESTIMATE_RESTART_MS_PER_CONTAINER)
+}
+
+/// Picks the strategy and says why.
+pub fn choose_strategy(
+    stack: &Stack,
+    storage: &[StorageInfo],
+    options: &PlanOptions,
+) -> Result<(Strategy, String)> {
+    let snapshot_blockers: Vec<String> = stack
+        .volumes
+        .iter()
+        .zip(storage)
+        .filter_map(|(v, s)| match &s.support {
+            SnapshotSupport::Yes => None,
+            SnapshotSupport::No(why) => Some(format!("{}: {why}", v.name)),
+        })
+        .collect();
+    match options.strategy {
+        RequestedStrategy::Cold => {
+            return Ok((Strategy::Cold, "requested with --strategy cold".into()))
+        }
+        RequestedStrategy::Online => {
+            return Ok((Strategy::Online, "requested with --strategy online".into()))
+        }
+        RequestedStrategy::Snapshot => {
+            if snapshot_blockers.is_empty() {
+                return Ok((
+                    Strategy::Snapshot,
+                    "requested with --strategy snapshot".into(),
+                ));
+            }
+            return Err(usage!(
+                "--strategy snapshot needs every volume on LVM, ZFS or btrfs; not so for {}. Use --strategy cold (consistent, with downtime) or online",
+                snapshot_blockers.join("; ")
+            ));
+        }
+        RequestedStrategy::Auto => {}
+    }
+    if snapshot_blockers.is_empty() {
+        return Ok((
+            Strategy::Snapshot,
+            "auto: every volume sits on storage that can snapshot, so downtime does not grow with the data".into(),
+        ));
+    }
+    let no_snapshot = format!("no snapshot ({})", snapshot_blockers.join("; "));
+    let estimate = estimate_cold_downtime(stack);
+    match options.max_downtime {
+        Some(budget) if estimate > budget => {
+            if options.require_consistent {
+                Err(usage!(
+                    "a consistent backup needs about {} s of downtime (cold: {} to archive), over the --max-downtime budget of {} s, and {no_snapshot}. Raise --max-downtime, or drop --require-consistent to accept an online (best-effort) backup",
+                    estimate.as_secs(),
+                    human_bytes(stack.total_bytes()),
+                    budget.as_secs()
+                ))
+            } else {
+                Ok((
+                    Strategy::Online,
+                    format!(
+                        "auto: {no_snapshot}; cold would take about {} s of downtime, over the {} s budget, so online (best-effort)",
+                        estimate.as_secs(),
+                        budget.as_secs()
+                    ),
+                ))
+            }
+        }
+        _ => Ok((
+            Strategy::Cold,
+            format!("auto: {no_snapshot}; cold is consistent"),
+        )),
+    }
+}
+
+/// Builds the plan for a stack.
+pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> Result<Plan> {
+    if stack.volumes.is_empty() {
+        return Err(usage!(
+            "nothing to back up: the selected containers ({}) have no volumes or bind-mounted directories",
+            stack.containers.iter().map(|c| c.info.name.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let (strategy, reason) = choose_strategy(stack, storage, options)?;
+    let mut steps = vec![Step::with_undo(Action::Prepare, Action::RemovePartial)];
+    let running: Vec<_> = stack
+        .containers
+        .iter()
+        .filter(|c| c.info.running && !c.info.paused)
+        .collect();
+    let stop = |c: &crate::discovery::Container| {
+        Step::with_undo(
+            Action::Stop {
+                container: c.info.id.clone(),
+                name: c.info.name.clone(),
+                timeout_secs: options.stop_timeout_secs,
+            },
+            Action::Start {
+                container: c.info.id.clone(),
+                name: c.info.name.clone(),
+            },
+        )
+    };
+    let start = |c: &crate::discovery::Container| {
+        [
+            Step::discharging(Action::Start {
+                container: c.info.id.clone(),
+                name: c.info.name.clone(),
+            }),
+            Step::new(Action::WaitReady {
+                container: c.info.id.clone(),
+                name: c.info.name.clone(),
+                timeout_secs: options.ready_timeout_secs,
+            }),
+        ]
+    };
+    let archive = |watch_changes: bool| {
+        stack.volumes.iter().enumerate().map(move |(i, v)| {
+            Step::new(Action::Archive {
+                volume: i,
+                name: v.name.clone(),
+                watch_changes,
+            })
+        })
+    };
+    let flush = || {
+        let mut paths: Vec<PathBuf> = stack.volumes.iter().map(|v| v.host_path.clone()).collect();
+        paths.dedup();
+        paths
+            .into_iter()
+            .map(|path| Step::new(Action::Flush { path }))
+    };
+    let mut quiesce = None;
+    let consistency;
+    let estimated_downtime_ms;
+    match strategy {
+        Strategy::Cold => {
+            consistency = Consistency::Consistent;
+            estimated_downtime_ms = if running.is_empty() {
+                0
+            } else {
+                estimate_cold_downtime(stack).as_millis() as u64
+            };
+            steps.extend(stack.stop_order().filter(|c| running.contains(c)).map(stop));
+            steps.extend(flush());
+            steps.extend(archive(true));
+            steps.extend(
+                stack
+                    .containers
+                    .iter()
+                    .filter(|c| running.contains(c))
+                    .flat_map(start),
+            );
+        }
+        Strategy::Online => {
+            consistency = Consistency::BestEffort;
+            estimated_downtime_ms = 0;
+            steps.extend(archive(true));
+        }
+        Strategy::Snapshot => {
+            quiesce = Some(options.quiesce);
+            consistency = if options.quiesce == Quiesce::None {
+                Consistency::BestEffort
+            } else {
+                Consistency::Consistent
+            };
+            estimated_downtime_ms = match options.quiesce {
+                Quiesce::None => 0,
+                _ if running.is_empty() => 0,
+                Quiesce::Pause => 100,
+                Quiesce::Stop => running.len() as u64 * ESTIMATE_RESTART_MS_PER_CONTAINER,
+            };
+            crate::storage::plan_snapshot_steps(stack, storage, options, &running, &mut steps);
+        }
+    }
+    steps.push(Step::discharging(Action::Commit));
+    if let Some(last) = steps.last_mut() {
+        last.discharges = Some(Action::RemovePartial);
+    }
+    Ok(Plan {
+        strategy,
+        consistency,
+        quiesce,
+        reason,
+        estimated_downtime_ms,
+        steps,
+    })
+}

@@ -1,0 +1,158 @@
+//! The backup repository: a directory of backups, one subdirectory each.
+//!
+//! A backup is written under a hidden temporary name (`.partial-<id>`) and
+//! renamed to `<id>` only once its archives, manifest and `SHA256SUMS` are
+//! complete and fsynced, so a failed or killed run never leaves something
+//! that looks like a backup.
+
+use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::usage;
+use anyhow::{Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Prefix of backups being written.
+pub const PARTIAL_PREFIX: &str = ".partial-";
+
+/// An existing, usable repository directory.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    root: PathBuf,
+}
+
+/// A backup found in the repository.
+#[derive(Debug, Clone)]
+pub struct BackupEntry {
+    pub id: String,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Repo {
+    /// Opens a repository that must exist and be a directory.
+    pub fn open(root: &Path) -> Result<Repo> {
+        match fs::metadata(root) {
+            Ok(m) if m.is_dir() => Ok(Repo {
+                root: root.to_path_buf(),
+            }),
+            Ok(_) => Err(usage!("repository {} is not a directory", root.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(usage!(
+                "repository {} does not exist; create it first (mkdir -p {})",
+                root.display(),
+                root.display()
+            )),
+            Err(e) => Err(e).with_context(|| format!("cannot open repository {}", root.display())),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Checks that backups can be written here, before anything is stopped.
+    pub fn check_writable(&self) -> Result<()> {
+        let probe = self
+            .root
+            .join(format!(".volsnap-write-test-{}", std::process::id()));
+        crate::fsutil::create_private(&probe)
+            .map(|_| ())
+            .and_then(|_| fs::remove_file(&probe).context("cannot remove write probe"))
+            .with_context(|| {
+                format!(
+                    "repository {} is not writable; check its permissions and free space",
+                    self.root.display()
+                )
+            })
+    }
+
+    /// The directory a backup is written to while in progress.
+    pub fn partial_dir(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{PARTIAL_PREFIX}{id}"))
+    }
+
+    /// The final directory of a backup.
+    pub fn backup_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// All complete backups, oldest first. Directories without a readable
+    /// manifest are reported through `warnings` and skipped.
+    pub fn list(&self) -> Result<(Vec<BackupEntry>, Vec<String>)> {
+        let mut backups = Vec::new();
+        let mut warnings = Vec::new();
+        let listing = fs::read_dir(&self.root)
+            .with_context(|| format!("cannot list {}", self.root.display()))?;
+        for entry in listing {
+            let entry = entry.with_context(|| format!("cannot list {}", self.root.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.path().is_dir() {
+                continue;
+            }
+            let manifest_path = entry.path().join(MANIFEST_FILE);
+            if !manifest_path.exists() {
+                continue;
+            }
+            match Manifest::load(&manifest_path) {
+                Ok(manifest) => backups.push(BackupEntry {
+                    id: name,
+                    dir: entry.path(),
+                    manifest,
+                }),
+                Err(e) => warnings.push(format!("{name}: {e:#}")),
+            }
+        }
+        backups.sort_by(|a, b| (a.manifest.started_at, &a.id).cmp(&(b.manifest.started_at, &b.id)));
+        Ok((backups, warnings))
+    }
+
+    /// Resolves an id, or `latest`, to its directory (the manifest is not
+    /// read here, so a corrupt one can still be verified and reported).
+    pub fn resolve(&self, id: &str) -> Result<(String, PathBuf)> {
+        if id == "latest" {
+            let (backups, _) = self.list()?;
+            let last = backups
+                .last()
+                .ok_or_else(|| usage!("repository {} holds no backup yet", self.root.display()))?;
+            return Ok((last.id.clone(), last.dir.clone()));
+        }
+        if id.is_empty() || id.starts_with('.') || id.contains('/') {
+            return Err(usage!("{id:?} is not a backup id"));
+        }
+        let dir = self.backup_dir(id);
+        if !dir.join(MANIFEST_FILE).exists() {
+            return Err(usage!(
+                "no backup {id} in {}; 'volsnap list --repo {}' shows the backups there",
+                self.root.display(),
+                self.root.display()
+            ));
+        }
+        Ok((id.to_string(), dir))
+    }
+}
+
+/// A new backup id: UTC time to the second plus a short disambiguator, so
+/// ids sort by time and two runs in the same second do not collide.
+pub fn new_backup_id() -> String {
+    let now = chrono::Utc::now();
+    let salt = (now.timestamp_subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
+    format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), salt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_are_path_safe() {
+        let id = new_backup_id();
+        assert_eq!(id.len(), "20261125T191500Z-abcd".len());
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+
+    #[test]
+    fn missing_repository_is_a_usage_error() {
+        let err = Repo::open(Path::new("/nonexistent/volsnap-repo")).unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), 2);
+        assert!(err.to_string().contains("mkdir -p"));
+    }
+}

@@ -1,0 +1,130 @@
+//! `verify`: checks a backup against its own checksums, and with `--deep`
+//! every file inside every archive against the manifest.
+
+use crate::archive::{entry_path, hash_content, ArchiveReader, EntryChecker};
+use crate::cancel::Cancel;
+use crate::hashing::sha256_file;
+use crate::manifest::{parse_sums, Manifest, MANIFEST_FILE, SUMS_FILE};
+use anyhow::Result;
+use std::path::Path;
+
+/// What verification found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Each problem names what differs. Empty means the backup is intact.
+    pub problems: Vec<String>,
+    pub archives_checked: usize,
+    pub files_checked: u64,
+}
+
+/// Verifies the backup in `dir`.
+pub fn verify(dir: &Path, deep: bool, cancel: &Cancel) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let sums = match std::fs::read_to_string(dir.join(SUMS_FILE)) {
+        Ok(text) => match parse_sums(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                report.problems.push(format!("{e:#}"));
+                Vec::new()
+            }
+        },
+        Err(e) => {
+            report
+                .problems
+                .push(format!("cannot read {SUMS_FILE}: {e}"));
+            Vec::new()
+        }
+    };
+    for (expected, name) in &sums {
+        cancel.check()?;
+        if name.contains('/') || name.starts_with('.') {
+            report.problems.push(format!(
+                "{SUMS_FILE} names {name:?}, which is not a file of this backup"
+            ));
+            continue;
+        }
+        match sha256_file(&dir.join(name)) {
+            Ok(actual) if &actual == expected => report.archives_checked += 1,
+            Ok(actual) => report.problems.push(format!(
+                "{name}: SHA-256 is {actual}, {SUMS_FILE} says {expected}"
+            )),
+            Err(e) => report.problems.push(format!("{name}: cannot read: {e}")),
+        }
+    }
+    if !sums.iter().any(|(_, n)| n == MANIFEST_FILE) {
+        report
+            .problems
+            .push(format!("{MANIFEST_FILE} is not covered by {SUMS_FILE}"));
+    }
+    let manifest = match Manifest::load(&dir.join(MANIFEST_FILE)) {
+        Ok(m) => m,
+        Err(e) => {
+            report.problems.push(format!("{e:#}"));
+            return Ok(report);
+        }
+    };
+    for volume in &manifest.volumes {
+        match sums.iter().find(|(_, n)| n == &volume.archive) {
+            None => report.problems.push(format!(
+                "{}: archive {} is not listed in {SUMS_FILE}",
+                volume.name, volume.archive
+            )),
+            Some((digest, _)) if digest != &volume.sha256 => report.problems.push(format!(
+                "{}: {SUMS_FILE} and the manifest disagree on the SHA-256 of {}",
+                volume.name, volume.archive
+            )),
+            Some(_) => {}
+        }
+    }
+    if deep {
+        for volume in &manifest.volumes {
+            match deep_check(dir, &manifest, volume, cancel) {
+                Ok(files) => report.files_checked += files,
+                Err(e) if e.is::<crate::error::Cancelled>() => return Err(e),
+                Err(e) => report.problems.push(format!("{e:#}")),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Streams one archive and checks every entry and every file's SHA-256.
+fn deep_check(
+    dir: &Path,
+    manifest: &Manifest,
+    volume: &crate::manifest::VolumeRecord,
+    cancel: &Cancel,
+) -> Result<u64> {
+    let mut reader = ArchiveReader::open(&dir.join(&volume.archive), manifest.compression)?;
+    let mut checker = EntryChecker::new(volume);
+    let mut files = 0;
+    for entry in reader.archive().entries()? {
+        cancel.check()?;
+        let mut entry =
+            entry.map_err(|e| anyhow::anyhow!("{}: archive is corrupt: {e}", volume.name))?;
+        let tar_type = entry.header().entry_type();
+        if tar_type == tar::EntryType::XGlobalHeader {
+            continue;
+        }
+        let path = entry_path(&entry);
+        let record = checker.check(&path, tar_type)?;
+        if let Some(expected) = &record.sha256 {
+            let (actual, len) = hash_content(&mut entry)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read {path}: {e}", volume.name))?;
+            if &actual != expected || len != record.size {
+                anyhow::bail!("{}: file {path} differs from the manifest (SHA-256 {actual}, expected {expected})", volume.name);
+            }
+            files += 1;
+        }
+    }
+    checker.finish()?;
+    let (digest, _) = reader.finish()?;
+    if digest != volume.sha256 {
+        anyhow::bail!(
+            "{}: archive SHA-256 is {digest}, the manifest says {}",
+            volume.name,
+            volume.sha256
+        );
+    }
+    Ok(files)
+}
