@@ -1,9 +1,10 @@
 //! volsnap's entry point: parse, set up logging, run one command, map the
 //! outcome to an exit status (0 success, 1 failure, 2 bad usage).
 
+#[macro_use]
+mod output;
 mod cli;
 mod cmd;
-mod output;
 
 use clap::Parser;
 

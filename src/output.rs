@@ -102,3 +102,13 @@ impl Observer for TerminalObserver {
         });
     }
 }
+
+/// `println!` that ignores a closed stdout (`volsnap list | head`), instead
+/// of panicking on EPIPE.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}

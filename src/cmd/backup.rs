@@ -65,7 +65,7 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     };
     let outcome = run_backup(&job)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json_report(
                 &outcome.manifest,
@@ -111,7 +111,7 @@ fn json_report(m: &Manifest, dir: &std::path::Path, problems: &[String]) -> serd
 }
 
 fn print_human(m: &Manifest, dir: &std::path::Path) {
-    println!(
+    outln!(
         "backup {}: {}, {}, downtime {}, total {}",
         m.id,
         m.strategy,
@@ -120,7 +120,7 @@ fn print_human(m: &Manifest, dir: &std::path::Path) {
         secs(m.duration_ms)
     );
     for v in &m.volumes {
-        println!(
+        outln!(
             "  {:<28} {:>7} files {:>10} -> {} ({})",
             v.name,
             v.files,
@@ -129,20 +129,20 @@ fn print_human(m: &Manifest, dir: &std::path::Path) {
             human_bytes(v.archive_bytes)
         );
         if !v.changed_during_read.is_empty() {
-            println!(
+            outln!(
                 "      changed while read: {}",
                 v.changed_during_read.join(", ")
             );
         }
         if !v.vanished_during_read.is_empty() {
-            println!(
+            outln!(
                 "      vanished while read: {}",
                 v.vanished_during_read.join(", ")
             );
         }
     }
     for note in &m.notes {
-        println!("  note: {note}");
+        outln!("  note: {note}");
     }
-    println!("saved to {}", dir.display());
+    outln!("saved to {}", dir.display());
 }

@@ -30,20 +30,25 @@ pub fn run(args: ListArgs) -> Result<i32> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);
     }
     if backups.is_empty() {
-        println!("no backups in {}", repo.root().display());
+        outln!("no backups in {}", repo.root().display());
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10}  selection",
-        "id", "time (UTC)", "strategy", "consistency", "data", "archives"
+        "id",
+        "time (UTC)",
+        "strategy",
+        "consistency",
+        "data",
+        "archives"
     );
     for b in &backups {
         let m = &b.manifest;
-        println!(
+        outln!(
             "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10}  {}",
             b.id,
             m.started_at.format("%Y-%m-%d %H:%M:%S"),

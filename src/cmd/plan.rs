@@ -55,7 +55,7 @@ pub fn run(args: PlanArgs) -> Result<i32> {
     let plan = build(&stack, &storage, &args.strategy.to_options())?;
     let report = report(&stack, &storage, &plan);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_human(&report);
     }
@@ -105,14 +105,14 @@ fn report<'a>(stack: &'a Stack, storage: &'a [StorageInfo], plan: &'a Plan) -> P
 }
 
 fn print_human(r: &PlanReport<'_>) {
-    println!("selection:   {}", r.selection);
-    println!("strategy:    {} ({})", r.strategy, r.consistency);
-    println!("why:         {}", r.reason);
-    println!(
+    outln!("selection:   {}", r.selection);
+    outln!("strategy:    {} ({})", r.strategy, r.consistency);
+    outln!("why:         {}", r.reason);
+    outln!(
         "downtime:    about {} (estimate)",
         crate::output::secs(r.estimated_downtime_ms)
     );
-    println!("containers (start order):");
+    outln!("containers (start order):");
     for c in &r.containers {
         let deps = if c.depends_on.is_empty() {
             String::new()
@@ -120,22 +120,22 @@ fn print_human(r: &PlanReport<'_>) {
             format!(", depends on {}", c.depends_on.join(", "))
         };
         let state = if c.running { "running" } else { "not running" };
-        println!("  {} [{}{deps}]", c.name, state);
+        outln!("  {} [{}{deps}]", c.name, state);
     }
-    println!("volumes:");
+    outln!("volumes:");
     for v in &r.volumes {
         let snap = match &v.storage.support {
             SnapshotSupport::Yes => "can snapshot".to_string(),
             SnapshotSupport::No(why) => format!("no snapshot: {why}"),
         };
-        println!(
+        outln!(
             "  {}  {}  {} entries  at {}",
             v.name,
             human_bytes(v.bytes),
             v.entries,
             v.host_path
         );
-        println!(
+        outln!(
             "      storage: {} ({} on {}); {snap}",
             v.storage.backend_name(),
             v.storage.fs_type,
@@ -143,14 +143,14 @@ fn print_human(r: &PlanReport<'_>) {
         );
     }
     for s in r.skipped {
-        println!("  skipped: {s}");
+        outln!("  skipped: {s}");
     }
-    println!("steps:");
+    outln!("steps:");
     for (i, s) in r.steps.iter().enumerate() {
         let undo = match &s.step.undo {
             Some(u) => format!("   (undo: {})", u.name()),
             None => String::new(),
         };
-        println!("  {:>2}. {:<14} {}{undo}", i + 1, s.name, s.description);
+        outln!("  {:>2}. {:<14} {}{undo}", i + 1, s.name, s.description);
     }
 }

@@ -116,7 +116,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
             restart_errors.join("; ")
         );
     }
-    println!("restored backup {id} ({} volume(s))", targets.len());
+    outln!("restored backup {id} ({} volume(s))", targets.len());
     Ok(0)
 }
 
@@ -143,7 +143,7 @@ fn restore_all(
         );
         bar.finish_and_clear();
         let stats = stats?;
-        println!(
+        outln!(
             "  {} -> {}: {} files, {} verified",
             t.volume.name,
             t.label,

@@ -16,7 +16,7 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "backup {id} is intact: {} checksums match{depth}",
             report.archives_checked
         );

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs and starts everything volsnap's tests and demo need on a fresh
+# Debian machine (run as root): Docker (Debian's docker.io), busybox-static
+# for the local test image, btrfs-progs, zstd; starts dockerd when it is not
+# running; builds the local test image (no registry is needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  log "run this as root: it installs packages and starts dockerd"; exit 1
+fi
+
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v mkfs.btrfs >/dev/null 2>&1 || need+=(btrfs-progs)
+command -v zstd >/dev/null 2>&1 || need+=(zstd)
+command -v losetup >/dev/null 2>&1 || need+=(mount)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  if ! { command -v systemctl >/dev/null 2>&1 && systemctl start docker 2>/dev/null; }; then
+    nohup dockerd >/var/log/volsnap-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/volsnap-dockerd.log"; exit 1; }
+fi
+log "docker $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
+
+scripts/test-image.sh

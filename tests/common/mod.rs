@@ -1,0 +1,381 @@
+//! Helpers shared by the integration tests: the real volsnap binary, the
+//! real Docker daemon (through the docker CLI), fixtures and tree checks.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const IMAGE: &str = "volsnap-test/busybox:1";
+
+/// Runs the volsnap binary under test.
+pub fn volsnap(args: &[&str]) -> Output {
+    volsnap_env(args, &[])
+}
+
+pub fn volsnap_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volsnap"));
+    cmd.args(args)
+        .env_remove("VOLSNAP_REPO")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("cannot run volsnap")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "volsnap failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Runs `docker …`, panicking with its stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("cannot run the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Fails loudly when the environment that scripts/setup-host.sh prepares
+/// is missing, instead of skipping silently.
+pub fn require_docker() {
+    let ready = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ready,
+        "these tests need a running Docker daemon and the image {IMAGE}: run scripts/setup-host.sh as root first"
+    );
+}
+
+/// A compose-style project whose containers and volumes are removed on drop.
+pub struct Project {
+    pub name: String,
+    containers: Vec<String>,
+    volumes: Vec<String>,
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+impl Project {
+    pub fn new(prefix: &str) -> Project {
+        require_docker();
+        let name = format!("vt{}{}", prefix, std::process::id());
+        Project {
+            name,
+            containers: vec![],
+            volumes: vec![],
+            dirs: vec![],
+        }
+    }
+
+    /// Creates a named volume `<project>_<short>` and returns its name.
+    pub fn volume(&mut self, short: &str, opts: &[&str]) -> String {
+        let name = format!("{}_{short}", self.name);
+        let mut args = vec!["volume", "create"];
+        for o in opts {
+            args.push("--opt");
+            args.push(o);
+        }
+        args.push(&name);
+        docker(&args);
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// Tracks a volume created by volsnap so it is removed too.
+    pub fn adopt_volume(&mut self, name: &str) {
+        self.volumes.push(name.to_string());
+    }
+
+    /// Starts a container of service `service` with compose labels.
+    pub fn service(
+        &mut self,
+        service: &str,
+        depends_on: &[&str],
+        extra: &[&str],
+        cmd: &[&str],
+    ) -> String {
+        let cname = format!("{}-{service}", self.name);
+        let project_label = format!("com.docker.compose.project={}", self.name);
+        let service_label = format!("com.docker.compose.service={service}");
+        let deps: Vec<String> = depends_on
+            .iter()
+            .map(|d| format!("{d}:service_started:false"))
+            .collect();
+        let deps_label = format!("com.docker.compose.depends_on={}", deps.join(","));
+        let mut args = vec![
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            &cname,
+            "--label",
+            &project_label,
+            "--label",
+            &service_label,
+        ];
+        if !depends_on.is_empty() {
+            args.push("--label");
+            args.push(&deps_label);
+        }
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        docker(&args);
+        self.containers.push(cname.clone());
+        cname
+    }
+
+    pub fn tempdir(&mut self) -> PathBuf {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        self.dirs.push(dir);
+        path
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+        for v in &self.volumes {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", v])
+                .output();
+        }
+    }
+}
+
+/// Host path of a named volume's data.
+pub fn volume_path(name: &str) -> PathBuf {
+    PathBuf::from(docker(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{.Mountpoint}}",
+        name,
+    ]))
+}
+
+/// `docker inspect` of one field.
+pub fn inspect(container: &str, format: &str) -> String {
+    docker(&["inspect", "-f", format, container])
+}
+
+pub fn is_running(container: &str) -> bool {
+    inspect(container, "{{.State.Running}}") == "true"
+}
+
+/// Fills `root` with every kind of thing an archive must preserve.
+pub fn make_fixture(root: &Path) {
+    use std::fs;
+    let p = |rel: &str| root.join(rel);
+    fs::create_dir_all(p("dir/empty")).unwrap();
+    fs::create_dir_all(p("deep/a/b/c/d")).unwrap();
+    fs::write(p("dir/file.txt"), b"hello volsnap\n").unwrap();
+    fs::set_permissions(p("dir/file.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(p("dir/file.txt"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::symlink("file.txt", p("dir/rel-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/absolute/target", p("dir/dangling")).unwrap();
+    fs::hard_link(p("dir/file.txt"), p("dir/hard")).unwrap();
+    fs::hard_link(p("dir/file.txt"), p("deep/a/hard2")).unwrap();
+    fs::set_permissions(p("deep"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(p("deep/a/b"), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(p("deep/a"), Some(999), Some(999)).unwrap();
+    // Incompressible content.
+    let mut blob = vec![0u8; 300 * 1024];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in blob.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    fs::write(p("blob.bin"), &blob).unwrap();
+    // Sparse: 8 MiB with a little data in the middle.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::File::create(p("sparse.img")).unwrap();
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.write_all(b"middle").unwrap();
+        f.set_len(8 << 20).unwrap();
+    }
+    let long = "n".repeat(120);
+    fs::create_dir_all(p(&format!("long/{long}"))).unwrap();
+    fs::write(p(&format!("long/{long}/{long}.txt")), b"long names").unwrap();
+    fs::write(p("with space & ünïcode.txt"), b"names").unwrap();
+    nix::unistd::mkfifo(&p("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    xattr::set(p("dir/file.txt"), "user.volsnap", b"kept").unwrap();
+    fs::write(p("empty-file"), b"").unwrap();
+    // Fixed mtimes, so a restore that drops them is caught.
+    for rel in ["dir/file.txt", "blob.bin", "dir/empty", "deep/a/b"] {
+        let t = nix::sys::time::TimeSpec::new(1_600_000_000, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &p(rel),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+}
+
+/// Everything observable about one entry.
+#[derive(Debug, PartialEq)]
+struct EntryFacts {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Option<i64>,
+    content: Option<Vec<u8>>,
+    link: Option<PathBuf>,
+    xattrs: BTreeMap<String, Vec<u8>>,
+    /// Index of the first path sharing this inode (hard-link structure).
+    link_group: Option<String>,
+}
+
+fn facts(root: &Path, check_root_mtime: bool) -> BTreeMap<String, EntryFacts> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let ft = meta.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else {
+            "other"
+        };
+        let mut link_group = None;
+        if ft.is_file() && meta.nlink() > 1 {
+            let first = inodes
+                .entry(meta.ino())
+                .or_insert_with(|| rel.clone())
+                .clone();
+            link_group = Some(first);
+        }
+        let xattrs = if ft.is_symlink() {
+            BTreeMap::new()
+        } else {
+            xattr::list(&path)
+                .map(|names| {
+                    names
+                        .filter(|n| n.to_string_lossy().starts_with("user."))
+                        .map(|n| {
+                            let v = xattr::get(&path, &n).unwrap().unwrap_or_default();
+                            (n.to_string_lossy().into_owned(), v)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // Directory mtimes are checked except the root's, which the test may touch.
+        let mtime = if rel.is_empty() && !check_root_mtime {
+            None
+        } else {
+            Some(meta.mtime())
+        };
+        out.insert(
+            rel.clone(),
+            EntryFacts {
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime,
+                content: if ft.is_file() {
+                    Some(std::fs::read(&path).unwrap())
+                } else {
+                    None
+                },
+                link: if ft.is_symlink() {
+                    Some(std::fs::read_link(&path).unwrap())
+                } else {
+                    None
+                },
+                xattrs,
+                link_group,
+            },
+        );
+        if ft.is_dir() {
+            let mut children: Vec<_> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            children.sort();
+            children.reverse();
+            stack.extend(children);
+        }
+    }
+    out
+}
+
+/// Asserts two trees hold the same entries with the same content, modes,
+/// owners, mtimes, link targets, xattrs and hard-link structure.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let a = facts(expected, true);
+    let b = facts(actual, true);
+    let missing: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    let extra: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    for (path, fa) in &a {
+        let fb = &b[path];
+        assert_eq!(
+            fa,
+            fb,
+            "entry {path:?} differs between {} and {}",
+            expected.display(),
+            actual.display()
+        );
+    }
+}
+
+/// Allocated size of a file (to check sparse files stay sparse).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
