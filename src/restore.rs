@@ -148,7 +148,14 @@ fn extract(
             }
             EntryKind::File => {
                 let (digest, len) = write_file(&mut entry, &dest, progress)?;
-                if Some(&digest) != record.sha256.as_ref() || len != record.size {
+                if len != record.size {
+                    bail!(
+                        "{}: file {path} holds {len} of its {} bytes; the archive is truncated or corrupt",
+                        volume.name,
+                        record.size
+                    );
+                }
+                if Some(&digest) != record.sha256.as_ref() {
                     bail!(
                         "{}: file {path} does not match the manifest (SHA-256 {digest}, expected {}); the archive is corrupt",
                         volume.name,

@@ -111,7 +111,14 @@ fn deep_check(
         if let Some(expected) = &record.sha256 {
             let (actual, len) = hash_content(&mut entry)
                 .map_err(|e| anyhow::anyhow!("{}: cannot read {path}: {e}", volume.name))?;
-            if &actual != expected || len != record.size {
+            if len != record.size {
+                anyhow::bail!(
+                    "{}: file {path} holds {len} of its {} bytes; the archive is truncated or corrupt",
+                    volume.name,
+                    record.size
+                );
+            }
+            if &actual != expected {
                 anyhow::bail!("{}: file {path} differs from the manifest (SHA-256 {actual}, expected {expected})", volume.name);
             }
             files += 1;

@@ -1,0 +1,313 @@
+//! Hostile and damaged backups: restore must refuse them without writing
+//! outside its target or touching the previous content; verify must name
+//! what is wrong. Each case is crafted here, byte by byte where needed.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use volsnap::hashing::sha256_file;
+use volsnap::manifest::*;
+
+/// One crafted archive entry.
+struct Crafted {
+    name: &'static str,
+    kind: tar::EntryType,
+    data: Vec<u8>,
+    link: Option<String>,
+    mode: u32,
+    /// Listed in the manifest (as what kind, with which content hash).
+    listed: Option<(EntryKind, Option<Vec<u8>>)>,
+}
+
+fn file(name: &'static str, data: &[u8]) -> Crafted {
+    Crafted {
+        name,
+        kind: tar::EntryType::Regular,
+        data: data.to_vec(),
+        link: None,
+        mode: 0o644,
+        listed: Some((EntryKind::File, Some(data.to_vec()))),
+    }
+}
+
+fn link(name: &'static str, kind: tar::EntryType, target: &str) -> Crafted {
+    let listed = if kind == tar::EntryType::Symlink { EntryKind::Symlink } else { EntryKind::Hardlink };
+    Crafted {
+        name,
+        kind,
+        data: vec![],
+        link: Some(target.to_string()),
+        mode: 0o777,
+        listed: Some((listed, None)),
+    }
+}
+
+fn sha(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Writes a backup `id` with one volume "vol" holding `entries`, raw names
+/// and all, with a manifest and SHA256SUMS that agree with the archive.
+fn craft(repo: &Path, id: &str, entries: &[Crafted]) -> PathBuf {
+    let dir = repo.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = dir.join("vol.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    let mut listed = vec![FileEntry {
+        path: ".".into(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        size: 0,
+        sha256: None,
+        target: None,
+    }];
+    let mut root = tar::Header::new_gnu();
+    root.set_entry_type(tar::EntryType::Directory);
+    root.set_mode(0o755);
+    root.set_size(0);
+    builder.append_data(&mut root, "./", std::io::empty()).unwrap();
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        // Raw bytes: the tar crate's own setters refuse ".." and "/".
+        let name = &mut h.as_old_mut().name;
+        name[..e.name.len()].copy_from_slice(e.name.as_bytes());
+        if let Some(l) = &e.link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_entry_type(e.kind);
+        h.set_mode(e.mode);
+        h.set_size(e.data.len() as u64);
+        h.set_cksum();
+        builder.append(&h, e.data.as_slice()).unwrap();
+        if let Some((kind, content)) = &e.listed {
+            listed.push(FileEntry {
+                path: e.name.trim_start_matches("./").into(),
+                kind: *kind,
+                mode: e.mode,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                size: content.as_ref().map_or(0, |c| c.len() as u64),
+                sha256: content.as_ref().map(|c| sha(c)),
+                target: e.link.clone(),
+            });
+        }
+    }
+    builder.into_inner().unwrap();
+    write_manifest(&dir, id, listed);
+    dir
+}
+
+fn write_manifest(dir: &Path, id: &str, entries: Vec<FileEntry>) {
+    let archive_sha = sha256_file(&dir.join("vol.tar")).unwrap();
+    let now = chrono::Utc::now();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        id: id.into(),
+        started_at: now,
+        completed_at: now,
+        host: "test".into(),
+        volsnap_version: "test".into(),
+        selection: "--container crafted".into(),
+        strategy: Strategy::Cold,
+        consistency: Consistency::Consistent,
+        reason: "crafted".into(),
+        downtime_ms: 0,
+        duration_ms: 0,
+        compression: Compression::None,
+        containers: vec![],
+        volumes: vec![VolumeRecord {
+            name: "vol".into(),
+            kind: VolumeKind::Volume,
+            source_path: "/nowhere".into(),
+            driver: None,
+            driver_opts: Default::default(),
+            labels: Default::default(),
+            mounted_by: vec![],
+            archive: "vol.tar".into(),
+            sha256: archive_sha.clone(),
+            archive_bytes: 0,
+            files: 0,
+            bytes: 0,
+            changed_during_read: vec![],
+            vanished_during_read: vec![],
+            entries,
+        }],
+        notes: vec![],
+    };
+    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    rewrite_sums(dir, &archive_sha);
+}
+
+fn rewrite_sums(dir: &Path, archive_sha: &str) {
+    let manifest_sha = sha256_file(&dir.join(MANIFEST_FILE)).unwrap();
+    let sums = render_sums(&[(archive_sha.to_string(), "vol.tar".into()), (manifest_sha, MANIFEST_FILE.into())]);
+    std::fs::write(dir.join(SUMS_FILE), sums).unwrap();
+}
+
+/// A restore target that already holds precious data.
+fn target_with_precious_data(root: &Path) -> PathBuf {
+    let target = root.join("target");
+    std::fs::create_dir_all(target.join("vol")).unwrap();
+    std::fs::write(target.join("vol/precious"), b"keep me").unwrap();
+    target
+}
+
+/// Restores `id` into a fresh target and asserts it was refused with
+/// `expect` in the message, the precious data intact and nothing staged.
+fn assert_refused(repo: &Path, id: &str, expect: &str, extra: &[&str]) {
+    let scratch = tempfile::tempdir().unwrap();
+    let target = target_with_precious_data(scratch.path());
+    let mut args = vec!["restore", "--repo", repo.to_str().unwrap(), id, "--target-dir", target.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = volsnap(&args);
+    assert_eq!(out.status.code(), Some(1), "{id}: {}", stderr(&out));
+    assert!(stderr(&out).contains(expect), "{id}: expected {expect:?} in: {}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"));
+    let names: Vec<_> = std::fs::read_dir(target.join("vol")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["precious"], "{id}: target left exactly as it was");
+    assert_eq!(std::fs::read(target.join("vol/precious")).unwrap(), b"keep me");
+    let around: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(around, ["target"], "{id}: nothing written beside the target");
+}
+
+#[test]
+fn restore_refuses_entries_that_escape_the_target() {
+    let repo = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let outside_s: &'static str = Box::leak(outside.path().display().to_string().into_boxed_str());
+    let abs_file: &'static str = Box::leak(format!("{outside_s}/absolute.txt").into_boxed_str());
+
+    craft(repo.path(), "dotdot", &[file("../escape.txt", b"x"), file("a/../../escape2.txt", b"x")]);
+    assert_refused(repo.path(), "dotdot", "'..'", &[]);
+
+    craft(repo.path(), "absolute", &[file(abs_file, b"x")]);
+    assert_refused(repo.path(), "absolute", "absolute path", &[]);
+
+    craft(
+        repo.path(),
+        "symlink-escape",
+        &[link("link", tar::EntryType::Symlink, outside_s), file("link/pwned", b"x")],
+    );
+    assert_refused(repo.path(), "symlink-escape", "not a directory (a symlink?)", &[]);
+
+    craft(
+        repo.path(),
+        "hardlink-escape",
+        &[link("h", tar::EntryType::Link, "../../../../etc/passwd")],
+    );
+    assert_refused(repo.path(), "hardlink-escape", "'..'", &[]);
+
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
+    assert!(!repo.path().join("escape.txt").exists());
+}
+
+#[test]
+fn restore_refuses_devices_setuid_and_unlisted_entries() {
+    let repo = tempfile::tempdir().unwrap();
+    let mut dev = file("null", b"");
+    dev.kind = tar::EntryType::Char;
+    dev.listed = Some((EntryKind::CharDevice, None));
+    craft(repo.path(), "device", &[dev]);
+    assert_refused(repo.path(), "device", "device node", &[]);
+
+    let mut suid = file("suid", b"#!/bin/sh\n");
+    suid.mode = 0o4755;
+    craft(repo.path(), "setuid", &[suid]);
+    assert_refused(repo.path(), "setuid", "setuid", &[]);
+
+    let mut hidden = file("unlisted", b"surprise");
+    hidden.listed = None;
+    craft(repo.path(), "unlisted", &[file("ok", b"fine"), hidden]);
+    assert_refused(repo.path(), "unlisted", "not in the manifest", &[]);
+}
+
+#[test]
+fn restore_and_verify_catch_content_that_differs_from_the_manifest() {
+    let repo = tempfile::tempdir().unwrap();
+    let mut lying = file("data.bin", b"actual content");
+    lying.listed = Some((EntryKind::File, Some(b"ACTUAL content".to_vec())));
+    craft(repo.path(), "content", &[file("a", b"first"), lying]);
+    assert_refused(repo.path(), "content", "does not match the manifest", &[]);
+    let out = volsnap(&["verify", "--repo", repo.path().to_str().unwrap(), "content", "--deep"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("data.bin"), "{}", stderr(&out));
+    // Without --deep the archive checksums still match: that is what --deep is for.
+    let out = volsnap(&["verify", "--repo", repo.path().to_str().unwrap(), "content"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn truncated_archive_edited_manifest_and_unknown_version_are_detected() {
+    let repo = tempfile::tempdir().unwrap();
+    let repo_s = repo.path().to_str().unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+
+    // Truncated, with SHA256SUMS rewritten to match: only --deep and restore see it.
+    let dir = craft(repo.path(), "truncated", &[file("big.bin", big), file("z-last", b"end")]);
+    let archive = dir.join("vol.tar");
+    let bytes = std::fs::read(&archive).unwrap();
+    std::fs::write(&archive, &bytes[..bytes.len() / 2]).unwrap();
+    let sha = sha256_file(&archive).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    m["volumes"][0]["sha256"] = sha.clone().into();
+    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    rewrite_sums(&dir, &sha);
+    let out = volsnap(&["verify", "--repo", repo_s, "truncated", "--deep"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+    assert_refused(repo.path(), "truncated", "truncated", &[]);
+
+    // Manifest edited after the fact: its digest in SHA256SUMS no longer matches.
+    let dir = craft(repo.path(), "edited", &[file("a", b"a")]);
+    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+    std::fs::write(dir.join(MANIFEST_FILE), text.replace("crafted", "tampered")).unwrap();
+    let out = volsnap(&["verify", "--repo", repo_s, "edited"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("manifest.json"), "{}", stderr(&out));
+    assert_refused(repo.path(), "edited", "failed verification", &[]);
+
+    // A manifest from a future format version.
+    let dir = craft(repo.path(), "future", &[file("a", b"a")]);
+    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+    std::fs::write(
+        dir.join(MANIFEST_FILE),
+        text.replace(&format!("\"format_version\": {FORMAT_VERSION}"), "\"format_version\": 99"),
+    )
+    .unwrap();
+    rewrite_sums(&dir, &sha256_file(&dir.join("vol.tar")).unwrap());
+    let out = volsnap(&["verify", "--repo", repo_s, "future"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("version 99"), "{}", stderr(&out));
+    assert_refused(repo.path(), "future", "version 99", &[]);
+
+    // Corrupt JSON.
+    let dir = craft(repo.path(), "corrupt", &[file("a", b"a")]);
+    std::fs::write(dir.join(MANIFEST_FILE), b"{ not json").unwrap();
+    assert_refused(repo.path(), "corrupt", "corrupt manifest", &[]);
+}
+
+#[test]
+fn a_clean_crafted_backup_restores() {
+    // The control case: the crafting itself yields a restorable backup, so
+    // the refusals above are due to what each case changes.
+    let repo = tempfile::tempdir().unwrap();
+    craft(
+        repo.path(),
+        "clean",
+        &[file("a.txt", b"alpha"), link("l", tar::EntryType::Symlink, "a.txt"), link("h", tar::EntryType::Link, "a.txt")],
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let target = target_with_precious_data(scratch.path());
+    ok(volsnap(&["restore", "--repo", repo.path().to_str().unwrap(), "clean", "--target-dir", target.to_str().unwrap()]));
+    assert_eq!(std::fs::read(target.join("vol/a.txt")).unwrap(), b"alpha");
+    assert_eq!(std::fs::read(target.join("vol/h")).unwrap(), b"alpha");
+    assert_eq!(std::fs::read_link(target.join("vol/l")).unwrap(), Path::new("a.txt"));
+    assert!(!target.join("vol/precious").exists(), "a restore replaces the previous content");
+}
