@@ -7,14 +7,28 @@ use std::process::Output;
 
 fn assert_fails(out: &Output, code: i32, expect: &str) {
     let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "expected exit {code} for {expect:?}, got: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code} for {expect:?}, got: {err}"
+    );
     assert!(err.contains(expect), "expected {expect:?} in: {err}");
-    assert!(!err.contains("panicked") && !err.contains("Error {"), "no panics or Debug dumps: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Error {"),
+        "no panics or Debug dumps: {err}"
+    );
 }
 
 fn assert_empty(dir: &std::path::Path) {
-    let names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(names.is_empty(), "{} should be untouched, holds {names:?}", dir.display());
+    let names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names.is_empty(),
+        "{} should be untouched, holds {names:?}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -26,9 +40,21 @@ fn selection_errors() {
     let mount = format!("{vol}:/data");
     let app = p.service("app", &[], &["-v", &mount], &["idle"]);
 
-    let out = volsnap(&["backup", "--project", "no-such-project-xyz", "--repo", repo_s]);
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        "no-such-project-xyz",
+        "--repo",
+        repo_s,
+    ]);
     assert_fails(&out, 2, "no container belongs to compose project");
-    let out = volsnap(&["backup", "--container", "no-such-container-xyz", "--repo", repo_s]);
+    let out = volsnap(&[
+        "backup",
+        "--container",
+        "no-such-container-xyz",
+        "--repo",
+        repo_s,
+    ]);
     assert_fails(&out, 2, "no container named");
     let out = volsnap(&["plan", "--label", "volsnap.test.nothing=here"]);
     assert_fails(&out, 2, "no container has the label");
@@ -38,15 +64,43 @@ fn selection_errors() {
     assert_fails(&out, 2, "--project");
     let out = volsnap(&["plan", "--project", &p.name, "--container", &app]);
     assert_fails(&out, 2, "cannot be used with");
-    let out = volsnap(&["backup", "--project", &p.name, "--repo", repo_s, "--level", "42"]);
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo_s,
+        "--level",
+        "42",
+    ]);
     assert_fails(&out, 2, "out of range");
-    let out = volsnap(&["backup", "--project", &p.name, "--repo", repo_s, "--strategy", "snapshot"]);
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo_s,
+        "--strategy",
+        "snapshot",
+    ]);
     assert_fails(&out, 2, "needs every volume on LVM, ZFS or btrfs");
-    let out = volsnap(&["backup", "--project", &p.name, "--repo", repo_s, "--max-downtime", "0", "--require-consistent"]);
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo_s,
+        "--max-downtime",
+        "0",
+        "--require-consistent",
+    ]);
     assert_fails(&out, 2, "--max-downtime");
     assert_empty(&repo);
     assert!(is_running(&app), "nothing was stopped");
-    assert!(inspect(&app, "{{.State.FinishedAt}}").starts_with("0001-"), "never stopped");
+    assert!(
+        inspect(&app, "{{.State.FinishedAt}}").starts_with("0001-"),
+        "never stopped"
+    );
 }
 
 #[test]
@@ -55,11 +109,25 @@ fn max_downtime_falls_back_to_online() {
     let vol = p.volume("data", &[]);
     let mount = format!("{vol}:/data");
     p.service("app", &[], &["-v", &mount], &["idle"]);
-    let out = ok(volsnap(&["plan", "--project", &p.name, "--max-downtime", "0", "--json"]));
+    let out = ok(volsnap(&[
+        "plan",
+        "--project",
+        &p.name,
+        "--max-downtime",
+        "0",
+        "--json",
+    ]));
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(plan["strategy"], "online", "{plan}");
     assert!(plan["reason"].as_str().unwrap().contains("budget"));
-    let out = ok(volsnap(&["plan", "--project", &p.name, "--max-downtime", "3600", "--json"]));
+    let out = ok(volsnap(&[
+        "plan",
+        "--project",
+        &p.name,
+        "--max-downtime",
+        "3600",
+        "--json",
+    ]));
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(plan["strategy"], "cold");
 }
@@ -68,7 +136,13 @@ fn max_downtime_falls_back_to_online() {
 fn docker_unreachable_says_how_to_point_at_it() {
     let repo = tempfile::tempdir().unwrap();
     let out = volsnap_env(
-        &["backup", "--project", "x", "--repo", repo.path().to_str().unwrap()],
+        &[
+            "backup",
+            "--project",
+            "x",
+            "--repo",
+            repo.path().to_str().unwrap(),
+        ],
         &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
     );
     assert_fails(&out, 1, "DOCKER_HOST");
@@ -82,7 +156,10 @@ fn repository_errors() {
     let missing = scratch.path().join("missing");
     let out = volsnap(&["list", "--repo", missing.to_str().unwrap()]);
     assert_fails(&out, 2, "does not exist");
-    assert!(!missing.exists(), "a missing repository is not created behind the user's back");
+    assert!(
+        !missing.exists(),
+        "a missing repository is not created behind the user's back"
+    );
     let file = scratch.path().join("file");
     std::fs::write(&file, b"x").unwrap();
     let out = volsnap(&["list", "--repo", file.to_str().unwrap()]);
@@ -90,9 +167,21 @@ fn repository_errors() {
 
     let empty = scratch.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let out = volsnap(&["verify", "--repo", empty.to_str().unwrap(), "20990101T000000Z-ffff"]);
+    let out = volsnap(&[
+        "verify",
+        "--repo",
+        empty.to_str().unwrap(),
+        "20990101T000000Z-ffff",
+    ]);
     assert_fails(&out, 2, "no backup 20990101T000000Z-ffff");
-    let out = volsnap(&["restore", "--repo", empty.to_str().unwrap(), "latest", "--target-dir", "/tmp/x"]);
+    let out = volsnap(&[
+        "restore",
+        "--repo",
+        empty.to_str().unwrap(),
+        "latest",
+        "--target-dir",
+        "/tmp/x",
+    ]);
     assert_fails(&out, 2, "holds no backup yet");
     let out = volsnap(&["verify", "--repo", empty.to_str().unwrap(), "../etc"]);
     assert_fails(&out, 2, "not a backup id");
@@ -114,11 +203,20 @@ fn read_only_repository_is_refused_before_anything_stops() {
         .status()
         .unwrap();
     assert!(status.success(), "mounting a read-only tmpfs needs root");
-    let out = volsnap(&["backup", "--project", &p.name, "--repo", repo.to_str().unwrap()]);
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
     let _ = std::process::Command::new("umount").arg(&repo).status();
     assert_fails(&out, 1, "not writable");
     assert!(is_running(&app));
-    assert!(inspect(&app, "{{.State.FinishedAt}}").starts_with("0001-"), "never stopped");
+    assert!(
+        inspect(&app, "{{.State.FinishedAt}}").starts_with("0001-"),
+        "never stopped"
+    );
 }
 
 #[test]
@@ -129,7 +227,15 @@ fn restore_mapping_errors() {
     let vol = p.volume("data", &[]);
     let mount = format!("{vol}:/data");
     p.service("app", &[], &["-v", &mount], &["idle"]);
-    ok(volsnap(&["backup", "--project", &p.name, "--repo", repo_s, "--strategy", "online"]));
+    ok(volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo_s,
+        "--strategy",
+        "online",
+    ]));
     let out = volsnap(&["restore", "--repo", repo_s, "--volume", "nope=new"]);
     assert_fails(&out, 2, "has no volume \"nope\"");
     let bad = format!("{vol}=bad/name");

@@ -32,7 +32,11 @@ fn file(name: &'static str, data: &[u8]) -> Crafted {
 }
 
 fn link(name: &'static str, kind: tar::EntryType, target: &str) -> Crafted {
-    let listed = if kind == tar::EntryType::Symlink { EntryKind::Symlink } else { EntryKind::Hardlink };
+    let listed = if kind == tar::EntryType::Symlink {
+        EntryKind::Symlink
+    } else {
+        EntryKind::Hardlink
+    };
     Crafted {
         name,
         kind,
@@ -70,7 +74,9 @@ fn craft(repo: &Path, id: &str, entries: &[Crafted]) -> PathBuf {
     root.set_entry_type(tar::EntryType::Directory);
     root.set_mode(0o755);
     root.set_size(0);
-    builder.append_data(&mut root, "./", std::io::empty()).unwrap();
+    builder
+        .append_data(&mut root, "./", std::io::empty())
+        .unwrap();
     for e in entries {
         let mut h = tar::Header::new_gnu();
         // Raw bytes: the tar crate's own setters refuse ".." and "/".
@@ -140,13 +146,20 @@ fn write_manifest(dir: &Path, id: &str, entries: Vec<FileEntry>) {
         }],
         notes: vec![],
     };
-    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    std::fs::write(
+        dir.join(MANIFEST_FILE),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
     rewrite_sums(dir, &archive_sha);
 }
 
 fn rewrite_sums(dir: &Path, archive_sha: &str) {
     let manifest_sha = sha256_file(&dir.join(MANIFEST_FILE)).unwrap();
-    let sums = render_sums(&[(archive_sha.to_string(), "vol.tar".into()), (manifest_sha, MANIFEST_FILE.into())]);
+    let sums = render_sums(&[
+        (archive_sha.to_string(), "vol.tar".into()),
+        (manifest_sha, MANIFEST_FILE.into()),
+    ]);
     std::fs::write(dir.join(SUMS_FILE), sums).unwrap();
 }
 
@@ -163,17 +176,41 @@ fn target_with_precious_data(root: &Path) -> PathBuf {
 fn assert_refused(repo: &Path, id: &str, expect: &str, extra: &[&str]) {
     let scratch = tempfile::tempdir().unwrap();
     let target = target_with_precious_data(scratch.path());
-    let mut args = vec!["restore", "--repo", repo.to_str().unwrap(), id, "--target-dir", target.to_str().unwrap()];
+    let mut args = vec![
+        "restore",
+        "--repo",
+        repo.to_str().unwrap(),
+        id,
+        "--target-dir",
+        target.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let out = volsnap(&args);
     assert_eq!(out.status.code(), Some(1), "{id}: {}", stderr(&out));
-    assert!(stderr(&out).contains(expect), "{id}: expected {expect:?} in: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(expect),
+        "{id}: expected {expect:?} in: {}",
+        stderr(&out)
+    );
     assert!(!stderr(&out).contains("panicked"));
-    let names: Vec<_> = std::fs::read_dir(target.join("vol")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(target.join("vol"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["precious"], "{id}: target left exactly as it was");
-    assert_eq!(std::fs::read(target.join("vol/precious")).unwrap(), b"keep me");
-    let around: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(around, ["target"], "{id}: nothing written beside the target");
+    assert_eq!(
+        std::fs::read(target.join("vol/precious")).unwrap(),
+        b"keep me"
+    );
+    let around: Vec<_> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        around,
+        ["target"],
+        "{id}: nothing written beside the target"
+    );
 }
 
 #[test]
@@ -183,7 +220,14 @@ fn restore_refuses_entries_that_escape_the_target() {
     let outside_s: &'static str = Box::leak(outside.path().display().to_string().into_boxed_str());
     let abs_file: &'static str = Box::leak(format!("{outside_s}/absolute.txt").into_boxed_str());
 
-    craft(repo.path(), "dotdot", &[file("../escape.txt", b"x"), file("a/../../escape2.txt", b"x")]);
+    craft(
+        repo.path(),
+        "dotdot",
+        &[
+            file("../escape.txt", b"x"),
+            file("a/../../escape2.txt", b"x"),
+        ],
+    );
     assert_refused(repo.path(), "dotdot", "'..'", &[]);
 
     craft(repo.path(), "absolute", &[file(abs_file, b"x")]);
@@ -192,9 +236,17 @@ fn restore_refuses_entries_that_escape_the_target() {
     craft(
         repo.path(),
         "symlink-escape",
-        &[link("link", tar::EntryType::Symlink, outside_s), file("link/pwned", b"x")],
+        &[
+            link("link", tar::EntryType::Symlink, outside_s),
+            file("link/pwned", b"x"),
+        ],
     );
-    assert_refused(repo.path(), "symlink-escape", "not a directory (a symlink?)", &[]);
+    assert_refused(
+        repo.path(),
+        "symlink-escape",
+        "not a directory (a symlink?)",
+        &[],
+    );
 
     craft(
         repo.path(),
@@ -203,7 +255,11 @@ fn restore_refuses_entries_that_escape_the_target() {
     );
     assert_refused(repo.path(), "hardlink-escape", "'..'", &[]);
 
-    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
     assert!(!repo.path().join("escape.txt").exists());
 }
 
@@ -234,7 +290,13 @@ fn restore_and_verify_catch_content_that_differs_from_the_manifest() {
     lying.listed = Some((EntryKind::File, Some(b"ACTUAL content".to_vec())));
     craft(repo.path(), "content", &[file("a", b"first"), lying]);
     assert_refused(repo.path(), "content", "does not match the manifest", &[]);
-    let out = volsnap(&["verify", "--repo", repo.path().to_str().unwrap(), "content", "--deep"]);
+    let out = volsnap(&[
+        "verify",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "content",
+        "--deep",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("data.bin"), "{}", stderr(&out));
     // Without --deep the archive checksums still match: that is what --deep is for.
@@ -250,12 +312,17 @@ fn truncated_archive_edited_manifest_and_unknown_version_are_detected() {
     let big: &'static [u8] = Box::leak(big.into_boxed_slice());
 
     // Truncated, with SHA256SUMS rewritten to match: only --deep and restore see it.
-    let dir = craft(repo.path(), "truncated", &[file("big.bin", big), file("z-last", b"end")]);
+    let dir = craft(
+        repo.path(),
+        "truncated",
+        &[file("big.bin", big), file("z-last", b"end")],
+    );
     let archive = dir.join("vol.tar");
     let bytes = std::fs::read(&archive).unwrap();
     std::fs::write(&archive, &bytes[..bytes.len() / 2]).unwrap();
     let sha = sha256_file(&archive).unwrap();
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
     m["volumes"][0]["sha256"] = sha.clone().into();
     std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
     rewrite_sums(&dir, &sha);
@@ -278,7 +345,10 @@ fn truncated_archive_edited_manifest_and_unknown_version_are_detected() {
     let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
     std::fs::write(
         dir.join(MANIFEST_FILE),
-        text.replace(&format!("\"format_version\": {FORMAT_VERSION}"), "\"format_version\": 99"),
+        text.replace(
+            &format!("\"format_version\": {FORMAT_VERSION}"),
+            "\"format_version\": 99",
+        ),
     )
     .unwrap();
     rewrite_sums(&dir, &sha256_file(&dir.join("vol.tar")).unwrap());
@@ -301,13 +371,30 @@ fn a_clean_crafted_backup_restores() {
     craft(
         repo.path(),
         "clean",
-        &[file("a.txt", b"alpha"), link("l", tar::EntryType::Symlink, "a.txt"), link("h", tar::EntryType::Link, "a.txt")],
+        &[
+            file("a.txt", b"alpha"),
+            link("l", tar::EntryType::Symlink, "a.txt"),
+            link("h", tar::EntryType::Link, "a.txt"),
+        ],
     );
     let scratch = tempfile::tempdir().unwrap();
     let target = target_with_precious_data(scratch.path());
-    ok(volsnap(&["restore", "--repo", repo.path().to_str().unwrap(), "clean", "--target-dir", target.to_str().unwrap()]));
+    ok(volsnap(&[
+        "restore",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "clean",
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]));
     assert_eq!(std::fs::read(target.join("vol/a.txt")).unwrap(), b"alpha");
     assert_eq!(std::fs::read(target.join("vol/h")).unwrap(), b"alpha");
-    assert_eq!(std::fs::read_link(target.join("vol/l")).unwrap(), Path::new("a.txt"));
-    assert!(!target.join("vol/precious").exists(), "a restore replaces the previous content");
+    assert_eq!(
+        std::fs::read_link(target.join("vol/l")).unwrap(),
+        Path::new("a.txt")
+    );
+    assert!(
+        !target.join("vol/precious").exists(),
+        "a restore replaces the previous content"
+    );
 }
