@@ -25,6 +25,9 @@ Examples:
   volsnap verify --repo /backups latest --deep
   volsnap restore --repo /backups latest --volume milvus_etcd=etcd_restored
   volsnap restore --repo /backups latest --target-dir /tmp/inspect
+  volsnap snapshot --project milvus --name before-2.4   # then upgrade
+  volsnap rollback before-2.4                           # if the upgrade broke it
+  volsnap snapshots drop before-2.4                     # once it did not
 
 Exit status: 0 success, 1 failure, 2 bad usage.";
 
@@ -41,6 +44,71 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Restore a backup into its volumes, new volumes, or a directory.
     Restore(RestoreArgs),
+    /// Snapshot a stack's volumes and keep the snapshots (before an upgrade).
+    Snapshot(SnapshotArgs),
+    /// List or drop kept snapshots.
+    Snapshots {
+        #[command(subcommand)]
+        command: SnapshotsCommand,
+    },
+    /// Roll every volume of a stack back to a kept snapshot.
+    Rollback(RollbackArgs),
+}
+
+/// Where volsnap keeps its state (kept snapshots).
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    #[arg(long, env = "VOLSNAP_STATE_DIR", value_name = "DIR", default_value = volsnap::snapshots::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Name to roll back to later (default: volsnap-<time>).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// How services are held still while the snapshots are taken.
+    #[arg(long, value_enum, default_value_t = Quiesce::Stop)]
+    pub quiesce: Quiesce,
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub stop_timeout: u32,
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub ready_timeout: u32,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotsCommand {
+    /// List kept snapshots.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop a kept snapshot (frees its space).
+    Drop {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// The snapshot to roll back to.
+    pub name: String,
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub stop_timeout: u32,
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub ready_timeout: u32,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 /// Which containers form the stack (exactly one kind).

@@ -14,7 +14,8 @@ pub const SERVICE_LABEL: &str = "com.docker.compose.service";
 pub const DEPENDS_ON_LABEL: &str = "com.docker.compose.depends_on";
 
 /// Which containers make up the stack.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Selection {
     /// Containers of a compose project (`com.docker.compose.project`).
     Project(String),

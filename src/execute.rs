@@ -46,14 +46,15 @@ impl Observer for LogObserver {
     }
 }
 
-/// Everything a backup run needs.
-pub struct BackupJob<'a> {
+/// Everything a run needs. `repo` is `None` for plans that write no
+/// backup (snapshots kept for rollback).
+pub struct Job<'a> {
     pub docker: &'a Docker,
     pub runner: &'a dyn Runner,
     pub stack: &'a Stack,
     pub storage: &'a [StorageInfo],
     pub plan: &'a Plan,
-    pub repo: &'a Repo,
+    pub repo: Option<&'a Repo>,
     pub id: String,
     pub archive: ArchiveOptions,
     pub cancel: &'a Cancel,
@@ -62,16 +63,17 @@ pub struct BackupJob<'a> {
 
 /// What a finished run produced.
 #[derive(Debug)]
-pub struct BackupOutcome {
-    pub manifest: Manifest,
-    pub dir: PathBuf,
+pub struct Outcome {
+    /// The backup written, when the plan had a commit step.
+    pub backup: Option<(Manifest, PathBuf)>,
+    pub downtime_ms: u64,
     /// Problems that did not void the backup: a service that did not come
     /// back healthy, say. The command still exits 1 when there are any.
     pub problems: Vec<String>,
 }
 
 struct Run<'a> {
-    job: &'a BackupJob<'a>,
+    job: &'a Job<'a>,
     started_at: DateTime<Utc>,
     started: Instant,
     cleanup: Vec<Action>,
@@ -82,11 +84,12 @@ struct Run<'a> {
     downtime: Duration,
     problems: Vec<String>,
     committed: Option<(Manifest, PathBuf)>,
+    snapshot_label: Option<String>,
 }
 
-/// Runs a backup plan. On failure everything is undone and the error says
+/// Runs a plan. On failure everything is undone and the error says
 /// what failed and what the cleanup could not do.
-pub fn run_backup(job: &BackupJob<'_>) -> Result<BackupOutcome> {
+pub fn run_plan(job: &Job<'_>) -> Result<Outcome> {
     let mut run = Run {
         job,
         started_at: Utc::now(),
@@ -98,32 +101,32 @@ pub fn run_backup(job: &BackupJob<'_>) -> Result<BackupOutcome> {
         downtime: Duration::ZERO,
         problems: Vec::new(),
         committed: None,
+        snapshot_label: None,
     };
     let result = run.steps();
     if let Err(err) = result {
         let cleanup_errors = run.unwind();
         if cleanup_errors.is_empty() {
             return Err(err.context(
-                "backup failed; everything was undone (services restarted, partial backup removed)",
+                "everything was undone (services restarted, snapshots and partial output removed)",
             ));
         }
         return Err(err.context(format!(
-            "backup failed, and cleanup could not undo everything — act on these by hand: {}",
+            "cleanup could not undo everything — act on these by hand: {}",
             cleanup_errors.join("; ")
         )));
     }
-    let (manifest, dir) = run
-        .committed
-        .take()
-        .ok_or_else(|| anyhow!("internal error: the plan has no commit step"))?;
-    Ok(BackupOutcome {
-        manifest,
-        dir,
+    if let Some(since) = run.down_since.take() {
+        run.downtime += since.elapsed();
+    }
+    Ok(Outcome {
+        backup: run.committed.take(),
+        downtime_ms: run.downtime.as_millis() as u64,
         problems: run.problems,
     })
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     fn steps(&mut self) -> Result<()> {
         let job = self.job;
         for step in &job.plan.steps {
@@ -185,9 +188,11 @@ impl Run<'_> {
         let job = self.job;
         let docker = job.docker;
         match action {
-            Action::Prepare => crate::fsutil::create_private_dir(&job.repo.partial_dir(&job.id)),
+            Action::Prepare => {
+                crate::fsutil::create_private_dir(&self.repo()?.partial_dir(&job.id))
+            }
             Action::RemovePartial => {
-                let dir = job.repo.partial_dir(&job.id);
+                let dir = self.repo()?.partial_dir(&job.id);
                 match std::fs::remove_dir_all(&dir) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
                         .with_context(|| format!("cannot remove partial backup {}", dir.display())),
@@ -245,8 +250,15 @@ impl Run<'_> {
         }
     }
 
+    fn repo(&self) -> Result<&'a Repo> {
+        self.job
+            .repo
+            .context("internal error: this plan writes a backup but no repository was given")
+    }
+
     fn snapshot(&mut self, volumes: &[usize], label: &str) -> Result<()> {
         let job = self.job;
+        self.snapshot_label = Some(label.to_string());
         // Record every drop before taking any snapshot: a half-taken group
         // is cleaned up too (drops are no-ops for snapshots never taken).
         for &v in volumes {
@@ -293,7 +305,7 @@ impl Run<'_> {
             v.archive_stem(),
             job.archive.compression.extension()
         );
-        let dest = job.repo.partial_dir(&job.id).join(&file_name);
+        let dest = self.repo()?.partial_dir(&job.id).join(&file_name);
         job.observer.archive_started(&v.name, v.bytes);
         let observer = job.observer;
         let summary = write_archive(&source, &dest, &job.archive, job.cancel, &|n| {
@@ -301,21 +313,10 @@ impl Run<'_> {
         });
         job.observer.archive_finished();
         let summary = summary?;
-        if let Some(info) = job
-            .storage
-            .get(volume)
-            .filter(|_| self.read_from.contains_key(&volume))
-        {
+        // An archive read from a snapshot that overflowed meanwhile is void.
+        if let (Some(label), Some(info)) = (&self.snapshot_label, job.storage.get(volume)) {
             if let Some(backend) = backend_for(info) {
-                if let Some(Action::Snapshot { label, .. }) = job
-                    .plan
-                    .steps
-                    .iter()
-                    .map(|s| &s.action)
-                    .find(|a| matches!(a, Action::Snapshot { .. }))
-                {
-                    backend.check_valid(job.runner, info, label)?;
-                }
+                backend.check_valid(job.runner, info, label)?;
             }
         }
         if watch_changes && !summary.changed_during_read.is_empty() {
@@ -331,7 +332,8 @@ impl Run<'_> {
 
     fn commit(&mut self) -> Result<()> {
         let job = self.job;
-        let partial = job.repo.partial_dir(&job.id);
+        let repo = self.repo()?;
+        let partial = repo.partial_dir(&job.id);
         let mut volumes = Vec::new();
         let mut notes: Vec<String> = job.stack.skipped.clone();
         let mut any_changed = false;
@@ -421,13 +423,13 @@ impl Run<'_> {
         ));
         crate::fsutil::write_private(&partial.join(SUMS_FILE), render_sums(&sums).as_bytes())?;
         crate::fsutil::sync_dir(&partial)?;
-        let dir = job.repo.backup_dir(&job.id);
+        let dir = repo.backup_dir(&job.id);
         if dir.exists() {
             bail!("{} already exists; not overwriting it", dir.display());
         }
         std::fs::rename(&partial, &dir)
             .with_context(|| format!("cannot rename {} to {}", partial.display(), dir.display()))?;
-        crate::fsutil::sync_dir(job.repo.root())?;
+        crate::fsutil::sync_dir(repo.root())?;
         self.committed = Some((manifest, dir));
         Ok(())
     }

@@ -17,5 +17,6 @@ pub mod manifest;
 pub mod plan;
 pub mod repo;
 pub mod restore;
+pub mod snapshots;
 pub mod storage;
 pub mod verify;

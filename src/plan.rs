@@ -280,13 +280,9 @@ pub fn estimate_cold_downtime(stack: &Stack) -> Duration {
     Duration::from_millis(archive_ms + running * ESTIMATE_RESTART_MS_PER_CONTAINER)
 }
 
-/// Picks the strategy and says why.
-pub fn choose_strategy(
-    stack: &Stack,
-    storage: &[StorageInfo],
-    options: &PlanOptions,
-) -> Result<(Strategy, String)> {
-    let snapshot_blockers: Vec<String> = stack
+/// Volumes that cannot be snapshotted, each with the reason.
+pub fn snapshot_blockers(stack: &Stack, storage: &[StorageInfo]) -> Vec<String> {
+    stack
         .volumes
         .iter()
         .zip(storage)
@@ -294,7 +290,16 @@ pub fn choose_strategy(
             SnapshotSupport::Yes => None,
             SnapshotSupport::No(why) => Some(format!("{}: {why}", v.name)),
         })
-        .collect();
+        .collect()
+}
+
+/// Picks the strategy and says why.
+pub fn choose_strategy(
+    stack: &Stack,
+    storage: &[StorageInfo],
+    options: &PlanOptions,
+) -> Result<(Strategy, String)> {
+    let snapshot_blockers = snapshot_blockers(stack, storage);
     match options.strategy {
         RequestedStrategy::Cold => {
             return Ok((Strategy::Cold, "requested with --strategy cold".into()))
@@ -448,7 +453,9 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
                 Quiesce::Pause => 100,
                 Quiesce::Stop => running.len() as u64 * ESTIMATE_RESTART_MS_PER_CONTAINER,
             };
-            crate::storage::plan_snapshot_steps(stack, storage, options, &running, &mut steps);
+            crate::storage::plan_snapshot_steps(
+                stack, storage, options, &running, &mut steps, true,
+            );
         }
     }
     steps.push(Step::discharging(Action::Commit));
@@ -461,6 +468,46 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
         quiesce,
         reason,
         estimated_downtime_ms,
+        steps,
+    })
+}
+
+/// The plan of `volsnap snapshot`: quiesce, flush, snapshot, resume. The
+/// snapshots are kept (for a rollback), so there is no archive and no drop.
+pub fn build_keep_snapshot(
+    stack: &Stack,
+    storage: &[StorageInfo],
+    options: &PlanOptions,
+) -> Result<Plan> {
+    if stack.volumes.is_empty() {
+        return Err(usage!(
+            "nothing to snapshot: the selected containers have no volumes"
+        ));
+    }
+    let blockers = snapshot_blockers(stack, storage);
+    if !blockers.is_empty() {
+        return Err(usage!(
+            "cannot snapshot: {}. Pre-upgrade snapshots need every volume on LVM, ZFS or btrfs; take a backup instead (volsnap backup)",
+            blockers.join("; ")
+        ));
+    }
+    let running: Vec<_> = stack
+        .containers
+        .iter()
+        .filter(|c| c.info.running && !c.info.paused)
+        .collect();
+    let mut steps = Vec::new();
+    crate::storage::plan_snapshot_steps(stack, storage, options, &running, &mut steps, false);
+    Ok(Plan {
+        strategy: Strategy::Snapshot,
+        consistency: if options.quiesce == Quiesce::None {
+            Consistency::BestEffort
+        } else {
+            Consistency::Consistent
+        },
+        quiesce: Some(options.quiesce),
+        reason: "snapshots kept for rollback".into(),
+        estimated_downtime_ms: 0,
         steps,
     })
 }

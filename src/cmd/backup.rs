@@ -8,7 +8,7 @@ use volsnap::archive::ArchiveOptions;
 use volsnap::cancel::Cancel;
 use volsnap::discovery::discover;
 use volsnap::docker::Docker;
-use volsnap::execute::{run_backup, BackupJob};
+use volsnap::execute::{run_plan, Job};
 use volsnap::fsutil::human_bytes;
 use volsnap::manifest::{Compression, Manifest};
 use volsnap::plan::build;
@@ -51,30 +51,29 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     let id = new_backup_id();
     set_label(&mut plan.steps, &snapshot_label(&id));
     let observer = TerminalObserver::new();
-    let job = BackupJob {
+    let job = Job {
         docker: &docker,
         runner: &SystemRunner,
         stack: &stack,
         storage: &storage,
         plan: &plan,
-        repo: &repo,
+        repo: Some(&repo),
         id,
         archive,
         cancel: &cancel,
         observer: &observer,
     };
-    let outcome = run_backup(&job)?;
+    let outcome = run_plan(&job).map_err(|e| e.context("backup failed"))?;
+    let (manifest, dir) = outcome
+        .backup
+        .ok_or_else(|| anyhow::anyhow!("internal error: the backup plan wrote no backup"))?;
     if args.json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&json_report(
-                &outcome.manifest,
-                &outcome.dir,
-                &outcome.problems
-            ))?
+            serde_json::to_string_pretty(&json_report(&manifest, &dir, &outcome.problems))?
         );
     } else {
-        print_human(&outcome.manifest, &outcome.dir);
+        print_human(&manifest, &dir);
     }
     for problem in &outcome.problems {
         eprintln!("volsnap: error: the backup is complete, but {problem}");

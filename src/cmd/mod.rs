@@ -5,6 +5,7 @@ mod backup;
 mod list;
 mod plan;
 mod restore;
+mod snapshot;
 mod verify;
 
 use crate::cli::{Command, SelectionArgs, StrategyArgs};
@@ -20,6 +21,9 @@ pub fn run(command: Command) -> Result<i32> {
         Command::List(args) => list::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Restore(args) => restore::run(args),
+        Command::Snapshot(args) => snapshot::take(args),
+        Command::Snapshots { command } => snapshot::manage(command),
+        Command::Rollback(args) => snapshot::rollback(args),
     }
 }
 

@@ -129,7 +129,7 @@ impl SnapshotBackend for Btrfs {
         Ok(())
     }
 
-    fn rollback(&self, run: &dyn Runner, info: &StorageInfo, label: &str) -> Result<()> {
+    fn can_rollback(&self, info: &StorageInfo) -> Result<()> {
         let (subvolume, _) = parts(info)?;
         if !info.relative.as_os_str().is_empty() {
             bail!(
@@ -139,6 +139,12 @@ impl SnapshotBackend for Btrfs {
                 subvolume.display()
             );
         }
+        Ok(())
+    }
+
+    fn rollback(&self, run: &dyn Runner, info: &StorageInfo, label: &str) -> Result<()> {
+        self.can_rollback(info)?;
+        let (subvolume, _) = parts(info)?;
         let snap = snapshot_path(info, label)?;
         if !snap.exists() {
             bail!(

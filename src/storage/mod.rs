@@ -14,7 +14,7 @@ pub mod zfs;
 use crate::discovery::{Container, Stack};
 use crate::plan::{Action, PlanOptions, Quiesce, Step};
 use anyhow::{anyhow, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Prefix of every snapshot, mount directory and subvolume volsnap creates,
@@ -60,7 +60,7 @@ pub fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(items: I) -> Vec<String> {
 }
 
 /// What lies under a volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Backend {
     /// A btrfs filesystem; `subvolume` is the subvolume holding the volume.
@@ -83,7 +83,7 @@ pub enum Backend {
 }
 
 /// Whether a volume can be snapshotted, and if not, why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "snapshot", content = "reason", rename_all = "lowercase")]
 pub enum SnapshotSupport {
     Yes,
@@ -91,7 +91,7 @@ pub enum SnapshotSupport {
 }
 
 /// Storage facts about one volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageInfo {
     pub path: PathBuf,
     pub fs_type: String,
@@ -131,6 +131,11 @@ pub trait SnapshotBackend {
         Ok(())
     }
     fn drop_snapshot(&self, run: &dyn Runner, info: &StorageInfo, label: &str) -> Result<()>;
+    /// Fails, saying what to do instead, when the volume cannot be rolled
+    /// back in place. Checked before any service is stopped.
+    fn can_rollback(&self, _info: &StorageInfo) -> Result<()> {
+        Ok(())
+    }
     /// Puts the volume back to the snapshot, in place (services stopped).
     fn rollback(&self, run: &dyn Runner, info: &StorageInfo, label: &str) -> Result<()>;
 }
@@ -206,6 +211,7 @@ pub fn plan_snapshot_steps(
     options: &PlanOptions,
     running: &[&Container],
     steps: &mut Vec<Step>,
+    archive: bool,
 ) {
     let label = "<label>".to_string();
     let is_running = |c: &&Container| running.iter().any(|r| r.info.id == c.info.id);
@@ -271,6 +277,9 @@ pub fn plan_snapshot_steps(
             Quiesce::Pause => steps.push(Step::discharging(Action::Unpause { container, name })),
             Quiesce::None => {}
         }
+    }
+    if !archive {
+        return;
     }
     for (i, (volume, info)) in stack.volumes.iter().zip(storage).enumerate() {
         let needs_mount = backend_for(info).is_some_and(|b| b.needs_mount());
