@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-host.sh
 cargo fmt --all -- --check
-cargo test --release "$@"
+cargo test --release --features fault-injection "$@"

@@ -53,9 +53,13 @@ pub enum Command {
     },
     /// Roll every volume of a stack back to a kept snapshot.
     Rollback(RollbackArgs),
+    /// Repair what a killed run left behind: restart the services it
+    /// stopped, drop its snapshots and mounts, remove partial output.
+    /// Every other run does this first, too.
+    Recover(RecoverArgs),
 }
 
-/// Where volsnap keeps its state (kept snapshots).
+/// Where volsnap keeps its state: the host lock, run journals, kept snapshots.
 #[derive(Args, Debug, Clone)]
 pub struct StateArgs {
     #[arg(long, env = "VOLSNAP_STATE_DIR", value_name = "DIR", default_value = volsnap::snapshots::DEFAULT_STATE_DIR)]
@@ -179,6 +183,8 @@ pub struct BackupArgs {
     /// Compression worker threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    #[command(flatten)]
+    pub state: StateArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -242,4 +248,15 @@ pub struct RestoreArgs {
     /// Allow device nodes and setuid/setgid files.
     #[arg(long)]
     pub allow_special: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    /// Only say what would be undone.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
 }

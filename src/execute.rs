@@ -12,6 +12,7 @@ use crate::archive::{write_archive, ArchiveOptions, ArchiveSummary};
 use crate::cancel::Cancel;
 use crate::discovery::Stack;
 use crate::docker::Docker;
+use crate::journal::{Journal, Undo};
 use crate::manifest::{
     render_sums, Consistency, ContainerRecord, Manifest, VolumeRecord, FORMAT_VERSION,
     MANIFEST_FILE, SUMS_FILE,
@@ -85,11 +86,16 @@ struct Run<'a> {
     problems: Vec<String>,
     committed: Option<(Manifest, PathBuf)>,
     snapshot_label: Option<String>,
+    journal: Option<Journal>,
 }
 
 /// Runs a plan. On failure everything is undone and the error says
 /// what failed and what the cleanup could not do.
-pub fn run_plan(job: &Job<'_>) -> Result<Outcome> {
+///
+/// With a journal, every undo is recorded before its effect; the journal is
+/// deleted when the run ends with nothing left to undo, and kept (for
+/// `volsnap recover`) when cleanup failed.
+pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
     let mut run = Run {
         job,
         started_at: Utc::now(),
@@ -102,20 +108,23 @@ pub fn run_plan(job: &Job<'_>) -> Result<Outcome> {
         problems: Vec::new(),
         committed: None,
         snapshot_label: None,
+        journal,
     };
     let result = run.steps();
     if let Err(err) = result {
         let cleanup_errors = run.unwind();
         if cleanup_errors.is_empty() {
+            run.finish_journal();
             return Err(err.context(
                 "everything was undone (services restarted, snapshots and partial output removed)",
             ));
         }
         return Err(err.context(format!(
-            "cleanup could not undo everything — act on these by hand: {}",
+            "cleanup could not undo everything (the journal is kept: 'volsnap recover' retries) — act on these by hand if it cannot: {}",
             cleanup_errors.join("; ")
         )));
     }
+    run.finish_journal();
     if let Some(since) = run.down_since.take() {
         run.downtime += since.elapsed();
     }
@@ -129,13 +138,16 @@ pub fn run_plan(job: &Job<'_>) -> Result<Outcome> {
 impl<'a> Run<'a> {
     fn steps(&mut self) -> Result<()> {
         let job = self.job;
-        for step in &job.plan.steps {
+        #[allow(unused_variables)]
+        for (index, step) in job.plan.steps.iter().enumerate() {
             job.cancel.check()?;
             let description = step.action.describe(job.stack);
             job.observer.step_started(step, &description);
             let begun = Instant::now();
+            #[cfg(feature = "fault-injection")]
+            crate::fault::before_step(index + 1, step.action.name());
             if let Some(undo) = &step.undo {
-                self.cleanup.push(undo.clone());
+                self.push_undo(undo.clone())?;
             }
             if step.action.is_service_down() && self.down_since.is_none() {
                 self.down_since = Some(begun);
@@ -166,7 +178,8 @@ impl<'a> Run<'a> {
             }
             if let Some(done) = &step.discharges {
                 if let Some(pos) = self.cleanup.iter().rposition(|a| a == done) {
-                    self.cleanup.remove(pos);
+                    let done = self.cleanup.remove(pos);
+                    self.journal_discharge(&done);
                 }
             }
             self.note_service_up(&step.action);
@@ -250,6 +263,62 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Records an undo (journal first, then the in-memory stack).
+    fn push_undo(&mut self, undo: Action) -> Result<()> {
+        let record = self.undo_record(&undo);
+        if let (Some(journal), Some(record)) = (self.journal.as_mut(), record) {
+            journal
+                .push(&record)
+                .context("cannot record the undo in the journal; nothing was changed")?;
+        }
+        self.cleanup.push(undo);
+        Ok(())
+    }
+
+    fn journal_discharge(&mut self, undo: &Action) {
+        let record = self.undo_record(undo);
+        if let (Some(record), Some(journal)) = (record, self.journal.as_mut()) {
+            if let Err(e) = journal.discharge(&record) {
+                // Harmless: replaying a completed undo is a no-op.
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+
+    fn finish_journal(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            if let Err(e) = journal.finish() {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+
+    /// The self-contained journal form of an undo.
+    fn undo_record(&self, undo: &Action) -> Option<Undo> {
+        let job = self.job;
+        Some(match undo {
+            Action::Start { container, name } => Undo::StartContainer {
+                id: container.clone(),
+                name: name.clone(),
+            },
+            Action::Unpause { container, name } => Undo::Unpause {
+                id: container.clone(),
+                name: name.clone(),
+            },
+            Action::Unmount { volume, label } => Undo::Unmount {
+                dir: mount_dir(label, *volume),
+            },
+            Action::DropSnapshot { volume, label } => Undo::DropSnapshot {
+                storage: job.storage.get(*volume)?.clone(),
+                label: label.clone(),
+            },
+            Action::RemovePartial => Undo::RemoveDir {
+                path: job.repo?.partial_dir(&job.id),
+            },
+            _ => return None,
+        })
+    }
+
     fn repo(&self) -> Result<&'a Repo> {
         self.job
             .repo
@@ -262,10 +331,10 @@ impl<'a> Run<'a> {
         // Record every drop before taking any snapshot: a half-taken group
         // is cleaned up too (drops are no-ops for snapshots never taken).
         for &v in volumes {
-            self.cleanup.push(Action::DropSnapshot {
+            self.push_undo(Action::DropSnapshot {
                 volume: v,
                 label: label.to_string(),
-            });
+            })?;
         }
         // Group by backend kind, one call per group (ZFS: one atomic call).
         let mut groups: Vec<(&'static str, Vec<usize>)> = Vec::new();
@@ -443,8 +512,9 @@ impl<'a> Run<'a> {
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(&undo)))
                     .unwrap_or_else(|p| Err(anyhow!("panic: {}", panic_text(&p))));
-            if let Err(e) = result {
-                errors.push(format!("{description}: {e:#}"));
+            match result {
+                Ok(()) => self.journal_discharge(&undo),
+                Err(e) => errors.push(format!("{description}: {e:#}")),
             }
             self.note_service_up(&undo);
         }

@@ -11,8 +11,12 @@ pub mod discovery;
 pub mod docker;
 pub mod error;
 pub mod execute;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod fsutil;
 pub mod hashing;
+pub mod journal;
+pub mod lock;
 pub mod manifest;
 pub mod plan;
 pub mod repo;

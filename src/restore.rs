@@ -11,6 +11,7 @@
 
 use crate::archive::{entry_path, entry_xattrs, ArchiveReader, Decompressor, EntryChecker};
 use crate::cancel::Cancel;
+use crate::journal::{Journal, Undo};
 use crate::manifest::{Compression, EntryKind, FileEntry, VolumeRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -40,7 +41,10 @@ pub struct RestoreStats {
     pub bytes: u64,
 }
 
-/// Restores one volume's archive into `target` (created if missing).
+/// Restores one volume's archive into `target` (created if missing). With a
+/// journal, the staging directory and the swap are recorded first, so a run
+/// killed midway is put right by `volsnap recover`.
+#[allow(clippy::too_many_arguments)]
 pub fn restore_volume(
     archive: &Path,
     compression: Compression,
@@ -49,6 +53,7 @@ pub fn restore_volume(
     options: RestoreOptions,
     cancel: &Cancel,
     progress: &dyn Fn(u64),
+    mut journal: Option<&mut Journal>,
 ) -> Result<RestoreStats> {
     fs::create_dir_all(target)
         .with_context(|| format!("cannot create restore target {}", target.display()))?;
@@ -61,6 +66,13 @@ pub fn restore_volume(
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
     );
     let staging = target.join(format!("{STAGING_PREFIX}{tag}"));
+    let aside = target.join(format!("{ASIDE_PREFIX}{tag}"));
+    let remove_staging = Undo::RemoveDir {
+        path: staging.clone(),
+    };
+    if let Some(j) = journal.as_deref_mut() {
+        j.push(&remove_staging)?;
+    }
     crate::fsutil::create_private_dir(&staging)?;
     let extracted = extract(
         archive,
@@ -75,6 +87,9 @@ pub fn restore_volume(
         Ok(done) => done,
         Err(e) => {
             let _ = fs::remove_dir_all(&staging);
+            if let Some(j) = journal.as_deref_mut() {
+                let _ = j.discharge(&remove_staging);
+            }
             return Err(e.context(format!(
                 "restore of {} into {} failed; the target was left as it was",
                 volume.name,
@@ -82,15 +97,46 @@ pub fn restore_volume(
             )));
         }
     };
-    swap_in(
-        &target,
-        &staging,
-        &target.join(format!("{ASIDE_PREFIX}{tag}")),
-    )?;
+    let old_names: Vec<String> = list_names(&target)?
+        .into_iter()
+        .filter(|n| !is_ours(n))
+        .collect();
+    let swap = Undo::RestoreSwap {
+        target: target.clone(),
+        staging: staging.clone(),
+        aside: aside.clone(),
+        old_names: old_names.clone(),
+    };
+    if let Some(j) = journal.as_deref_mut() {
+        j.push(&swap)?;
+    }
+    swap_in(&target, &staging, &aside, &old_names)?;
     if let Some(root) = root {
         apply_metadata(&target, &root.0, &root.1, true)?;
     }
+    if let Some(j) = journal {
+        j.discharge(&swap)?;
+        j.discharge(&remove_staging)?;
+    }
     Ok(stats)
+}
+
+fn is_ours(name: &str) -> bool {
+    name.starts_with(STAGING_PREFIX) || name.starts_with(ASIDE_PREFIX)
+}
+
+fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        names.push(
+            entry
+                .file_name()
+                .into_string()
+                .map_err(|n| anyhow!("{} has a name that is not UTF-8: {n:?}", dir.display()))?,
+        );
+    }
+    Ok(names)
 }
 
 type Xattrs = Vec<(String, Vec<u8>)>;
@@ -353,47 +399,26 @@ fn apply_metadata(
     Ok(())
 }
 
-/// Replaces the content of `target` with that of `staging`: old entries are
-/// moved aside, new ones moved in, then the old ones deleted. On failure the
-/// moves are reversed.
-fn swap_in(target: &Path, staging: &Path, aside: &Path) -> Result<()> {
-    crate::fsutil::create_private_dir(aside)?;
-    let ours = |name: &std::ffi::OsStr| {
-        let n = name.to_string_lossy();
-        n.starts_with(STAGING_PREFIX) || n.starts_with(ASIDE_PREFIX)
-    };
-    let names_in = |dir: &Path| -> Result<Vec<std::ffi::OsString>> {
-        fs::read_dir(dir)
-            .and_then(|l| l.map(|e| e.map(|e| e.file_name())).collect())
-            .with_context(|| format!("cannot list {}", dir.display()))
-    };
-    let old: Vec<_> = names_in(target)?.into_iter().filter(|n| !ours(n)).collect();
-    let new = names_in(staging)?;
-    let mut moved_aside = Vec::new();
-    let mut moved_in = Vec::new();
+/// Replaces the content of `target` with that of `staging`: the old entries
+/// (`old_names`) are moved aside, the new ones moved in, then the old ones
+/// deleted. On failure the previous content is put back.
+fn swap_in(target: &Path, staging: &Path, aside: &Path, old_names: &[String]) -> Result<()> {
     let result = (|| -> Result<()> {
-        for name in &old {
+        crate::fsutil::create_private_dir(aside)?;
+        for name in old_names {
             fs::rename(target.join(name), aside.join(name))
                 .with_context(|| format!("cannot move {} aside", target.join(name).display()))?;
-            moved_aside.push(name.clone());
         }
-        for name in &new {
-            fs::rename(staging.join(name), target.join(name)).with_context(|| {
-                format!("cannot move {} into place", target.join(name).display())
+        for name in list_names(staging)? {
+            fs::rename(staging.join(&name), target.join(&name)).with_context(|| {
+                format!("cannot move {} into place", target.join(&name).display())
             })?;
-            moved_in.push(name.clone());
         }
         Ok(())
     })();
     if let Err(e) = result {
-        for name in moved_in.iter().rev() {
-            let _ = fs::rename(target.join(name), staging.join(name));
-        }
-        for name in moved_aside.iter().rev() {
-            let _ = fs::rename(aside.join(name), target.join(name));
-        }
-        let _ = fs::remove_dir_all(staging);
-        let _ = fs::remove_dir(aside);
+        roll_back_swap(target, staging, aside, old_names)
+            .context("and putting the previous content back failed too")?;
         return Err(e.context(
             "restore could not swap the new content in; the previous content was put back",
         ));
@@ -404,9 +429,90 @@ fn swap_in(target: &Path, staging: &Path, aside: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Undoes an interrupted swap, whatever point it reached: entries that came
+/// from the staging directory are removed, entries moved aside come back.
+pub fn roll_back_swap(
+    target: &Path,
+    staging: &Path,
+    aside: &Path,
+    old_names: &[String],
+) -> Result<()> {
+    if aside.exists() {
+        for name in list_names(target)? {
+            if is_ours(&name) {
+                continue;
+            }
+            // New content: a name the target did not have, or one whose old
+            // entry was already moved aside.
+            let is_new = !old_names.contains(&name) || aside.join(&name).symlink_metadata().is_ok();
+            if is_new {
+                let path = target.join(&name);
+                let removed = if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                removed.with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+        for name in list_names(aside)? {
+            fs::rename(aside.join(&name), target.join(&name))
+                .with_context(|| format!("cannot move {} back", target.join(&name).display()))?;
+        }
+        fs::remove_dir(aside).with_context(|| format!("cannot remove {}", aside.display()))?;
+    }
+    match fs::remove_dir_all(staging) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", staging.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interrupted_swaps_roll_back_at_every_point() {
+        // Old content {a, b}; new content {b, c}. Interrupt after each move.
+        let old = ["a", "b"].map(String::from);
+        for moves_done in 0..=4 {
+            let dir = tempfile::tempdir().unwrap();
+            let (target, staging, aside) = (
+                dir.path().join("t"),
+                dir.path().join("t/.volsnap-restore-1"),
+                dir.path().join("t/.volsnap-replaced-1"),
+            );
+            fs::create_dir_all(&staging).unwrap();
+            fs::create_dir(&aside).unwrap();
+            for n in ["a", "b"] {
+                fs::write(target.join(n), format!("old {n}")).unwrap();
+            }
+            for n in ["b", "c"] {
+                fs::write(staging.join(n), format!("new {n}")).unwrap();
+            }
+            let moves = [
+                ("a", &target, &aside),
+                ("b", &target, &aside),
+                ("b", &staging, &target),
+                ("c", &staging, &target),
+            ];
+            for (name, from, to) in moves.iter().take(moves_done) {
+                fs::rename(from.join(name), to.join(name)).unwrap();
+            }
+            roll_back_swap(&target, &staging, &aside, &old).unwrap();
+            let mut names = list_names(&target).unwrap();
+            names.sort();
+            assert_eq!(names, ["a", "b"], "after {moves_done} moves");
+            assert_eq!(fs::read(target.join("a")).unwrap(), b"old a");
+            assert_eq!(
+                fs::read(target.join("b")).unwrap(),
+                b"old b",
+                "after {moves_done} moves"
+            );
+        }
+    }
 
     #[test]
     fn relative_paths_stay_inside() {

@@ -4,8 +4,10 @@
 //! them here, in `<state dir>/snapshots/<name>.json`; `rollback` puts every
 //! volume back to them, with the services stopped around it.
 
+use crate::discovery::Container;
 use crate::discovery::Stack;
 use crate::docker::Docker;
+use crate::journal::{Journal, Undo};
 use crate::storage::{backend_for, Runner, StorageInfo};
 use crate::usage;
 use anyhow::{anyhow, bail, Context, Result};
@@ -161,6 +163,7 @@ pub fn rollback(
     stack: &Stack,
     stop_timeout_secs: u32,
     ready_timeout: Duration,
+    journal: &mut Journal,
 ) -> Result<()> {
     // Refuse before stopping anything when a volume cannot roll back.
     for kept in &record.volumes {
@@ -174,6 +177,7 @@ pub fn rollback(
     let mut failure: Option<anyhow::Error> = None;
     for c in stack.stop_order().filter(|c| c.info.running) {
         tracing::info!("stopping {}", c.info.name);
+        journal.push(&start_undo(c))?;
         if let Err(e) = docker.stop(&c.info.id, stop_timeout_secs) {
             failure = Some(e);
             break;
@@ -211,6 +215,8 @@ pub fn rollback(
             .and_then(|_| docker.wait_ready(&c.info.id, &c.info.name, ready_timeout))
         {
             start_errors.push(format!("{e:#}"));
+        } else {
+            journal.discharge(&start_undo(c))?;
         }
     }
     match (failure, start_errors.is_empty()) {
@@ -224,5 +230,12 @@ pub fn rollback(
             "and services did not come back: {}",
             start_errors.join("; ")
         ))),
+    }
+}
+
+fn start_undo(c: &Container) -> Undo {
+    Undo::StartContainer {
+        id: c.info.id.clone(),
+        name: c.info.name.clone(),
     }
 }

@@ -10,6 +10,7 @@ use volsnap::discovery::discover;
 use volsnap::docker::Docker;
 use volsnap::execute::{run_plan, Job};
 use volsnap::fsutil::human_bytes;
+use volsnap::journal::Journal;
 use volsnap::manifest::{Compression, Manifest};
 use volsnap::plan::build;
 use volsnap::repo::{new_backup_id, Repo};
@@ -44,6 +45,7 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     let repo = Repo::open(&args.repo)?;
     repo.check_writable()?;
     let cancel = Cancel::from_signals()?;
+    let _lock = super::begin_run(&args.state.state_dir)?;
     let docker = Docker::connect()?;
     let stack = discover(&docker, &selection)?;
     let storage = detect_stack(&SystemRunner, &stack)?;
@@ -63,7 +65,8 @@ pub fn run(args: BackupArgs) -> Result<i32> {
         cancel: &cancel,
         observer: &observer,
     };
-    let outcome = run_plan(&job).map_err(|e| e.context("backup failed"))?;
+    let journal = Journal::create(&args.state.state_dir, &job.id, &super::command_line())?;
+    let outcome = run_plan(&job, Some(journal)).map_err(|e| e.context("backup failed"))?;
     let (manifest, dir) = outcome
         .backup
         .ok_or_else(|| anyhow::anyhow!("internal error: the backup plan wrote no backup"))?;

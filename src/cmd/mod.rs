@@ -4,13 +4,16 @@
 mod backup;
 mod list;
 mod plan;
+mod recover;
 mod restore;
 mod snapshot;
 mod verify;
 
 use crate::cli::{Command, SelectionArgs, StrategyArgs};
 use anyhow::Result;
+use std::path::Path;
 use volsnap::discovery::Selection;
+use volsnap::lock::HostLock;
 use volsnap::plan::PlanOptions;
 use volsnap::usage;
 
@@ -24,6 +27,7 @@ pub fn run(command: Command) -> Result<i32> {
         Command::Snapshot(args) => snapshot::take(args),
         Command::Snapshots { command } => snapshot::manage(command),
         Command::Rollback(args) => snapshot::rollback(args),
+        Command::Recover(args) => recover::run(args),
     }
 }
 
@@ -54,4 +58,19 @@ impl StrategyArgs {
             ready_timeout_secs: self.ready_timeout,
         }
     }
+}
+
+/// The command line, for the lock file and journals.
+pub fn command_line() -> String {
+    std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+}
+
+/// Starts a run that changes things: takes the host lock, then repairs what
+/// an earlier, killed run left behind.
+pub fn begin_run(state_dir: &Path) -> Result<HostLock> {
+    let lock = volsnap::lock::acquire(state_dir, &command_line())?;
+    for line in volsnap::journal::recover(state_dir, &volsnap::storage::SystemRunner, false)? {
+        eprintln!("volsnap: recovery: {line}");
+    }
+    Ok(lock)
 }

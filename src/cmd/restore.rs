@@ -9,6 +9,7 @@ use volsnap::cancel::Cancel;
 use volsnap::discovery::{start_order, volume_host_path, Container};
 use volsnap::docker::{ContainerInfo, Docker};
 use volsnap::fsutil::human_bytes;
+use volsnap::journal::{Journal, Undo};
 use volsnap::manifest::{Manifest, VolumeKind, VolumeRecord, MANIFEST_FILE};
 use volsnap::repo::Repo;
 use volsnap::restore::{restore_volume, RestoreOptions};
@@ -35,6 +36,12 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
         );
     }
     let mapping = parse_mapping(&args.volumes, &manifest)?;
+    let _lock = super::begin_run(&args.state.state_dir)?;
+    let mut journal = Journal::create(
+        &args.state.state_dir,
+        &format!("restore-{id}-{}", std::process::id()),
+        &super::command_line(),
+    )?;
 
     let docker = match &args.target_dir {
         Some(_) => None,
@@ -90,6 +97,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
     if let Some(docker) = &docker {
         for c in ordered.iter().rev() {
             eprintln!("stopping {}", c.info.name);
+            journal.push(&start_undo(c))?;
             if let Err(e) = docker.stop(&c.info.id, 30) {
                 result = Err(e);
                 break;
@@ -98,24 +106,26 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
         }
     }
     if result.is_ok() {
-        result = restore_all(&dir, &manifest, &targets, &args, &cancel);
+        result = restore_all(&dir, &manifest, &targets, &args, &cancel, &mut journal);
     }
     let mut restart_errors = Vec::new();
     if let Some(docker) = &docker {
         for c in stopped.iter().rev() {
             eprintln!("starting {}", c.info.name);
-            if let Err(e) = docker.start(&c.info.id) {
-                restart_errors.push(format!("{e:#}"));
+            match docker.start(&c.info.id) {
+                Ok(()) => journal.discharge(&start_undo(c))?,
+                Err(e) => restart_errors.push(format!("{e:#}")),
             }
         }
     }
     result?;
     if !restart_errors.is_empty() {
         anyhow::bail!(
-            "restore completed, but containers did not start again: {}",
+            "restore completed, but containers did not start again (the journal is kept: 'volsnap recover' retries): {}",
             restart_errors.join("; ")
         );
     }
+    journal.finish()?;
     outln!("restored backup {id} ({} volume(s))", targets.len());
     Ok(0)
 }
@@ -126,6 +136,7 @@ fn restore_all(
     targets: &[Target<'_>],
     args: &RestoreArgs,
     cancel: &Cancel,
+    journal: &mut Journal,
 ) -> Result<()> {
     let options = RestoreOptions {
         allow_special: args.allow_special,
@@ -140,6 +151,7 @@ fn restore_all(
             options,
             cancel,
             &|n| bar.inc(n),
+            Some(&mut *journal),
         );
         bar.finish_and_clear();
         let stats = stats?;
@@ -263,4 +275,11 @@ fn users_of(docker: &Docker, target: &Target<'_>) -> Result<Vec<ContainerInfo>> 
         }
     }
     Ok(out)
+}
+
+fn start_undo(c: &Container) -> Undo {
+    Undo::StartContainer {
+        id: c.info.id.clone(),
+        name: c.info.name.clone(),
+    }
 }

@@ -9,6 +9,7 @@ use volsnap::cancel::Cancel;
 use volsnap::discovery::discover;
 use volsnap::docker::Docker;
 use volsnap::execute::{run_plan, Job};
+use volsnap::journal::Journal;
 use volsnap::plan::{build_keep_snapshot, PlanOptions};
 use volsnap::repo::new_backup_id;
 use volsnap::snapshots::{
@@ -31,6 +32,7 @@ pub fn take(args: SnapshotArgs) -> Result<i32> {
     }
     let selection = args.selection.to_selection()?;
     let cancel = Cancel::from_signals()?;
+    let _lock = super::begin_run(&args.state.state_dir)?;
     let docker = Docker::connect()?;
     let stack = discover(&docker, &selection)?;
     let storage = detect_stack(&SystemRunner, &stack)?;
@@ -60,7 +62,9 @@ pub fn take(args: SnapshotArgs) -> Result<i32> {
         cancel: &cancel,
         observer: &observer,
     };
-    let outcome = run_plan(&job).map_err(|e| e.context(format!("snapshot {name} failed")))?;
+    let journal = Journal::create(&args.state.state_dir, &name, &super::command_line())?;
+    let outcome =
+        run_plan(&job, Some(journal)).map_err(|e| e.context(format!("snapshot {name} failed")))?;
     let record = SnapshotRecord {
         name: name.clone(),
         label,
@@ -124,6 +128,7 @@ pub fn manage(command: SnapshotsCommand) -> Result<i32> {
             Ok(0)
         }
         SnapshotsCommand::Drop { name, state } => {
+            let _lock = super::begin_run(&state.state_dir)?;
             let store = SnapshotStore::open(&state.state_dir)?;
             let record = store.load(&name)?;
             drop_snapshots(&SystemRunner, &record)?;
@@ -137,6 +142,12 @@ pub fn manage(command: SnapshotsCommand) -> Result<i32> {
 pub fn rollback(args: RollbackArgs) -> Result<i32> {
     let store = SnapshotStore::open(&args.state.state_dir)?;
     let record = store.load(&args.name)?;
+    let _lock = super::begin_run(&args.state.state_dir)?;
+    let mut journal = Journal::create(
+        &args.state.state_dir,
+        &format!("rollback-{}", record.name),
+        &super::command_line(),
+    )?;
     let docker = Docker::connect()?;
     let stack = discover(&docker, &record.selection)?;
     volsnap::snapshots::rollback(
@@ -146,8 +157,10 @@ pub fn rollback(args: RollbackArgs) -> Result<i32> {
         &stack,
         args.stop_timeout,
         Duration::from_secs(args.ready_timeout.into()),
+        &mut journal,
     )
     .map_err(|e| e.context(format!("rollback to {} failed", record.name)))?;
+    journal.finish()?;
     outln!(
         "rolled {} volume(s) back to snapshot {} (taken {}); the snapshot is kept: drop it with 'volsnap snapshots drop {}'",
         record.volumes.len(),

@@ -9,6 +9,17 @@ use std::process::{Command, Output};
 
 pub const IMAGE: &str = "volsnap-test/busybox:1";
 
+thread_local! {
+    /// Tests run in parallel threads; each gets its own state directory
+    /// (host lock, journals), as separate hosts would.
+    static STATE_DIR: tempfile::TempDir = tempfile::tempdir().expect("state dir");
+}
+
+/// This test thread's volsnap state directory.
+pub fn state_dir() -> PathBuf {
+    STATE_DIR.with(|d| d.path().to_path_buf())
+}
+
 /// Runs the volsnap binary under test.
 pub fn volsnap(args: &[&str]) -> Output {
     volsnap_env(args, &[])
@@ -18,7 +29,8 @@ pub fn volsnap_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_volsnap"));
     cmd.args(args)
         .env_remove("VOLSNAP_REPO")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env("VOLSNAP_STATE_DIR", state_dir());
     for (k, v) in env {
         cmd.env(k, v);
     }
