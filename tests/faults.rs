@@ -1,0 +1,379 @@
+//! Faults: volsnap killed with SIGKILL before every step of cold, online and
+//! snapshot runs, interrupted by SIGTERM, racing another run, running out of
+//! space. After each, the stack runs, the source data is byte-identical, and
+//! nothing is left behind: no partial backup, snapshot, mount or journal.
+//!
+//! Needs the `fault-injection` feature (scripts/test.sh enables it).
+
+mod common;
+
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn plan_len(project: &str, strategy: &str, extra: &[&str]) -> usize {
+    let mut args = vec![
+        "plan",
+        "--project",
+        project,
+        "--strategy",
+        strategy,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = ok(volsnap(&args));
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    plan["steps"].as_array().unwrap().len()
+}
+
+/// Nothing of a killed run may remain once recovered.
+fn assert_clean(repo: &Path, containers: &[&str], sources: &[(&Path, &Path)]) {
+    for c in containers {
+        assert!(is_running(c), "{c} runs again");
+        assert_eq!(
+            inspect(c, "{{.State.Paused}}"),
+            "false",
+            "{c} is not left paused"
+        );
+    }
+    let partial: Vec<_> = std::fs::read_dir(repo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(partial.is_empty(), "no partial backup: {partial:?}");
+    let journals = state_dir().join("journal");
+    if journals.exists() {
+        assert_eq!(
+            std::fs::read_dir(&journals).unwrap().count(),
+            0,
+            "journal replayed and removed"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("/run/volsnap/"), "no snapshot mount left");
+    for (source, pristine) in sources {
+        assert_same_tree(pristine, source);
+    }
+}
+
+/// A copy of a fixture to compare the source against after each fault.
+fn pristine_copy(p: &mut Project, source: &Path) -> PathBuf {
+    let copy = p.tempdir().join("pristine");
+    sh(
+        "cp",
+        &["-a", source.to_str().unwrap(), copy.to_str().unwrap()],
+    );
+    copy
+}
+
+/// Incompressible bytes (xorshift), so compressing them takes real time.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn kill_before_every_step(
+    p: &Project,
+    strategy: &str,
+    extra: &[&str],
+    repo: &Path,
+    check: &dyn Fn(),
+) {
+    let steps = plan_len(&p.name, strategy, extra);
+    assert!(steps >= 3);
+    for step in 1..=steps {
+        let k = step.to_string();
+        let mut args = vec![
+            "backup",
+            "--project",
+            &p.name,
+            "--repo",
+            repo.to_str().unwrap(),
+            "--strategy",
+            strategy,
+        ];
+        args.extend_from_slice(extra);
+        let out = volsnap_env(&args, &[("VOLSNAP_FAULT_KILL_BEFORE_STEP", &k)]);
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{strategy}: killed before step {step}: {}",
+            stderr(&out)
+        );
+        ok(volsnap(&["recover"]));
+        check();
+    }
+    // The next run after recovery works normally.
+    let mut args = vec![
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--strategy",
+        strategy,
+    ];
+    args.extend_from_slice(extra);
+    ok(volsnap(&args));
+}
+
+#[test]
+fn sigkill_at_every_step_of_cold_and_online_runs_is_recovered() {
+    let mut p = Project::new("kill");
+    let repo = p.tempdir();
+    let vol = p.volume("data", &[]);
+    let path = volume_path(&vol);
+    make_fixture(&path);
+    let pristine = pristine_copy(&mut p, &path);
+    let m = format!("{vol}:/data:ro");
+    let db = p.service("db", &[], &["-v", &m], &["idle"]);
+    let app = p.service("app", &["db"], &["-v", &m], &["idle"]);
+    let check = || assert_clean(&repo, &[&db, &app], &[(&path, &pristine)]);
+    kill_before_every_step(&p, "cold", &[], &repo, &check);
+    kill_before_every_step(&p, "online", &[], &repo, &check);
+    // And what a killed run left is also repaired by the next run itself.
+    let out = volsnap_env(
+        &[
+            "backup",
+            "--project",
+            &p.name,
+            "--repo",
+            repo.to_str().unwrap(),
+            "--strategy",
+            "cold",
+        ],
+        &[("VOLSNAP_FAULT_KILL_BEFORE_STEP", "3")],
+    );
+    assert_eq!(out.status.signal(), Some(9));
+    assert!(!is_running(&app), "the killed run had stopped app");
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--strategy",
+        "online",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("recovery: "), "{}", stderr(&out));
+    check();
+}
+
+#[test]
+fn sigkill_at_every_step_of_a_btrfs_snapshot_run_is_recovered() {
+    let mut p = Project::new("ksnap");
+    let dir = p.tempdir();
+    let img = dir.join("btrfs.img");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    sh("truncate", &["-s", "512M", img.to_str().unwrap()]);
+    sh("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
+    sh(
+        "mount",
+        &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()],
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let sub = mnt.join("db");
+    sh("btrfs", &["subvolume", "create", sub.to_str().unwrap()]);
+    make_fixture(&sub);
+    let pristine = pristine_copy(&mut p, &sub);
+    let dev = format!("device={}", sub.display());
+    let vol = p.volume("db", &["type=none", "o=bind", &dev]);
+    let m = format!("{vol}:/data:ro");
+    let db = p.service("db", &[], &["-v", &m], &["idle"]);
+    let repo = p.tempdir();
+    let check = || {
+        assert_clean(&repo, &[&db], &[(&sub, &pristine)]);
+        let subvols = sh("btrfs", &["subvolume", "list", mnt.to_str().unwrap()]);
+        assert!(!subvols.contains("volsnap"), "no snapshot left: {subvols}");
+    };
+    kill_before_every_step(&p, "snapshot", &[], &repo, &check);
+    kill_before_every_step(&p, "snapshot", &["--quiesce", "pause"], &repo, &check);
+}
+
+#[test]
+fn sigterm_during_archive_aborts_cleanly() {
+    let mut p = Project::new("term");
+    let repo = p.tempdir();
+    let vol = p.volume("data", &[]);
+    let path = volume_path(&vol);
+    // Enough data that gzip takes seconds.
+    let data = noise(96 << 20);
+    std::fs::write(path.join("big.bin"), &data).unwrap();
+    let m = format!("{vol}:/data");
+    let app = p.service("app", &[], &["-v", &m], &["idle"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_volsnap"))
+        .args([
+            "backup",
+            "--project",
+            &p.name,
+            "--repo",
+            repo.to_str().unwrap(),
+            "--strategy",
+            "cold",
+        ])
+        .args(["--compression", "gzip", "--level", "9"])
+        .env("VOLSNAP_STATE_DIR", state_dir())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the archive is being written, then ask it to stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let archiving = std::fs::read_dir(&repo).unwrap().any(|e| {
+            let e = e.unwrap();
+            e.file_name().to_string_lossy().starts_with(".partial-")
+                && std::fs::read_dir(e.path()).unwrap().count() > 0
+        });
+        if archiving {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // A second signal during cleanup must not cut the cleanup short.
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_clean(&repo, &[&app], &[]);
+}
+
+#[test]
+fn a_second_run_is_refused_while_one_holds_the_lock() {
+    let mut p = Project::new("lock");
+    let repo = p.tempdir();
+    let vol = p.volume("data", &[]);
+    let path = volume_path(&vol);
+    let data = noise(64 << 20);
+    std::fs::write(path.join("big.bin"), &data).unwrap();
+    let m = format!("{vol}:/data");
+    let app = p.service("app", &[], &["-v", &m], &["idle"]);
+    let first = Command::new(env!("CARGO_BIN_EXE_volsnap"))
+        .args([
+            "backup",
+            "--project",
+            &p.name,
+            "--repo",
+            repo.to_str().unwrap(),
+            "--strategy",
+            "online",
+        ])
+        .args(["--compression", "gzip", "--level", "9"])
+        .env("VOLSNAP_STATE_DIR", state_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = state_dir().join("lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .contains(&format!("pid {}", first.id()))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let second = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--strategy",
+        "cold",
+    ]);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("another volsnap run holds the lock"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        stderr(&second).contains(&format!("pid {}", first.id())),
+        "names the holder: {}",
+        stderr(&second)
+    );
+    assert!(is_running(&app), "the refused run stopped nothing");
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn enospc_during_a_cold_backup_removes_the_partial_backup_and_restarts() {
+    let mut p = Project::new("nospace");
+    let vol = p.volume("data", &[]);
+    let path = volume_path(&vol);
+    let data = noise(16 << 20);
+    std::fs::write(path.join("big.bin"), &data).unwrap();
+    let m = format!("{vol}:/data");
+    let app = p.service("app", &[], &["-v", &m], &["idle"]);
+    let repo = p.tempdir();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            repo.to_str().unwrap(),
+        ],
+    );
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--compression",
+        "none",
+    ]);
+    let clean = std::fs::read_dir(&repo).unwrap().count() == 0;
+    let _ = Command::new("umount").arg(&repo).status();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+    assert!(clean, "partial backup removed");
+    assert!(is_running(&app));
+}
