@@ -9,7 +9,7 @@
 //! the new content moved in, and the old content deleted, so a failed
 //! restore leaves the previous content as it was.
 
-use crate::archive::{entry_path, entry_xattrs, ArchiveReader, Decompressor, EntryChecker};
+use crate::archive::{entry_path, entry_xattrs, ArchiveReader, ArchiveStream, EntryChecker};
 use crate::cancel::Cancel;
 use crate::journal::{Journal, Undo};
 use crate::manifest::{Compression, EntryKind, FileEntry, VolumeRecord};
@@ -330,7 +330,7 @@ fn ensure_parents(staging: &Path, relative: &Path) -> Result<()> {
 
 /// Writes a regular file's content, leaving holes where the data is zeros.
 fn write_file(
-    entry: &mut tar::Entry<'_, Decompressor>,
+    entry: &mut tar::Entry<'_, ArchiveStream>,
     dest: &Path,
     progress: &dyn Fn(u64),
 ) -> Result<(String, u64)> {

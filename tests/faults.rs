@@ -377,3 +377,54 @@ fn enospc_during_a_cold_backup_removes_the_partial_backup_and_restarts() {
     assert!(clean, "partial backup removed");
     assert!(is_running(&app));
 }
+
+#[test]
+fn a_service_that_does_not_come_back_is_reported_and_the_backup_kept() {
+    let mut p = Project::new("noback");
+    let repo = p.tempdir();
+    let vol = p.volume("data", &[]);
+    let m = format!("{vol}:/data");
+    // Runs the first time; exits with an error on any later start.
+    let flaky = p.service(
+        "flaky",
+        &[],
+        &["-v", &m],
+        &[
+            "sh",
+            "-c",
+            "test -f /data/started && exit 3; touch /data/started; exec idle",
+        ],
+    );
+    let other = p.service("other", &["flaky"], &["-v", &m], &["idle"]);
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--strategy",
+        "cold",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the backup is complete, but"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&flaky),
+        "names the container: {}",
+        stderr(&out)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let id = report["id"].as_str().unwrap();
+    ok(volsnap(&[
+        "verify",
+        "--repo",
+        repo.to_str().unwrap(),
+        id,
+        "--deep",
+    ]));
+    assert!(is_running(&other), "volsnap kept starting the rest");
+}
