@@ -81,6 +81,7 @@ pub fn write_archive(
         builder: &mut builder,
         summary: ArchiveSummary::default(),
         hard_links: HashMap::new(),
+        read_buffer: vec![0; IO_BUFFER],
         cancel,
         progress,
     };
@@ -249,6 +250,7 @@ struct TreeWriter<'a, W: Write> {
     summary: ArchiveSummary,
     /// (device, inode) of multiply-linked files already archived → their path.
     hard_links: HashMap<(u64, u64), String>,
+    read_buffer: Vec<u8>,
     cancel: &'a Cancel,
     progress: &'a dyn Fn(u64),
 }
@@ -384,7 +386,10 @@ impl<W: Write> TreeWriter<'_, W> {
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(entry.size);
             let mut reader = ExactReader {
-                inner: BufReader::with_capacity(IO_BUFFER, &file),
+                file: &file,
+                buffer: &mut self.read_buffer,
+                pos: 0,
+                filled: 0,
                 remaining: entry.size,
                 hasher: Sha256::new(),
                 came_up_short: false,
@@ -466,8 +471,15 @@ fn changed_while_read(before: &fs::Metadata, after: &fs::Metadata) -> bool {
 /// Yields exactly the size announced in the tar header, hashing it: a file
 /// that shrank while read is padded with zeros (and reported as changed), one
 /// that grew is cut at the announced size. Either way the archive stays valid.
-struct ExactReader<'a, R> {
-    inner: R,
+///
+/// It reads through a buffer reused from file to file: small-file trees
+/// would otherwise allocate (and fault in) a fresh buffer per file.
+struct ExactReader<'a> {
+    file: &'a File,
+    buffer: &'a mut [u8],
+    pos: usize,
+    filled: usize,
+    /// Bytes still to hand out.
     remaining: u64,
     hasher: Sha256,
     came_up_short: bool,
@@ -475,7 +487,7 @@ struct ExactReader<'a, R> {
     progress: &'a dyn Fn(u64),
 }
 
-impl<R: Read> Read for ExactReader<'_, R> {
+impl Read for ExactReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
@@ -483,18 +495,37 @@ impl<R: Read> Read for ExactReader<'_, R> {
         if self.cancel.is_cancelled() {
             return Err(io::Error::other(Cancelled));
         }
-        let want = buf
-            .len()
-            .min(self.remaining.min(usize::MAX as u64) as usize);
-        let mut n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            self.came_up_short = true;
-            buf[..want].fill(0);
-            n = want;
+        if self.pos == self.filled {
+            let want = self
+                .buffer
+                .len()
+                .min(self.remaining.min(usize::MAX as u64) as usize);
+            let mut file = self.file;
+            let n = loop {
+                match file.read(&mut self.buffer[..want]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
+            if n == 0 {
+                // Shrank while read: pad, and report it as changed.
+                self.came_up_short = true;
+                self.buffer[..want].fill(0);
+                self.filled = want;
+            } else {
+                self.filled = n;
+            }
+            self.pos = 0;
+            self.hasher.update(&self.buffer[..self.filled]);
+            (self.progress)(self.filled as u64);
         }
-        self.hasher.update(&buf[..n]);
+        let n = buf
+            .len()
+            .min(self.filled - self.pos)
+            .min(self.remaining as usize);
+        buf[..n].copy_from_slice(&self.buffer[self.pos..self.pos + n]);
+        self.pos += n;
         self.remaining -= n as u64;
-        (self.progress)(n as u64);
         Ok(n)
     }
 }
