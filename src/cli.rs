@@ -80,6 +80,9 @@ pub struct SnapshotArgs {
     pub stop_timeout: u32,
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub ready_timeout: u32,
+    /// Copy-on-write area of classic LVM snapshots, e.g. 512M or 4G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub snapshot_size: Option<u64>,
     #[command(flatten)]
     pub state: StateArgs,
     #[arg(long)]
@@ -153,6 +156,31 @@ pub struct StrategyArgs {
     /// Seconds to wait for a restarted container to run (and be healthy).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub ready_timeout: u32,
+    /// Copy-on-write area of classic LVM snapshots, e.g. 512M or 4G
+    /// (default: a fifth of the volume, at least 256M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub snapshot_size: Option<u64>,
+}
+
+/// Parses a size: a number of bytes, or with a K/M/G/T suffix (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let upper = t.to_ascii_uppercase();
+    let trimmed = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, shift) = match trimmed.chars().last() {
+        Some('K') => (&trimmed[..trimmed.len() - 1], 10),
+        Some('M') => (&trimmed[..trimmed.len() - 1], 20),
+        Some('G') => (&trimmed[..trimmed.len() - 1], 30),
+        Some('T') => (&trimmed[..trimmed.len() - 1], 40),
+        _ => (trimmed, 0),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size (examples: 268435456, 256M, 4G)"))
 }
 
 #[derive(Args, Debug)]

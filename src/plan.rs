@@ -1,7 +1,7 @@
 //! Plans as data: the ordered steps a backup runs, each with the step that
 //! undoes it. `volsnap plan` prints a plan; the executor runs the same value.
 
-use crate::discovery::Stack;
+use crate::discovery::{Container, Stack};
 use crate::fsutil::human_bytes;
 use crate::manifest::{Consistency, Strategy};
 use crate::storage::{SnapshotSupport, StorageInfo};
@@ -356,6 +356,37 @@ pub fn choose_strategy(
     }
 }
 
+/// Stop a container gracefully; its undo starts it again.
+pub fn stop_step(c: &Container, options: &PlanOptions) -> Step {
+    Step::with_undo(
+        Action::Stop {
+            container: c.info.id.clone(),
+            name: c.info.name.clone(),
+            timeout_secs: options.stop_timeout_secs,
+        },
+        Action::Start {
+            container: c.info.id.clone(),
+            name: c.info.name.clone(),
+        },
+    )
+}
+
+/// Start a stopped container (discharging the pending start) and wait
+/// until it runs and is healthy.
+pub fn restart_steps(c: &Container, options: &PlanOptions) -> [Step; 2] {
+    [
+        Step::discharging(Action::Start {
+            container: c.info.id.clone(),
+            name: c.info.name.clone(),
+        }),
+        Step::new(Action::WaitReady {
+            container: c.info.id.clone(),
+            name: c.info.name.clone(),
+            timeout_secs: options.ready_timeout_secs,
+        }),
+    ]
+}
+
 /// Builds the plan for a stack.
 pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> Result<Plan> {
     if stack.volumes.is_empty() {
@@ -371,32 +402,8 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
         .iter()
         .filter(|c| c.info.running && !c.info.paused)
         .collect();
-    let stop = |c: &crate::discovery::Container| {
-        Step::with_undo(
-            Action::Stop {
-                container: c.info.id.clone(),
-                name: c.info.name.clone(),
-                timeout_secs: options.stop_timeout_secs,
-            },
-            Action::Start {
-                container: c.info.id.clone(),
-                name: c.info.name.clone(),
-            },
-        )
-    };
-    let start = |c: &crate::discovery::Container| {
-        [
-            Step::discharging(Action::Start {
-                container: c.info.id.clone(),
-                name: c.info.name.clone(),
-            }),
-            Step::new(Action::WaitReady {
-                container: c.info.id.clone(),
-                name: c.info.name.clone(),
-                timeout_secs: options.ready_timeout_secs,
-            }),
-        ]
-    };
+    let stop = |c: &Container| stop_step(c, options);
+    let start = |c: &Container| restart_steps(c, options);
     let archive = |watch_changes: bool| {
         stack.volumes.iter().enumerate().map(move |(i, v)| {
             Step::new(Action::Archive {

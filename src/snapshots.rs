@@ -185,8 +185,17 @@ pub fn rollback(
         stopped.push(c);
     }
     let mut rolled_back = Vec::new();
+    let mut units_done: Vec<String> = Vec::new();
     if failure.is_none() {
         for kept in &record.volumes {
+            let unit = backend_for(&kept.storage)
+                .map(|b| b.unit(&kept.storage))
+                .unwrap_or_default();
+            if units_done.contains(&unit) {
+                rolled_back.push(kept.name.as_str());
+                continue; // shares its LV or dataset with a volume already rolled back
+            }
+            units_done.push(unit);
             tracing::info!("rolling back {}", kept.name);
             let backend = backend_for(&kept.storage).expect("checked above");
             match backend.rollback(runner, &kept.storage, &record.label) {

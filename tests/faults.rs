@@ -228,21 +228,19 @@ fn sigterm_during_archive_aborts_cleanly() {
     std::fs::write(path.join("big.bin"), &data).unwrap();
     let m = format!("{vol}:/data");
     let app = p.service("app", &[], &["-v", &m], &["idle"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_volsnap"))
-        .args([
-            "backup",
-            "--project",
-            &p.name,
-            "--repo",
-            repo.to_str().unwrap(),
-            "--strategy",
-            "cold",
-        ])
-        .args(["--compression", "gzip", "--level", "9"])
-        .env("VOLSNAP_STATE_DIR", state_dir())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--strategy",
+        "cold",
+        "--compression",
+        "gzip",
+        "--level",
+        "9",
+    ]);
     // Wait until the archive is being written, then ask it to stop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -287,22 +285,19 @@ fn a_second_run_is_refused_while_one_holds_the_lock() {
     std::fs::write(path.join("big.bin"), &data).unwrap();
     let m = format!("{vol}:/data");
     let app = p.service("app", &[], &["-v", &m], &["idle"]);
-    let first = Command::new(env!("CARGO_BIN_EXE_volsnap"))
-        .args([
-            "backup",
-            "--project",
-            &p.name,
-            "--repo",
-            repo.to_str().unwrap(),
-            "--strategy",
-            "online",
-        ])
-        .args(["--compression", "gzip", "--level", "9"])
-        .env("VOLSNAP_STATE_DIR", state_dir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = spawn_volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--strategy",
+        "online",
+        "--compression",
+        "gzip",
+        "--level",
+        "9",
+    ]);
     let lock = state_dir().join("lock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !std::fs::read_to_string(&lock)

@@ -48,7 +48,7 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     let _lock = super::begin_run(&args.state.state_dir)?;
     let docker = Docker::connect()?;
     let stack = discover(&docker, &selection)?;
-    let storage = detect_stack(&SystemRunner, &stack)?;
+    let storage = detect_stack(&SystemRunner, &stack, args.strategy.snapshot_size)?;
     let mut plan = build(&stack, &storage, &args.strategy.to_options())?;
     let id = new_backup_id();
     set_label(&mut plan.steps, &snapshot_label(&id));

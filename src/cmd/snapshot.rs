@@ -35,7 +35,7 @@ pub fn take(args: SnapshotArgs) -> Result<i32> {
     let _lock = super::begin_run(&args.state.state_dir)?;
     let docker = Docker::connect()?;
     let stack = discover(&docker, &selection)?;
-    let storage = detect_stack(&SystemRunner, &stack)?;
+    let storage = detect_stack(&SystemRunner, &stack, args.snapshot_size)?;
     let options = PlanOptions {
         quiesce: args.quiesce,
         stop_timeout_secs: args.stop_timeout,

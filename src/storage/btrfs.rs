@@ -96,6 +96,11 @@ impl SnapshotBackend for Btrfs {
         false
     }
 
+    fn unit(&self, info: &StorageInfo) -> String {
+        // Each volume has a snapshot of its own (see snapshot_path).
+        format!("btrfs:{}", info.path.display())
+    }
+
     fn mount(
         &self,
         _run: &dyn Runner,

@@ -65,7 +65,7 @@ pub fn default_cow_bytes(origin_bytes: u64) -> u64 {
 }
 
 /// Fills in the LVM facts of `info` when its device is a logical volume.
-pub fn detect(run: &dyn Runner, info: &mut StorageInfo, _below_mount: &Path) -> Result<()> {
+pub fn detect(run: &dyn Runner, info: &mut StorageInfo, cow_bytes: Option<u64>) -> Result<()> {
     let output = match run.run(
         "lvs",
         &args([
@@ -94,7 +94,7 @@ pub fn detect(run: &dyn Runner, info: &mut StorageInfo, _below_mount: &Path) -> 
     let thin = row.lv_attr.starts_with('V') || !row.pool_lv.is_empty();
     let size_bytes = bytes(&row.lv_size);
     let vg_free_bytes = bytes(&row.vg_free);
-    let need = default_cow_bytes(size_bytes);
+    let need = cow_bytes.unwrap_or_else(|| default_cow_bytes(size_bytes));
     info.support = if !thin && vg_free_bytes < need {
         SnapshotSupport::No(format!(
             "volume group {} has {} free, a snapshot of {}/{} needs {}; free space in the volume group (vgextend, or shrink another LV)",
@@ -113,6 +113,7 @@ pub fn detect(run: &dyn Runner, info: &mut StorageInfo, _below_mount: &Path) -> 
         thin,
         size_bytes,
         vg_free_bytes,
+        cow_bytes: need,
     };
     Ok(())
 }
@@ -121,7 +122,7 @@ struct Lv<'a> {
     vg: &'a str,
     lv: &'a str,
     thin: bool,
-    size_bytes: u64,
+    cow_bytes: u64,
 }
 
 fn lv(info: &StorageInfo) -> Result<Lv<'_>> {
@@ -130,13 +131,13 @@ fn lv(info: &StorageInfo) -> Result<Lv<'_>> {
             vg,
             lv,
             thin,
-            size_bytes,
+            cow_bytes,
             ..
         } => Ok(Lv {
             vg,
             lv,
             thin: *thin,
-            size_bytes: *size_bytes,
+            cow_bytes: *cow_bytes,
         }),
         other => bail!("internal error: {other:?} handed to the LVM backend"),
     }
@@ -182,7 +183,7 @@ impl SnapshotBackend for Lvm {
                     &args(["--activate", "y", "--ignoreactivationskip", &name]),
                 )?;
             } else {
-                let size = format!("{}b", default_cow_bytes(origin.size_bytes));
+                let size = format!("{}b", origin.cow_bytes);
                 run.run(
                     "lvcreate",
                     &args(["--snapshot", "--name", &short, "--size", &size, &source]),
@@ -195,6 +196,12 @@ impl SnapshotBackend for Lvm {
 
     fn needs_mount(&self) -> bool {
         true
+    }
+
+    fn unit(&self, info: &StorageInfo) -> String {
+        lv(info)
+            .map(|l| format!("lvm:{}/{}", l.vg, l.lv))
+            .unwrap_or_default()
     }
 
     fn mount(&self, run: &dyn Runner, info: &StorageInfo, label: &str, dir: &Path) -> Result<()> {
@@ -290,6 +297,7 @@ mod tests {
                 thin,
                 size_bytes: 4 << 30,
                 vg_free_bytes: 2 << 30,
+                cow_bytes: (4 << 30) / 5,
             },
             support: SnapshotSupport::Yes,
         }
@@ -368,7 +376,7 @@ mod tests {
         };
         let mut i = info(false);
         i.backend = Backend::Plain;
-        detect(&rec, &mut i, Path::new("etcd")).unwrap();
+        detect(&rec, &mut i, None).unwrap();
         assert!(matches!(
             i.backend,
             Backend::Lvm {

@@ -75,6 +75,8 @@ pub enum Backend {
         thin: bool,
         size_bytes: u64,
         vg_free_bytes: u64,
+        /// Copy-on-write area of a classic snapshot.
+        cow_bytes: u64,
     },
     /// A ZFS dataset.
     Zfs { dataset: String },
@@ -136,6 +138,9 @@ pub trait SnapshotBackend {
     fn can_rollback(&self, _info: &StorageInfo) -> Result<()> {
         Ok(())
     }
+    /// What is snapshotted for this volume (LV, dataset, subvolume): volumes
+    /// sharing one are rolled back once.
+    fn unit(&self, info: &StorageInfo) -> String;
     /// Puts the volume back to the snapshot, in place (services stopped).
     fn rollback(&self, run: &dyn Runner, info: &StorageInfo, label: &str) -> Result<()>;
 }
@@ -150,11 +155,13 @@ pub fn backend_for(info: &StorageInfo) -> Option<&'static dyn SnapshotBackend> {
     }
 }
 
-/// Finds what lies under `path`.
+/// Finds what lies under `path`. `cow_bytes` overrides the size of the
+/// copy-on-write area of classic LVM snapshots.
 pub fn detect(
     run: &dyn Runner,
     mounts: &[mountinfo::MountEntry],
     path: &Path,
+    cow_bytes: Option<u64>,
 ) -> Result<StorageInfo> {
     let canonical = path
         .canonicalize()
@@ -181,7 +188,7 @@ pub fn detect(
         "btrfs" => btrfs::detect(&mut info, &canonical)?,
         "zfs" => zfs::detect(&mut info, &below_mount),
         _ if mount.source.starts_with("/dev/mapper/") || mount.source.starts_with("/dev/dm-") => {
-            lvm::detect(run, &mut info, &below_mount)?
+            lvm::detect(run, &mut info, cow_bytes)?
         }
         _ => {}
     }
@@ -189,12 +196,16 @@ pub fn detect(
 }
 
 /// Detects the storage of every volume of a stack.
-pub fn detect_stack(run: &dyn Runner, stack: &Stack) -> Result<Vec<StorageInfo>> {
+pub fn detect_stack(
+    run: &dyn Runner,
+    stack: &Stack,
+    cow_bytes: Option<u64>,
+) -> Result<Vec<StorageInfo>> {
     let mounts = mountinfo::read()?;
     stack
         .volumes
         .iter()
-        .map(|v| detect(run, &mounts, &v.host_path))
+        .map(|v| detect(run, &mounts, &v.host_path, cow_bytes))
         .collect()
 }
 
@@ -216,19 +227,12 @@ pub fn plan_snapshot_steps(
     let label = "<label>".to_string();
     let is_running = |c: &&Container| running.iter().any(|r| r.info.id == c.info.id);
     match options.quiesce {
-        Quiesce::Stop => steps.extend(stack.stop_order().filter(is_running).map(|c| {
-            Step::with_undo(
-                Action::Stop {
-                    container: c.info.id.clone(),
-                    name: c.info.name.clone(),
-                    timeout_secs: options.stop_timeout_secs,
-                },
-                Action::Start {
-                    container: c.info.id.clone(),
-                    name: c.info.name.clone(),
-                },
-            )
-        })),
+        Quiesce::Stop => steps.extend(
+            stack
+                .stop_order()
+                .filter(is_running)
+                .map(|c| crate::plan::stop_step(c, options)),
+        ),
         Quiesce::Pause => steps.extend(stack.stop_order().filter(is_running).map(|c| {
             let target = (c.info.id.clone(), c.info.name.clone());
             Step::with_undo(
@@ -263,17 +267,7 @@ pub fn plan_snapshot_steps(
     for c in stack.containers.iter().filter(is_running) {
         let (container, name) = (c.info.id.clone(), c.info.name.clone());
         match options.quiesce {
-            Quiesce::Stop => {
-                steps.push(Step::discharging(Action::Start {
-                    container: container.clone(),
-                    name: name.clone(),
-                }));
-                steps.push(Step::new(Action::WaitReady {
-                    container,
-                    name,
-                    timeout_secs: options.ready_timeout_secs,
-                }));
-            }
+            Quiesce::Stop => steps.extend(crate::plan::restart_steps(c, options)),
             Quiesce::Pause => steps.push(Step::discharging(Action::Unpause { container, name })),
             Quiesce::None => {}
         }

@@ -46,6 +46,12 @@ impl SnapshotBackend for Zfs {
         true
     }
 
+    fn unit(&self, info: &StorageInfo) -> String {
+        dataset(info)
+            .map(|d| format!("zfs:{d}"))
+            .unwrap_or_default()
+    }
+
     fn mount(&self, run: &dyn Runner, info: &StorageInfo, label: &str, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         // Explicit mount: the .zfs/snapshot automount is unreliable in

@@ -37,6 +37,19 @@ pub fn volsnap_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("cannot run volsnap")
 }
 
+/// Starts volsnap in the background (output captured), for tests that act
+/// on a run while it is under way.
+pub fn spawn_volsnap(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_volsnap"))
+        .args(args)
+        .env_remove("VOLSNAP_REPO")
+        .env("VOLSNAP_STATE_DIR", state_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start volsnap")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
