@@ -381,13 +381,14 @@ impl<'a> Run<'a> {
             observer.bytes_read(n)
         });
         job.observer.archive_finished();
-        let summary = summary?;
-        // An archive read from a snapshot that overflowed meanwhile is void.
+        // An archive read from a snapshot that overflowed meanwhile is void;
+        // reading one usually fails with EIO, which says less than this.
         if let (Some(label), Some(info)) = (&self.snapshot_label, job.storage.get(volume)) {
             if let Some(backend) = backend_for(info) {
                 backend.check_valid(job.runner, info, label)?;
             }
         }
+        let summary = summary?;
         if watch_changes && !summary.changed_during_read.is_empty() {
             job.observer.warning(&format!(
                 "{}: {} file(s) changed while being read",

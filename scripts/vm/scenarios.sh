@@ -54,9 +54,11 @@ scenario() { # name mountpoint
   start_stack $p "$dir"
   local plan; plan=$(volsnap plan --project $p --json)
   check "$name: plan picks snapshot" grep -q '"strategy": "snapshot"' <<<"$plan"
-  local out; out=$(volsnap backup --project $p --repo "$REPO" --json 2>"$REPO/err")
+  local out; out=$(volsnap -v backup --project $p --repo "$REPO" --json 2>"$REPO/err")
   local rc=$?
-  check "$name: snapshot backup succeeds" test $rc = 0 || cat "$REPO/err"
+  grep -E 'INFO' "$REPO/err" | sed -E 's/^([^ ]+) +INFO /   \1 /' | cut -c1-110
+  check "$name: snapshot backup succeeds" test $rc = 0
+  [ $rc = 0 ] || sed 's/^/   /' "$REPO/err"
   check "$name: backup is consistent" grep -q '"consistency": "consistent"' <<<"$out"
   local downtime; downtime=$(sed -n 's/.*"downtime_ms": \([0-9]*\).*/\1/p' <<<"$out" | head -1)
   echo "   downtime ${downtime:-?} ms"

@@ -241,7 +241,7 @@ impl SnapshotBackend for Lvm {
         if invalid || full {
             bail!(
                 "LVM snapshot {name} overflowed its copy-on-write area while being archived, so the archive cannot be trusted; \
-                 retry when the volume is less busy, or with a larger snapshot (more free space in the volume group)"
+                 retry when the volume is less busy, or give the snapshot more room with --snapshot-size (the volume group needs that much free)"
             );
         }
         Ok(())

@@ -300,10 +300,24 @@ pub fn plan_snapshot_steps(
                 label: label.clone(),
             }));
         }
-        steps.push(Step::discharging(Action::DropSnapshot {
-            volume: i,
-            label: label.clone(),
-        }));
+        // Volumes on one LV or dataset share its snapshot: drop it only
+        // after the last of them is archived.
+        let unit = |info: &StorageInfo| backend_for(info).map(|b| b.unit(info));
+        let shared_later = storage[i + 1..]
+            .iter()
+            .any(|later| unit(later) == unit(info));
+        if !shared_later {
+            for (j, _) in storage[..=i]
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| unit(s) == unit(info))
+            {
+                steps.push(Step::discharging(Action::DropSnapshot {
+                    volume: j,
+                    label: label.clone(),
+                }));
+            }
+        }
     }
 }
 
