@@ -440,6 +440,9 @@ impl<'a> Run<'a> {
                 entries: summary.entries,
             });
         }
+        if job.plan.quiesce == Some(crate::plan::Quiesce::None) {
+            notes.push("--quiesce none: the services kept running, so the snapshots are crash-consistent only".into());
+        }
         let mut consistency = job.plan.consistency;
         if any_changed && consistency == Consistency::Consistent {
             // Something wrote while the services were supposedly still:

@@ -65,6 +65,11 @@ scenario() { # name mountpoint
   check "$name: downtime under 20 s even under emulation" test "${downtime:-999999}" -lt 20000
   check "$name: nothing left behind" eval '! leftovers'
   check "$name: verify --deep" volsnap verify --repo "$REPO" latest --deep
+  out=$(volsnap backup --project $p --repo "$REPO" --quiesce pause --json 2>"$REPO/err")
+  downtime=$(sed -n 's/.*"downtime_ms": \([0-9]*\).*/\1/p' <<<"$out" | head -1)
+  echo "   downtime with --quiesce pause: ${downtime:-?} ms"
+  check "$name: pause downtime under 5 s even under emulation" test "${downtime:-999999}" -lt 5000
+  check "$name: nothing left behind (pause)" eval '! leftovers' 
   volsnap restore --repo "$REPO" latest --volume ${p}_etcd=${p}_etcd_r --volume ${p}_minio=${p}_minio_r >/dev/null
   check "$name: restored record log is clean" docker run --rm --network none -v ${p}_etcd_r:/d $IMAGE record-check /d/records.log
   local restored; restored=$(docker volume inspect -f '{{.Mountpoint}}' ${p}_minio_r)
