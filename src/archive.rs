@@ -37,6 +37,8 @@ pub struct ArchiveOptions {
     pub level: i32,
     /// zstd worker threads (0: compress on the calling thread).
     pub threads: u32,
+    /// Read at most this many bytes per second (`--bwlimit`).
+    pub bwlimit: Option<u64>,
 }
 
 impl Default for ArchiveOptions {
@@ -45,6 +47,7 @@ impl Default for ArchiveOptions {
             compression: Compression::Zstd,
             level: 3,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            bwlimit: None,
         }
     }
 }
@@ -82,6 +85,7 @@ pub fn write_archive(
         summary: ArchiveSummary::default(),
         hard_links: HashMap::new(),
         read_buffer: vec![0; IO_BUFFER],
+        throttle: Throttle::new(options.bwlimit),
         cancel,
         progress,
     };
@@ -251,8 +255,45 @@ struct TreeWriter<'a, W: Write> {
     /// (device, inode) of multiply-linked files already archived → their path.
     hard_links: HashMap<(u64, u64), String>,
     read_buffer: Vec<u8>,
+    throttle: Throttle,
     cancel: &'a Cancel,
     progress: &'a dyn Fn(u64),
+}
+
+/// Keeps reading under a byte rate, so a backup can be gentle on a busy host.
+#[derive(Debug)]
+pub struct Throttle {
+    limit: Option<u64>,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    pub fn new(limit: Option<u64>) -> Self {
+        Self {
+            limit,
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// How long to wait, after `elapsed` with `bytes` read, to be back at
+    /// the limit.
+    pub fn delay(limit: u64, bytes: u64, elapsed: std::time::Duration) -> std::time::Duration {
+        let due = std::time::Duration::from_secs_f64(bytes as f64 / limit.max(1) as f64);
+        due.saturating_sub(elapsed)
+    }
+
+    /// Accounts for `n` bytes read, sleeping if that went over the limit.
+    fn consume(&mut self, n: u64) {
+        if let Some(limit) = self.limit {
+            self.bytes += n;
+            let wait = Self::delay(limit, self.bytes, self.started.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    }
 }
 
 impl<W: Write> TreeWriter<'_, W> {
@@ -395,6 +436,7 @@ impl<W: Write> TreeWriter<'_, W> {
                 came_up_short: false,
                 cancel: self.cancel,
                 progress: self.progress,
+                throttle: &mut self.throttle,
             };
             self.builder
                 .append_data(&mut header, tar_path, &mut reader)
@@ -485,6 +527,7 @@ struct ExactReader<'a> {
     came_up_short: bool,
     cancel: &'a Cancel,
     progress: &'a dyn Fn(u64),
+    throttle: &'a mut Throttle,
 }
 
 impl Read for ExactReader<'_> {
@@ -518,6 +561,7 @@ impl Read for ExactReader<'_> {
             self.pos = 0;
             self.hasher.update(&self.buffer[..self.filled]);
             (self.progress)(self.filled as u64);
+            self.throttle.consume(self.filled as u64);
         }
         let n = buf
             .len()
@@ -844,5 +888,24 @@ impl<'m> EntryChecker<'m> {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+    use std::time::Duration;
+
+    #[test]
+    fn throttle_waits_only_when_ahead_of_the_rate() {
+        // 10 MB at 10 MB/s is due at 1 s.
+        assert_eq!(
+            Throttle::delay(10_000_000, 10_000_000, Duration::from_millis(400)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(
+            Throttle::delay(10_000_000, 10_000_000, Duration::from_secs(2)),
+            Duration::ZERO
+        );
     }
 }

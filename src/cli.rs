@@ -211,6 +211,15 @@ pub struct BackupArgs {
     /// Compression worker threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    /// Read at most RATE bytes per second, e.g. 50M (gentle on a busy host).
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub bwlimit: Option<u64>,
+    /// Run at the lowest CPU and I/O priority.
+    #[arg(long)]
+    pub io_nice: bool,
+    /// Do not refuse when the repository seems too small for the backup.
+    #[arg(long)]
+    pub skip_space_check: bool,
     #[command(flatten)]
     pub state: StateArgs,
     /// Print the result as JSON.

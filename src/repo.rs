@@ -130,6 +130,34 @@ impl Repo {
     }
 }
 
+impl Repo {
+    /// Bytes available to us on the repository's filesystem.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let stat = nix::sys::statvfs::statvfs(&self.root)
+            .with_context(|| format!("cannot read the free space of {}", self.root.display()))?;
+        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    }
+
+    /// Expected size of a new backup of `raw_bytes` of data for `selection`:
+    /// the last backup of the same selection scaled to today's data, or,
+    /// with no history, the data itself (as if incompressible).
+    pub fn estimate_backup_bytes(&self, selection: &str, raw_bytes: u64) -> u64 {
+        let previous = self.list().ok().and_then(|(backups, _)| {
+            backups
+                .into_iter()
+                .rev()
+                .find(|b| b.manifest.selection == selection)
+        });
+        match previous {
+            Some(b) if b.manifest.total_bytes() > 0 => {
+                let ratio = b.manifest.archive_bytes() as f64 / b.manifest.total_bytes() as f64;
+                (raw_bytes as f64 * ratio.min(1.05)) as u64
+            }
+            _ => raw_bytes,
+        }
+    }
+}
+
 /// A new backup id: UTC time to the second plus a short disambiguator, so
 /// ids sort by time and two runs in the same second do not collide.
 pub fn new_backup_id() -> String {

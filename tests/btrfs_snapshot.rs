@@ -402,6 +402,7 @@ fn failed_snapshot_backup_drops_snapshots_and_restarts_services() {
         repo.to_str().unwrap(),
         "--compression",
         "none",
+        "--skip-space-check",
     ]);
     let leftovers: Vec<_> = std::fs::read_dir(&repo)
         .unwrap()

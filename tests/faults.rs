@@ -364,6 +364,7 @@ fn enospc_during_a_cold_backup_removes_the_partial_backup_and_restarts() {
         repo.to_str().unwrap(),
         "--compression",
         "none",
+        "--skip-space-check",
     ]);
     let clean = std::fs::read_dir(&repo).unwrap().count() == 0;
     let _ = Command::new("umount").arg(&repo).status();
@@ -371,6 +372,51 @@ fn enospc_during_a_cold_backup_removes_the_partial_backup_and_restarts() {
     assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
     assert!(clean, "partial backup removed");
     assert!(is_running(&app));
+}
+
+#[test]
+fn a_repository_too_small_is_refused_before_anything_stops() {
+    let mut p = Project::new("small");
+    let vol = p.volume("data", &[]);
+    std::fs::write(volume_path(&vol).join("big.bin"), noise(16 << 20)).unwrap();
+    let m = format!("{vol}:/data");
+    let app = p.service("app", &[], &["-v", &m], &["idle"]);
+    let started = inspect(&app, "{{.State.StartedAt}}");
+    let repo = p.tempdir();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            repo.to_str().unwrap(),
+        ],
+    );
+    let out = volsnap(&[
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--strategy",
+        "cold",
+    ]);
+    let empty = std::fs::read_dir(&repo).unwrap().count() == 0;
+    let _ = Command::new("umount").arg(&repo).status();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("free, this backup needs about"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(empty, "nothing written");
+    assert_eq!(
+        inspect(&app, "{{.State.StartedAt}}"),
+        started,
+        "nothing was stopped"
+    );
 }
 
 #[test]
@@ -391,6 +437,13 @@ fn a_service_that_does_not_come_back_is_reported_and_the_backup_kept() {
         ],
     );
     let other = p.service("other", &["flaky"], &["-v", &m], &["idle"]);
+    // Wait for the first start to have marked itself.
+    let marker = volume_path(&vol).join("started");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "flaky never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let out = volsnap(&[
         "backup",
         "--project",

@@ -41,6 +41,10 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     if let Some(threads) = args.threads {
         archive.threads = threads;
     }
+    archive.bwlimit = args.bwlimit;
+    if args.io_nice {
+        lower_priority();
+    }
     // Check everything that can be checked before anything is stopped.
     let repo = Repo::open(&args.repo)?;
     repo.check_writable()?;
@@ -49,6 +53,20 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     let docker = Docker::connect()?;
     let stack = discover(&docker, &selection)?;
     let storage = detect_stack(&SystemRunner, &stack, args.strategy.snapshot_size)?;
+    if !args.skip_space_check {
+        let need = repo.estimate_backup_bytes(&selection.to_string(), stack.total_bytes());
+        let free = repo.free_bytes()?;
+        if free < need {
+            anyhow::bail!(
+                "repository {} has {} free, this backup needs about {} ({} of data{}); nothing was stopped. Free space, use another --repo, or pass --skip-space-check",
+                repo.root().display(),
+                human_bytes(free),
+                human_bytes(need),
+                human_bytes(stack.total_bytes()),
+                if need < stack.total_bytes() { ", compressed as last time" } else { ", assumed incompressible" }
+            );
+        }
+    }
     let mut plan = build(&stack, &storage, &args.strategy.to_options())?;
     let id = new_backup_id();
     set_label(&mut plan.steps, &snapshot_label(&id));
@@ -147,4 +165,28 @@ fn print_human(m: &Manifest, dir: &std::path::Path) {
         outln!("  note: {note}");
     }
     outln!("saved to {}", dir.display());
+}
+
+/// Lowest CPU priority and the lowest best-effort I/O priority, for this
+/// process and the threads it starts later.
+fn lower_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: plain syscalls on this process; failures are only logged.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 {
+            tracing::warn!("cannot lower the CPU priority");
+        }
+        let prio = (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 7;
+        if libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            prio,
+        ) != 0
+        {
+            tracing::warn!("cannot lower the I/O priority");
+        }
+    }
 }
