@@ -59,7 +59,16 @@ case "${1:-}" in
       mountpoint -q /mnt/lvm-$lv || mount /dev/vsvg/$lv /mnt/lvm-$lv
     done
     if [ -n "${ZFS_DISK:-}" ] && command -v zpool >/dev/null; then
-      zpool list vspool >/dev/null 2>&1 || zpool create -f -m /vspool vspool "$ZFS_DISK"
+      vdev=$ZFS_DISK
+      # Without udev, zpool cannot wait for the partitions it makes on a
+      # whole disk: use a file vdev on it instead.
+      if ! pidof systemd-udevd udevd >/dev/null 2>&1; then
+        mkdir -p /mnt/zfs-backing
+        mountpoint -q /mnt/zfs-backing || { mkfs.ext4 -q -F "$ZFS_DISK" && mount "$ZFS_DISK" /mnt/zfs-backing; }
+        vdev=/mnt/zfs-backing/vspool.img
+        [ -f "$vdev" ] || truncate -s 1800M "$vdev"
+      fi
+      zpool list vspool >/dev/null 2>&1 || zpool create -f -m /vspool vspool "$vdev"
       zfs list vspool/data >/dev/null 2>&1 || zfs create vspool/data
     fi
     ;;

@@ -116,11 +116,11 @@ lvm_faults() {
   stop_stack $p
 }
 
-targets=${*:-"lvm-ext lvm-xfs lvm-thin zfs"}
+targets=${*:-"lvm-ext lvm-xfs lvm-thin"}
 for t in $targets; do
   case $t in
     lvm-*) mountpoint -q /mnt/$t && scenario ${t#lvm-} /mnt/$t || fail "$t: /mnt/$t is not mounted" ;;
-    zfs) if zfs list vspool/data >/dev/null 2>&1; then scenario zfs /vspool/data; else echo "SKIP zfs: no ZFS pool here (run scripts/vm-lane --zfs)"; fi ;;
+    zfs) if zfs list vspool/data >/dev/null 2>&1; then scenario zfs /vspool/data; else fail "zfs: no ZFS pool vspool/data here (provisioning failed?)"; fi ;;
     faults) lvm_faults ;;
   esac
 done
