@@ -242,22 +242,13 @@ fn sigterm_during_archive_aborts_cleanly() {
         "9",
     ]);
     // Wait until the archive is being written, then ask it to stop.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let archiving = std::fs::read_dir(&repo).unwrap().any(|e| {
+    wait_until("the archive to start", 60, || {
+        std::fs::read_dir(&repo).unwrap().any(|e| {
             let e = e.unwrap();
             e.file_name().to_string_lossy().starts_with(".partial-")
                 && std::fs::read_dir(e.path()).unwrap().count() > 0
-        });
-        if archiving {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the archive never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        })
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -299,17 +290,11 @@ fn a_second_run_is_refused_while_one_holds_the_lock() {
         "9",
     ]);
     let lock = state_dir().join("lock");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::fs::read_to_string(&lock)
-        .unwrap_or_default()
-        .contains(&format!("pid {}", first.id()))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first run never took the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until("the first run to take the lock", 30, || {
+        std::fs::read_to_string(&lock)
+            .unwrap_or_default()
+            .contains(&format!("pid {}", first.id()))
+    });
     let second = volsnap(&[
         "backup",
         "--project",
@@ -439,11 +424,7 @@ fn a_service_that_does_not_come_back_is_reported_and_the_backup_kept() {
     let other = p.service("other", &["flaky"], &["-v", &m], &["idle"]);
     // Wait for the first start to have marked itself.
     let marker = volume_path(&vol).join("started");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(std::time::Instant::now() < deadline, "flaky never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("flaky to start", 30, || marker.exists());
     let out = volsnap(&[
         "backup",
         "--project",

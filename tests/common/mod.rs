@@ -199,6 +199,18 @@ impl Drop for Project {
     }
 }
 
+/// Polls `ready` until it holds, failing the test with `what` after `secs`.
+pub fn wait_until(what: &str, secs: u64, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Host path of a named volume's data.
 pub fn volume_path(name: &str) -> PathBuf {
     PathBuf::from(docker(&[
