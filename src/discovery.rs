@@ -371,6 +371,7 @@ mod tests {
             running: true,
             paused: false,
             health: None,
+            started_at: String::new(),
             mounts: vec![],
             tmpfs: vec![],
         })

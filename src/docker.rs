@@ -15,6 +15,10 @@ use bollard::query_parameters::{
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+/// How long a container without a healthcheck must stay up, in one run, to
+/// count as started again.
+pub const READY_SETTLE: Duration = Duration::from_millis(1000);
+
 /// A container as volsnap needs to see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerInfo {
@@ -26,6 +30,9 @@ pub struct ContainerInfo {
     pub paused: bool,
     /// Health status ("healthy", "starting", …) when a healthcheck is set.
     pub health: Option<String>,
+    /// When the current run of the container began (State.StartedAt);
+    /// changes on every restart.
+    pub started_at: String,
     pub mounts: Vec<MountInfo>,
     /// Destinations of `--tmpfs` mounts (HostConfig.Tmpfs).
     pub tmpfs: Vec<String>,
@@ -183,6 +190,7 @@ impl Docker {
                 .and_then(|h| h.status)
                 .map(|s| s.to_string())
                 .filter(|s| !s.is_empty() && s != "none"),
+            started_at: state.started_at.unwrap_or_default(),
             mounts,
             tmpfs,
         }))
@@ -272,27 +280,45 @@ impl Docker {
     /// healthcheck). Fails when it exits, turns unhealthy, or time runs out.
     pub fn wait_ready(&self, id: &str, name: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        // Without a healthcheck, "running" alone would accept a service that
+        // crashes a moment after it starts: ask that the same run (same
+        // StartedAt) has lasted READY_SETTLE.
+        let mut seen_run: Option<(String, Instant)> = None;
         loop {
             let info = self
                 .inspect_container(id)?
                 .ok_or_else(|| anyhow!("container {name} disappeared while starting"))?;
-            let ready = info.running && matches!(info.health.as_deref(), None | Some("healthy"));
-            if ready {
-                return Ok(());
-            }
             if !info.running {
                 return Err(anyhow!(
                     "container {name} exited right after it was started; see 'docker logs {name}'"
                 ));
             }
+            let ready = match info.health.as_deref() {
+                Some(health) => health == "healthy",
+                None => match &seen_run {
+                    Some((run, since)) if *run == info.started_at => {
+                        since.elapsed() >= READY_SETTLE
+                    }
+                    _ => {
+                        seen_run = Some((info.started_at.clone(), Instant::now()));
+                        false
+                    }
+                },
+            };
+            if ready {
+                return Ok(());
+            }
             if Instant::now() >= deadline {
+                let state = match info.health {
+                    Some(health) => format!("running but not healthy ({health})"),
+                    None => "restarting again and again".to_string(),
+                };
                 return Err(anyhow!(
-                    "container {name} is running but not healthy ({}) after {} s; see 'docker inspect {name}'",
-                    info.health.unwrap_or_default(),
+                    "container {name} is {state} after {} s; see 'docker inspect {name}'",
                     timeout.as_secs()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
