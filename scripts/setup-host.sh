@@ -26,14 +26,7 @@ fi
 
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
-  if ! { command -v systemctl >/dev/null 2>&1 && systemctl start docker 2>/dev/null; }; then
-    nohup dockerd >/var/log/volsnap-dockerd.log 2>&1 &
-  fi
-  for _ in $(seq 1 60); do
-    docker info >/dev/null 2>&1 && break
-    sleep 1
-  done
-  docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/volsnap-dockerd.log"; exit 1; }
+  scripts/dockerd start
 fi
 log "docker $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
 

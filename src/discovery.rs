@@ -12,6 +12,69 @@ use std::path::PathBuf;
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
 pub const SERVICE_LABEL: &str = "com.docker.compose.service";
 pub const DEPENDS_ON_LABEL: &str = "com.docker.compose.depends_on";
+pub const NUMBER_LABEL: &str = "com.docker.compose.container-number";
+
+/// What survives `docker compose up` recreating a container: its project,
+/// service and replica number (the id and often the name do not).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ComposeIdentity {
+    pub project: String,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+}
+
+impl ComposeIdentity {
+    pub fn of(labels: &std::collections::BTreeMap<String, String>) -> Option<ComposeIdentity> {
+        Some(ComposeIdentity {
+            project: labels.get(PROJECT_LABEL)?.clone(),
+            service: labels.get(SERVICE_LABEL)?.clone(),
+            number: labels.get(NUMBER_LABEL).cloned(),
+        })
+    }
+
+    /// Label filters that find the container holding this identity now.
+    pub fn label_filters(&self) -> Vec<String> {
+        let mut filters = vec![
+            format!("{PROJECT_LABEL}={}", self.project),
+            format!("{SERVICE_LABEL}={}", self.service),
+        ];
+        if let Some(number) = &self.number {
+            filters.push(format!("{NUMBER_LABEL}={number}"));
+        }
+        filters
+    }
+}
+
+/// The container to act on for `id`: itself while it exists, otherwise the
+/// one compose recreated for the same service (`None` when there is none).
+pub fn current_container(
+    docker: &Docker,
+    id: &str,
+    identity: Option<&ComposeIdentity>,
+) -> Result<Option<String>> {
+    if docker.inspect_container(id)?.is_some() {
+        return Ok(Some(id.to_string()));
+    }
+    let Some(identity) = identity else {
+        return Ok(None);
+    };
+    let found = docker.list_container_ids(&identity.label_filters())?;
+    if let Some(new_id) = found.first() {
+        tracing::warn!(
+            "container {} was replaced (compose service {}/{}); acting on its successor {}",
+            short_id(id),
+            identity.project,
+            identity.service,
+            short_id(new_id)
+        );
+    }
+    Ok(found.into_iter().next())
+}
+
+fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
 
 /// Which containers make up the stack.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

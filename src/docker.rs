@@ -81,6 +81,41 @@ fn is_not_found(err: &BollardError) -> bool {
     )
 }
 
+/// Failures that mean "nobody answered" rather than "the daemon said no":
+/// what a restarting dockerd looks like from here.
+fn is_unreachable(err: &BollardError) -> bool {
+    matches!(
+        err,
+        BollardError::IOError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::SocketNotFoundError(_)
+            | BollardError::RequestTimeoutError
+    )
+}
+
+/// How long a request keeps retrying while the daemon does not answer
+/// (`VOLSNAP_DOCKER_RETRY_SECS`, default 60). A dockerd restart takes
+/// seconds; a backup that gave up at once would leave stopped services.
+pub fn reconnect_window() -> Duration {
+    let secs = std::env::var("VOLSNAP_DOCKER_RETRY_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+/// The daemon stayed unreachable for the whole [`reconnect_window`]. Callers
+/// look for it in an error chain: what was not undone because of it must
+/// stay in the journal for `volsnap recover`.
+#[derive(Debug, thiserror::Error)]
+#[error("the Docker daemon at {endpoint} did not answer for {secs} s ({detail}); once it is back, run 'volsnap recover'")]
+pub struct DaemonUnreachable {
+    endpoint: String,
+    detail: String,
+    secs: u64,
+}
+
 /// Docker's own message, without bollard's Debug wrapping.
 fn describe(err: &BollardError) -> String {
     match err {
@@ -125,6 +160,54 @@ impl Docker {
         &self.endpoint
     }
 
+    /// Runs one request, riding out a daemon restart: while nobody answers,
+    /// it is retried for up to [`reconnect_window`].
+    fn request<T, F, Fut>(&self, make: F) -> std::result::Result<T, BollardError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, BollardError>>,
+    {
+        let window = reconnect_window();
+        let deadline = Instant::now() + window;
+        let mut warned = false;
+        loop {
+            match self.runtime.block_on(make()) {
+                Err(e) if is_unreachable(&e) && Instant::now() < deadline => {
+                    if !warned {
+                        tracing::warn!(
+                            "the Docker daemon at {} does not answer ({}); retrying for up to {} s",
+                            self.endpoint,
+                            describe(&e),
+                            window.as_secs()
+                        );
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                result => {
+                    if warned && result.is_ok() {
+                        tracing::info!("the Docker daemon at {} answers again", self.endpoint);
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// A failed request as a person reads it, marking an unreachable daemon.
+    fn failure(&self, err: BollardError, what: String) -> anyhow::Error {
+        if is_unreachable(&err) {
+            anyhow::Error::new(DaemonUnreachable {
+                endpoint: self.endpoint.clone(),
+                detail: describe(&err),
+                secs: reconnect_window().as_secs(),
+            })
+            .context(what)
+        } else {
+            anyhow!("{what}: {}", describe(&err))
+        }
+    }
+
     /// Ids of containers (running or not) matching all the label filters.
     pub fn list_container_ids(&self, label_filters: &[String]) -> Result<Vec<String>> {
         let mut filters: HashMap<String, Vec<String>> = HashMap::new();
@@ -136,26 +219,20 @@ impl Docker {
             .filters(&filters)
             .build();
         let list = self
-            .runtime
-            .block_on(self.client.list_containers(Some(options)))
-            .map_err(|e| anyhow!("cannot list containers: {}", describe(&e)))?;
+            .request(|| self.client.list_containers(Some(options.clone())))
+            .map_err(|e| self.failure(e, "cannot list containers".into()))?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
     /// Inspects a container by id or name; `None` when it does not exist.
     pub fn inspect_container(&self, id_or_name: &str) -> Result<Option<ContainerInfo>> {
-        let response = match self.runtime.block_on(
+        let response = match self.request(|| {
             self.client
-                .inspect_container(id_or_name, None::<InspectContainerOptions>),
-        ) {
+                .inspect_container(id_or_name, None::<InspectContainerOptions>)
+        }) {
             Ok(r) => r,
             Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => {
-                return Err(anyhow!(
-                    "cannot inspect container {id_or_name}: {}",
-                    describe(&e)
-                ))
-            }
+            Err(e) => return Err(self.failure(e, format!("cannot inspect container {id_or_name}"))),
         };
         let state = response.state.unwrap_or_default();
         let config = response.config.unwrap_or_default();
@@ -198,7 +275,7 @@ impl Docker {
 
     /// Inspects a named volume; `None` when it does not exist.
     pub fn inspect_volume(&self, name: &str) -> Result<Option<VolumeInfo>> {
-        match self.runtime.block_on(self.client.inspect_volume(name)) {
+        match self.request(|| self.client.inspect_volume(name)) {
             Ok(v) => Ok(Some(VolumeInfo {
                 name: v.name,
                 driver: v.driver,
@@ -207,7 +284,7 @@ impl Docker {
                 labels: v.labels.into_iter().collect(),
             })),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(anyhow!("cannot inspect volume {name}: {}", describe(&e))),
+            Err(e) => Err(self.failure(e, format!("cannot inspect volume {name}"))),
         }
     }
 
@@ -226,9 +303,8 @@ impl Docker {
             labels: Some(labels.clone().into_iter().collect()),
             ..Default::default()
         };
-        self.runtime
-            .block_on(self.client.create_volume(request))
-            .map_err(|e| anyhow!("cannot create volume {name}: {}", describe(&e)))?;
+        self.request(|| self.client.create_volume(request.clone()))
+            .map_err(|e| self.failure(e, format!("cannot create volume {name}")))?;
         self.inspect_volume(name)?
             .ok_or_else(|| anyhow!("volume {name} vanished right after it was created"))
     }
@@ -238,42 +314,37 @@ impl Docker {
         let options = StopContainerOptionsBuilder::new()
             .t(timeout_secs as i32)
             .build();
-        match self
-            .runtime
-            .block_on(self.client.stop_container(id, Some(options)))
-        {
+        match self.request(|| self.client.stop_container(id, Some(options.clone()))) {
             Ok(()) => Ok(()),
             // 304: already stopped.
             Err(BollardError::DockerResponseServerError {
                 status_code: 304, ..
             }) => Ok(()),
-            Err(e) => Err(anyhow!("cannot stop container {id}: {}", describe(&e))),
+            Err(e) => Err(self.failure(e, format!("cannot stop container {id}"))),
         }
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
-        match self.runtime.block_on(
+        match self.request(|| {
             self.client
-                .start_container(id, None::<StartContainerOptions>),
-        ) {
+                .start_container(id, None::<StartContainerOptions>)
+        }) {
             Ok(()) => Ok(()),
             Err(BollardError::DockerResponseServerError {
                 status_code: 304, ..
             }) => Ok(()),
-            Err(e) => Err(anyhow!("cannot start container {id}: {}", describe(&e))),
+            Err(e) => Err(self.failure(e, format!("cannot start container {id}"))),
         }
     }
 
     pub fn pause(&self, id: &str) -> Result<()> {
-        self.runtime
-            .block_on(self.client.pause_container(id))
-            .map_err(|e| anyhow!("cannot pause container {id}: {}", describe(&e)))
+        self.request(|| self.client.pause_container(id))
+            .map_err(|e| self.failure(e, format!("cannot pause container {id}")))
     }
 
     pub fn unpause(&self, id: &str) -> Result<()> {
-        self.runtime
-            .block_on(self.client.unpause_container(id))
-            .map_err(|e| anyhow!("cannot unpause container {id}: {}", describe(&e)))
+        self.request(|| self.client.unpause_container(id))
+            .map_err(|e| self.failure(e, format!("cannot unpause container {id}")))
     }
 
     /// Waits until a started container runs (and is healthy, when it has a
@@ -331,9 +402,8 @@ impl Docker {
             .filters(&filters)
             .build();
         let list = self
-            .runtime
-            .block_on(self.client.list_containers(Some(options)))
-            .map_err(|e| anyhow!("cannot list containers: {}", describe(&e)))?;
+            .request(|| self.client.list_containers(Some(options.clone())))
+            .map_err(|e| self.failure(e, "cannot list containers".into()))?;
         let mut out = Vec::new();
         for id in list.into_iter().filter_map(|c| c.id) {
             if let Some(info) = self.inspect_container(&id)? {

@@ -10,8 +10,8 @@
 
 use crate::archive::{write_archive, ArchiveOptions, ArchiveSummary};
 use crate::cancel::Cancel;
-use crate::discovery::Stack;
-use crate::docker::Docker;
+use crate::discovery::{ComposeIdentity, Stack};
+use crate::docker::{DaemonUnreachable, Docker};
 use crate::journal::{Journal, Undo};
 use crate::manifest::{
     render_sums, Consistency, ContainerRecord, Manifest, VolumeRecord, FORMAT_VERSION,
@@ -124,7 +124,19 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
             cleanup_errors.join("; ")
         )));
     }
-    run.finish_journal();
+    if run.cleanup.is_empty() {
+        run.finish_journal();
+    } else {
+        let pending: Vec<String> = run
+            .cleanup
+            .iter()
+            .map(|undo| undo.describe(job.stack))
+            .collect();
+        run.problems.push(format!(
+            "not done, kept in the journal for 'volsnap recover' (the next run also retries): {}",
+            pending.join(", ")
+        ));
+    }
     if let Some(since) = run.down_since.take() {
         run.downtime += since.elapsed();
     }
@@ -161,6 +173,7 @@ impl<'a> Run<'a> {
                             panic_text(&panic)
                         ))
                     });
+            let mut undone = true;
             match outcome {
                 Ok(()) => {}
                 // A service that will not come back does not void the
@@ -171,12 +184,15 @@ impl<'a> Run<'a> {
                     let message = format!("{description}: {e:#}");
                     job.observer.warning(&message);
                     self.problems.push(message);
+                    // Nobody answered: the start stays in the journal for
+                    // `volsnap recover` instead of being forgotten.
+                    undone = e.downcast_ref::<DaemonUnreachable>().is_none();
                 }
                 Err(e) => {
                     return Err(e.context(format!("step {} ({description})", step.action.name())))
                 }
             }
-            if let Some(done) = &step.discharges {
+            if let Some(done) = step.discharges.as_ref().filter(|_| undone) {
                 if let Some(pos) = self.cleanup.iter().rposition(|a| a == done) {
                     let done = self.cleanup.remove(pos);
                     self.journal_discharge(&done);
@@ -217,12 +233,18 @@ impl<'a> Run<'a> {
                 timeout_secs,
                 ..
             } => docker.stop(container, *timeout_secs),
-            Action::Start { container, .. } => docker.start(container),
+            Action::Start { container, name } => {
+                docker.start(&self.current_container(container, name)?)
+            }
             Action::WaitReady {
                 container,
                 name,
                 timeout_secs,
-            } => docker.wait_ready(container, name, Duration::from_secs((*timeout_secs).into())),
+            } => docker.wait_ready(
+                &self.current_container(container, name)?,
+                name,
+                Duration::from_secs((*timeout_secs).into()),
+            ),
             Action::Pause { container, .. } => docker.pause(container),
             Action::Unpause { container, .. } => docker.unpause(container),
             Action::Flush { path } => crate::fsutil::syncfs(path),
@@ -264,6 +286,20 @@ impl<'a> Run<'a> {
     }
 
     /// Records an undo (journal first, then the in-memory stack).
+    /// The container to start: the one stopped, or what compose recreated
+    /// for the same service meanwhile.
+    fn current_container(&self, id: &str, name: &str) -> Result<String> {
+        let identity = self.compose_identity(id);
+        crate::discovery::current_container(self.job.docker, id, identity.as_ref())?.with_context(
+            || format!("container {name} was removed during the run and nothing replaced it"),
+        )
+    }
+
+    fn compose_identity(&self, id: &str) -> Option<ComposeIdentity> {
+        let container = self.job.stack.containers.iter().find(|c| c.info.id == id)?;
+        ComposeIdentity::of(&container.info.labels)
+    }
+
     fn push_undo(&mut self, undo: Action) -> Result<()> {
         let record = self.undo_record(&undo);
         if let (Some(journal), Some(record)) = (self.journal.as_mut(), record) {
@@ -300,6 +336,7 @@ impl<'a> Run<'a> {
             Action::Start { container, name } => Undo::StartContainer {
                 id: container.clone(),
                 name: name.clone(),
+                compose: self.compose_identity(container),
             },
             Action::Unpause { container, name } => Undo::Unpause {
                 id: container.clone(),

@@ -1,14 +1,33 @@
-//! Fault injection for the crash tests (feature `fault-injection` only):
-//! `VOLSNAP_FAULT_KILL_BEFORE_STEP=N` makes the process SIGKILL itself just
-//! before step N (1-based) of a plan, as a power cut or OOM kill would.
+//! Fault injection for the crash tests (feature `fault-injection` only).
+//!
+//! - `VOLSNAP_FAULT_KILL_BEFORE_STEP=N` makes the process SIGKILL itself just
+//!   before step N (1-based) of a plan, as a power cut or OOM kill would.
+//! - `VOLSNAP_FAULT_HOLD_BEFORE_STEP=N` with `VOLSNAP_FAULT_HOLD_FILE=PATH`
+//!   creates PATH before step N and waits until the test removes it, so a
+//!   test can break something (restart dockerd, recreate a container) at a
+//!   known point of the run.
 
-/// Kills the process before step `number` when the environment asks for it.
+use std::time::Duration;
+
+fn wanted(variable: &str) -> Option<usize> {
+    std::env::var(variable).ok()?.parse().ok()
+}
+
+/// Acts before step `number` when the environment asks for it.
 pub fn before_step(number: usize, name: &str) {
-    let wanted = std::env::var("VOLSNAP_FAULT_KILL_BEFORE_STEP")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok());
-    if wanted == Some(number) {
+    if wanted("VOLSNAP_FAULT_KILL_BEFORE_STEP") == Some(number) {
         eprintln!("volsnap: fault injection: killing myself before step {number} ({name})");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    if wanted("VOLSNAP_FAULT_HOLD_BEFORE_STEP") == Some(number) {
+        let Some(path) = std::env::var_os("VOLSNAP_FAULT_HOLD_FILE") else {
+            return;
+        };
+        eprintln!("volsnap: fault injection: holding before step {number} ({name})");
+        if std::fs::write(&path, name).is_ok() {
+            while std::path::Path::new(&path).exists() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! pending, newest first. Every undo is idempotent, so replaying one that
 //! had in fact completed is harmless.
 
+use crate::discovery::ComposeIdentity;
 use crate::docker::Docker;
 use crate::storage::{backend_for, Runner, StorageInfo};
 use anyhow::{Context, Result};
@@ -22,7 +23,13 @@ use std::path::{Path, PathBuf};
 #[serde(tag = "undo", rename_all = "kebab-case")]
 pub enum Undo {
     /// Start a container volsnap stopped.
-    StartContainer { id: String, name: String },
+    StartContainer {
+        id: String,
+        name: String,
+        /// Finds the successor when compose recreated the container.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compose: Option<ComposeIdentity>,
+    },
     /// Unpause a container volsnap paused.
     Unpause { id: String, name: String },
     /// Unmount a snapshot mounted at `dir`, then remove the directory.
@@ -196,10 +203,10 @@ pub fn apply(undo: &Undo, docker: &mut Option<Docker>, runner: &dyn Runner) -> R
         Ok(docker.as_ref().expect("just connected"))
     }
     match undo {
-        Undo::StartContainer { id, .. } => {
+        Undo::StartContainer { id, compose, .. } => {
             let d = connected(docker)?;
-            match d.inspect_container(id)? {
-                Some(_) => d.start(id),
+            match crate::discovery::current_container(d, id, compose.as_ref())? {
+                Some(current) => d.start(&current),
                 None => {
                     tracing::warn!("container {id} no longer exists; nothing to start");
                     Ok(())
@@ -308,6 +315,7 @@ mod tests {
         let a = Undo::StartContainer {
             id: "a".into(),
             name: "a".into(),
+            compose: None,
         };
         let b = Undo::RemoveDir {
             path: "/nonexistent/b".into(),

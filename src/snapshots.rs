@@ -242,9 +242,11 @@ pub fn rollback(
     }
 }
 
-fn start_undo(c: &Container) -> Undo {
+/// The journal entry that restarts a container volsnap stopped.
+pub fn start_undo(c: &Container) -> Undo {
     Undo::StartContainer {
         id: c.info.id.clone(),
         name: c.info.name.clone(),
+        compose: crate::discovery::ComposeIdentity::of(&c.info.labels),
     }
 }

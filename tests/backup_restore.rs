@@ -41,7 +41,14 @@ fn cold_backup_restores_byte_identical_and_verifies() {
     let minio = p.service(
         "minio",
         &[],
-        &["-v", &minio_mount, "--tmpfs", "/scratch"],
+        &[
+            "-v",
+            &minio_mount,
+            "--tmpfs",
+            "/scratch",
+            "-e",
+            "MINIO_ROOT_PASSWORD=do-not-leak-8f3a",
+        ],
         &["idle"],
     );
     // milvus-like: depends on both, shares etcd's volume read-only.
@@ -184,6 +191,11 @@ fn cold_backup_restores_byte_identical_and_verifies() {
         String::from_utf8_lossy(&tar.stderr)
     );
     assert_same_tree(&bind_dir, &gnu);
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(
+        !manifest.contains("do-not-leak") && !report.to_string().contains("do-not-leak"),
+        "container environments stay out of manifests and reports"
+    );
     for entry in std::fs::read_dir(&dir).unwrap() {
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &entry.unwrap().metadata().unwrap().permissions(),

@@ -9,10 +9,11 @@ use volsnap::cancel::Cancel;
 use volsnap::discovery::{start_order, volume_host_path, Container};
 use volsnap::docker::{ContainerInfo, Docker};
 use volsnap::fsutil::human_bytes;
-use volsnap::journal::{Journal, Undo};
+use volsnap::journal::Journal;
 use volsnap::manifest::{Manifest, VolumeKind, VolumeRecord, MANIFEST_FILE};
 use volsnap::repo::Repo;
 use volsnap::restore::{restore_volume, RestoreOptions};
+use volsnap::snapshots::start_undo;
 use volsnap::usage;
 
 /// One volume to restore and where.
@@ -275,11 +276,4 @@ fn users_of(docker: &Docker, target: &Target<'_>) -> Result<Vec<ContainerInfo>> 
         }
     }
     Ok(out)
-}
-
-fn start_undo(c: &Container) -> Undo {
-    Undo::StartContainer {
-        id: c.info.id.clone(),
-        name: c.info.name.clone(),
-    }
 }

@@ -40,14 +40,40 @@ pub fn volsnap_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// Starts volsnap in the background (output captured), for tests that act
 /// on a run while it is under way.
 pub fn spawn_volsnap(args: &[&str]) -> std::process::Child {
+    spawn_volsnap_env(args, &[])
+}
+
+pub fn spawn_volsnap_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_volsnap"))
         .args(args)
         .env_remove("VOLSNAP_REPO")
         .env("VOLSNAP_STATE_DIR", state_dir())
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("cannot start volsnap")
+}
+
+/// The 1-based number of the first plan step named `name`, as the
+/// fault-injection variables count them.
+pub fn step_number(project: &str, strategy: &str, name: &str) -> usize {
+    let plan = ok(volsnap(&[
+        "plan",
+        "--project",
+        project,
+        "--strategy",
+        strategy,
+        "--json",
+    ]));
+    let plan: serde_json::Value = serde_json::from_str(&plan).expect("plan --json");
+    plan["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .position(|s| s["action"]["action"] == name)
+        .unwrap_or_else(|| panic!("no {name} step in the plan: {plan}"))
+        + 1
 }
 
 pub fn stdout(o: &Output) -> String {
