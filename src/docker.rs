@@ -50,6 +50,15 @@ pub struct MountInfo {
     pub driver: Option<String>,
 }
 
+/// How a command run in a container ended.
+#[derive(Debug, Clone)]
+pub struct ExecOutcome {
+    /// `None` when it ran out of time (and was killed).
+    pub exit_code: Option<i64>,
+    /// Its stdout and stderr, interleaved.
+    pub output: String,
+}
+
 /// A named volume.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VolumeInfo {
@@ -391,6 +400,70 @@ impl Docker {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs `sh -c command` inside a running container (an application
+    /// hook), up to `timeout`; on timeout the process is killed.
+    pub fn exec(&self, id: &str, command: &str, timeout: Duration) -> Result<ExecOutcome> {
+        use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+        use futures_util::StreamExt;
+        let config = CreateExecOptions {
+            cmd: Some(vec!["sh", "-c", command]),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .request(|| self.client.create_exec(id, config.clone()))
+            .map_err(|e| self.failure(e, format!("cannot run a hook in container {id}")))?;
+        let started = self
+            .runtime
+            .block_on(
+                self.client
+                    .start_exec(&created.id, None::<StartExecOptions>),
+            )
+            .map_err(|e| self.failure(e, format!("cannot run a hook in container {id}")))?;
+        let mut output = Vec::new();
+        let finished = match started {
+            StartExecResults::Attached {
+                output: mut stream, ..
+            } => self.runtime.block_on(async {
+                tokio::time::timeout(timeout, async {
+                    while let Some(Ok(chunk)) = stream.next().await {
+                        output.extend_from_slice(&chunk.into_bytes());
+                    }
+                })
+                .await
+                .is_ok()
+            }),
+            StartExecResults::Detached => true,
+        };
+        let inspect = || {
+            self.request(|| self.client.inspect_exec(&created.id))
+                .map_err(|e| self.failure(e, format!("cannot inspect a hook in container {id}")))
+        };
+        let mut inspected = inspect()?;
+        // The output can end a moment before the exit code is recorded.
+        for _ in 0..50 {
+            if !finished || inspected.running != Some(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            inspected = inspect()?;
+        }
+        if !finished {
+            // The API cannot stop an exec; its process is ours to kill.
+            if let Some(pid) = inspected.pid.filter(|p| *p > 0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        Ok(ExecOutcome {
+            exit_code: if finished { inspected.exit_code } else { None },
+            output: String::from_utf8_lossy(&output).into_owned(),
+        })
     }
 
     /// Containers (running or not) that mount the named volume.

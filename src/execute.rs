@@ -17,7 +17,7 @@ use crate::manifest::{
     render_sums, Consistency, ContainerRecord, Manifest, VolumeRecord, FORMAT_VERSION,
     MANIFEST_FILE, SUMS_FILE,
 };
-use crate::plan::{Action, Plan, Step};
+use crate::plan::{Action, HookPhase, Plan, Step};
 use crate::repo::Repo;
 use crate::storage::{backend_for, mount_dir, Runner, StorageInfo};
 use anyhow::{anyhow, bail, Context, Result};
@@ -179,7 +179,15 @@ impl<'a> Run<'a> {
                 // A service that will not come back does not void the
                 // backup: note it, keep going, exit 1 at the end.
                 Err(e)
-                    if matches!(step.action, Action::Start { .. } | Action::WaitReady { .. }) =>
+                    if matches!(
+                        step.action,
+                        Action::Start { .. }
+                            | Action::WaitReady { .. }
+                            | Action::Hook {
+                                phase: HookPhase::Post,
+                                ..
+                            }
+                    ) =>
                 {
                     let message = format!("{description}: {e:#}");
                     job.observer.warning(&message);
@@ -245,6 +253,25 @@ impl<'a> Run<'a> {
                 name,
                 Duration::from_secs((*timeout_secs).into()),
             ),
+            Action::Hook {
+                container,
+                name,
+                phase,
+                command,
+                timeout_secs,
+                continue_on_error,
+            } => {
+                let result = run_hook(docker, container, command, *timeout_secs)
+                    .with_context(|| format!("the {} hook of {name} failed", phase.label()));
+                match result {
+                    Err(e) if *continue_on_error => {
+                        job.observer
+                            .warning(&format!("{e:#} (volsnap.on-error=continue: going on)"));
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
             Action::Pause { container, .. } => docker.pause(container),
             Action::Unpause { container, .. } => docker.unpause(container),
             Action::Flush { path } => crate::fsutil::syncfs(path),
@@ -333,6 +360,9 @@ impl<'a> Run<'a> {
     fn undo_record(&self, undo: &Action) -> Option<Undo> {
         let job = self.job;
         Some(match undo {
+            // A post hook left undone by a killed run is not replayed later:
+            // the application's state has moved on by then.
+            Action::Hook { .. } => return None,
             Action::Start { container, name } => Undo::StartContainer {
                 id: container.clone(),
                 name: name.clone(),
@@ -560,6 +590,32 @@ impl<'a> Run<'a> {
             self.note_service_up(&undo);
         }
         errors
+    }
+}
+
+/// Runs a container hook; a non-zero exit or a timeout is an error that
+/// shows the end of the hook's output.
+fn run_hook(docker: &Docker, container: &str, command: &str, timeout_secs: u32) -> Result<()> {
+    let outcome = docker.exec(container, command, Duration::from_secs(timeout_secs.into()))?;
+    let tail = || {
+        let text = outcome.output.trim_end();
+        let start = text.len().saturating_sub(400);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!("; its output ends: {}", &text[start..])
+        }
+    };
+    match outcome.exit_code {
+        Some(0) => Ok(()),
+        Some(code) => bail!("{command:?} exited with status {code}{}", tail()),
+        None => bail!(
+            "{command:?} did not finish within {timeout_secs} s and was killed{}",
+            tail()
+        ),
     }
 }
 

@@ -128,7 +128,47 @@ pub enum Action {
     },
     /// Write manifest and SHA256SUMS, then give the backup its final name.
     Commit,
+    /// An application hook from a container label (`volsnap.pre`,
+    /// `volsnap.post`), run inside the container.
+    Hook {
+        container: String,
+        name: String,
+        phase: HookPhase,
+        command: String,
+        timeout_secs: u32,
+        /// `volsnap.on-error=continue`: a failure is a warning only.
+        continue_on_error: bool,
+    },
 }
+
+/// When a container hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookPhase {
+    /// Before any service is stopped or paused (and before an online archive).
+    Pre,
+    /// After the services are back (or after an online archive); also during
+    /// cleanup when the backup fails after the container's pre hook ran.
+    Post,
+}
+
+impl HookPhase {
+    /// The container label that declares this hook.
+    pub fn label(self) -> &'static str {
+        match self {
+            HookPhase::Pre => PRE_HOOK_LABEL,
+            HookPhase::Post => POST_HOOK_LABEL,
+        }
+    }
+}
+
+/// Container labels that declare application hooks.
+pub const PRE_HOOK_LABEL: &str = "volsnap.pre";
+pub const POST_HOOK_LABEL: &str = "volsnap.post";
+pub const HOOK_TIMEOUT_LABEL: &str = "volsnap.timeout";
+pub const HOOK_ON_ERROR_LABEL: &str = "volsnap.on-error";
+/// Seconds a hook may run when `volsnap.timeout` does not say.
+pub const DEFAULT_HOOK_TIMEOUT_SECS: u32 = 60;
 
 impl Action {
     /// The stable step name, used by `plan`, logs and (later) hooks.
@@ -148,6 +188,14 @@ impl Action {
             Action::Unmount { .. } => "unmount",
             Action::Archive { .. } => "archive",
             Action::Commit => "commit",
+            Action::Hook {
+                phase: HookPhase::Pre,
+                ..
+            } => "pre-hook",
+            Action::Hook {
+                phase: HookPhase::Post,
+                ..
+            } => "post-hook",
         }
     }
 
@@ -220,6 +268,21 @@ impl Action {
             Action::Commit => {
                 "write manifest.json and SHA256SUMS, then rename the backup into place".into()
             }
+            Action::Hook {
+                name,
+                phase,
+                timeout_secs,
+                continue_on_error,
+                ..
+            } => format!(
+                "run the {} hook of {name} ({timeout_secs} s at most{})",
+                phase.label(),
+                if *continue_on_error {
+                    ", failure tolerated"
+                } else {
+                    ""
+                }
+            ),
         }
     }
 }
@@ -465,6 +528,7 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
             );
         }
     }
+    add_hooks(&running, &mut steps, 1)?;
     steps.push(Step::discharging(Action::Commit));
     if let Some(last) = steps.last_mut() {
         last.discharges = Some(Action::RemovePartial);
@@ -505,6 +569,7 @@ pub fn build_keep_snapshot(
         .collect();
     let mut steps = Vec::new();
     crate::storage::plan_snapshot_steps(stack, storage, options, &running, &mut steps, false);
+    add_hooks(&running, &mut steps, 0)?;
     Ok(Plan {
         strategy: Strategy::Snapshot,
         consistency: if options.quiesce == Quiesce::None {
@@ -517,4 +582,76 @@ pub fn build_keep_snapshot(
         estimated_downtime_ms: 0,
         steps,
     })
+}
+
+/// A container's hook for `phase`, from its labels.
+fn hook_of(c: &Container, phase: HookPhase) -> Result<Option<Action>> {
+    let Some(command) = c
+        .info
+        .labels
+        .get(phase.label())
+        .filter(|c| !c.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let name = &c.info.name;
+    let timeout_secs = match c.info.labels.get(HOOK_TIMEOUT_LABEL) {
+        None => DEFAULT_HOOK_TIMEOUT_SECS,
+        Some(t) => t.trim().parse().ok().filter(|t| *t > 0).ok_or_else(|| {
+            usage!("container {name}: label {HOOK_TIMEOUT_LABEL}={t:?} is not a number of seconds")
+        })?,
+    };
+    let continue_on_error = match c.info.labels.get(HOOK_ON_ERROR_LABEL).map(|v| v.trim()) {
+        None | Some("fail") => false,
+        Some("continue") => true,
+        Some(other) => {
+            return Err(usage!(
+                "container {name}: label {HOOK_ON_ERROR_LABEL}={other:?} must be fail or continue"
+            ))
+        }
+    };
+    Ok(Some(Action::Hook {
+        container: c.info.id.clone(),
+        name: name.clone(),
+        phase,
+        command: command.clone(),
+        timeout_secs,
+        continue_on_error,
+    }))
+}
+
+/// Adds the running containers' label hooks: pre hooks at `pre_at` (before
+/// anything is quiesced), dependents first as for stopping; post hooks once
+/// the services are back (after the last start, wait or unpause; after the
+/// archives when nothing was quiesced), dependencies first. A post hook is
+/// also the undo of its container's pre hook, so it runs on failure too.
+fn add_hooks(running: &[&Container], steps: &mut Vec<Step>, pre_at: usize) -> Result<()> {
+    let mut pre = Vec::new();
+    let mut post = Vec::new();
+    for c in running.iter().rev() {
+        let post_hook = hook_of(c, HookPhase::Post)?;
+        if let Some(hook) = hook_of(c, HookPhase::Pre)? {
+            pre.push(match &post_hook {
+                Some(undo) => Step::with_undo(hook, undo.clone()),
+                None => Step::new(hook),
+            });
+        }
+        if let Some(hook) = post_hook {
+            post.push(Step::discharging(hook));
+        }
+    }
+    post.reverse();
+    let resumed = steps.iter().rposition(|s| {
+        matches!(
+            s.action,
+            Action::Start { .. } | Action::WaitReady { .. } | Action::Unpause { .. }
+        )
+    });
+    let archived = steps
+        .iter()
+        .rposition(|s| matches!(s.action, Action::Archive { .. }));
+    let post_at = resumed.or(archived).map_or(steps.len(), |i| i + 1);
+    steps.splice(post_at..post_at, post);
+    steps.splice(pre_at..pre_at, pre);
+    Ok(())
 }
