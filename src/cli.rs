@@ -57,6 +57,66 @@ pub enum Command {
     /// stopped, drop its snapshots and mounts, remove partial output.
     /// Every other run does this first, too.
     Recover(RecoverArgs),
+    /// Delete old backups by a keep-last/hourly/daily/weekly/monthly/yearly
+    /// policy, per stack; protected backups and the newest backup that
+    /// verifies always stay.
+    Prune(PruneArgs),
+    /// Protect a backup from prune (or lift it with --remove).
+    Protect(ProtectArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Each rule keeps the newest backup of each of its N newest periods (hours, days, ISO weeks,
+months, years) that have one, counted in local time; a backup kept by any rule stays.
+
+Examples:
+  volsnap prune --repo /backups --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
+  volsnap prune --repo /backups --project milvus --keep-last 3")]
+pub struct PruneArgs {
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub only: StackFilterArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Show what would go and why each kept backup stays; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Retention rules (0 = off).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyArgs {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the N newest hours.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct ProtectArgs {
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Backup id, or "latest".
+    pub id: String,
+    /// Lift the protection instead.
+    #[arg(long)]
+    pub remove: bool,
 }
 
 /// Where volsnap keeps its state: the host lock, run journals, kept snapshots.
@@ -131,6 +191,34 @@ pub struct SelectionArgs {
     /// Containers carrying the label KEY=VALUE.
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Option<String>,
+}
+
+/// Optionally, one stack: only its backups (default: every stack in the
+/// repository, each on its own).
+#[derive(Args, Debug, Clone)]
+#[group(required = false, multiple = false)]
+pub struct StackFilterArgs {
+    /// Only backups of this compose project.
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
+    /// Only backups of these containers (as given to backup).
+    #[arg(long, value_name = "NAME")]
+    pub container: Vec<String>,
+    /// Only backups of the containers labelled KEY=VALUE.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Option<String>,
+}
+
+impl StackFilterArgs {
+    pub fn to_selection_args(&self) -> Option<SelectionArgs> {
+        (self.project.is_some() || self.label.is_some() || !self.container.is_empty()).then(|| {
+            SelectionArgs {
+                project: self.project.clone(),
+                container: self.container.clone(),
+                label: self.label.clone(),
+            }
+        })
+    }
 }
 
 /// How to choose and run the strategy.

@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 
 /// Prefix of backups being written.
 pub const PARTIAL_PREFIX: &str = ".partial-";
+/// A backup being deleted is renamed to this first, so it never looks
+/// complete while half gone.
+pub const DELETING_PREFIX: &str = ".deleting-";
+/// Marker file: `prune` never deletes this backup.
+pub const PROTECTED_FILE: &str = "PROTECTED";
 
 /// An existing, usable repository directory.
 #[derive(Debug, Clone)]
@@ -127,6 +132,62 @@ impl Repo {
             ));
         }
         Ok((id.to_string(), dir))
+    }
+}
+
+impl BackupEntry {
+    pub fn protected(&self) -> bool {
+        self.dir.join(PROTECTED_FILE).exists()
+    }
+}
+
+impl Repo {
+    /// Protects a backup from `prune`, or lifts the protection.
+    pub fn set_protected(&self, id: &str, protect: bool) -> Result<()> {
+        let (_, dir) = self.resolve(id)?;
+        let marker = dir.join(PROTECTED_FILE);
+        if protect && marker.exists() {
+            Ok(())
+        } else if protect {
+            let when = format!("protected at {}\n", chrono::Utc::now().to_rfc3339());
+            crate::fsutil::create_private(&marker)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, when.as_bytes()).map_err(Into::into)
+                })
+                .with_context(|| format!("cannot write {}", marker.display()))
+        } else {
+            match fs::remove_file(&marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("cannot remove {}", marker.display()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// Deletes a backup: renamed out of sight first, then removed.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let (id, dir) = self.resolve(id)?;
+        let doomed = self.root.join(format!("{DELETING_PREFIX}{id}"));
+        fs::rename(&dir, &doomed)
+            .with_context(|| format!("cannot delete backup {}", dir.display()))?;
+        fs::remove_dir_all(&doomed)
+            .with_context(|| format!("cannot remove {} (delete it by hand)", doomed.display()))
+    }
+
+    /// Finishes deletions an earlier, interrupted prune began.
+    pub fn finish_deletions(&self) -> Result<()> {
+        for entry in fs::read_dir(&self.root)
+            .with_context(|| format!("cannot list {}", self.root.display()))?
+        {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with(DELETING_PREFIX) && path.is_dir() {
+                fs::remove_dir_all(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 mod backup;
 mod list;
 mod plan;
+mod prune;
 mod recover;
 mod restore;
 mod snapshot;
@@ -28,6 +29,8 @@ pub fn run(command: Command) -> Result<i32> {
         Command::Snapshots { command } => snapshot::manage(command),
         Command::Rollback(args) => snapshot::rollback(args),
         Command::Recover(args) => recover::run(args),
+        Command::Prune(args) => prune::run(args),
+        Command::Protect(args) => prune::protect(args),
     }
 }
 

@@ -1,0 +1,97 @@
+//! `volsnap prune` and `volsnap protect`.
+
+use crate::cli::{PolicyArgs, ProtectArgs, PruneArgs};
+use anyhow::Result;
+use volsnap::cancel::Cancel;
+use volsnap::prune::{prune, PruneReport};
+use volsnap::repo::Repo;
+use volsnap::retention::Policy;
+
+impl PolicyArgs {
+    pub fn to_policy(&self) -> Policy {
+        Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+        }
+    }
+}
+
+pub fn run(args: PruneArgs) -> Result<i32> {
+    let repo = Repo::open(&args.repo)?;
+    let selection = match &args.only.to_selection_args() {
+        Some(s) => Some(s.to_selection()?.to_string()),
+        None => None,
+    };
+    let cancel = Cancel::from_signals()?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        repo.check_writable()?;
+        Some(super::begin_run(&args.state.state_dir)?)
+    };
+    let report = prune(
+        &repo,
+        &args.policy.to_policy(),
+        selection.as_deref(),
+        args.dry_run,
+        &cancel,
+    )?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(0)
+}
+
+pub fn print_report(report: &PruneReport) {
+    if report.groups.is_empty() {
+        outln!("no backups to prune");
+    }
+    let verb = if report.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for group in &report.groups {
+        let gone = group.decisions.iter().filter(|d| !d.keep).count();
+        outln!(
+            "{}: keep {}, {verb} {gone}",
+            group.selection,
+            group.decisions.len() - gone
+        );
+        for d in &group.decisions {
+            if d.keep {
+                outln!("  keep   {}  ({})", d.id, d.reasons.join(", "));
+            } else {
+                outln!(
+                    "  {:<6} {}",
+                    if report.dry_run { "delete" } else { "gone" },
+                    d.id
+                );
+            }
+        }
+        for (id, problem) in &group.damaged {
+            eprintln!("volsnap: warning: backup {id} does not verify: {problem}");
+        }
+    }
+}
+
+pub fn protect(args: ProtectArgs) -> Result<i32> {
+    let repo = Repo::open(&args.repo)?;
+    let (id, _) = repo.resolve(&args.id)?;
+    repo.set_protected(&id, !args.remove)?;
+    outln!(
+        "backup {id} is {}",
+        if args.remove {
+            "no longer protected"
+        } else {
+            "protected: prune never deletes it"
+        }
+    );
+    Ok(0)
+}

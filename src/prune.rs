@@ -1,0 +1,100 @@
+//! `prune`: applies a retention policy to a repository, one selection
+//! (stack) at a time, never deleting a protected backup or the newest
+//! backup that verifies.
+
+use crate::cancel::Cancel;
+use crate::repo::Repo;
+use crate::retention::{decide, Candidate, Decision, Policy};
+use anyhow::Result;
+use serde::Serialize;
+
+/// What prune decided for the backups of one selection.
+#[derive(Debug, Serialize)]
+pub struct GroupReport {
+    pub selection: String,
+    /// Newest first.
+    pub decisions: Vec<Decision>,
+    /// Backups found damaged while looking for the newest one that verifies.
+    pub damaged: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub groups: Vec<GroupReport>,
+    pub deleted: Vec<String>,
+}
+
+/// Applies `policy` to the backups of `selection` (all selections when
+/// `None`), deleting unless `dry_run`.
+pub fn prune(
+    repo: &Repo,
+    policy: &Policy,
+    selection: Option<&str>,
+    dry_run: bool,
+    cancel: &Cancel,
+) -> Result<PruneReport> {
+    if policy.is_empty() {
+        return Err(crate::usage!(
+            "no keep rule given, which would delete every backup; pass at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly"
+        ));
+    }
+    if !dry_run {
+        repo.finish_deletions()?;
+    }
+    let (backups, _) = repo.list()?;
+    let mut selections: Vec<&str> = backups
+        .iter()
+        .map(|b| b.manifest.selection.as_str())
+        .filter(|s| selection.is_none_or(|wanted| wanted == *s))
+        .collect();
+    selections.sort_unstable();
+    selections.dedup();
+    let mut report = PruneReport {
+        dry_run,
+        groups: Vec::new(),
+        deleted: Vec::new(),
+    };
+    for group in selections {
+        let members: Vec<_> = backups
+            .iter()
+            .filter(|b| b.manifest.selection == group)
+            .collect();
+        let candidates: Vec<Candidate> = members
+            .iter()
+            .map(|b| Candidate {
+                id: b.id.clone(),
+                time: b.manifest.started_at,
+                protected: b.protected(),
+            })
+            .collect();
+        let mut decisions = decide(policy, &candidates, &chrono::Local);
+        // Whatever the rules say, the newest backup that verifies stays: the
+        // newer ones may be damaged, and then it is the only good one.
+        let mut damaged = Vec::new();
+        for decision in decisions.iter_mut() {
+            cancel.check()?;
+            let dir = repo.backup_dir(&decision.id);
+            let check = crate::verify::verify(&dir, false, cancel)?;
+            if check.problems.is_empty() {
+                decision.keep = true;
+                decision.reasons.push("newest backup that verifies".into());
+                break;
+            }
+            damaged.push((decision.id.clone(), check.problems.join("; ")));
+        }
+        if !dry_run {
+            for decision in decisions.iter().filter(|d| !d.keep) {
+                cancel.check()?;
+                repo.delete(&decision.id)?;
+                report.deleted.push(decision.id.clone());
+            }
+        }
+        report.groups.push(GroupReport {
+            selection: group.to_string(),
+            decisions,
+            damaged,
+        });
+    }
+    Ok(report)
+}
