@@ -63,6 +63,107 @@ pub enum Command {
     Prune(PruneArgs),
     /// Protect a backup from prune (or lift it with --remove).
     Protect(ProtectArgs),
+    /// Run one job of the configuration file now: host hooks, backup,
+    /// verification, retention, run log, metrics, notifications.
+    Run(RunArgs),
+    /// Run every job on its schedule until stopped (SIGTERM/SIGINT).
+    Daemon(DaemonArgs),
+    /// Per job: last success and failure, newest verified backup, last drill.
+    Status(StatusArgs),
+    /// Check the configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a systemd service and timer that run a job on its schedule.
+    Systemd(SystemdArgs),
+    /// Prove a backup restores and starts: restore into scratch volumes,
+    /// start a copy of the stack on an isolated network, wait until healthy,
+    /// tear it all down, record the result.
+    Drill(DrillArgs),
+}
+
+/// The configuration file (TOML) that names the jobs.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    #[arg(long = "config", env = "VOLSNAP_CONFIG", value_name = "FILE", default_value = volsnap::config::DEFAULT_CONFIG)]
+    pub path: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The job's name ([jobs.NAME] in the configuration).
+    pub job: String,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Run the job's recovery drill instead of its backup.
+    #[arg(long)]
+    pub drill: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Schedules are cron expressions in local time (5 fields, or 6 with seconds first). A run
+missed while the daemon was down runs once when it starts again; one job never runs twice
+at once. On SIGTERM the daemon stops: a backup under way is aborted through its cleanup
+(services restarted, partial output removed).")]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate the file; every problem is reported with its line.
+    Check(ConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SystemdArgs {
+    pub job: String,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  volsnap drill --repo /backups latest --project milvus --check milvus='curl -fs localhost:9091/healthz'
+  volsnap run nightly --drill     # the drill settings of a configured job")]
+pub struct DrillArgs {
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Backup id, or "latest" (of the selection).
+    #[arg(default_value = "latest")]
+    pub id: String,
+    /// The stack whose backup is drilled (its containers are copied).
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// SERVICE=CMD: CMD runs inside the drill copy of SERVICE; exit 0 means
+    /// healthy. Repeat for several.
+    #[arg(long, value_name = "SERVICE=CMD")]
+    pub check: Vec<String>,
+    /// Seconds to wait for every container and check to be healthy.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -141,7 +242,7 @@ pub struct SnapshotArgs {
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub ready_timeout: u32,
     /// Copy-on-write area of classic LVM snapshots, e.g. 512M or 4G.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = volsnap::fsutil::parse_size)]
     pub snapshot_size: Option<u64>,
     #[command(flatten)]
     pub state: StateArgs,
@@ -246,29 +347,8 @@ pub struct StrategyArgs {
     pub ready_timeout: u32,
     /// Copy-on-write area of classic LVM snapshots, e.g. 512M or 4G
     /// (default: a fifth of the volume, at least 256M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = volsnap::fsutil::parse_size)]
     pub snapshot_size: Option<u64>,
-}
-
-/// Parses a size: a number of bytes, or with a K/M/G/T suffix (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let upper = t.to_ascii_uppercase();
-    let trimmed = upper.trim_end_matches("IB").trim_end_matches('B');
-    let (digits, shift) = match trimmed.chars().last() {
-        Some('K') => (&trimmed[..trimmed.len() - 1], 10),
-        Some('M') => (&trimmed[..trimmed.len() - 1], 20),
-        Some('G') => (&trimmed[..trimmed.len() - 1], 30),
-        Some('T') => (&trimmed[..trimmed.len() - 1], 40),
-        _ => (trimmed, 0),
-    };
-    digits
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1u64 << shift))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{text:?} is not a size (examples: 268435456, 256M, 4G)"))
 }
 
 #[derive(Args, Debug)]
@@ -300,7 +380,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
     /// Read at most RATE bytes per second, e.g. 50M (gentle on a busy host).
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    #[arg(long, value_name = "RATE", value_parser = volsnap::fsutil::parse_size)]
     pub bwlimit: Option<u64>,
     /// Run at the lowest CPU and I/O priority.
     #[arg(long)]

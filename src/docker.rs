@@ -48,6 +48,7 @@ pub struct MountInfo {
     pub source: String,
     pub destination: String,
     pub driver: Option<String>,
+    pub read_only: bool,
 }
 
 /// How a command run in a container ended.
@@ -58,6 +59,20 @@ pub struct ExecOutcome {
     /// Its stdout and stderr, interleaved.
     pub output: String,
 }
+
+/// A mount of a container copy.
+#[derive(Debug, Clone)]
+pub struct CopyMount {
+    /// A host path (bind) or a volume name.
+    pub source: String,
+    pub destination: String,
+    pub bind: bool,
+    pub read_only: bool,
+}
+
+/// The label every drill resource carries (value: the drill's tag), so a
+/// drill is torn down, or recovered after a crash, with one sweep.
+pub const DRILL_LABEL: &str = "volsnap.drill";
 
 /// A named volume.
 #[derive(Debug, Clone, PartialEq)]
@@ -256,6 +271,7 @@ impl Docker {
                 source: m.source.unwrap_or_default(),
                 destination: m.destination.unwrap_or_default(),
                 driver: m.driver,
+                read_only: m.rw == Some(false),
             })
             .collect();
         let mut tmpfs: Vec<String> = host_config.tmpfs.unwrap_or_default().into_keys().collect();
@@ -464,6 +480,156 @@ impl Docker {
             exit_code: if finished { inspected.exit_code } else { None },
             output: String::from_utf8_lossy(&output).into_owned(),
         })
+    }
+
+    /// Creates an internal network (no route out, nothing published).
+    pub fn create_internal_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_string(),
+            internal: Some(true),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.request(|| self.client.create_network(request.clone()))
+            .map(|_| ())
+            .map_err(|e| self.failure(e, format!("cannot create network {name}")))
+    }
+
+    /// Creates (does not start) a copy of container `source`: same image,
+    /// command, entrypoint, environment, user, working directory and
+    /// healthcheck; on `network` only, known there by `aliases`; with
+    /// exactly `mounts`; no published ports, no restart policy.
+    pub fn create_copy(
+        &self,
+        source: &str,
+        name: &str,
+        network: &str,
+        aliases: Vec<String>,
+        mounts: Vec<CopyMount>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        use bollard::models::{
+            ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, NetworkingConfig,
+        };
+        let original = self
+            .request(|| {
+                self.client
+                    .inspect_container(source, None::<InspectContainerOptions>)
+            })
+            .map_err(|e| self.failure(e, format!("cannot inspect container {source}")))?;
+        let config = original.config.unwrap_or_default();
+        let tmpfs = original.host_config.and_then(|h| h.tmpfs);
+        let host_config = HostConfig {
+            mounts: Some(
+                mounts
+                    .into_iter()
+                    .map(|m| Mount {
+                        target: Some(m.destination),
+                        source: Some(m.source),
+                        typ: Some(if m.bind {
+                            MountType::BIND
+                        } else {
+                            MountType::VOLUME
+                        }),
+                        read_only: Some(m.read_only),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            tmpfs,
+            network_mode: Some(network.to_string()),
+            ..Default::default()
+        };
+        let mut endpoints = HashMap::new();
+        endpoints.insert(
+            network.to_string(),
+            EndpointSettings {
+                aliases: Some(aliases),
+                ..Default::default()
+            },
+        );
+        let body = ContainerCreateBody {
+            image: config.image,
+            cmd: config.cmd,
+            entrypoint: config.entrypoint,
+            env: config.env,
+            user: config.user,
+            working_dir: config.working_dir,
+            healthcheck: config.healthcheck,
+            stop_signal: config.stop_signal,
+            labels: Some(labels.clone().into_iter().collect()),
+            host_config: Some(host_config),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(endpoints),
+            }),
+            ..Default::default()
+        };
+        let options = bollard::query_parameters::CreateContainerOptionsBuilder::new()
+            .name(name)
+            .build();
+        self.request(|| {
+            self.client
+                .create_container(Some(options.clone()), body.clone())
+        })
+        .map(|created| created.id)
+        .map_err(|e| self.failure(e, format!("cannot create container {name}")))
+    }
+
+    /// Removes every container, network and volume carrying `label=value`
+    /// (containers forcibly). Returns what it removed, for the report.
+    pub fn remove_labelled(&self, label: &str, value: &str) -> Result<Vec<String>> {
+        let filter = format!("{label}={value}");
+        let mut filters: HashMap<String, Vec<String>> = HashMap::new();
+        filters.insert("label".to_string(), vec![filter.clone()]);
+        let mut removed = Vec::new();
+        for id in self.list_container_ids(std::slice::from_ref(&filter))? {
+            let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
+            match self.request(|| self.client.remove_container(&id, Some(options.clone()))) {
+                Ok(()) => removed.push(format!("container {}", &id[..12.min(id.len())])),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(self.failure(e, format!("cannot remove container {id}"))),
+            }
+        }
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let networks = self
+            .request(|| self.client.list_networks(Some(options.clone())))
+            .map_err(|e| self.failure(e, "cannot list networks".into()))?;
+        for name in networks.into_iter().filter_map(|n| n.name) {
+            match self.request(|| self.client.remove_network(&name)) {
+                Ok(()) => removed.push(format!("network {name}")),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(self.failure(e, format!("cannot remove network {name}"))),
+            }
+        }
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let volumes = self
+            .request(|| self.client.list_volumes(Some(options.clone())))
+            .map_err(|e| self.failure(e, "cannot list volumes".into()))?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            let name = volume.name;
+            match self.request(|| {
+                self.client.remove_volume(
+                    &name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+            }) {
+                Ok(()) => removed.push(format!("volume {name}")),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(self.failure(e, format!("cannot remove volume {name}"))),
+            }
+        }
+        Ok(removed)
     }
 
     /// Containers (running or not) that mount the named volume.

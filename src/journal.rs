@@ -30,6 +30,9 @@ pub enum Undo {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         compose: Option<ComposeIdentity>,
     },
+    /// Remove every container, network and volume labelled `label=value`
+    /// (a recovery drill's copies).
+    RemoveLabelled { label: String, value: String },
     /// Unpause a container volsnap paused.
     Unpause { id: String, name: String },
     /// Unmount a snapshot mounted at `dir`, then remove the directory.
@@ -53,6 +56,9 @@ impl Undo {
         match self {
             Undo::StartContainer { name, .. } => format!("start container {name}"),
             Undo::Unpause { name, .. } => format!("unpause container {name}"),
+            Undo::RemoveLabelled { label, value } => {
+                format!("remove the containers, networks and volumes labelled {label}={value}")
+            }
             Undo::Unmount { dir } => format!("unmount {}", dir.display()),
             Undo::DropSnapshot { storage, label } => {
                 format!("drop snapshot {label} of {}", storage.path.display())
@@ -212,6 +218,9 @@ pub fn apply(undo: &Undo, docker: &mut Option<Docker>, runner: &dyn Runner) -> R
                     Ok(())
                 }
             }
+        }
+        Undo::RemoveLabelled { label, value } => {
+            connected(docker)?.remove_labelled(label, value).map(|_| ())
         }
         Undo::Unpause { id, .. } => {
             let d = connected(docker)?;

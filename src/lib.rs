@@ -7,8 +7,10 @@
 
 pub mod archive;
 pub mod cancel;
+pub mod config;
 pub mod discovery;
 pub mod docker;
+pub mod drill;
 pub mod error;
 pub mod execute;
 #[cfg(feature = "fault-injection")]
@@ -18,11 +20,14 @@ pub mod hashing;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
+pub mod notify;
 pub mod plan;
 pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod runlog;
+pub mod schedule;
 pub mod snapshots;
 pub mod storage;
 pub mod verify;

@@ -18,7 +18,9 @@ pub const ESTIMATE_BYTES_PER_SEC: u64 = 150 * 1024 * 1024;
 pub const ESTIMATE_RESTART_MS_PER_CONTAINER: u64 = 2_000;
 
 /// What the user asked for with `--strategy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestedStrategy {
     #[default]
@@ -29,7 +31,9 @@ pub enum RequestedStrategy {
 }
 
 /// How services are held still for a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Quiesce {
     /// Stop the containers (the safest: applications flush and exit).

@@ -77,6 +77,9 @@ pub fn prune(
             let dir = repo.backup_dir(&decision.id);
             let check = crate::verify::verify(&dir, false, cancel)?;
             if check.problems.is_empty() {
+                if !dry_run {
+                    crate::verify::record_verified(&dir, false);
+                }
                 decision.keep = true;
                 decision.reasons.push("newest backup that verifies".into());
                 break;

@@ -8,6 +8,42 @@ use crate::manifest::{parse_sums, Manifest, MANIFEST_FILE, SUMS_FILE};
 use anyhow::Result;
 use std::path::Path;
 
+/// Marker file: when the backup last verified (written by whoever checked).
+pub const VERIFIED_FILE: &str = "VERIFIED";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct VerifiedMarker {
+    verified_at: chrono::DateTime<chrono::Utc>,
+    deep: bool,
+}
+
+/// Notes that the backup in `dir` just verified. Best effort: a read-only
+/// repository can still be verified, it just cannot remember it.
+pub fn record_verified(dir: &Path, deep: bool) {
+    let marker = VerifiedMarker {
+        verified_at: chrono::Utc::now(),
+        deep,
+    };
+    let path = dir.join(VERIFIED_FILE);
+    let written = serde_json::to_vec(&marker)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| crate::fsutil::replace_file(&path, &text));
+    if let Err(e) = written {
+        tracing::info!(
+            "cannot record the verification in {}: {e:#}",
+            path.display()
+        );
+    }
+}
+
+/// When the backup in `dir` last verified, if it ever did.
+pub fn verified_at(dir: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = std::fs::read(dir.join(VERIFIED_FILE)).ok()?;
+    serde_json::from_slice::<VerifiedMarker>(&text)
+        .ok()
+        .map(|m| m.verified_at)
+}
+
 /// What verification found.
 #[derive(Debug, Default)]
 pub struct VerifyReport {

@@ -16,7 +16,33 @@ use volsnap::plan::build;
 use volsnap::repo::{new_backup_id, Repo};
 use volsnap::storage::{detect_stack, set_label, snapshot_label, SystemRunner};
 
+/// A written backup and what went wrong around it (services that did not
+/// come back, post hooks that failed).
+pub struct Done {
+    pub manifest: Manifest,
+    pub dir: std::path::PathBuf,
+    pub problems: Vec<String>,
+}
+
 pub fn run(args: BackupArgs) -> Result<i32> {
+    let cancel = Cancel::from_signals()?;
+    let done = perform(&args, &cancel)?;
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json_report(&done.manifest, &done.dir, &done.problems))?
+        );
+    } else {
+        print_human(&done.manifest, &done.dir);
+    }
+    for problem in &done.problems {
+        eprintln!("volsnap: error: the backup is complete, but {problem}");
+    }
+    Ok(if done.problems.is_empty() { 0 } else { 1 })
+}
+
+/// Runs one backup: checks, lock, discovery, plan, execution.
+pub fn perform(args: &BackupArgs, cancel: &Cancel) -> Result<Done> {
     let selection = args.selection.to_selection()?;
     let compression: Compression = args.compression.into();
     let mut archive = ArchiveOptions {
@@ -48,7 +74,6 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     // Check everything that can be checked before anything is stopped.
     let repo = Repo::open(&args.repo)?;
     repo.check_writable()?;
-    let cancel = Cancel::from_signals()?;
     let _lock = super::begin_run(&args.state.state_dir)?;
     let docker = Docker::connect()?;
     let stack = discover(&docker, &selection)?;
@@ -80,7 +105,7 @@ pub fn run(args: BackupArgs) -> Result<i32> {
         repo: Some(&repo),
         id,
         archive,
-        cancel: &cancel,
+        cancel,
         observer: &observer,
     };
     let journal = Journal::create(&args.state.state_dir, &job.id, &super::command_line())?;
@@ -88,18 +113,11 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     let (manifest, dir) = outcome
         .backup
         .ok_or_else(|| anyhow::anyhow!("internal error: the backup plan wrote no backup"))?;
-    if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&json_report(&manifest, &dir, &outcome.problems))?
-        );
-    } else {
-        print_human(&manifest, &dir);
-    }
-    for problem in &outcome.problems {
-        eprintln!("volsnap: error: the backup is complete, but {problem}");
-    }
-    Ok(if outcome.problems.is_empty() { 0 } else { 1 })
+    Ok(Done {
+        manifest,
+        dir,
+        problems: outcome.problems,
+    })
 }
 
 fn json_report(m: &Manifest, dir: &std::path::Path, problems: &[String]) -> serde_json::Value {

@@ -27,6 +27,14 @@ pub fn run(args: ListArgs) -> Result<i32> {
                     "bytes": m.total_bytes(),
                     "archive_bytes": m.archive_bytes(),
                     "volumes": m.volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+                    "protected": b.protected(),
+                    "verified_at": volsnap::verify::verified_at(&b.dir),
+                    "drill": volsnap::drill::load_report(&b.dir).map(|d| json!({
+                        "passed": d.passed,
+                        "drilled_at": d.drilled_at,
+                        "restore_ms": d.restore_ms,
+                        "healthy_ms": d.healthy_ms,
+                    })),
                 })
             })
             .collect();
@@ -38,26 +46,48 @@ pub fn run(args: ListArgs) -> Result<i32> {
         return Ok(0);
     }
     outln!(
-        "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10}  selection",
+        "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10} {:<5} selection",
         "id",
         "time (UTC)",
         "strategy",
         "consistency",
         "data",
-        "archives"
+        "archives",
+        "flags"
     );
     for b in &backups {
         let m = &b.manifest;
         outln!(
-            "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10}  {}",
+            "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10} {:<5} {}",
             b.id,
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.strategy.to_string(),
             m.consistency.to_string(),
             human_bytes(m.total_bytes()),
             human_bytes(m.archive_bytes()),
+            flags(b),
             m.selection
         );
     }
+    outln!("flags: P protected from prune, V verified, D drill passed, d drill failed");
     Ok(0)
+}
+
+fn flags(b: &volsnap::repo::BackupEntry) -> String {
+    let mut flags = String::new();
+    if b.protected() {
+        flags.push('P');
+    }
+    if volsnap::verify::verified_at(&b.dir).is_some() {
+        flags.push('V');
+    }
+    match volsnap::drill::load_report(&b.dir) {
+        Some(d) if d.passed => flags.push('D'),
+        Some(_) => flags.push('d'),
+        None => {}
+    }
+    if flags.is_empty() {
+        flags.push('-');
+    }
+    flags
 }

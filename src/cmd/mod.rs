@@ -2,6 +2,9 @@
 //! prints the result. `run` returns the exit status.
 
 mod backup;
+mod daemon;
+mod drill;
+mod job;
 mod list;
 mod plan;
 mod prune;
@@ -31,6 +34,12 @@ pub fn run(command: Command) -> Result<i32> {
         Command::Recover(args) => recover::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Protect(args) => prune::protect(args),
+        Command::Run(args) => job::run(args),
+        Command::Daemon(args) => daemon::run(args),
+        Command::Status(args) => job::status(args),
+        Command::Config { command } => job::config(command),
+        Command::Systemd(args) => job::systemd(args),
+        Command::Drill(args) => drill::run(args),
     }
 }
 

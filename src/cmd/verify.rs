@@ -11,6 +11,7 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
     let cancel = Cancel::from_signals()?;
     let report = volsnap::verify::verify(&dir, args.deep, &cancel)?;
     if report.problems.is_empty() {
+        volsnap::verify::record_verified(&dir, args.deep);
         let depth = if args.deep {
             format!(", {} files checked one by one", report.files_checked)
         } else {

@@ -1,0 +1,413 @@
+//! The configuration file: named jobs (what to back up, where, how, when,
+//! what to keep, which hooks, whom to tell), in TOML.
+//!
+//! Loading checks everything that can be checked without touching the
+//! host (selection, schedules, sizes, hook and retention settings) and
+//! reports each problem with its line, so `volsnap config check` can be
+//! trusted before the daemon runs the file at 3 a.m.
+
+use crate::manifest::Compression;
+use crate::plan::{Quiesce, RequestedStrategy};
+use crate::retention::Policy;
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "/etc/volsnap/volsnap.toml";
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where every run appends its JSON line (default: STATE_DIR/runs.jsonl).
+    pub run_log: Option<PathBuf>,
+    /// A Prometheus textfile-collector file rewritten after every run.
+    pub metrics_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, Job>,
+}
+
+/// One named job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub project: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<String>,
+    pub label: Option<String>,
+    pub repo: PathBuf,
+    #[serde(default)]
+    pub strategy: RequestedStrategy,
+    #[serde(default)]
+    pub quiesce: Quiesce,
+    pub max_downtime: Option<u64>,
+    #[serde(default)]
+    pub require_consistent: bool,
+    pub stop_timeout: Option<u32>,
+    pub ready_timeout: Option<u32>,
+    pub snapshot_size: Option<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    pub level: Option<i32>,
+    pub threads: Option<u32>,
+    pub bwlimit: Option<String>,
+    #[serde(default)]
+    pub io_nice: bool,
+    /// Cron expression in local time: 5 fields, or 6 with seconds first.
+    pub schedule: Option<String>,
+    /// Check the new backup's checksums right after writing it.
+    #[serde(default = "yes")]
+    pub verify: bool,
+    pub retention: Option<Policy>,
+    #[serde(default)]
+    pub hooks: HostHooks,
+    #[serde(default)]
+    pub notify: Notify,
+    pub drill: Option<Drill>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Shell commands run on the host around a job.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostHooks {
+    /// Before the backup; a failure cancels it (post and on_failure still run).
+    pub pre: Option<String>,
+    /// After the backup, whatever happened (VOLSNAP_STATUS says what).
+    pub post: Option<String>,
+    /// After a failed run.
+    pub on_failure: Option<String>,
+    /// Seconds each hook may run (default 300).
+    pub timeout: Option<u64>,
+}
+
+/// Who hears about a run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// URL that receives the run record as a JSON POST.
+    pub webhook: Option<String>,
+    /// Shell command that receives the run record as JSON on stdin.
+    pub command: Option<String>,
+    /// Also notify successful runs (default: failures only).
+    #[serde(default)]
+    pub on_success: bool,
+}
+
+/// Recovery drill settings of a job.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    /// When the daemon runs a drill of the newest backup (cron, local time).
+    pub schedule: Option<String>,
+    /// SERVICE = command run inside the drill copy of SERVICE; exit 0 is healthy.
+    #[serde(default)]
+    pub checks: BTreeMap<String, String>,
+    /// Seconds to wait for every container to be healthy (default 300).
+    pub timeout: Option<u64>,
+}
+
+pub const DEFAULT_HOOK_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_DRILL_TIMEOUT_SECS: u64 = 300;
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                crate::usage!(
+                    "no configuration file at {}; write one (see 'volsnap config --help') or pass --config FILE",
+                    path.display()
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
+            }
+        })?;
+        Config::parse(&text).map_err(|problems| {
+            crate::usage!(
+                "{} has {} problem(s):\n{}",
+                path.display(),
+                problems.len(),
+                problems.join("\n")
+            )
+        })
+    }
+
+    /// Parses and checks the text of a configuration file; every problem
+    /// found, each as "line N: …".
+    pub fn parse(text: &str) -> std::result::Result<Config, Vec<String>> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| format!("line {}: ", line_at(text, span.start)))
+                .unwrap_or_default();
+            vec![format!("{line}{}", e.message())]
+        })?;
+        let mut problems = Vec::new();
+        if config.jobs.is_empty() {
+            problems.push("no job defined; add a [jobs.NAME] table".to_string());
+        }
+        for (name, job) in &config.jobs {
+            for problem in job.problems(name) {
+                let line = job_line(text, name, problem.key);
+                problems.push(format!("line {line}: job {name}: {}", problem.text));
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// A job by name, or a usage error listing the jobs there are.
+    pub fn job(&self, name: &str) -> Result<&Job> {
+        self.jobs.get(name).ok_or_else(|| {
+            crate::usage!(
+                "no job {name:?} in the configuration; jobs: {}",
+                self.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    pub fn run_log(&self, state_dir: &Path) -> PathBuf {
+        self.run_log
+            .clone()
+            .unwrap_or_else(|| state_dir.join("runs.jsonl"))
+    }
+}
+
+struct Problem {
+    /// The key the problem is about (its line is reported), or "" for the job.
+    key: &'static str,
+    text: String,
+}
+
+impl Job {
+    fn problems(&self, name: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key, text: String| out.push(Problem { key, text });
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problem(
+                "",
+                "a job name may hold letters, digits, '-', '_' and '.' only".into(),
+            );
+        }
+        let selections = usize::from(self.project.is_some())
+            + usize::from(!self.containers.is_empty())
+            + usize::from(self.label.is_some());
+        if selections != 1 {
+            problem(
+                "",
+                "say what to back up with exactly one of project, containers, label".into(),
+            );
+        }
+        if let Some(label) = &self.label {
+            if !label.contains('=') {
+                problem("label", format!("label takes \"KEY=VALUE\", not {label:?}"));
+            }
+        }
+        if !self.repo.is_absolute() {
+            problem(
+                "repo",
+                format!("repo must be an absolute path, not {:?}", self.repo),
+            );
+        }
+        for (key, size) in [
+            ("bwlimit", &self.bwlimit),
+            ("snapshot_size", &self.snapshot_size),
+        ] {
+            if let Some(Err(e)) = size.as_deref().map(crate::fsutil::parse_size) {
+                problem(key, format!("{key}: {e}"));
+            }
+        }
+        if let Some(level) = self.level {
+            let range = if self.compression == Compression::Gzip {
+                1..=9
+            } else {
+                1..=19
+            };
+            if !range.contains(&level) {
+                problem(
+                    "level",
+                    format!(
+                        "level {level} is out of range {range:?} for {:?}",
+                        self.compression
+                    ),
+                );
+            }
+        }
+        if let Some(schedule) = &self.schedule {
+            if let Err(e) = parse_schedule(schedule) {
+                problem("schedule", e);
+            }
+        }
+        if let Some(drill) = &self.drill {
+            if let Some(Err(e)) = drill.schedule.as_deref().map(parse_schedule) {
+                problem("schedule", format!("drill {e}"));
+            }
+        }
+        if let Some(policy) = &self.retention {
+            if policy.is_empty() {
+                problem(
+                    "retention",
+                    "retention keeps nothing; set keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly or keep_yearly".into(),
+                );
+            }
+        }
+        if let Some(url) = &self.notify.webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problem(
+                    "webhook",
+                    format!("webhook must be an http:// or https:// URL, not {url:?}"),
+                );
+            }
+        }
+        out
+    }
+
+    /// The selection as `backup` takes it.
+    pub fn selection(&self) -> crate::discovery::Selection {
+        use crate::discovery::Selection;
+        if let Some(project) = &self.project {
+            Selection::Project(project.clone())
+        } else if let Some((key, value)) = self.label.as_deref().and_then(|l| l.split_once('=')) {
+            Selection::Label(key.to_string(), value.to_string())
+        } else {
+            Selection::Containers(self.containers.clone())
+        }
+    }
+
+    pub fn hook_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.hooks.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT_SECS))
+    }
+}
+
+/// A cron expression: 5 fields (minute first) or 6 (seconds first).
+pub fn parse_schedule(expression: &str) -> std::result::Result<croner::Cron, String> {
+    croner::Cron::new(expression)
+        .with_seconds_optional()
+        .parse()
+        .map_err(|e| {
+            format!("schedule {expression:?} is not a cron expression ({e}); example: \"0 3 * * *\" is 03:00 every day")
+        })
+}
+
+/// The 1-based line holding byte `offset`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line of `key` within job `name`'s tables, else of the job's header,
+/// else 1. A plain scan: good enough to point a person at the right place.
+fn job_line(text: &str, name: &str, key: &str) -> usize {
+    let header = format!("[jobs.{name}");
+    let mut in_job = false;
+    let mut job_header = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            in_job =
+                trimmed.starts_with(&header) && trimmed[header.len()..].starts_with([']', '.']);
+            if in_job && job_header.is_none() {
+                job_header = Some(i + 1);
+            }
+            continue;
+        }
+        if in_job && !key.is_empty() {
+            let is_key = trimmed
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='));
+            if is_key {
+                return i + 1;
+            }
+        }
+    }
+    job_header.unwrap_or(1)
+}
+
+pub fn load_or_default(path: Option<&Path>) -> Result<Config> {
+    let path = path.unwrap_or(Path::new(DEFAULT_CONFIG));
+    Config::load(path).with_context(|| format!("configuration {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+metrics_file = "/var/lib/node_exporter/volsnap.prom"
+
+[jobs.milvus]
+project = "milvus"
+repo = "/backups/milvus"
+strategy = "cold"
+schedule = "0 3 * * *"
+bwlimit = "50M"
+
+[jobs.milvus.retention]
+keep_daily = 7
+keep_weekly = 4
+
+[jobs.milvus.hooks]
+post = "logger volsnap done"
+"#;
+
+    #[test]
+    fn a_good_file_parses() {
+        let config = Config::parse(GOOD).unwrap();
+        let job = config.job("milvus").unwrap();
+        assert_eq!(job.strategy, RequestedStrategy::Cold);
+        assert_eq!(job.retention.as_ref().unwrap().keep_daily, 7);
+        assert!(job.verify);
+        assert!(config.job("nope").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let bad = GOOD
+            .replace("schedule = \"0 3 * * *\"", "schedule = \"every night\"")
+            .replace("bwlimit = \"50M\"", "bwlimit = \"fast\"");
+        let problems = Config::parse(&bad).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("line 9: job milvus: bwlimit"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("line 8: job milvus: schedule"),
+            "{problems:?}"
+        );
+
+        let typo = GOOD.replace("keep_weekly", "keep_weakly");
+        let problems = Config::parse(&typo).unwrap_err();
+        assert!(
+            problems[0].starts_with("line 13: unknown field `keep_weakly`"),
+            "{problems:?}"
+        );
+
+        let two = GOOD.replace(
+            "project = \"milvus\"",
+            "project = \"milvus\"\nlabel = \"a=b\"",
+        );
+        let problems = Config::parse(&two).unwrap_err();
+        assert!(
+            problems[0].contains("line 4: job milvus: say what to back up"),
+            "{problems:?}"
+        );
+
+        let strategy = GOOD.replace("\"cold\"", "\"freezing\"");
+        let problems = Config::parse(&strategy).unwrap_err();
+        assert!(
+            problems[0].starts_with("line 7: unknown variant `freezing`"),
+            "{problems:?}"
+        );
+    }
+}

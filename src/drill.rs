@@ -1,0 +1,291 @@
+//! Recovery drills: prove that a backup restores and that the stack starts
+//! on it, without touching the stack itself.
+//!
+//! The backup is restored into scratch volumes; the stack's running
+//! containers are copied (same image, command, environment, healthcheck)
+//! onto them, on an internal network with no published ports, and started
+//! in dependency order. The drill passes when every copy runs (healthy, if
+//! it has a healthcheck) and every check command exits 0 in time.
+//! Everything the drill creates carries one label and is removed at the
+//! end; the removal is journalled, so even a killed drill is cleaned up by
+//! `volsnap recover`.
+
+use crate::cancel::Cancel;
+use crate::discovery::Stack;
+use crate::docker::{CopyMount, Docker, DRILL_LABEL};
+use crate::journal::{Journal, Undo};
+use crate::manifest::{Manifest, VolumeKind};
+use crate::restore::{restore_volume, RestoreOptions};
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The drill report, stored beside the backup.
+pub const DRILL_FILE: &str = "drill.json";
+
+/// What to check and how long to wait.
+#[derive(Debug, Clone)]
+pub struct DrillSpec {
+    /// (service or container name, command run inside its drill copy).
+    pub checks: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub service: String,
+    pub command: String,
+    pub passed: bool,
+    /// The last attempt's exit status and output, when it did not pass.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub backup_id: String,
+    pub drilled_at: DateTime<Utc>,
+    pub passed: bool,
+    /// Restoring every volume into scratch volumes.
+    pub restore_ms: u64,
+    /// From starting the first copy to every copy healthy and every check
+    /// passing (with `restore_ms`, the recovery time actually achieved).
+    pub healthy_ms: Option<u64>,
+    pub containers: Vec<String>,
+    pub checks: Vec<CheckResult>,
+    #[serde(default)]
+    pub problems: Vec<String>,
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// Runs a drill of the backup in `dir` for the live `stack`.
+pub fn drill(
+    docker: &Docker,
+    dir: &Path,
+    manifest: &Manifest,
+    stack: &Stack,
+    spec: &DrillSpec,
+    cancel: &Cancel,
+    journal: &mut Journal,
+) -> Result<DrillReport> {
+    let tag = format!(
+        "{:x}{:04x}",
+        std::process::id(),
+        Utc::now().timestamp_subsec_micros() & 0xffff
+    );
+    let prefix = format!("volsnap-drill-{tag}");
+    let mut labels = BTreeMap::new();
+    labels.insert(DRILL_LABEL.to_string(), tag.clone());
+    labels.insert("volsnap.drill-of".to_string(), manifest.id.clone());
+    let teardown = Undo::RemoveLabelled {
+        label: DRILL_LABEL.to_string(),
+        value: tag.clone(),
+    };
+    journal.push(&teardown)?;
+    let mut report = DrillReport {
+        backup_id: manifest.id.clone(),
+        drilled_at: Utc::now(),
+        passed: false,
+        restore_ms: 0,
+        healthy_ms: None,
+        containers: Vec::new(),
+        checks: Vec::new(),
+        problems: Vec::new(),
+        notes: Vec::new(),
+    };
+    let outcome = run_drill(
+        docker,
+        dir,
+        manifest,
+        stack,
+        spec,
+        cancel,
+        &prefix,
+        &labels,
+        &mut report,
+    );
+    if let Err(e) = outcome {
+        report.problems.push(format!("{e:#}"));
+    }
+    // Always torn down; only a clean teardown leaves the journal.
+    match docker.remove_labelled(DRILL_LABEL, &tag) {
+        Ok(removed) => {
+            tracing::info!("drill torn down: {}", removed.join(", "));
+            journal.discharge(&teardown)?;
+        }
+        Err(e) => report.problems.push(format!(
+            "teardown incomplete ({e:#}); 'volsnap recover' retries it"
+        )),
+    }
+    report.passed = report.problems.is_empty() && report.checks.iter().all(|c| c.passed);
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_drill(
+    docker: &Docker,
+    dir: &Path,
+    manifest: &Manifest,
+    stack: &Stack,
+    spec: &DrillSpec,
+    cancel: &Cancel,
+    prefix: &str,
+    labels: &BTreeMap<String, String>,
+    report: &mut DrillReport,
+) -> Result<()> {
+    let network = prefix.to_string();
+    docker.create_internal_network(&network, labels)?;
+
+    // 1. Restore every volume of the backup into a scratch volume.
+    let restore_clock = Instant::now();
+    let mut scratch: BTreeMap<usize, String> = BTreeMap::new();
+    for (i, v) in manifest.volumes.iter().enumerate() {
+        cancel.check()?;
+        let name = format!("{prefix}-v{i}");
+        let info = docker.create_volume(&name, "local", &BTreeMap::new(), labels)?;
+        restore_volume(
+            &dir.join(&v.archive),
+            manifest.compression,
+            v,
+            Path::new(&info.mountpoint),
+            RestoreOptions::default(),
+            cancel,
+            &|_| {},
+            None,
+        )
+        .with_context(|| format!("cannot restore {} into scratch volume {name}", v.name))?;
+        scratch.insert(i, name);
+    }
+    report.restore_ms = restore_clock.elapsed().as_millis() as u64;
+
+    // 2. Copy the running containers onto them and start them, dependencies
+    //    first, each ready before the next starts.
+    let deadline = Instant::now() + spec.timeout;
+    let healthy_clock = Instant::now();
+    let running: Vec<_> = stack.containers.iter().filter(|c| c.info.running).collect();
+    if running.is_empty() {
+        anyhow::bail!("no container of the stack is running, so there is nothing to copy for the drill; start the stack first");
+    }
+    let mut copies: Vec<(String, String, Option<String>, String)> = Vec::new();
+    for c in running {
+        cancel.check()?;
+        let mut mounts = Vec::new();
+        for m in &c.info.mounts {
+            let backed_up = manifest.volumes.iter().position(|v| match v.kind {
+                VolumeKind::Volume => m.name.as_deref() == Some(v.name.as_str()),
+                VolumeKind::Bind => m.kind == "bind" && m.source == v.source_path,
+            });
+            let (source, bind) = match (backed_up, m.kind.as_str()) {
+                (Some(i), _) => (scratch[&i].clone(), false),
+                (None, "volume") => {
+                    let name = format!("{prefix}-e{}", mounts.len());
+                    docker.create_volume(&name, "local", &BTreeMap::new(), labels)?;
+                    report.notes.push(format!(
+                        "{}: {} is not in the backup; the copy gets an empty volume",
+                        c.info.name, m.destination
+                    ));
+                    (name, false)
+                }
+                (None, "bind") => {
+                    report.notes.push(format!(
+                        "{}: host path {} is not in the backup; bound read-only",
+                        c.info.name, m.source
+                    ));
+                    mounts.push(CopyMount {
+                        source: m.source.clone(),
+                        destination: m.destination.clone(),
+                        bind: true,
+                        read_only: true,
+                    });
+                    continue;
+                }
+                _ => continue,
+            };
+            mounts.push(CopyMount {
+                source,
+                destination: m.destination.clone(),
+                bind,
+                read_only: m.read_only,
+            });
+        }
+        let short = c.service.clone().unwrap_or_else(|| c.info.name.clone());
+        let name = format!("{prefix}-{short}");
+        let mut aliases = vec![c.info.name.clone()];
+        aliases.extend(c.service.clone());
+        let id = docker.create_copy(&c.info.id, &name, &network, aliases, mounts, labels)?;
+        docker.start(&id)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        docker
+            .wait_ready(&id, &name, left)
+            .with_context(|| format!("the drill copy of {} did not come up", c.info.name))?;
+        report.containers.push(name.clone());
+        copies.push((id, name, c.service.clone(), c.info.name.clone()));
+    }
+
+    // 3. The checks, retried until they pass or time runs out.
+    for (service, command) in &spec.checks {
+        let copy = copies
+            .iter()
+            .find(|(_, _, svc, original)| svc.as_deref() == Some(service) || original == service);
+        let Some((id, _, _, _)) = copy else {
+            report.checks.push(CheckResult {
+                service: service.clone(),
+                command: command.clone(),
+                passed: false,
+                detail: format!("no running service or container {service:?} in the stack"),
+            });
+            continue;
+        };
+        let mut detail = String::new();
+        let mut passed = false;
+        while !passed {
+            cancel.check()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let outcome = docker.exec(id, command, left.min(Duration::from_secs(30)))?;
+            passed = outcome.exit_code == Some(0);
+            if !passed {
+                let status = outcome
+                    .exit_code
+                    .map_or("timed out".to_string(), |c| format!("exit status {c}"));
+                detail = format!("{status}: {}", outcome.output.trim());
+                std::thread::sleep(Duration::from_secs(1).min(left));
+            }
+        }
+        if !passed && detail.is_empty() {
+            detail = format!("not healthy within {} s", spec.timeout.as_secs());
+        }
+        report.checks.push(CheckResult {
+            service: service.clone(),
+            command: command.clone(),
+            passed,
+            detail: if passed { String::new() } else { detail },
+        });
+    }
+    if report.checks.iter().all(|c| c.passed) {
+        report.healthy_ms = Some(healthy_clock.elapsed().as_millis() as u64);
+    }
+    Ok(())
+}
+
+/// Stores the report beside the backup (best effort: a read-only
+/// repository can be drilled, it just cannot remember it).
+pub fn store_report(dir: &Path, report: &DrillReport) {
+    let written = serde_json::to_vec_pretty(report)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| crate::fsutil::replace_file(&dir.join(DRILL_FILE), &text));
+    if let Err(e) = written {
+        tracing::warn!("cannot store the drill report in {}: {e:#}", dir.display());
+    }
+}
+
+/// The stored drill report of a backup, if it was drilled.
+pub fn load_report(dir: &Path) -> Option<DrillReport> {
+    serde_json::from_slice(&std::fs::read(dir.join(DRILL_FILE)).ok()?).ok()
+}

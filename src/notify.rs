@@ -1,0 +1,99 @@
+//! Talking to the outside: host hooks and notifications (a webhook POST or
+//! a command), each bounded in time so a hung receiver cannot hang a job.
+
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `sh -c command` on the host with `env` added and `stdin` fed in,
+/// killing it after `timeout`. Its output goes to volsnap's stderr.
+pub fn run_shell(
+    command: &str,
+    env: &[(String, String)],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<()> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A command that does not read its input is not an error.
+        let _ = pipe.write_all(data);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if status.success() {
+                return Ok(());
+            }
+            bail!("{command:?} failed ({status})");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{command:?} did not finish within {} s and was killed",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// POSTs `body` (JSON) to `url`, with a 10 s timeout per attempt and
+/// three attempts: receivers blip, and one lost alert can matter.
+pub fn post_webhook(url: &str, body: &str) -> Result<()> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!("volsnap/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut last_error = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        match agent
+            .post(url)
+            .set("Content-Type", "application/json")
+            .send_string(body)
+        {
+            Ok(_) => return Ok(()),
+            Err(ureq::Error::Status(code, _)) => last_error = format!("HTTP status {code}"),
+            // Not the error's Display: it repeats the URL, which may hold a token.
+            Err(ureq::Error::Transport(t)) => {
+                last_error = format!(
+                    "{}{}",
+                    t.kind(),
+                    t.message().map(|m| format!(": {m}")).unwrap_or_default()
+                )
+            }
+        }
+    }
+    bail!(
+        "webhook {} failed after 3 attempts: {last_error}",
+        redact(url)
+    )
+}
+
+/// A URL without its path and query, where webhook tokens live.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?']).next().unwrap_or_default();
+            let host = host.rsplit('@').next().unwrap_or_default();
+            format!("{scheme}://{host}/…")
+        }
+        None => "(not a URL)".to_string(),
+    }
+}
