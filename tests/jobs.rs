@@ -118,6 +118,8 @@ fn config_check_explains_every_error_with_its_line() {
         "{}",
         stderr(&out)
     );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/volsnap.example.toml");
+    ok(volsnap(&["config", "check", "--config", example]));
     let missing = volsnap(&["config", "check", "--config", "/nonexistent/volsnap.toml"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("no configuration file"));
