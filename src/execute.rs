@@ -84,6 +84,9 @@ struct Run<'a> {
     down_since: Option<Instant>,
     downtime: Duration,
     problems: Vec<String>,
+    /// Undos that could not run because the Docker daemon never answered:
+    /// they stay in the journal for `volsnap recover`.
+    left_for_recover: Vec<Action>,
     committed: Option<(Manifest, PathBuf)>,
     snapshot_label: Option<String>,
     journal: Option<Journal>,
@@ -106,6 +109,7 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         down_since: None,
         downtime: Duration::ZERO,
         problems: Vec::new(),
+        left_for_recover: Vec::new(),
         committed: None,
         snapshot_label: None,
         journal,
@@ -124,11 +128,18 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
             cleanup_errors.join("; ")
         )));
     }
-    if run.cleanup.is_empty() {
+    if run.left_for_recover.is_empty() {
         run.finish_journal();
     } else {
+        // Only the starts the daemon never answered stay in the journal;
+        // anything else still pending was kept on purpose (kept snapshots).
+        for undo in std::mem::take(&mut run.cleanup) {
+            if !run.left_for_recover.contains(&undo) {
+                run.journal_discharge(&undo);
+            }
+        }
         let pending: Vec<String> = run
-            .cleanup
+            .left_for_recover
             .iter()
             .map(|undo| undo.describe(job.stack))
             .collect();
@@ -199,6 +210,9 @@ impl<'a> Run<'a> {
                 Err(e) => {
                     return Err(e.context(format!("step {} ({description})", step.action.name())))
                 }
+            }
+            if let (false, Some(done)) = (undone, &step.discharges) {
+                self.left_for_recover.push(done.clone());
             }
             if let Some(done) = step.discharges.as_ref().filter(|_| undone) {
                 if let Some(pos) = self.cleanup.iter().rposition(|a| a == done) {
