@@ -17,8 +17,11 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
+use xattr::FileExt as _;
 
 const IO_BUFFER: usize = 1 << 20;
 /// Bytes per zstd worker job (see [`Compressor::new`]).
@@ -303,53 +306,70 @@ impl<W: Write> TreeWriter<'_, W> {
         if !root_meta.is_dir() {
             bail!("{} is not a directory", root.display());
         }
-        // Depth-first, pre-order, children sorted: directories come before
-        // their content and the archive is deterministic.
-        let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), ".".to_string())];
-        while let Some((abs, rel)) = stack.pop() {
+        // Depth-first: a directory's entry, its files (sorted, read right
+        // after the listing, relative to the directory's descriptor: no path
+        // walk per file, as GNU tar does), then each subdirectory in turn.
+        // Everything under a directory follows it directly, which GNU tar
+        // needs to restore directory mtimes.
+        let mut dirs: Vec<(PathBuf, String, fs::Metadata)> =
+            vec![(root.to_path_buf(), ".".to_string(), root_meta.clone())];
+        while let Some((abs, rel, meta)) = dirs.pop() {
             self.cancel.check()?;
-            let meta = match fs::symlink_metadata(&abs) {
-                Ok(m) => m,
+            self.write_entry(Source::Path(&abs), &rel, &meta)?;
+            let (dir, children) = match list_dir(&abs) {
+                Ok(listed) => listed,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.summary.vanished_during_read.push(rel);
                     continue;
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", abs.display())),
+                // Replaced by a file or a symlink since it was listed.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                    self.summary.changed_during_read.push(rel);
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot list {}", abs.display())),
             };
-            if meta.is_dir() && meta.dev() != root_meta.dev() {
-                tracing::warn!("not crossing into another filesystem at {}", abs.display());
-                self.summary
-                    .skipped
-                    .push(format!("{rel} (another filesystem)"));
-                continue;
-            }
-            self.write_entry(&abs, &rel, &meta)?;
-            if meta.is_dir() {
-                let mut names = match fs::read_dir(&abs) {
-                    Ok(list) => list
-                        .map(|e| e.map(|e| e.file_name()))
-                        .collect::<io::Result<Vec<_>>>()
-                        .with_context(|| format!("cannot list {}", abs.display()))?,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot list {}", abs.display()))
-                    }
+            let mut subdirs = Vec::new();
+            for (name, meta) in children {
+                self.cancel.check()?;
+                let child_abs = abs.join(&name);
+                let child_rel = if rel == "." {
+                    name.to_string_lossy().into_owned()
+                } else {
+                    format!("{rel}/{}", name.to_string_lossy())
                 };
-                names.sort();
-                for name in names.into_iter().rev() {
-                    let child_rel = if rel == "." {
-                        name.to_string_lossy().into_owned()
-                    } else {
-                        format!("{rel}/{}", name.to_string_lossy())
+                let Some(meta) = meta else {
+                    self.summary.vanished_during_read.push(child_rel);
+                    continue;
+                };
+                if meta.is_dir() {
+                    if meta.dev() != root_meta.dev() {
+                        tracing::warn!(
+                            "not crossing into another filesystem at {}",
+                            child_abs.display()
+                        );
+                        self.summary
+                            .skipped
+                            .push(format!("{child_rel} (another filesystem)"));
+                        continue;
+                    }
+                    subdirs.push((child_abs, child_rel, meta));
+                } else {
+                    let source = Source::At {
+                        dir: &dir,
+                        name: &name,
+                        abs: &child_abs,
                     };
-                    stack.push((abs.join(&name), child_rel));
+                    self.write_entry(source, &child_rel, &meta)?;
                 }
             }
+            dirs.extend(subdirs.into_iter().rev());
         }
         Ok(())
     }
 
-    fn write_entry(&mut self, abs: &Path, rel: &str, meta: &fs::Metadata) -> Result<()> {
+    fn write_entry(&mut self, source: Source<'_>, rel: &str, meta: &fs::Metadata) -> Result<()> {
+        let abs = source.path();
         let file_type = meta.file_type();
         let mut entry = FileEntry {
             path: rel.to_string(),
@@ -385,7 +405,9 @@ impl<W: Write> TreeWriter<'_, W> {
             }
         }
 
-        self.write_xattrs(abs)?;
+        if !file_type.is_file() {
+            self.write_xattrs(xattr::list(abs), |name| xattr::get(abs, name), abs)?;
+        }
         if file_type.is_dir() {
             header.set_entry_type(tar::EntryType::Directory);
             self.builder
@@ -406,11 +428,7 @@ impl<W: Write> TreeWriter<'_, W> {
             header.set_entry_type(tar::EntryType::Symlink);
             self.builder.append_link(&mut header, tar_path, &target)?;
         } else if file_type.is_file() {
-            let file = match fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
-                .open(abs)
-            {
+            let file = match source.open_file() {
                 Ok(f) => f,
                 // Gone, or replaced by a symlink, since it was listed.
                 Err(e)
@@ -422,6 +440,7 @@ impl<W: Write> TreeWriter<'_, W> {
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", abs.display())),
             };
+            self.write_xattrs(file.list_xattr(), |name| file.get_xattr(name), abs)?;
             entry.kind = EntryKind::File;
             entry.size = meta.len();
             header.set_entry_type(tar::EntryType::Regular);
@@ -479,17 +498,23 @@ impl<W: Write> TreeWriter<'_, W> {
         Ok(())
     }
 
-    fn write_xattrs(&mut self, abs: &Path) -> Result<()> {
-        let names = match xattr::list(abs) {
-            Ok(names) => names,
-            // Filesystems without xattr support simply have none.
-            Err(_) => return Ok(()),
-        };
+    /// Archives extended attributes (names from `list`, values from `get`)
+    /// as a PAX record before the entry they belong to.
+    fn write_xattrs(
+        &mut self,
+        list: io::Result<xattr::XAttrs>,
+        get: impl Fn(&std::ffi::OsStr) -> io::Result<Option<Vec<u8>>>,
+        abs: &Path,
+    ) -> Result<()> {
+        // Filesystems without xattr support simply have none.
+        let Ok(names) = list else { return Ok(()) };
         let mut records: Vec<(String, Vec<u8>)> = Vec::new();
         for name in names {
-            let name = name.to_string_lossy().into_owned();
-            if let Ok(Some(value)) = xattr::get(abs, &name) {
-                records.push((format!("{XATTR_PAX_PREFIX}{name}"), value));
+            if let Ok(Some(value)) = get(&name) {
+                records.push((
+                    format!("{XATTR_PAX_PREFIX}{}", name.to_string_lossy()),
+                    value,
+                ));
             }
         }
         if !records.is_empty() {
@@ -501,6 +526,72 @@ impl<W: Write> TreeWriter<'_, W> {
         }
         Ok(())
     }
+}
+
+/// Where an entry is read from: a path, or a name in an open directory.
+enum Source<'p> {
+    Path(&'p Path),
+    At {
+        dir: &'p fs::File,
+        name: &'p std::ffi::OsStr,
+        abs: &'p Path,
+    },
+}
+
+impl Source<'_> {
+    fn path(&self) -> &Path {
+        match self {
+            Source::Path(p) => p,
+            Source::At { abs, .. } => abs,
+        }
+    }
+
+    /// Opens a regular file for reading, never following a symlink that
+    /// replaced it since the listing, and leaving its atime alone.
+    fn open_file(&self) -> io::Result<fs::File> {
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME | libc::O_CLOEXEC;
+        match self {
+            Source::Path(p) => fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(p),
+            Source::At { dir, name, .. } => {
+                let name = std::ffi::CString::new(name.as_bytes())
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                // SAFETY: a valid directory descriptor and a NUL-terminated name.
+                let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: `fd` was just opened and is owned by nobody else.
+                Ok(unsafe { fs::File::from_raw_fd(fd) })
+            }
+        }
+    }
+}
+
+/// A directory's children, sorted by name, each with its metadata (`None`
+/// when it vanished between listing and stat).
+type Listing = Vec<(std::ffi::OsString, Option<fs::Metadata>)>;
+
+/// Opens a directory and lists it.
+fn list_dir(path: &Path) -> io::Result<(fs::File, Listing)> {
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let mut children = Vec::new();
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = match entry.metadata() {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        children.push((entry.file_name(), meta));
+    }
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((dir, children))
 }
 
 /// Whether a file changed between the listing and the end of its read.

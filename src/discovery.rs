@@ -178,9 +178,41 @@ pub struct Stack {
     pub volumes: Vec<Volume>,
     /// Mounts not backed up, with the reason (tmpfs, single files, …).
     pub skipped: Vec<String>,
+    /// Whether the volumes' `bytes` and `entries` were measured (a full
+    /// walk of the data: done only when something needs the sizes).
+    pub measured: bool,
 }
 
 impl Stack {
+    /// Walks every volume to measure its data (bytes and entries).
+    pub fn measure(&mut self) -> Result<()> {
+        for v in &mut self.volumes {
+            (v.bytes, v.entries) = crate::fsutil::tree_usage(&v.host_path)?;
+        }
+        self.measured = true;
+        Ok(())
+    }
+
+    /// An upper bound of the data, without a walk: the space used on the
+    /// filesystems holding the volumes (each counted once).
+    pub fn used_space_bound(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = BTreeSet::new();
+        let mut total = 0u64;
+        for v in &self.volumes {
+            let dev = std::fs::metadata(&v.host_path)
+                .with_context(|| format!("cannot read {}", v.host_path.display()))?
+                .dev();
+            if seen.insert(dev) {
+                let stat = nix::sys::statvfs::statvfs(&v.host_path)
+                    .with_context(|| format!("cannot read {}", v.host_path.display()))?;
+                let used = stat.blocks().saturating_sub(stat.blocks_free());
+                total = total.saturating_add(used as u64 * stat.fragment_size() as u64);
+            }
+        }
+        Ok(total)
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.volumes.iter().map(|v| v.bytes).sum()
     }
@@ -203,6 +235,9 @@ pub fn parse_depends_on(value: &str) -> Vec<String> {
 }
 
 /// Finds the containers of a selection and everything they store.
+/// Finds the stack's containers and volumes. Sizes are not measured here
+/// (see [`Stack::measure`]): on a tree of millions of files that walk costs
+/// as much as a stat of every file.
 pub fn discover(docker: &Docker, selection: &Selection) -> Result<Stack> {
     let infos = select_containers(docker, selection)?;
     let containers = start_order(infos.into_iter().map(Container::new).collect())?;
@@ -212,6 +247,7 @@ pub fn discover(docker: &Docker, selection: &Selection) -> Result<Stack> {
         containers,
         volumes,
         skipped,
+        measured: false,
     })
 }
 
@@ -381,7 +417,6 @@ fn resolve_volumes(
                     host_path.display()
                 );
             }
-            let (bytes, entries) = crate::fsutil::tree_usage(&host_path)?;
             volumes.push(Volume {
                 name: volume_name,
                 kind,
@@ -390,8 +425,8 @@ fn resolve_volumes(
                 driver_opts: opts,
                 labels,
                 mounted_by: vec![usage],
-                bytes,
-                entries,
+                bytes: 0,
+                entries: 0,
             });
         }
     }

@@ -50,13 +50,17 @@ pub fn byte_bar(label: &str, total: u64, interactive: bool) -> ProgressBar {
     if !interactive {
         return ProgressBar::hidden();
     }
+    // Total 0: the size was not measured; show what was read so far.
+    let template = if total == 0 {
+        "{msg:24} {spinner} {bytes} {bytes_per_sec}"
+    } else {
+        "{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    };
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     bar.set_message(label.to_string());
     bar

@@ -262,12 +262,12 @@ impl Action {
                 } else {
                     ""
                 };
-                format!(
-                    "archive {} ({}, {}{from})",
-                    v.name,
-                    human_bytes(v.bytes),
-                    v.host_path.display()
-                )
+                let size = if stack.measured {
+                    format!("{}, ", human_bytes(v.bytes))
+                } else {
+                    String::new()
+                };
+                format!("archive {} ({size}{}{from})", v.name, v.host_path.display())
             }
             Action::Commit => {
                 "write manifest.json and SHA256SUMS, then rename the backup into place".into()

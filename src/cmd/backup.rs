@@ -76,20 +76,30 @@ pub fn perform(args: &BackupArgs, cancel: &Cancel) -> Result<Done> {
     repo.check_writable()?;
     let _lock = super::begin_run(&args.state.state_dir)?;
     let docker = Docker::connect()?;
-    let stack = discover(&docker, &selection)?;
+    let mut stack = discover(&docker, &selection)?;
     let storage = detect_stack(&SystemRunner, &stack, args.strategy.snapshot_size)?;
+    // Sizes cost a walk of every file; measure only when something needs
+    // them: a downtime budget, or a repository that might be too small.
+    if args.strategy.max_downtime.is_some() {
+        stack.measure()?;
+    }
     if !args.skip_space_check {
-        let need = repo.estimate_backup_bytes(&selection.to_string(), stack.total_bytes());
         let free = repo.free_bytes()?;
-        if free < need {
-            anyhow::bail!(
-                "repository {} has {} free, this backup needs about {} ({} of data{}); nothing was stopped. Free space, use another --repo, or pass --skip-space-check",
-                repo.root().display(),
-                human_bytes(free),
-                human_bytes(need),
-                human_bytes(stack.total_bytes()),
-                if need < stack.total_bytes() { ", compressed as last time" } else { ", assumed incompressible" }
-            );
+        if !stack.measured && stack.used_space_bound()? > free {
+            stack.measure()?;
+        }
+        if stack.measured {
+            let need = repo.estimate_backup_bytes(&selection.to_string(), stack.total_bytes());
+            if free < need {
+                anyhow::bail!(
+                    "repository {} has {} free, this backup needs about {} ({} of data{}); nothing was stopped. Free space, use another --repo, or pass --skip-space-check",
+                    repo.root().display(),
+                    human_bytes(free),
+                    human_bytes(need),
+                    human_bytes(stack.total_bytes()),
+                    if need < stack.total_bytes() { ", compressed as last time" } else { ", assumed incompressible" }
+                );
+            }
         }
     }
     let mut plan = build(&stack, &storage, &args.strategy.to_options())?;

@@ -50,7 +50,8 @@ struct StepLine<'a> {
 pub fn run(args: PlanArgs) -> Result<i32> {
     let selection = args.selection.to_selection()?;
     let docker = Docker::connect()?;
-    let stack = discover(&docker, &selection)?;
+    let mut stack = discover(&docker, &selection)?;
+    stack.measure()?;
     let storage = detect_stack(&SystemRunner, &stack, args.strategy.snapshot_size)?;
     let plan = build(&stack, &storage, &args.strategy.to_options())?;
     let report = report(&stack, &storage, &plan);
