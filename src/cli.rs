@@ -373,7 +373,9 @@ pub struct BackupArgs {
     pub strategy: StrategyArgs,
     #[arg(long, value_enum, default_value = "zstd")]
     pub compression: CompressionArg,
-    /// Compression level (zstd 1-19, gzip 1-9).
+    /// Compression level: zstd 1-19 (default 1, the fast strategy; 3 is
+    /// zstd's own default, about 1.5x slower here for a 0.1% smaller
+    /// archive), gzip 1-9 (default 6).
     #[arg(long, value_name = "N")]
     pub level: Option<i32>,
     /// Compression worker threads (default: one per core).

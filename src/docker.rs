@@ -16,8 +16,35 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// How long a container without a healthcheck must stay up, in one run, to
-/// count as started again.
-pub const READY_SETTLE: Duration = Duration::from_millis(1000);
+/// count as started again (see [`Docker::wait_ready`]).
+pub const READY_SETTLE: Duration = Duration::from_millis(500);
+
+/// A container seen running without a healthcheck, to be confirmed still
+/// up (in the same run) once [`READY_SETTLE`] has passed.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    pub id: String,
+    pub name: String,
+    started_at: String,
+    seen: Instant,
+}
+
+impl Settle {
+    pub fn confirm(&self, docker: &Docker) -> Result<()> {
+        std::thread::sleep(READY_SETTLE.saturating_sub(self.seen.elapsed()));
+        let name = &self.name;
+        match docker.inspect_container(&self.id)? {
+            Some(info) if info.running && info.started_at == self.started_at => Ok(()),
+            Some(info) if info.running => Err(anyhow!(
+                "container {name} restarted right after it was started (it crashed); see 'docker logs {name}'"
+            )),
+            Some(_) => Err(anyhow!(
+                "container {name} exited right after it was started; see 'docker logs {name}'"
+            )),
+            None => Err(anyhow!("container {name} disappeared right after it was started")),
+        }
+    }
+}
 
 /// A container as volsnap needs to see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -374,12 +401,15 @@ impl Docker {
 
     /// Waits until a started container runs (and is healthy, when it has a
     /// healthcheck). Fails when it exits, turns unhealthy, or time runs out.
-    pub fn wait_ready(&self, id: &str, name: &str, timeout: Duration) -> Result<()> {
+    ///
+    /// Without a healthcheck, "running" is all there is to wait for (as
+    /// compose's `service_started`), but a service that crashes a moment
+    /// later must not pass: the returned [`Settle`] confirms, once
+    /// [`READY_SETTLE`] has passed, that the same run is still up. Callers
+    /// with several containers confirm them all at the end, so the wait is
+    /// paid once, not per container.
+    pub fn wait_ready(&self, id: &str, name: &str, timeout: Duration) -> Result<Option<Settle>> {
         let deadline = Instant::now() + timeout;
-        // Without a healthcheck, "running" alone would accept a service that
-        // crashes a moment after it starts: ask that the same run (same
-        // StartedAt) has lasted READY_SETTLE.
-        let mut seen_run: Option<(String, Instant)> = None;
         loop {
             let info = self
                 .inspect_container(id)?
@@ -389,32 +419,32 @@ impl Docker {
                     "container {name} exited right after it was started; see 'docker logs {name}'"
                 ));
             }
-            let ready = match info.health.as_deref() {
-                Some(health) => health == "healthy",
-                None => match &seen_run {
-                    Some((run, since)) if *run == info.started_at => {
-                        since.elapsed() >= READY_SETTLE
-                    }
-                    _ => {
-                        seen_run = Some((info.started_at.clone(), Instant::now()));
-                        false
-                    }
-                },
-            };
-            if ready {
-                return Ok(());
+            match info.health.as_deref() {
+                None => {
+                    return Ok(Some(Settle {
+                        id: id.to_string(),
+                        name: name.to_string(),
+                        started_at: info.started_at,
+                        seen: Instant::now(),
+                    }))
+                }
+                Some("healthy") => return Ok(None),
+                Some(health) if Instant::now() >= deadline => {
+                    return Err(anyhow!(
+                        "container {name} is running but not healthy ({health}) after {} s; see 'docker inspect {name}'",
+                        timeout.as_secs()
+                    ))
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(100)),
             }
-            if Instant::now() >= deadline {
-                let state = match info.health {
-                    Some(health) => format!("running but not healthy ({health})"),
-                    None => "restarting again and again".to_string(),
-                };
-                return Err(anyhow!(
-                    "container {name} is {state} after {} s; see 'docker inspect {name}'",
-                    timeout.as_secs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `wait_ready`, then the settle check at once: for single containers.
+    pub fn wait_ready_settled(&self, id: &str, name: &str, timeout: Duration) -> Result<()> {
+        match self.wait_ready(id, name, timeout)? {
+            Some(settle) => settle.confirm(self),
+            None => Ok(()),
         }
     }
 

@@ -220,7 +220,7 @@ fn run_drill(
         docker.start(&id)?;
         let left = deadline.saturating_duration_since(Instant::now());
         docker
-            .wait_ready(&id, &name, left)
+            .wait_ready_settled(&id, &name, left)
             .with_context(|| format!("the drill copy of {} did not come up", c.info.name))?;
         report.containers.push(name.clone());
         copies.push((id, name, c.service.clone(), c.info.name.clone()));

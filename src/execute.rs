@@ -11,7 +11,7 @@
 use crate::archive::{write_archive, ArchiveOptions, ArchiveSummary};
 use crate::cancel::Cancel;
 use crate::discovery::{ComposeIdentity, Stack};
-use crate::docker::{DaemonUnreachable, Docker};
+use crate::docker::{DaemonUnreachable, Docker, Settle};
 use crate::journal::{Journal, Undo};
 use crate::manifest::{
     render_sums, Consistency, ContainerRecord, Manifest, VolumeRecord, FORMAT_VERSION,
@@ -87,6 +87,9 @@ struct Run<'a> {
     /// Undos that could not run because the Docker daemon never answered:
     /// they stay in the journal for `volsnap recover`.
     left_for_recover: Vec<Action>,
+    /// Restarted containers without a healthcheck, confirmed still up at
+    /// the end of the run.
+    settles: Vec<Settle>,
     committed: Option<(Manifest, PathBuf)>,
     snapshot_label: Option<String>,
     journal: Option<Journal>,
@@ -110,6 +113,7 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         downtime: Duration::ZERO,
         problems: Vec::new(),
         left_for_recover: Vec::new(),
+        settles: Vec::new(),
         committed: None,
         snapshot_label: None,
         journal,
@@ -223,6 +227,13 @@ impl<'a> Run<'a> {
             self.note_service_up(&step.action);
             job.observer.step_finished(step, begun.elapsed());
         }
+        for settle in std::mem::take(&mut self.settles) {
+            if let Err(e) = settle.confirm(job.docker) {
+                let message = format!("{e:#}");
+                job.observer.warning(&message);
+                self.problems.push(message);
+            }
+        }
         Ok(())
     }
 
@@ -262,11 +273,15 @@ impl<'a> Run<'a> {
                 container,
                 name,
                 timeout_secs,
-            } => docker.wait_ready(
-                &self.current_container(container, name)?,
-                name,
-                Duration::from_secs((*timeout_secs).into()),
-            ),
+            } => {
+                let settle = docker.wait_ready(
+                    &self.current_container(container, name)?,
+                    name,
+                    Duration::from_secs((*timeout_secs).into()),
+                )?;
+                self.settles.extend(settle);
+                Ok(())
+            }
             Action::Hook {
                 container,
                 name,

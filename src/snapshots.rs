@@ -221,7 +221,7 @@ pub fn rollback(
         tracing::info!("starting {}", c.info.name);
         if let Err(e) = docker
             .start(&c.info.id)
-            .and_then(|_| docker.wait_ready(&c.info.id, &c.info.name, ready_timeout))
+            .and_then(|_| docker.wait_ready_settled(&c.info.id, &c.info.name, ready_timeout))
         {
             start_errors.push(format!("{e:#}"));
         } else {
