@@ -28,6 +28,13 @@ Examples:
   volsnap snapshot --project milvus --name before-2.4   # then upgrade
   volsnap rollback before-2.4                           # if the upgrade broke it
   volsnap snapshots drop before-2.4                     # once it did not
+  volsnap prune --repo /backups --keep-daily 7 --keep-weekly 4 --dry-run
+  volsnap drill --repo /backups --project milvus --check etcd='etcdctl endpoint health'
+
+Unattended (jobs in /etc/volsnap/volsnap.toml, see docs/volsnap.example.toml):
+  volsnap config check
+  volsnap run nightly        # or: volsnap daemon, or: volsnap systemd nightly
+  volsnap status
 
 Exit status: 0 success, 1 failure, 2 bad usage.";
 
@@ -122,6 +129,7 @@ pub struct StatusArgs {
     pub config: ConfigArgs,
     #[command(flatten)]
     pub state: StateArgs,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -142,9 +150,10 @@ pub struct SystemdArgs {
 #[derive(Args, Debug)]
 #[command(after_help = "\
 Examples:
-  volsnap drill --repo /backups latest --project milvus --check milvus='curl -fs localhost:9091/healthz'
+  volsnap drill --repo /backups --project milvus --check etcd='etcdctl endpoint health'
   volsnap run nightly --drill     # the drill settings of a configured job")]
 pub struct DrillArgs {
+    /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (of the selection).
@@ -162,6 +171,7 @@ pub struct DrillArgs {
     pub timeout: u64,
     #[command(flatten)]
     pub state: StateArgs,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -175,6 +185,7 @@ Examples:
   volsnap prune --repo /backups --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
   volsnap prune --repo /backups --project milvus --keep-last 3")]
 pub struct PruneArgs {
+    /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     #[command(flatten)]
@@ -186,6 +197,7 @@ pub struct PruneArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub state: StateArgs,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -199,18 +211,23 @@ pub struct PolicyArgs {
     /// Keep the newest backup of each of the N newest hours.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_hourly: u32,
+    /// Keep the newest backup of each of the N newest days.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_daily: u32,
+    /// Keep the newest backup of each of the N newest ISO weeks.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_weekly: u32,
+    /// Keep the newest backup of each of the N newest months.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_monthly: u32,
+    /// Keep the newest backup of each of the N newest years.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_yearly: u32,
 }
 
 #[derive(Args, Debug)]
 pub struct ProtectArgs {
+    /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     /// Backup id, or "latest".
@@ -223,6 +240,8 @@ pub struct ProtectArgs {
 /// Where volsnap keeps its state: the host lock, run journals, kept snapshots.
 #[derive(Args, Debug, Clone)]
 pub struct StateArgs {
+    /// Where volsnap keeps the host lock, run journals, kept snapshots and
+    /// the run log.
     #[arg(long, env = "VOLSNAP_STATE_DIR", value_name = "DIR", default_value = volsnap::snapshots::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }
@@ -246,6 +265,7 @@ pub struct SnapshotArgs {
     pub snapshot_size: Option<u64>,
     #[command(flatten)]
     pub state: StateArgs,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -417,14 +437,17 @@ impl From<CompressionArg> for Compression {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
+    /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     /// Backup id, or "latest".
@@ -437,6 +460,7 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
+    /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     /// Backup id, or "latest".
