@@ -259,12 +259,13 @@ fn the_daemon_runs_a_job_on_its_schedule_and_stops_cleanly() {
 
 #[test]
 fn a_run_missed_while_the_daemon_was_down_runs_once_at_start() {
-    // Hourly at minute 0: with a last run two hours ago, one run is due now.
-    let s = setup("missed", "schedule = \"0 0 * * * *\"", "");
-    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    // Once a year (midnight, January 1st): with a last run two years ago, one
+    // run is due now (not two), and the next is far beyond the test.
+    let s = setup("missed", "schedule = \"0 0 1 1 *\"", "");
+    let two_years_ago = chrono::Utc::now() - chrono::Duration::days(730);
     let old = serde_json::json!({
         "job": "nightly", "kind": "backup", "status": "success",
-        "started_at": two_hours_ago, "finished_at": two_hours_ago, "duration_ms": 1000,
+        "started_at": two_years_ago, "finished_at": two_years_ago, "duration_ms": 1000,
     });
     std::fs::write(s.dir.join("runs.jsonl"), format!("{old}\n")).unwrap();
     let config = s.config.to_str().unwrap();
