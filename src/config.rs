@@ -9,7 +9,7 @@
 use crate::manifest::Compression;
 use crate::plan::{Quiesce, RequestedStrategy};
 use crate::retention::Policy;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -331,11 +331,6 @@ fn job_line(text: &str, name: &str, key: &str) -> usize {
         }
     }
     job_header.unwrap_or(1)
-}
-
-pub fn load_or_default(path: Option<&Path>) -> Result<Config> {
-    let path = path.unwrap_or(Path::new(DEFAULT_CONFIG));
-    Config::load(path).with_context(|| format!("configuration {}", path.display()))
 }
 
 #[cfg(test)]

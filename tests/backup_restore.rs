@@ -289,16 +289,11 @@ fn online_backup_lists_files_changed_while_read() {
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
     let started = inspect(&writer, "{{.State.StartedAt}}");
-    let report = json(&ok(volsnap(&[
-        "backup",
-        "--project",
+    let report = json(&ok(volsnap(&backup_args(
         &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "online",
-        "--json",
-    ])));
+        &repo,
+        &["--strategy", "online", "--json"],
+    ))));
     assert_eq!(report["strategy"], "online");
     assert_eq!(report["consistency"], "best-effort");
     assert_eq!(report["downtime_ms"], 0);

@@ -203,13 +203,7 @@ fn read_only_repository_is_refused_before_anything_stops() {
         .status()
         .unwrap();
     assert!(status.success(), "mounting a read-only tmpfs needs root");
-    let out = volsnap(&[
-        "backup",
-        "--project",
-        &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-    ]);
+    let out = volsnap(&backup_args(&p.name, &repo, &[]));
     let _ = std::process::Command::new("umount").arg(&repo).status();
     assert_fails(&out, 1, "not writable");
     assert!(is_running(&app));

@@ -394,16 +394,11 @@ fn failed_snapshot_backup_drops_snapshots_and_restarts_services() {
             repo.to_str().unwrap(),
         ],
     );
-    let out = volsnap(&[
-        "backup",
-        "--project",
+    let out = volsnap(&backup_args(
         &s.p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--compression",
-        "none",
-        "--skip-space-check",
-    ]);
+        &repo,
+        &["--compression", "none", "--skip-space-check"],
+    ));
     let leftovers: Vec<_> = std::fs::read_dir(&repo)
         .unwrap()
         .map(|e| e.unwrap().file_name())

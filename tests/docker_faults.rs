@@ -50,16 +50,7 @@ fn hold_cold_backup(p: &mut Project, repo: &Path, env: &[(&str, &str)]) -> HeldB
     env.push(("VOLSNAP_FAULT_HOLD_BEFORE_STEP", &step));
     env.push(("VOLSNAP_FAULT_HOLD_FILE", hold.to_str().unwrap()));
     let child = spawn_volsnap_env(
-        &[
-            "backup",
-            "--project",
-            &p.name,
-            "--repo",
-            repo.to_str().unwrap(),
-            "--strategy",
-            "cold",
-            "--json",
-        ],
+        &backup_args(&p.name, repo, &["--strategy", "cold", "--json"]),
         &env,
     );
     wait_until("the backup to reach its first start", 60, || hold.exists());

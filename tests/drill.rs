@@ -52,16 +52,11 @@ fn stack(p: &mut Project, state: &str) -> String {
 }
 
 fn backup(p: &Project, repo: &Path) -> String {
-    let out = ok(volsnap(&[
-        "backup",
-        "--project",
+    let out = ok(volsnap(&backup_args(
         &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "cold",
-        "--json",
-    ]));
+        repo,
+        &["--strategy", "cold", "--json"],
+    )));
     let report: Value = serde_json::from_str(&out).unwrap();
     report["id"].as_str().unwrap().to_string()
 }

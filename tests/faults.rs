@@ -68,6 +68,21 @@ fn assert_clean(repo: &Path, containers: &[&str], sources: &[(&Path, &Path)]) {
     }
 }
 
+/// A 4 MiB filesystem at `dir`: a repository that fills up.
+fn mount_tiny_tmpfs(dir: &Path) {
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ],
+    );
+}
+
 /// A copy of a fixture to compare the source against after each fault.
 fn pristine_copy(p: &mut Project, source: &Path) -> PathBuf {
     let copy = p.tempdir().join("pristine");
@@ -152,28 +167,12 @@ fn sigkill_at_every_step_of_cold_and_online_runs_is_recovered() {
     kill_before_every_step(&p, "online", &[], &repo, &check);
     // And what a killed run left is also repaired by the next run itself.
     let out = volsnap_env(
-        &[
-            "backup",
-            "--project",
-            &p.name,
-            "--repo",
-            repo.to_str().unwrap(),
-            "--strategy",
-            "cold",
-        ],
+        &backup_args(&p.name, &repo, &["--strategy", "cold"]),
         &[("VOLSNAP_FAULT_KILL_BEFORE_STEP", "3")],
     );
     assert_eq!(out.status.signal(), Some(9));
     assert!(!is_running(&app), "the killed run had stopped app");
-    let out = volsnap(&[
-        "backup",
-        "--project",
-        &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "online",
-    ]);
+    let out = volsnap(&backup_args(&p.name, &repo, &["--strategy", "online"]));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("recovery: "), "{}", stderr(&out));
     check();
@@ -228,19 +227,18 @@ fn sigterm_during_archive_aborts_cleanly() {
     std::fs::write(path.join("big.bin"), &data).unwrap();
     let m = format!("{vol}:/data");
     let app = p.service("app", &[], &["-v", &m], &["idle"]);
-    let child = spawn_volsnap(&[
-        "backup",
-        "--project",
+    let child = spawn_volsnap(&backup_args(
         &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "cold",
-        "--compression",
-        "gzip",
-        "--level",
-        "9",
-    ]);
+        &repo,
+        &[
+            "--strategy",
+            "cold",
+            "--compression",
+            "gzip",
+            "--level",
+            "9",
+        ],
+    ));
     // Wait until the archive is being written, then ask it to stop.
     wait_until("the archive to start", 60, || {
         std::fs::read_dir(&repo).unwrap().any(|e| {
@@ -276,34 +274,25 @@ fn a_second_run_is_refused_while_one_holds_the_lock() {
     std::fs::write(path.join("big.bin"), &data).unwrap();
     let m = format!("{vol}:/data");
     let app = p.service("app", &[], &["-v", &m], &["idle"]);
-    let first = spawn_volsnap(&[
-        "backup",
-        "--project",
+    let first = spawn_volsnap(&backup_args(
         &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "online",
-        "--compression",
-        "gzip",
-        "--level",
-        "9",
-    ]);
+        &repo,
+        &[
+            "--strategy",
+            "online",
+            "--compression",
+            "gzip",
+            "--level",
+            "9",
+        ],
+    ));
     let lock = state_dir().join("lock");
     wait_until("the first run to take the lock", 30, || {
         std::fs::read_to_string(&lock)
             .unwrap_or_default()
             .contains(&format!("pid {}", first.id()))
     });
-    let second = volsnap(&[
-        "backup",
-        "--project",
-        &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "cold",
-    ]);
+    let second = volsnap(&backup_args(&p.name, &repo, &["--strategy", "cold"]));
     assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
     assert!(
         stderr(&second).contains("another volsnap run holds the lock"),
@@ -330,27 +319,12 @@ fn enospc_during_a_cold_backup_removes_the_partial_backup_and_restarts() {
     let m = format!("{vol}:/data");
     let app = p.service("app", &[], &["-v", &m], &["idle"]);
     let repo = p.tempdir();
-    sh(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=4m",
-            "tmpfs",
-            repo.to_str().unwrap(),
-        ],
-    );
-    let out = volsnap(&[
-        "backup",
-        "--project",
+    mount_tiny_tmpfs(&repo);
+    let out = volsnap(&backup_args(
         &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--compression",
-        "none",
-        "--skip-space-check",
-    ]);
+        &repo,
+        &["--compression", "none", "--skip-space-check"],
+    ));
     let clean = std::fs::read_dir(&repo).unwrap().count() == 0;
     let _ = Command::new("umount").arg(&repo).status();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -368,26 +342,8 @@ fn a_repository_too_small_is_refused_before_anything_stops() {
     let app = p.service("app", &[], &["-v", &m], &["idle"]);
     let started = inspect(&app, "{{.State.StartedAt}}");
     let repo = p.tempdir();
-    sh(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=4m",
-            "tmpfs",
-            repo.to_str().unwrap(),
-        ],
-    );
-    let out = volsnap(&[
-        "backup",
-        "--project",
-        &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "cold",
-    ]);
+    mount_tiny_tmpfs(&repo);
+    let out = volsnap(&backup_args(&p.name, &repo, &["--strategy", "cold"]));
     let empty = std::fs::read_dir(&repo).unwrap().count() == 0;
     let _ = Command::new("umount").arg(&repo).status();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -425,16 +381,11 @@ fn a_service_that_does_not_come_back_is_reported_and_the_backup_kept() {
     // Wait for the first start to have marked itself.
     let marker = volume_path(&vol).join("started");
     wait_until("flaky to start", 30, || marker.exists());
-    let out = volsnap(&[
-        "backup",
-        "--project",
+    let out = volsnap(&backup_args(
         &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "cold",
-        "--json",
-    ]);
+        &repo,
+        &["--strategy", "cold", "--json"],
+    ));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("the backup is complete, but"),

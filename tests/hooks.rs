@@ -8,15 +8,7 @@ use common::*;
 use std::path::Path;
 
 fn backup(p: &Project, repo: &Path) -> std::process::Output {
-    volsnap(&[
-        "backup",
-        "--project",
-        &p.name,
-        "--repo",
-        repo.to_str().unwrap(),
-        "--strategy",
-        "cold",
-    ])
+    volsnap(&backup_args(&p.name, repo, &["--strategy", "cold"]))
 }
 
 fn backups_in(repo: &Path) -> usize {

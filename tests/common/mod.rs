@@ -76,6 +76,14 @@ pub fn step_number(project: &str, strategy: &str, name: &str) -> usize {
         + 1
 }
 
+/// The arguments of `volsnap backup --project PROJECT --repo REPO`, then `extra`.
+pub fn backup_args<'a>(project: &'a str, repo: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let repo = repo.to_str().expect("test paths are UTF-8");
+    let mut args = vec!["backup", "--project", project, "--repo", repo];
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
