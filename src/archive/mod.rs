@@ -10,25 +10,21 @@
 
 use crate::cancel::Cancel;
 use crate::error::Cancelled;
-use crate::hashing::{hex_digest, HashingReader};
+use crate::hashing::HashingReader;
 use crate::manifest::{Compression, EntryKind, FileEntry};
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use xattr::FileExt as _;
 
+mod stage;
+
 const IO_BUFFER: usize = 1 << 20;
-/// Bytes per zstd worker job (see [`Compressor::new`]).
-const ZSTD_JOB_BYTES: u32 = 2 << 20;
-/// Start writing an archive back to disk every this many bytes, so the
-/// final fsync has little left to wait for.
-const WRITEBACK_BYTES: u64 = 32 << 20;
 /// Prefix of the PAX records that carry extended attributes.
 pub const XATTR_PAX_PREFIX: &str = "SCHILY.xattr.";
 
@@ -83,16 +79,15 @@ pub fn write_archive(
     cancel: &Cancel,
     progress: &dyn Fn(u64),
 ) -> Result<ArchiveSummary> {
-    let output = OutputThread::start(WritebackFile::new(crate::fsutil::create_private(dest)?))?;
-    let compressor = Compressor::new(output, options)?;
-    let mut builder = tar::Builder::new(BufWriter::with_capacity(IO_BUFFER, compressor));
+    let pipeline = stage::start(crate::fsutil::create_private(dest)?, options)?;
+    let mut builder = tar::Builder::new(pipeline);
     builder.follow_symlinks(false);
 
     let mut writer = TreeWriter {
         builder: &mut builder,
         summary: ArchiveSummary::default(),
         hard_links: HashMap::new(),
-        read_buffer: vec![0; IO_BUFFER],
+        hashed_entries: Vec::new(),
         throttle: Throttle::new(options.bwlimit),
         cancel,
         progress,
@@ -101,146 +96,28 @@ pub fn write_archive(
         unwrap_cancelled(e).context(format!("archiving {} failed", source.display()))
     })?;
     let mut summary = writer.summary;
+    let hashed_entries = writer.hashed_entries;
 
     let write_err = || format!("cannot write archive {}", dest.display());
-    let compressor = builder
+    let ((file, sha256, archive_bytes), digests) = builder
         .into_inner()
-        .and_then(|buffered| buffered.into_inner().map_err(|e| e.into_error()))
+        .and_then(stage::Stage::finish)
         .with_context(write_err)?;
-    let (file, sha256, archive_bytes) = compressor
-        .finish()
-        .and_then(OutputThread::finish)
-        .with_context(write_err)?;
-    file.file.sync_all().with_context(write_err)?;
+    if digests.len() != hashed_entries.len() {
+        bail!(
+            "archiving {} went wrong: {} file digests for {} files (a bug; the backup is not kept)",
+            source.display(),
+            digests.len(),
+            hashed_entries.len()
+        );
+    }
+    for (index, digest) in hashed_entries.into_iter().zip(digests) {
+        summary.entries[index].sha256 = Some(digest);
+    }
+    file.sync_all().with_context(write_err)?;
     summary.sha256 = sha256;
     summary.archive_bytes = archive_bytes;
     Ok(summary)
-}
-
-/// The last stage of the writer, on a thread of its own: hashes the
-/// compressed stream and writes it, so the archiving thread only reads,
-/// hashes files and feeds the compressor. Chunks travel through a bounded
-/// channel: memory stays at a few buffers.
-struct OutputThread {
-    sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    buffer: Vec<u8>,
-    thread: Option<std::thread::JoinHandle<io::Result<(WritebackFile, String, u64)>>>,
-}
-
-impl OutputThread {
-    fn start(mut file: WritebackFile) -> Result<Self> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let thread = std::thread::Builder::new()
-            .name("archive-writer".into())
-            .spawn(move || {
-                let mut hasher = Sha256::new();
-                let mut bytes = 0u64;
-                for chunk in receiver {
-                    hasher.update(&chunk);
-                    file.write_all(&chunk)?;
-                    bytes += chunk.len() as u64;
-                }
-                Ok((file, hex_digest(hasher), bytes))
-            })
-            .context("cannot start the archive writer thread")?;
-        Ok(Self {
-            sender: Some(sender),
-            buffer: Vec::with_capacity(IO_BUFFER),
-            thread: Some(thread),
-        })
-    }
-
-    fn send_buffer(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(IO_BUFFER));
-        let sent = self.sender.as_ref().map(|s| s.send(chunk));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            // The writer stopped: its own error says why.
-            _ => Err(self
-                .join()
-                .err()
-                .unwrap_or_else(|| io::Error::other("the archive writer stopped"))),
-        }
-    }
-
-    fn join(&mut self) -> io::Result<(WritebackFile, String, u64)> {
-        self.sender.take();
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the archive writer thread panicked")),
-            None => Err(io::Error::other("the archive writer already finished")),
-        }
-    }
-
-    /// Sends what is buffered, waits for the writer, returns the file, the
-    /// stream's SHA-256 and its length.
-    fn finish(mut self) -> io::Result<(WritebackFile, String, u64)> {
-        if !self.buffer.is_empty() {
-            self.send_buffer()?;
-        }
-        self.join()
-    }
-}
-
-impl Write for OutputThread {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = IO_BUFFER - self.buffer.len();
-        let n = buf.len().min(room);
-        self.buffer.extend_from_slice(&buf[..n]);
-        if self.buffer.len() >= IO_BUFFER {
-            self.send_buffer()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A file that asks the kernel to start writing back every
-/// [`WRITEBACK_BYTES`], overlapping disk writes with archiving instead of
-/// leaving them all to the final fsync.
-struct WritebackFile {
-    file: File,
-    written: u64,
-    flushed_to: u64,
-}
-
-impl WritebackFile {
-    fn new(file: File) -> Self {
-        Self {
-            file,
-            written: 0,
-            flushed_to: 0,
-        }
-    }
-}
-
-impl Write for WritebackFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.flushed_to >= WRITEBACK_BYTES {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a plain syscall on a file descriptor we own; it only
-            // schedules writeback and touches no memory of ours.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.flushed_to as i64,
-                    (self.written - self.flushed_to) as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-            self.flushed_to = self.written;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
 }
 
 /// Turns an I/O error that carries [`Cancelled`] back into it, so callers
@@ -257,12 +134,14 @@ fn unwrap_cancelled(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-struct TreeWriter<'a, W: Write> {
-    builder: &'a mut tar::Builder<W>,
+struct TreeWriter<'a> {
+    builder: &'a mut tar::Builder<stage::Stage<stage::Sealed>>,
     summary: ArchiveSummary,
     /// (device, inode) of multiply-linked files already archived → their path.
     hard_links: HashMap<(u64, u64), String>,
-    read_buffer: Vec<u8>,
+    /// Indexes in `summary.entries` of the files whose content went into
+    /// the archive, in order: the pipeline's digests belong to them.
+    hashed_entries: Vec<usize>,
     throttle: Throttle,
     cancel: &'a Cancel,
     progress: &'a dyn Fn(u64),
@@ -304,7 +183,7 @@ impl Throttle {
     }
 }
 
-impl<W: Write> TreeWriter<'_, W> {
+impl TreeWriter<'_> {
     fn write_tree(&mut self, root: &Path) -> Result<()> {
         let root_meta = fs::symlink_metadata(root)
             .with_context(|| format!("cannot read {}", root.display()))?;
@@ -450,23 +329,17 @@ impl<W: Write> TreeWriter<'_, W> {
             entry.size = meta.len();
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(entry.size);
-            let mut reader = ExactReader {
-                file: &file,
-                buffer: &mut self.read_buffer,
-                pos: 0,
-                filled: 0,
-                remaining: entry.size,
-                hasher: Sha256::new(),
-                came_up_short: false,
-                cancel: self.cancel,
-                progress: self.progress,
-                throttle: &mut self.throttle,
-            };
-            self.builder
-                .append_data(&mut header, tar_path, &mut reader)
+            // append_data writes the header (after a GNU long-name entry when
+            // the path needs one), then copies `data` and pads it; with an
+            // empty reader it stops after the header and the content follows
+            // here, read straight into the pipeline's chunks.
+            let came_up_short = self
+                .builder
+                .append_data(&mut header, tar_path, io::empty())
+                .and_then(|()| self.copy_content(&file, entry.size))
                 .with_context(|| format!("cannot archive {}", abs.display()))?;
-            let came_up_short = reader.came_up_short;
-            entry.sha256 = Some(hex_digest(reader.hasher));
+            // The pipeline hashes the content; the digest is filled in at the end.
+            self.hashed_entries.push(self.summary.entries.len());
             let after = file
                 .metadata()
                 .with_context(|| format!("cannot read {}", abs.display()))?;
@@ -501,6 +374,45 @@ impl<W: Write> TreeWriter<'_, W> {
         }
         self.summary.entries.push(entry);
         Ok(())
+    }
+
+    /// Copies exactly `size` bytes of `file` into the archive, marked as
+    /// content for the pipeline to hash, then pads to the tar block. A file
+    /// that shrank while read is padded with zeros (and reported as changed:
+    /// `true`), one that grew is cut at `size`: either way the archive stays
+    /// valid.
+    fn copy_content(&mut self, mut file: &File, size: u64) -> io::Result<bool> {
+        let pipeline = self.builder.get_mut();
+        let mut came_up_short = false;
+        let mut remaining = size;
+        while remaining > 0 {
+            if self.cancel.is_cancelled() {
+                return Err(io::Error::other(Cancelled));
+            }
+            let room = pipeline.room(remaining.min(usize::MAX as u64) as usize)?;
+            let mut n = 0;
+            if !came_up_short {
+                n = loop {
+                    match file.read(room) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other?,
+                    }
+                };
+            }
+            if n == 0 {
+                came_up_short = true;
+                room.fill(0);
+                n = room.len();
+            }
+            pipeline.commit_content(n);
+            remaining -= n as u64;
+            (self.progress)(n as u64);
+            self.throttle.consume(n as u64);
+        }
+        pipeline.end_content();
+        let padding = (512 - size % 512) % 512;
+        pipeline.write_all(&[0; 512][..padding as usize])?;
+        Ok(came_up_short)
     }
 
     /// Archives extended attributes (names from `list`, values from `get`)
@@ -604,132 +516,6 @@ fn changed_while_read(before: &fs::Metadata, after: &fs::Metadata) -> bool {
     before.len() != after.len()
         || (before.mtime(), before.mtime_nsec()) != (after.mtime(), after.mtime_nsec())
         || (before.ctime(), before.ctime_nsec()) != (after.ctime(), after.ctime_nsec())
-}
-
-/// Yields exactly the size announced in the tar header, hashing it: a file
-/// that shrank while read is padded with zeros (and reported as changed), one
-/// that grew is cut at the announced size. Either way the archive stays valid.
-///
-/// It reads through a buffer reused from file to file: small-file trees
-/// would otherwise allocate (and fault in) a fresh buffer per file.
-struct ExactReader<'a> {
-    file: &'a File,
-    buffer: &'a mut [u8],
-    pos: usize,
-    filled: usize,
-    /// Bytes still to hand out.
-    remaining: u64,
-    hasher: Sha256,
-    came_up_short: bool,
-    cancel: &'a Cancel,
-    progress: &'a dyn Fn(u64),
-    throttle: &'a mut Throttle,
-}
-
-impl Read for ExactReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 || buf.is_empty() {
-            return Ok(0);
-        }
-        if self.cancel.is_cancelled() {
-            return Err(io::Error::other(Cancelled));
-        }
-        if self.pos == self.filled {
-            let want = self
-                .buffer
-                .len()
-                .min(self.remaining.min(usize::MAX as u64) as usize);
-            let mut file = self.file;
-            let n = loop {
-                match file.read(&mut self.buffer[..want]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other?,
-                }
-            };
-            if n == 0 {
-                // Shrank while read: pad, and report it as changed.
-                self.came_up_short = true;
-                self.buffer[..want].fill(0);
-                self.filled = want;
-            } else {
-                self.filled = n;
-            }
-            self.pos = 0;
-            self.hasher.update(&self.buffer[..self.filled]);
-            (self.progress)(self.filled as u64);
-            self.throttle.consume(self.filled as u64);
-        }
-        let n = buf
-            .len()
-            .min(self.filled - self.pos)
-            .min(self.remaining as usize);
-        buf[..n].copy_from_slice(&self.buffer[self.pos..self.pos + n]);
-        self.pos += n;
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
-/// The compression stage of the writer.
-enum Compressor<W: Write> {
-    Zstd(zstd::stream::write::Encoder<'static, W>),
-    Gzip(flate2::write::GzEncoder<W>),
-    Plain(W),
-}
-
-impl<W: Write> Compressor<W> {
-    fn new(inner: W, options: &ArchiveOptions) -> Result<Self> {
-        Ok(match options.compression {
-            Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(inner, options.level)
-                    .context("cannot start zstd compression")?;
-                if options.threads > 1 {
-                    encoder
-                        .multithread(options.threads)
-                        .context("cannot start zstd worker threads")?;
-                    // zstd's default job (4x the window) keeps ~120 MiB in
-                    // flight at level 3; 2 MiB jobs keep memory flat at a
-                    // ratio cost under 1%.
-                    encoder
-                        .set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_BYTES))
-                        .context("cannot set the zstd job size")?;
-                }
-                encoder.include_checksum(true)?;
-                Compressor::Zstd(encoder)
-            }
-            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
-                inner,
-                flate2::Compression::new(options.level.clamp(1, 9) as u32),
-            )),
-            Compression::None => Compressor::Plain(inner),
-        })
-    }
-
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Compressor::Zstd(e) => e.finish(),
-            Compressor::Gzip(e) => e.finish(),
-            Compressor::Plain(mut w) => w.flush().map(|_| w),
-        }
-    }
-}
-
-impl<W: Write> Write for Compressor<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Compressor::Zstd(e) => e.write(buf),
-            Compressor::Gzip(e) => e.write(buf),
-            Compressor::Plain(w) => w.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Compressor::Zstd(e) => e.flush(),
-            Compressor::Gzip(e) => e.flush(),
-            Compressor::Plain(w) => w.flush(),
-        }
-    }
 }
 
 type HashedFile = HashingReader<BufReader<File>>;
@@ -989,8 +775,59 @@ impl<'m> EntryChecker<'m> {
 
 #[cfg(test)]
 mod tests {
-    use super::Throttle;
+    use super::*;
     use std::time::Duration;
+
+    /// A file cut short while it is read: the archive still holds the size
+    /// announced in its header (padded with zeros), stays readable, and the
+    /// file is reported as changed.
+    #[test]
+    fn a_file_that_shrinks_while_read_keeps_the_archive_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        fs::create_dir(&source).unwrap();
+        let victim = source.join("shrinks.db");
+        let size = 64u64 << 20;
+        File::create(&victim).unwrap().set_len(size).unwrap();
+        fs::write(source.join("z-after.txt"), b"still here").unwrap();
+        let dest = dir.path().join("out.tar");
+        // 32 MiB/s: reading takes 2 s; the file is cut after 0.3 s. The
+        // entry after it must still be intact.
+        let options = ArchiveOptions {
+            compression: Compression::None,
+            bwlimit: Some(32 << 20),
+            ..ArchiveOptions::default()
+        };
+        let cutter = std::thread::spawn({
+            let victim = victim.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(300));
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(victim)
+                    .unwrap()
+                    .set_len(4096)
+                    .unwrap();
+            }
+        });
+        let summary = write_archive(&source, &dest, &options, &Cancel::new(), &|_| ()).unwrap();
+        cutter.join().unwrap();
+        assert_eq!(summary.changed_during_read, vec!["shrinks.db".to_string()]);
+        let mut archive = tar::Archive::new(File::open(&dest).unwrap());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            seen.push((path, content.len() as u64));
+            if seen.last().unwrap().0 == "z-after.txt" {
+                assert_eq!(content, b"still here");
+            }
+        }
+        assert!(seen.contains(&("shrinks.db".to_string(), size)), "{seen:?}");
+        assert!(seen.iter().any(|(p, _)| p == "z-after.txt"), "{seen:?}");
+    }
 
     #[test]
     fn throttle_waits_only_when_ahead_of_the_rate() {
