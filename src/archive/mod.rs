@@ -523,7 +523,7 @@ type HashedFile = HashingReader<BufReader<File>>;
 /// The decompression stage of the reader.
 enum Decompressor {
     Zstd(zstd::stream::read::Decoder<'static, BufReader<HashedFile>>),
-    Gzip(flate2::read::GzDecoder<HashedFile>),
+    Gzip(Box<flate2::read::GzDecoder<HashedFile>>),
     Plain(HashedFile),
 }
 
@@ -541,7 +541,7 @@ impl Decompressor {
     fn into_hashed(self) -> HashedFile {
         match self {
             Decompressor::Zstd(d) => d.finish().into_inner(),
-            Decompressor::Gzip(d) => d.into_inner(),
+            Decompressor::Gzip(d) => (*d).into_inner(),
             Decompressor::Plain(r) => r,
         }
     }
@@ -594,7 +594,7 @@ impl ArchiveReader {
                 zstd::stream::read::Decoder::new(hashed)
                     .with_context(|| format!("cannot read archive {}", path.display()))?,
             ),
-            Compression::Gzip => Decompressor::Gzip(flate2::read::GzDecoder::new(hashed)),
+            Compression::Gzip => Decompressor::Gzip(Box::new(flate2::read::GzDecoder::new(hashed))),
             Compression::None => Decompressor::Plain(hashed),
         };
         let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
