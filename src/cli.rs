@@ -73,7 +73,8 @@ pub enum Command {
     /// Run one job of the configuration file now: host hooks, backup,
     /// verification, retention, run log, metrics, notifications.
     Run(RunArgs),
-    /// Run every job on its schedule until stopped (SIGTERM/SIGINT).
+    /// Run every job on its schedule until stopped (SIGTERM/SIGINT); SIGHUP
+    /// reloads the configuration (a broken one is refused and the old one kept).
     Daemon(DaemonArgs),
     /// Per job: last success and failure, newest verified backup, last drill.
     Status(StatusArgs),

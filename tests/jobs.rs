@@ -207,6 +207,24 @@ fn a_job_runs_its_hooks_in_order_and_notifies_by_webhook() {
     assert!(metrics.contains("volsnap_newest_verified_backup_timestamp_seconds{job=\"nightly\"}"));
 }
 
+fn signal(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// Stops a daemon with SIGTERM, checks it ended cleanly, returns its stderr.
+fn stop_daemon(mut daemon: std::process::Child) -> String {
+    signal(&daemon, nix::sys::signal::Signal::SIGTERM);
+    let mut stopped = None;
+    wait_until("the daemon to stop", 60, || {
+        stopped = daemon.try_wait().unwrap();
+        stopped.is_some()
+    });
+    let err = stderr(&daemon.wait_with_output().unwrap());
+    assert_eq!(stopped.unwrap().code(), Some(0), "{err}");
+    assert!(err.contains("volsnap daemon: stopped"), "{err}");
+    err
+}
+
 #[test]
 fn the_daemon_runs_a_job_on_its_schedule_and_stops_cleanly() {
     // Every 2 seconds; one run was "missed" an hour ago and is made up once.
@@ -216,7 +234,7 @@ fn the_daemon_runs_a_job_on_its_schedule_and_stops_cleanly() {
         "",
     );
     let config = s.config.to_str().unwrap();
-    let mut daemon = spawn_volsnap(&["daemon", "--config", config]);
+    let daemon = spawn_volsnap(&["daemon", "--config", config]);
     wait_until("three scheduled runs", 60, || {
         run_log(&s.dir)
             .iter()
@@ -224,23 +242,7 @@ fn the_daemon_runs_a_job_on_its_schedule_and_stops_cleanly() {
             .count()
             >= 3
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut stopped = None;
-    wait_until("the daemon to stop", 60, || {
-        stopped = daemon.try_wait().unwrap();
-        stopped.is_some()
-    });
-    let out = daemon.wait_with_output().unwrap();
-    assert_eq!(stopped.unwrap().code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("volsnap daemon: stopped"),
-        "{}",
-        stderr(&out)
-    );
+    stop_daemon(daemon);
     let backups: Vec<_> = std::fs::read_dir(&s.repo)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -258,6 +260,39 @@ fn the_daemon_runs_a_job_on_its_schedule_and_stops_cleanly() {
 }
 
 #[test]
+fn the_daemon_reloads_its_configuration_on_sighup_and_keeps_it_when_broken() {
+    // Starts with a yearly schedule: nothing runs until the reload.
+    let s = setup("reload", "schedule = \"0 0 1 1 *\"", "");
+    let config = s.config.to_str().unwrap();
+    let daemon = spawn_volsnap(&["daemon", "--config", config]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(run_log(&s.dir).len(), 0, "the yearly schedule is not due");
+
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("0 0 1 1 *", "*/2 * * * * *")).unwrap();
+    signal(&daemon, nix::sys::signal::Signal::SIGHUP);
+    wait_until("a run on the reloaded schedule", 60, || {
+        run_log(&s.dir).iter().any(|r| r["status"] == "success")
+    });
+
+    // A broken file is refused; the 2-second schedule goes on.
+    std::fs::write(&s.config, "[jobs.nightly\nproject = ").unwrap();
+    signal(&daemon, nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = run_log(&s.dir).len();
+    wait_until("a run after the refused reload", 60, || {
+        run_log(&s.dir).len() > before
+    });
+
+    let err = stop_daemon(daemon);
+    assert!(err.contains("reloaded"), "{err}");
+    assert!(
+        err.contains("cannot reload") && err.contains("the previous configuration stays in effect"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_run_missed_while_the_daemon_was_down_runs_once_at_start() {
     // Once a year (midnight, January 1st): with a last run two years ago, one
     // run is due now (not two), and the next is far beyond the test.
@@ -272,11 +307,7 @@ fn a_run_missed_while_the_daemon_was_down_runs_once_at_start() {
     let mut daemon = spawn_volsnap(&["daemon", "--config", config]);
     wait_until("the missed run", 60, || run_log(&s.dir).len() >= 2);
     std::thread::sleep(Duration::from_secs(3));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(&daemon, nix::sys::signal::Signal::SIGTERM);
     let status = daemon.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(
