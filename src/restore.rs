@@ -2,8 +2,7 @@
 //!
 //! Everything is extracted into a fresh private staging directory inside the
 //! target, checking each entry against the manifest and each file's SHA-256
-//! (hashed on a thread of its own while the files are written, checked
-//! before anything is swapped in). Entries that would land outside the staging directory
+//! as it is written. Entries that would land outside the staging directory
 //! (absolute paths, `..`, writing through a symlink, hard links to outside)
 //! are refused, as are device nodes and setuid/setgid files unless allowed.
 //! Only when the whole archive checked out is the old content moved aside,
@@ -26,8 +25,6 @@ pub const STAGING_PREFIX: &str = ".volsnap-restore-";
 /// Prefix of the directory the previous content is moved to during the swap.
 pub const ASIDE_PREFIX: &str = ".volsnap-replaced-";
 const CHUNK: usize = 1 << 16;
-/// Chunks queued for the content hasher.
-const HASH_QUEUE: usize = 32;
 
 /// What restore may do beyond plain files, directories and links.
 #[derive(Debug, Clone, Copy, Default)]
@@ -156,9 +153,6 @@ fn extract(
 ) -> Result<(RestoreStats, Option<RootMeta>)> {
     let mut reader = ArchiveReader::open(archive, compression)?;
     let mut checker = EntryChecker::new(volume);
-    let mut hasher = ContentHasher::start()?;
-    // Each restored file's path and manifest digest, in the hasher's order.
-    let mut expected: Vec<(String, Option<String>)> = Vec::new();
     let mut stats = RestoreStats::default();
     let mut root = None;
     // Directory metadata is applied last, deepest first, so restrictive
@@ -199,7 +193,7 @@ fn extract(
                 continue;
             }
             EntryKind::File => {
-                let len = write_file(&mut entry, &dest, &mut hasher, progress)?;
+                let (digest, len) = write_file(&mut entry, &dest, progress)?;
                 if len != record.size {
                     bail!(
                         "{}: file {path} holds {len} of its {} bytes; the archive is truncated or corrupt",
@@ -207,7 +201,13 @@ fn extract(
                         record.size
                     );
                 }
-                expected.push((path.clone(), record.sha256.clone()));
+                if Some(&digest) != record.sha256.as_ref() {
+                    bail!(
+                        "{}: file {path} does not match the manifest (SHA-256 {digest}, expected {}); the archive is corrupt",
+                        volume.name,
+                        record.sha256.as_deref().unwrap_or("none")
+                    );
+                }
                 stats.files += 1;
                 stats.bytes += len;
             }
@@ -266,24 +266,6 @@ fn extract(
         apply_metadata(&dest, &record, &xattrs, record.kind != EntryKind::Symlink)?;
     }
     checker.finish()?;
-    let digests = hasher.finish()?;
-    if digests.len() != expected.len() {
-        bail!(
-            "{}: {} file digests for {} files (a bug; nothing was swapped in)",
-            volume.name,
-            digests.len(),
-            expected.len()
-        );
-    }
-    for ((path, want), digest) in expected.iter().zip(&digests) {
-        if Some(digest) != want.as_ref() {
-            bail!(
-                "{}: file {path} does not match the manifest (SHA-256 {digest}, expected {}); the archive is corrupt",
-                volume.name,
-                want.as_deref().unwrap_or("none")
-            );
-        }
-    }
     let (digest, _) = reader.finish()?;
     if digest != volume.sha256 {
         bail!(
@@ -346,14 +328,12 @@ fn ensure_parents(staging: &Path, relative: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a regular file's content, leaving holes where the data is zeros,
-/// and hands it to `hasher`. Returns its length.
+/// Writes a regular file's content, leaving holes where the data is zeros.
 fn write_file(
     entry: &mut tar::Entry<'_, ArchiveStream>,
     dest: &Path,
-    hasher: &mut ContentHasher,
     progress: &dyn Fn(u64),
-) -> Result<u64> {
+) -> Result<(String, u64)> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -361,122 +341,28 @@ fn write_file(
         .custom_flags(libc::O_NOFOLLOW)
         .open(dest)
         .with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
     let mut len = 0u64;
     let write_err = || format!("cannot write {}", dest.display());
     loop {
-        let mut buf = hasher.buffer();
         let n = entry.read(&mut buf).context("cannot read the archive")?;
         if n == 0 {
-            hasher.put_back(buf);
             break;
         }
         let chunk = &buf[..n];
+        hasher.update(chunk);
         if chunk.iter().all(|&b| b == 0) {
             file.seek(SeekFrom::Current(n as i64))
                 .with_context(write_err)?;
         } else {
             file.write_all(chunk).with_context(write_err)?;
         }
-        hasher.hash(buf, n)?;
         len += n as u64;
         progress(n as u64);
     }
-    hasher.end_file()?;
     file.set_len(len).with_context(write_err)?;
-    Ok(len)
-}
-
-enum HashJob {
-    Data(Vec<u8>, usize),
-    EndOfFile,
-}
-
-/// Hashes restored file contents on a thread of its own, so the extracting
-/// thread only reads and writes (on two cores, hashing there made it the
-/// slowest). Buffers come back for reuse; the digests come back in file
-/// order at the end.
-struct ContentHasher {
-    sender: Option<std::sync::mpsc::SyncSender<HashJob>>,
-    recycled: std::sync::mpsc::Receiver<Vec<u8>>,
-    spare: Option<Vec<u8>>,
-    thread: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl ContentHasher {
-    fn start() -> Result<Self> {
-        let (sender, jobs) = std::sync::mpsc::sync_channel::<HashJob>(HASH_QUEUE);
-        let (give_back, recycled) = std::sync::mpsc::sync_channel(HASH_QUEUE + 1);
-        let thread = std::thread::Builder::new()
-            .name("restore-hasher".into())
-            .spawn(move || {
-                let mut hasher = Sha256::new();
-                let mut digests = Vec::new();
-                for job in jobs {
-                    match job {
-                        HashJob::Data(buf, len) => {
-                            hasher.update(&buf[..len]);
-                            let _ = give_back.try_send(buf);
-                        }
-                        HashJob::EndOfFile => {
-                            digests.push(hex::encode(std::mem::take(&mut hasher).finalize()))
-                        }
-                    }
-                }
-                digests
-            })
-            .context("cannot start the restore hasher thread")?;
-        Ok(Self {
-            sender: Some(sender),
-            recycled,
-            spare: None,
-            thread: Some(thread),
-        })
-    }
-
-    /// A buffer to read the next chunk into.
-    fn buffer(&mut self) -> Vec<u8> {
-        self.spare
-            .take()
-            .or_else(|| self.recycled.try_recv().ok())
-            .unwrap_or_else(|| vec![0; CHUNK])
-    }
-
-    fn put_back(&mut self, buf: Vec<u8>) {
-        self.spare = Some(buf);
-    }
-
-    fn send(&mut self, job: HashJob) -> Result<()> {
-        match self.sender.as_ref().map(|s| s.send(job)) {
-            Some(Ok(())) => Ok(()),
-            _ => bail!("the restore hasher thread stopped"),
-        }
-    }
-
-    fn hash(&mut self, buf: Vec<u8>, len: usize) -> Result<()> {
-        self.send(HashJob::Data(buf, len))
-    }
-
-    fn end_file(&mut self) -> Result<()> {
-        self.send(HashJob::EndOfFile)
-    }
-
-    /// The digests of every file, in order.
-    fn finish(mut self) -> Result<Vec<String>> {
-        self.sender.take();
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(digests)) => Ok(digests),
-            _ => bail!("the restore hasher thread panicked"),
-        }
-    }
-}
-
-impl Drop for ContentHasher {
-    fn drop(&mut self) {
-        self.sender.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    Ok((hex::encode(hasher.finalize()), len))
 }
 
 /// Owner, extended attributes, mode and mtime, in an order that keeps
