@@ -1,8 +1,10 @@
 //! Volume archives: one standard tar per volume, streamed with bounded memory.
 //!
 //! Writing: walk the tree (sorted, never following symlinks, staying on one
-//! filesystem) → read each file once, hashing it → tar → compress → hash the
-//! archive → write. Reading mirrors it for `verify --deep` and `restore`.
+//! filesystem) → tar headers, and each file read once straight into the
+//! pipeline's chunks → hash each file and compress (a thread) → hash the
+//! archive and write it (another thread); see [`stage`]. Reading mirrors it
+//! for `verify --deep` and `restore`.
 //!
 //! The archive is plain GNU-format tar: GNU tar extracts it. Hard links are
 //! stored as links, symlinks as symlinks, extended attributes as PAX
