@@ -3,7 +3,7 @@
 //! Writing: walk the tree (sorted, never following symlinks, staying on one
 //! filesystem) → tar headers, and each file read once straight into the
 //! pipeline's chunks → hash each file and compress (a thread) → hash the
-//! archive and write it (another thread); see [`stage`]. Reading mirrors it
+//! archive and write it (another thread); see `stage.rs`. Reading mirrors it
 //! for `verify --deep` and `restore`.
 //!
 //! The archive is plain GNU-format tar: GNU tar extracts it. Hard links are
