@@ -6,6 +6,10 @@
 //!   creates PATH before step N and waits until the test removes it, so a
 //!   test can break something (restart dockerd, recreate a container) at a
 //!   known point of the run.
+//! - `VOLSNAP_FAULT_HOLD_BEFORE_OPEN=PATH_IN_VOLUME` with the same hold file
+//!   makes the archiver wait just before it opens that entry (listed, not
+//!   yet opened), so a test can swap it for a symlink, a FIFO or a device
+//!   node at exactly the moment an attacker would.
 
 use std::time::Duration;
 
@@ -20,14 +24,26 @@ pub fn before_step(number: usize, name: &str) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
     if wanted("VOLSNAP_FAULT_HOLD_BEFORE_STEP") == Some(number) {
-        let Some(path) = std::env::var_os("VOLSNAP_FAULT_HOLD_FILE") else {
-            return;
-        };
-        eprintln!("volsnap: fault injection: holding before step {number} ({name})");
-        if std::fs::write(&path, name).is_ok() {
-            while std::path::Path::new(&path).exists() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        hold(&format!("step {number} ({name})"));
+    }
+}
+
+/// Acts before the archiver opens the entry `rel` of a volume.
+pub fn before_open(rel: &str) {
+    if std::env::var("VOLSNAP_FAULT_HOLD_BEFORE_OPEN").is_ok_and(|wanted| wanted == rel) {
+        hold(&format!("opening {rel}"));
+    }
+}
+
+/// Creates the hold file and waits until the test removes it.
+fn hold(what: &str) {
+    let Some(path) = std::env::var_os("VOLSNAP_FAULT_HOLD_FILE") else {
+        return;
+    };
+    eprintln!("volsnap: fault injection: holding before {what}");
+    if std::fs::write(&path, what).is_ok() {
+        while std::path::Path::new(&path).exists() {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

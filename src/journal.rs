@@ -47,8 +47,49 @@ pub enum Undo {
         target: PathBuf,
         staging: PathBuf,
         aside: PathBuf,
-        old_names: Vec<String>,
+        #[serde(with = "file_names")]
+        old_names: Vec<std::ffi::OsString>,
     },
+}
+
+/// File names in a journal: a name that is UTF-8 as a string, any other as
+/// `{"hex": "…"}` with its bytes, so every name comes back byte for byte.
+mod file_names {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Name {
+        Text(String),
+        Bytes { hex: String },
+    }
+
+    pub fn serialize<S: Serializer>(names: &[OsString], s: S) -> Result<S::Ok, S::Error> {
+        let names: Vec<Name> = names
+            .iter()
+            .map(|n| match n.to_str() {
+                Some(text) => Name::Text(text.to_string()),
+                None => Name::Bytes {
+                    hex: hex::encode(n.as_bytes()),
+                },
+            })
+            .collect();
+        names.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OsString>, D::Error> {
+        Vec::<Name>::deserialize(d)?
+            .into_iter()
+            .map(|n| match n {
+                Name::Text(text) => Ok(OsString::from(text)),
+                Name::Bytes { hex } => hex::decode(hex)
+                    .map(OsString::from_vec)
+                    .map_err(serde::de::Error::custom),
+            })
+            .collect()
+    }
 }
 
 impl Undo {

@@ -6,6 +6,7 @@
 //! and restore. `src/main.rs` and `src/cmd/` are thin glue around it.
 
 pub mod archive;
+pub mod beneath;
 pub mod cancel;
 pub mod config;
 pub mod discovery;

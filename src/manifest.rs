@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -115,10 +116,19 @@ pub enum EntryKind {
 }
 
 /// One entry of a volume archive, in archive order.
+///
+/// File names are bytes. A name that is valid UTF-8 is stored as itself in
+/// `path`; any other is stored byte for byte as lowercase hex in `path_hex`,
+/// with `path` holding a readable rendering (invalid bytes as U+FFFD) that
+/// is never used to find the file. The same holds for `target` and
+/// `target_hex`. Use [`FileEntry::raw_path`] and [`FileEntry::raw_target`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
     /// Path relative to the volume root; "." is the root itself.
     pub path: String,
+    /// The path's bytes, hex, when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
     pub kind: EntryKind,
     pub mode: u32,
     pub uid: u32,
@@ -134,6 +144,56 @@ pub struct FileEntry {
     /// Symlink target, or for a hard link the path it links to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The target's bytes, hex, when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_hex: Option<String>,
+}
+
+/// A name's bytes as the manifest stores them: (text, hex when not UTF-8).
+pub fn encode_name(raw: &[u8]) -> (String, Option<String>) {
+    match std::str::from_utf8(raw) {
+        Ok(text) => (text.to_string(), None),
+        Err(_) => (
+            String::from_utf8_lossy(raw).into_owned(),
+            Some(hex::encode(raw)),
+        ),
+    }
+}
+
+fn decode_name<'a>(text: &'a str, hex_form: Option<&str>) -> Result<Cow<'a, [u8]>> {
+    match hex_form {
+        None => Ok(Cow::Borrowed(text.as_bytes())),
+        Some(h) => hex::decode(h)
+            .map(Cow::Owned)
+            .with_context(|| format!("name {text:?} has a malformed hex form {h:?}")),
+    }
+}
+
+impl FileEntry {
+    /// The entry's path, byte for byte.
+    pub fn raw_path(&self) -> Result<Cow<'_, [u8]>> {
+        decode_name(&self.path, self.path_hex.as_deref())
+    }
+
+    /// The link target, byte for byte.
+    pub fn raw_target(&self) -> Result<Option<Cow<'_, [u8]>>> {
+        self.target
+            .as_deref()
+            .map(|t| decode_name(t, self.target_hex.as_deref()))
+            .transpose()
+    }
+
+    /// Sets the path from its bytes.
+    pub fn set_path(&mut self, raw: &[u8]) {
+        (self.path, self.path_hex) = encode_name(raw);
+    }
+
+    /// Sets the link target from its bytes.
+    pub fn set_target(&mut self, raw: &[u8]) {
+        let (text, hex_form) = encode_name(raw);
+        self.target = Some(text);
+        self.target_hex = hex_form;
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -270,6 +330,27 @@ mod tests {
         let text = render_sums(&entries);
         assert_eq!(parse_sums(&text).unwrap(), entries);
         assert!(parse_sums("xyz  file\n").is_err());
+    }
+
+    #[test]
+    fn names_round_trip_byte_for_byte_and_never_collapse() {
+        let names: [&[u8]; 5] = [
+            b"plain",
+            b"\xff",
+            b"\xfe",
+            "caf\u{e9}".as_bytes(),
+            b"caf\xe9",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for raw in names {
+            let (text, hex_form) = encode_name(raw);
+            assert_eq!(hex_form.is_some(), std::str::from_utf8(raw).is_err());
+            let back = decode_name(&text, hex_form.as_deref()).unwrap();
+            assert_eq!(&*back, raw);
+            let json = serde_json::to_string(&(text, hex_form)).unwrap();
+            assert!(seen.insert(json), "two names collapsed");
+        }
+        assert!(decode_name("x", Some("zz")).is_err());
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn prune(
         for decision in decisions.iter_mut() {
             cancel.check()?;
             let dir = repo.backup_dir(&decision.id);
-            let check = crate::verify::verify(&dir, false, cancel)?;
+            let check = crate::verify::verify(&dir, crate::verify::Level::Entries, cancel)?;
             if check.problems.is_empty() {
                 if !dry_run {
                     crate::verify::record_verified(&dir, false);

@@ -9,16 +9,26 @@
 //! the new content moved in, and the old content deleted, so a failed
 //! restore leaves the previous content as it was.
 
-use crate::archive::{entry_path, entry_xattrs, ArchiveReader, ArchiveStream, EntryChecker};
+use crate::archive::{
+    entry_path, entry_xattrs, link_target, ArchiveReader, ArchiveStream, EntryChecker,
+};
+use crate::beneath::{open_path, proc_fd_path, At, Beneath};
 use crate::cancel::Cancel;
 use crate::journal::{Journal, Undo};
 use crate::manifest::{Compression, EntryKind, FileEntry, VolumeRecord};
 use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode, SFlag};
 use sha2::{Digest, Sha256};
-use std::fs::{self, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
+use xattr::FileExt as _;
 
 /// Prefix of the staging directory inside the target.
 pub const STAGING_PREFIX: &str = ".volsnap-restore-";
@@ -97,7 +107,7 @@ pub fn restore_volume(
             )));
         }
     };
-    let old_names: Vec<String> = list_names(&target)?
+    let old_names: Vec<OsString> = list_names(&target)?
         .into_iter()
         .filter(|n| !is_ours(n))
         .collect();
@@ -111,8 +121,9 @@ pub fn restore_volume(
         j.push(&swap)?;
     }
     swap_in(&target, &staging, &aside, &old_names)?;
-    if let Some(root) = root {
-        apply_metadata(&target, &root.0, &root.1, true)?;
+    if let Some((record, xattrs)) = root {
+        let dir = File::from(Beneath::open(&target)?.root().try_clone_to_owned()?);
+        apply_to_open(&dir, &record, &xattrs, &target.display().to_string())?;
     }
     if let Some(j) = journal {
         j.discharge(&swap)?;
@@ -121,20 +132,18 @@ pub fn restore_volume(
     Ok(stats)
 }
 
-fn is_ours(name: &str) -> bool {
-    name.starts_with(STAGING_PREFIX) || name.starts_with(ASIDE_PREFIX)
+/// Whether a name in a restore target is one of volsnap's own staging or
+/// set-aside directories.
+pub fn is_ours(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name.starts_with(STAGING_PREFIX.as_bytes()) || name.starts_with(ASIDE_PREFIX.as_bytes())
 }
 
-fn list_names(dir: &Path) -> Result<Vec<String>> {
+fn list_names(dir: &Path) -> Result<Vec<OsString>> {
     let mut names = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        names.push(
-            entry
-                .file_name()
-                .into_string()
-                .map_err(|n| anyhow!("{} has a name that is not UTF-8: {n:?}", dir.display()))?,
-        );
+        names.push(entry.file_name());
     }
     Ok(names)
 }
@@ -152,7 +161,9 @@ fn extract(
     progress: &dyn Fn(u64),
 ) -> Result<(RestoreStats, Option<RootMeta>)> {
     let mut reader = ArchiveReader::open(archive, compression)?;
-    let mut checker = EntryChecker::new(volume);
+    let mut checker = EntryChecker::new(volume)?;
+    let mut tree =
+        Beneath::open(staging).with_context(|| format!("cannot open {}", staging.display()))?;
     let mut stats = RestoreStats::default();
     let mut root = None;
     // Directory metadata is applied last, deepest first, so restrictive
@@ -165,35 +176,58 @@ fn extract(
         if tar_type == tar::EntryType::XGlobalHeader {
             continue;
         }
-        let path = entry_path(&entry);
-        let relative = safe_relative(&path)?;
-        let record = checker.check(&path, tar_type)?.clone();
+        let raw = entry_path(&entry);
+        let path = String::from_utf8_lossy(&raw).into_owned();
+        let relative = safe_relative(&raw)?;
+        let record = checker.check(&raw, tar_type)?.clone();
+        let link = match record.kind {
+            EntryKind::Symlink | EntryKind::Hardlink => {
+                let target = link_target(&entry, record.kind);
+                checker.check_link(&record, target.as_deref())?;
+                target.ok_or_else(|| anyhow!("link {path:?} has no target"))?
+            }
+            _ => Vec::new(),
+        };
         if record.mode & 0o6000 != 0 && !options.allow_special {
             bail!("{path:?} is setuid or setgid; refusing it (pass --allow-special to restore such files)");
         }
         let xattrs = entry_xattrs(&mut entry)?;
+        check_xattrs(&path, &xattrs, options)?;
         stats.entries += 1;
         if relative.as_os_str().is_empty() {
             root = Some((record, xattrs));
             continue;
         }
-        let dest = staging.join(&relative);
-        ensure_parents(staging, &relative)?;
+        let at = tree.parent_of(&relative, true).map_err(|e| {
+            anyhow!("archive entry {path:?} would be written through something that is not a directory inside the target (a symlink?); refusing it ({e})")
+        })?;
+        let created = |r: nix::Result<()>, what: &str| {
+            r.with_context(|| format!("cannot create {what} {path:?}"))
+        };
         match record.kind {
             EntryKind::Dir => {
-                match fs::symlink_metadata(&dest) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        bail!("{path:?} is both a directory and something else in the archive")
+                match nix::sys::stat::mkdirat(
+                    &*at.dir,
+                    at.name.as_os_str(),
+                    Mode::from_bits_truncate(0o700),
+                ) {
+                    Err(Errno::EEXIST) => {
+                        let existing =
+                            fstatat(&*at.dir, at.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+                        if SFlag::from_bits_truncate(existing.st_mode) & SFlag::S_IFMT
+                            != SFlag::S_IFDIR
+                        {
+                            bail!("{path:?} is both a directory and something else in the archive");
+                        }
                     }
-                    Err(_) => fs::create_dir(&dest)
-                        .with_context(|| format!("cannot create {}", dest.display()))?,
+                    other => created(other, "directory")?,
                 }
-                dirs.push((dest, record, xattrs));
-                continue;
+                dirs.push((relative, record, xattrs));
             }
             EntryKind::File => {
-                let (digest, len) = write_file(&mut entry, &dest, progress)?;
+                let mut file =
+                    create_file(&at).with_context(|| format!("cannot create {path:?}"))?;
+                let (digest, len) = write_file(&mut entry, &mut file, &path, progress)?;
                 if len != record.size {
                     bail!(
                         "{}: file {path} holds {len} of its {} bytes; the archive is truncated or corrupt",
@@ -208,39 +242,59 @@ fn extract(
                         record.sha256.as_deref().unwrap_or("none")
                     );
                 }
+                apply_to_open(&file, &record, &xattrs, &path)?;
                 stats.files += 1;
                 stats.bytes += len;
             }
             EntryKind::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| anyhow!("symlink {path:?} has no target"))?;
-                let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
-                std::os::unix::fs::symlink(target, &dest)
-                    .with_context(|| format!("cannot create symlink {}", dest.display()))?;
+                created(
+                    nix::unistd::symlinkat(OsStr::from_bytes(&link), &*at.dir, at.name.as_os_str()),
+                    "symlink",
+                )?;
+                apply_at(&at, &record, &xattrs, &path)?;
             }
             EntryKind::Hardlink => {
-                let raw = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| anyhow!("hard link {path:?} has no target"))?;
-                let link_target = String::from_utf8_lossy(&raw)
-                    .trim_start_matches("./")
-                    .to_string();
-                let source = staging.join(safe_relative(&link_target)?);
-                let meta = fs::symlink_metadata(&source)
-                    .map_err(|_| anyhow!("hard link {path:?} points to {link_target:?}, which is not an earlier file of the archive"))?;
-                if !meta.is_file() {
-                    bail!(
-                        "hard link {path:?} points to {link_target:?}, which is not a regular file"
-                    );
+                // The source is resolved inside the staging tree like any
+                // entry: a symlink on its way is refused, never followed.
+                let shown = String::from_utf8_lossy(&link);
+                let not_earlier = || {
+                    anyhow!("hard link {path:?} points to {shown:?}, which is not an earlier regular file of the archive")
+                };
+                let source_rel = safe_relative(&link)?;
+                let source = tree
+                    .parent_of(&source_rel, false)
+                    .map_err(|_| not_earlier())?;
+                let meta = fstatat(
+                    &*source.dir,
+                    source.name.as_os_str(),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|_| not_earlier())?;
+                if SFlag::from_bits_truncate(meta.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+                    return Err(not_earlier());
                 }
-                fs::hard_link(&source, &dest)
-                    .with_context(|| format!("cannot create hard link {}", dest.display()))?;
-                continue; // shares the metadata of its target
+                created(
+                    nix::unistd::linkat(
+                        &*source.dir,
+                        source.name.as_os_str(),
+                        &*at.dir,
+                        at.name.as_os_str(),
+                        AtFlags::empty(),
+                    ),
+                    "hard link",
+                )?;
+                // It shares the metadata of its target.
             }
             EntryKind::Fifo => {
-                nix::unistd::mkfifo(&dest, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .with_context(|| format!("cannot create fifo {}", dest.display()))?;
+                created(
+                    nix::unistd::mkfifoat(
+                        &*at.dir,
+                        at.name.as_os_str(),
+                        Mode::from_bits_truncate(0o600),
+                    ),
+                    "fifo",
+                )?;
+                apply_at(&at, &record, &xattrs, &path)?;
             }
             EntryKind::CharDevice | EntryKind::BlockDevice => {
                 if !options.allow_special {
@@ -250,20 +304,23 @@ fn extract(
                 let major = header.device_major()?.unwrap_or(0);
                 let minor = header.device_minor()?.unwrap_or(0);
                 let kind = if record.kind == EntryKind::CharDevice {
-                    nix::sys::stat::SFlag::S_IFCHR
+                    SFlag::S_IFCHR
                 } else {
-                    nix::sys::stat::SFlag::S_IFBLK
+                    SFlag::S_IFBLK
                 };
-                nix::sys::stat::mknod(
-                    &dest,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(0o600),
-                    nix::sys::stat::makedev(major.into(), minor.into()),
-                )
-                .with_context(|| format!("cannot create device node {}", dest.display()))?;
+                created(
+                    nix::sys::stat::mknodat(
+                        &*at.dir,
+                        at.name.as_os_str(),
+                        kind,
+                        Mode::from_bits_truncate(0o600),
+                        nix::sys::stat::makedev(major.into(), minor.into()),
+                    ),
+                    "device node",
+                )?;
+                apply_at(&at, &record, &xattrs, &path)?;
             }
         }
-        apply_metadata(&dest, &record, &xattrs, record.kind != EntryKind::Symlink)?;
     }
     checker.finish()?;
     let (digest, _) = reader.finish()?;
@@ -274,77 +331,89 @@ fn extract(
             volume.sha256
         );
     }
-    for (dir, record, xattrs) in dirs.iter().rev() {
-        apply_metadata(dir, record, xattrs, true)?;
+    for (rel, record, xattrs) in dirs.iter().rev() {
+        let dir = File::from(
+            tree.dir(rel)
+                .with_context(|| format!("cannot open {}", rel.display()))?,
+        );
+        apply_to_open(&dir, record, xattrs, &rel.to_string_lossy())?;
     }
+    // Everything staged reaches the disk before anything is swapped in.
+    nix::unistd::syncfs(tree.root())
+        .with_context(|| format!("cannot flush {} to disk", staging.display()))?;
     Ok((stats, root))
+}
+
+/// Extended attributes in the `security.*` and `trusted.*` namespaces
+/// carry privileges (file capabilities, security labels): like setuid bits,
+/// they come back only when the operator allows it.
+fn check_xattrs(path: &str, xattrs: &Xattrs, options: RestoreOptions) -> Result<()> {
+    if options.allow_special {
+        return Ok(());
+    }
+    if let Some((name, _)) = xattrs
+        .iter()
+        .find(|(name, _)| name.starts_with("security.") || name.starts_with("trusted."))
+    {
+        bail!("{path:?} has the extended attribute {name} (privileges such as file capabilities); refusing it (pass --allow-special to restore such attributes)");
+    }
+    Ok(())
 }
 
 /// Turns an archive path into a relative path that stays inside the
 /// target: no root, no `..`, nothing but plain names.
-pub fn safe_relative(path: &str) -> Result<PathBuf> {
-    if path == "." {
+pub fn safe_relative(raw: &[u8]) -> Result<PathBuf> {
+    let shown = String::from_utf8_lossy(raw);
+    if raw == b"." {
         return Ok(PathBuf::new());
     }
-    if path.contains('\0') {
-        bail!("archive entry {path:?} has a NUL byte in its name; refusing it");
+    if raw.contains(&0) {
+        bail!("archive entry {shown:?} has a NUL byte in its name; refusing it");
     }
     let mut out = PathBuf::new();
-    for component in Path::new(path).components() {
+    for component in Path::new(OsStr::from_bytes(raw)).components() {
         match component {
             Component::Normal(name) => out.push(name),
             Component::CurDir => {}
             Component::RootDir | Component::Prefix(_) => {
-                bail!("archive entry {path:?} is an absolute path; refusing to write outside the target")
+                bail!("archive entry {shown:?} is an absolute path; refusing to write outside the target")
             }
             Component::ParentDir => {
-                bail!("archive entry {path:?} contains '..'; refusing to write outside the target")
+                bail!("archive entry {shown:?} contains '..'; refusing to write outside the target")
             }
         }
     }
     if out.as_os_str().is_empty() {
-        bail!("archive entry {path:?} has an empty name");
+        bail!("archive entry {shown:?} has an empty name");
     }
     Ok(out)
 }
 
-/// Makes sure every directory above `relative` inside `staging` is a real
-/// directory, never a symlink (which could lead the write elsewhere).
-fn ensure_parents(staging: &Path, relative: &Path) -> Result<()> {
-    let mut current = staging.to_path_buf();
-    let parents: Vec<_> = relative.components().collect();
-    for component in &parents[..parents.len().saturating_sub(1)] {
-        current.push(component);
-        match fs::symlink_metadata(&current) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => bail!(
-                "archive entry {} would be written through {}, which is not a directory (a symlink?); refusing it",
-                relative.display(),
-                current.strip_prefix(staging).unwrap_or(&current).display()
-            ),
-            Err(_) => fs::create_dir(&current).with_context(|| format!("cannot create {}", current.display()))?,
-        }
-    }
-    Ok(())
+/// Creates a new regular file in the staging tree (never through a
+/// symlink, never over an existing name).
+fn create_file(at: &At) -> nix::Result<File> {
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    nix::fcntl::openat(
+        &*at.dir,
+        at.name.as_os_str(),
+        flags,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map(File::from)
 }
 
 /// Writes a regular file's content, leaving holes where the data is zeros.
 fn write_file(
     entry: &mut tar::Entry<'_, ArchiveStream>,
-    dest: &Path,
+    file: &mut File,
+    path: &str,
     progress: &dyn Fn(u64),
 ) -> Result<(String, u64)> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dest)
-        .with_context(|| format!("cannot create {}", dest.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut len = 0u64;
-    let write_err = || format!("cannot write {}", dest.display());
+    let write_err = || format!("cannot write {path:?}");
     loop {
         let n = entry.read(&mut buf).context("cannot read the archive")?;
         if n == 0 {
@@ -365,44 +434,73 @@ fn write_file(
     Ok((hex::encode(hasher.finalize()), len))
 }
 
-/// Owner, extended attributes, mode and mtime, in an order that keeps
-/// them all (chown clears setuid bits, so mode comes after it).
-fn apply_metadata(
-    path: &Path,
-    record: &FileEntry,
-    xattrs: &[(String, Vec<u8>)],
-    set_mode: bool,
-) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(record.uid), Some(record.gid))
-        .with_context(|| format!("cannot set the owner of {}", path.display()))?;
+/// Owner, extended attributes, mode and mtime of an open file or
+/// directory, in an order that keeps them all (chown clears setuid bits, so
+/// mode comes after it).
+fn apply_to_open(file: &File, record: &FileEntry, xattrs: &Xattrs, path: &str) -> Result<()> {
+    nix::unistd::fchown(file, Some(record.uid.into()), Some(record.gid.into()))
+        .with_context(|| format!("cannot set the owner of {path:?}"))?;
     for (name, value) in xattrs {
-        if let Err(e) = xattr::set(path, name, value) {
-            tracing::warn!(
-                "cannot restore extended attribute {name} on {}: {e}",
-                path.display()
-            );
+        if let Err(e) = file.set_xattr(name, value) {
+            tracing::warn!("cannot restore extended attribute {name} on {path:?}: {e}");
         }
     }
-    if set_mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(record.mode))
-            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    nix::sys::stat::fchmod(file, Mode::from_bits_truncate(record.mode))
+        .with_context(|| format!("cannot set the mode of {path:?}"))?;
+    let mtime = nix::sys::time::TimeSpec::new(record.mtime, 0);
+    nix::sys::stat::futimens(file, &mtime, &mtime)
+        .with_context(|| format!("cannot set the modification time of {path:?}"))?;
+    Ok(())
+}
+
+/// The same for a symlink, FIFO or device node just created at `at`: by
+/// name in its directory, never following it; the mode (not for symlinks)
+/// through an `O_PATH` descriptor checked to be what was created.
+fn apply_at(at: &At, record: &FileEntry, xattrs: &Xattrs, path: &str) -> Result<()> {
+    let name = at.name.as_os_str();
+    nix::unistd::fchownat(
+        &*at.dir,
+        name,
+        Some(record.uid.into()),
+        Some(record.gid.into()),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .with_context(|| format!("cannot set the owner of {path:?}"))?;
+    for (xname, value) in xattrs {
+        if let Err(e) = xattr::set(at.proc_path(), xname, value) {
+            tracing::warn!("cannot restore extended attribute {xname} on {path:?}: {e}");
+        }
+    }
+    if record.kind != EntryKind::Symlink {
+        let node = open_path(at).with_context(|| format!("cannot open {path:?}"))?;
+        let kind = node.metadata()?.file_type();
+        if !(kind.is_fifo() || kind.is_char_device() || kind.is_block_device()) {
+            bail!("{path:?} changed while it was restored; refusing to go on");
+        }
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &proc_fd_path(node.as_fd()),
+            Mode::from_bits_truncate(record.mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .with_context(|| format!("cannot set the mode of {path:?}"))?;
     }
     let mtime = nix::sys::time::TimeSpec::new(record.mtime, 0);
     nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
+        &*at.dir,
+        name,
         &mtime,
         &mtime,
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
-    .with_context(|| format!("cannot set the modification time of {}", path.display()))?;
+    .with_context(|| format!("cannot set the modification time of {path:?}"))?;
     Ok(())
 }
 
 /// Replaces the content of `target` with that of `staging`: the old entries
 /// (`old_names`) are moved aside, the new ones moved in, then the old ones
 /// deleted. On failure the previous content is put back.
-fn swap_in(target: &Path, staging: &Path, aside: &Path, old_names: &[String]) -> Result<()> {
+fn swap_in(target: &Path, staging: &Path, aside: &Path, old_names: &[OsString]) -> Result<()> {
     let result = (|| -> Result<()> {
         crate::fsutil::create_private_dir(aside)?;
         for name in old_names {
@@ -435,7 +533,7 @@ pub fn roll_back_swap(
     target: &Path,
     staging: &Path,
     aside: &Path,
-    old_names: &[String],
+    old_names: &[OsString],
 ) -> Result<()> {
     if aside.exists() {
         for name in list_names(target)? {
@@ -476,7 +574,7 @@ mod tests {
     #[test]
     fn interrupted_swaps_roll_back_at_every_point() {
         // Old content {a, b}; new content {b, c}. Interrupt after each move.
-        let old = ["a", "b"].map(String::from);
+        let old = ["a", "b"].map(OsString::from);
         for moves_done in 0..=4 {
             let dir = tempfile::tempdir().unwrap();
             let (target, staging, aside) = (
@@ -516,11 +614,16 @@ mod tests {
 
     #[test]
     fn relative_paths_stay_inside() {
-        assert_eq!(safe_relative("a/b").unwrap(), PathBuf::from("a/b"));
-        assert_eq!(safe_relative("./a").unwrap(), PathBuf::from("a"));
-        assert_eq!(safe_relative(".").unwrap(), PathBuf::new());
-        assert!(safe_relative("../x").is_err());
-        assert!(safe_relative("a/../../x").is_err());
-        assert!(safe_relative("/etc/passwd").is_err());
+        assert_eq!(safe_relative(b"a/b").unwrap(), PathBuf::from("a/b"));
+        assert_eq!(safe_relative(b"./a").unwrap(), PathBuf::from("a"));
+        assert_eq!(safe_relative(b".").unwrap(), PathBuf::new());
+        assert_eq!(
+            safe_relative(b"\xff/\xfe").unwrap().as_os_str().as_bytes(),
+            b"\xff/\xfe"
+        );
+        assert!(safe_relative(b"../x").is_err());
+        assert!(safe_relative(b"a/../../x").is_err());
+        assert!(safe_relative(b"/etc/passwd").is_err());
+        assert!(safe_relative(b"a\0b").is_err());
     }
 }

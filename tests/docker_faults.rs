@@ -2,37 +2,65 @@
 //! down, and compose recreates a container during a run. Either way the
 //! services end up running and the backup is complete.
 //!
+//! These tests stop and restart dockerd, so they run against a private
+//! daemon of their own (scripts/test-dockerd: own socket, data root, exec
+//! root and pid file), never the host's: the operator's containers keep
+//! running. Every test here sets `DOCKER_HOST` to it first, for the docker
+//! CLI and for volsnap alike; the tests share it, so they take turns.
+//!
 //! Needs the `fault-injection` feature (scripts/test.sh enables it): the run
-//! holds before a chosen step while the test breaks things. The tests share
-//! one daemon, so they take turns.
+//! holds before a chosen step while the test breaks things.
 
 mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn dockerd(action: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dockerd");
-    let status = Command::new(script)
+/// Runs `scripts/test-dockerd ACTION`, returning what it printed.
+fn dockerd(action: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-dockerd");
+    let out = Command::new(script)
         .arg(action)
-        .status()
-        .expect("scripts/dockerd");
-    assert!(status.success(), "scripts/dockerd {action} failed");
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("scripts/test-dockerd");
+    assert!(
+        out.status.success(),
+        "scripts/test-dockerd {action} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Brings dockerd back even when the test fails half-way, so the tests
-/// after it still have a daemon.
+/// Takes this binary's turn and points everything at the private daemon
+/// (started here the first time).
+fn private_daemon() -> MutexGuard<'static, ()> {
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let host = dockerd("start");
+        assert!(host.starts_with("unix://"), "test-dockerd printed {host:?}");
+        // SAFETY (set_var): every test of this binary waits for ONE_AT_A_TIME
+        // and reaches this line before it starts any process.
+        std::env::set_var("DOCKER_HOST", host);
+    });
+    dockerd("start"); // back up, should an earlier test have left it down
+    turn
+}
+
+/// Brings the private dockerd back even when the test fails half-way, so
+/// the tests after it still have a daemon.
 struct DaemonBack;
 
 impl Drop for DaemonBack {
     fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dockerd");
-        let _ = Command::new(script).arg("start").status();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-dockerd");
+        let _ = Command::new(script).arg("start").output();
     }
 }
 
@@ -72,7 +100,7 @@ fn stack(p: &mut Project) -> (String, String, PathBuf) {
 
 #[test]
 fn dockerd_restarting_while_services_are_down_does_not_leave_them_down() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = private_daemon();
     let mut p = Project::new("dkrestart");
     let repo = p.tempdir();
     let (db, app, _) = stack(&mut p);
@@ -115,7 +143,7 @@ fn journals() -> usize {
 
 #[test]
 fn a_daemon_down_for_too_long_leaves_the_restarts_to_recover() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = private_daemon();
     let mut p = Project::new("dkdown");
     let repo = p.tempdir();
     let (db, app, _) = stack(&mut p);
@@ -147,7 +175,7 @@ fn a_daemon_down_for_too_long_leaves_the_restarts_to_recover() {
 
 #[test]
 fn a_container_recreated_by_compose_during_the_run_is_started_by_its_service() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = private_daemon();
     let mut p = Project::new("dkrecreate");
     let repo = p.tempdir();
     let (db, app, _) = stack(&mut p);

@@ -11,18 +11,21 @@ use volsnap::manifest::*;
 
 /// One crafted archive entry.
 struct Crafted {
-    name: &'static str,
+    name: Vec<u8>,
     kind: tar::EntryType,
     data: Vec<u8>,
     link: Option<String>,
     mode: u32,
     /// Listed in the manifest (as what kind, with which content hash).
     listed: Option<(EntryKind, Option<Vec<u8>>)>,
+    /// Extended attributes, as PAX records before the entry.
+    xattrs: Vec<(String, Vec<u8>)>,
 }
 
-fn file(name: &'static str, data: &[u8]) -> Crafted {
+fn file(name: impl AsRef<[u8]>, data: &[u8]) -> Crafted {
     Crafted {
-        name,
+        name: name.as_ref().to_vec(),
+        xattrs: vec![],
         kind: tar::EntryType::Regular,
         data: data.to_vec(),
         link: None,
@@ -31,14 +34,15 @@ fn file(name: &'static str, data: &[u8]) -> Crafted {
     }
 }
 
-fn link(name: &'static str, kind: tar::EntryType, target: &str) -> Crafted {
+fn link(name: impl AsRef<[u8]>, kind: tar::EntryType, target: &str) -> Crafted {
     let listed = if kind == tar::EntryType::Symlink {
         EntryKind::Symlink
     } else {
         EntryKind::Hardlink
     };
     Crafted {
-        name,
+        name: name.as_ref().to_vec(),
+        xattrs: vec![],
         kind,
         data: vec![],
         link: Some(target.to_string()),
@@ -61,6 +65,8 @@ fn craft(repo: &Path, id: &str, entries: &[Crafted]) -> PathBuf {
     let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
     let mut listed = vec![FileEntry {
         path: ".".into(),
+        path_hex: None,
+        target_hex: None,
         kind: EntryKind::Dir,
         mode: 0o755,
         uid: 0,
@@ -81,7 +87,7 @@ fn craft(repo: &Path, id: &str, entries: &[Crafted]) -> PathBuf {
         let mut h = tar::Header::new_gnu();
         // Raw bytes: the tar crate's own setters refuse ".." and "/".
         let name = &mut h.as_old_mut().name;
-        name[..e.name.len()].copy_from_slice(e.name.as_bytes());
+        name[..e.name.len()].copy_from_slice(&e.name);
         if let Some(l) = &e.link {
             h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
         }
@@ -89,10 +95,22 @@ fn craft(repo: &Path, id: &str, entries: &[Crafted]) -> PathBuf {
         h.set_mode(e.mode);
         h.set_size(e.data.len() as u64);
         h.set_cksum();
+        if !e.xattrs.is_empty() {
+            let records: Vec<(String, &[u8])> = e
+                .xattrs
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                .collect();
+            builder
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                .unwrap();
+        }
         builder.append(&h, e.data.as_slice()).unwrap();
         if let Some((kind, content)) = &e.listed {
-            listed.push(FileEntry {
-                path: e.name.trim_start_matches("./").into(),
+            let mut entry = FileEntry {
+                path: String::new(),
+                path_hex: None,
+                target_hex: None,
                 kind: *kind,
                 mode: e.mode,
                 uid: 0,
@@ -101,7 +119,9 @@ fn craft(repo: &Path, id: &str, entries: &[Crafted]) -> PathBuf {
                 size: content.as_ref().map_or(0, |c| c.len() as u64),
                 sha256: content.as_ref().map(|c| sha(c)),
                 target: e.link.clone(),
-            });
+            };
+            entry.set_path(e.name.strip_prefix(b"./").unwrap_or(&e.name));
+            listed.push(entry);
         }
     }
     builder.into_inner().unwrap();
@@ -241,12 +261,7 @@ fn restore_refuses_entries_that_escape_the_target() {
             file("link/pwned", b"x"),
         ],
     );
-    assert_refused(
-        repo.path(),
-        "symlink-escape",
-        "not a directory (a symlink?)",
-        &[],
-    );
+    assert_refused(repo.path(), "symlink-escape", "(a symlink?)", &[]);
 
     craft(
         repo.path(),
@@ -397,4 +412,182 @@ fn a_clean_crafted_backup_restores() {
         !target.join("vol/precious").exists(),
         "a restore replaces the previous content"
     );
+}
+
+#[test]
+fn a_hard_link_through_a_symlink_never_reaches_outside_the_target() {
+    // The tampered backup that once made restore (exit 0) link a file
+    // outside the target into it: a symlink to a directory outside, then
+    // a hard link whose source goes through that symlink. Manifest and
+    // SHA256SUMS agree, as an attacker who can write the repository makes them.
+    let repo = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, b"host secret").unwrap();
+    let outside_s = outside.path().to_str().unwrap();
+    craft(
+        repo.path(),
+        "hardlink-via-symlink",
+        &[
+            link("s", tar::EntryType::Symlink, outside_s),
+            link("h", tar::EntryType::Link, "s/secret"),
+        ],
+    );
+    assert_refused(
+        repo.path(),
+        "hardlink-via-symlink",
+        "not an earlier regular file",
+        &[],
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().nlink(),
+        1,
+        "no link to the outside file was made"
+    );
+}
+
+#[test]
+fn file_capabilities_come_back_only_with_allow_special() {
+    let repo = tempfile::tempdir().unwrap();
+    let mut capable = file("ping", b"\x7fELF");
+    // A file capability (cap_net_raw+ep), as `setcap` writes it.
+    capable.xattrs = vec![(
+        "security.capability".into(),
+        vec![
+            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    )];
+    craft(repo.path(), "caps", &[capable]);
+    assert_refused(repo.path(), "caps", "security.capability", &[]);
+    let mut trusted = file("t", b"x");
+    trusted.xattrs = vec![("trusted.overlay.opaque".into(), b"y".to_vec())];
+    craft(repo.path(), "trusted", &[trusted]);
+    assert_refused(repo.path(), "trusted", "trusted.overlay.opaque", &[]);
+
+    // user.* attributes are plain data and come back without a flag.
+    let mut plain = file("u", b"x");
+    plain.xattrs = vec![("user.note".into(), b"hello".to_vec())];
+    craft(repo.path(), "user-xattr", &[plain]);
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("t");
+    ok(volsnap(&[
+        "restore",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "user-xattr",
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        xattr::get(target.join("vol/u"), "user.note").unwrap(),
+        Some(b"hello".to_vec())
+    );
+
+    // With --allow-special the operator takes them.
+    let target = scratch.path().join("t2");
+    ok(volsnap(&[
+        "restore",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "caps",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--allow-special",
+    ]));
+    assert_eq!(std::fs::read(target.join("vol/ping")).unwrap(), b"\x7fELF");
+}
+
+#[test]
+fn names_that_are_not_utf8_round_trip_and_never_collapse() {
+    // 0xff and 0xfe both render as U+FFFD: a lossy manifest made them one
+    // path, so `verify --deep` and restore failed while `verify` passed.
+    let repo = tempfile::tempdir().unwrap();
+    let repo_s = repo.path().to_str().unwrap();
+    craft(
+        repo.path(),
+        "bytes",
+        &[
+            file(b"\xff", b"first"),
+            file(b"\xfe", b"second"),
+            file(b"caf\xe9", b"latin-1"),
+            link(b"l\xff", tar::EntryType::Symlink, "caf\u{e9}"),
+        ],
+    );
+    ok(volsnap(&["verify", "--repo", repo_s, "bytes"]));
+    ok(volsnap(&["verify", "--repo", repo_s, "bytes", "--deep"]));
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("t");
+    ok(volsnap(&[
+        "restore",
+        "--repo",
+        repo_s,
+        "bytes",
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]));
+    use std::os::unix::ffi::OsStrExt;
+    let at = |name: &[u8]| target.join("vol").join(std::ffi::OsStr::from_bytes(name));
+    assert_eq!(std::fs::read(at(b"\xff")).unwrap(), b"first");
+    assert_eq!(std::fs::read(at(b"\xfe")).unwrap(), b"second");
+    assert_eq!(std::fs::read(at(b"caf\xe9")).unwrap(), b"latin-1");
+    assert_eq!(
+        std::fs::read_link(at(b"l\xff")).unwrap(),
+        Path::new("caf\u{e9}")
+    );
+}
+
+#[test]
+fn plain_verify_fails_when_manifest_and_archive_disagree_on_the_entries() {
+    let repo = tempfile::tempdir().unwrap();
+    let repo_s = repo.path().to_str().unwrap();
+    // The archive holds "b", the manifest lists "a" (same content): the
+    // checksums of the files all match, the entry lists do not.
+    let mut renamed = file("b", b"same");
+    renamed.listed = None;
+    let dir = craft(repo.path(), "renamed", &[renamed]);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    m["volumes"][0]["entries"].as_array_mut().unwrap().push(
+        serde_json::json!({"path": "a", "kind": "file", "mode": 420, "uid": 0, "gid": 0,
+            "mtime": 0, "size": 4, "sha256": sha(b"same")}),
+    );
+    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    rewrite_sums(&dir, &sha256_file(&dir.join("vol.tar")).unwrap());
+    let out = volsnap(&["verify", "--repo", repo_s, "renamed"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not in the manifest"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A symlink whose target differs between manifest and archive.
+    let mut lying = link("l", tar::EntryType::Symlink, "/etc/shadow");
+    lying.listed = None;
+    let dir = craft(repo.path(), "retargeted", &[lying]);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    m["volumes"][0]["entries"].as_array_mut().unwrap().push(
+        serde_json::json!({"path": "l", "kind": "symlink", "mode": 511, "uid": 0,
+            "gid": 0, "mtime": 0, "target": "harmless"}),
+    );
+    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    rewrite_sums(&dir, &sha256_file(&dir.join("vol.tar")).unwrap());
+    let out = volsnap(&["verify", "--repo", repo_s, "retargeted"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("points to"), "{}", stderr(&out));
+    assert_refused(repo.path(), "retargeted", "points to", &[]);
+
+    // One path listed twice.
+    let dir = craft(repo.path(), "twice", &[file("a", b"x")]);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    let dup = m["volumes"][0]["entries"][1].clone();
+    m["volumes"][0]["entries"].as_array_mut().unwrap().push(dup);
+    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    rewrite_sums(&dir, &sha256_file(&dir.join("vol.tar")).unwrap());
+    let out = volsnap(&["verify", "--repo", repo_s, "twice"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("twice"), "{}", stderr(&out));
 }

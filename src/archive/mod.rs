@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use xattr::FileExt as _;
@@ -140,7 +140,7 @@ struct TreeWriter<'a> {
     builder: &'a mut tar::Builder<stage::Stage<stage::Sealed>>,
     summary: ArchiveSummary,
     /// (device, inode) of multiply-linked files already archived → their path.
-    hard_links: HashMap<(u64, u64), String>,
+    hard_links: HashMap<(u64, u64), Vec<u8>>,
     /// Indexes in `summary.entries` of the files whose content went into
     /// the archive, in order: the pipeline's digests belong to them.
     hashed_entries: Vec<usize>,
@@ -187,45 +187,75 @@ impl Throttle {
 
 impl TreeWriter<'_> {
     fn write_tree(&mut self, root: &Path) -> Result<()> {
-        let root_meta = fs::symlink_metadata(root)
+        let root_dir = open_dir_at(None, root.as_os_str())
+            .with_context(|| format!("cannot open {}", root.display()))?;
+        let root_meta = root_dir
+            .metadata()
             .with_context(|| format!("cannot read {}", root.display()))?;
-        if !root_meta.is_dir() {
-            bail!("{} is not a directory", root.display());
-        }
         // Depth-first: a directory's entry, its files (sorted, read right
-        // after the listing, relative to the directory's descriptor: no path
-        // walk per file, as GNU tar does), then each subdirectory in turn.
-        // Everything under a directory follows it directly, which GNU tar
-        // needs to restore directory mtimes.
-        let mut dirs: Vec<(PathBuf, String, fs::Metadata)> =
-            vec![(root.to_path_buf(), ".".to_string(), root_meta.clone())];
-        while let Some((abs, rel, meta)) = dirs.pop() {
+        // after the listing), then each subdirectory in turn. Everything
+        // under a directory follows it directly, which GNU tar needs to
+        // restore directory mtimes.
+        //
+        // The volume belongs to its containers, which may rename, swap or
+        // replace anything at any moment. So nothing below the root is
+        // looked up by path: every directory is opened relative to its
+        // parent's descriptor without following symlinks, and checked to be
+        // the directory that was listed (device, inode) before it is read.
+        let mut pending = vec![PendingDir {
+            parent: None,
+            name: root.as_os_str().to_owned(),
+            abs: root.to_path_buf(),
+            rel: b".".to_vec(),
+            listed: root_meta.clone(),
+        }];
+        let mut root_dir = Some(root_dir);
+        while let Some(next) = pending.pop() {
             self.cancel.check()?;
-            self.write_entry(Source::Path(&abs), &rel, &meta)?;
-            let (dir, children) = match list_dir(&abs) {
-                Ok(listed) => listed,
+            let opened = match (&next.parent, root_dir.take()) {
+                (None, Some(dir)) => Ok(dir),
+                (parent, _) => {
+                    #[cfg(feature = "fault-injection")]
+                    crate::fault::before_open(&display(&next.rel));
+                    open_dir_at(parent.as_deref(), &next.name)
+                }
+            };
+            let dir = match opened.and_then(|d| d.metadata().map(|m| (d, m))) {
+                Ok((dir, meta)) if same_inode(&meta, &next.listed) => (dir, meta),
+                Ok(_) => {
+                    // Something else sits under that name now.
+                    self.summary.changed_during_read.push(display(&next.rel));
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.summary.vanished_during_read.push(rel);
+                    self.summary.vanished_during_read.push(display(&next.rel));
                     continue;
                 }
                 // Replaced by a file or a symlink since it was listed.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
-                    self.summary.changed_during_read.push(rel);
+                    self.summary.changed_during_read.push(display(&next.rel));
                     continue;
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot list {}", abs.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot open {}", next.abs.display()))
+                }
             };
+            let (dir, meta) = dir;
+            self.write_entry(Source::Dir(&dir, &next.abs), &next.rel, &meta)?;
+            let children =
+                list_dir(&dir).with_context(|| format!("cannot list {}", next.abs.display()))?;
+            let dir = std::rc::Rc::new(dir);
             let mut subdirs = Vec::new();
             for (name, meta) in children {
                 self.cancel.check()?;
-                let child_abs = abs.join(&name);
-                let child_rel = if rel == "." {
-                    name.to_string_lossy().into_owned()
+                let child_abs = next.abs.join(&name);
+                let child_rel = if next.rel == b"." {
+                    name.as_bytes().to_vec()
                 } else {
-                    format!("{rel}/{}", name.to_string_lossy())
+                    [&next.rel[..], b"/", name.as_bytes()].concat()
                 };
                 let Some(meta) = meta else {
-                    self.summary.vanished_during_read.push(child_rel);
+                    self.summary.vanished_during_read.push(display(&child_rel));
                     continue;
                 };
                 if meta.is_dir() {
@@ -236,10 +266,16 @@ impl TreeWriter<'_> {
                         );
                         self.summary
                             .skipped
-                            .push(format!("{child_rel} (another filesystem)"));
+                            .push(format!("{} (another filesystem)", display(&child_rel)));
                         continue;
                     }
-                    subdirs.push((child_abs, child_rel, meta));
+                    subdirs.push(PendingDir {
+                        parent: Some(dir.clone()),
+                        name,
+                        abs: child_abs,
+                        rel: child_rel,
+                        listed: meta,
+                    });
                 } else {
                     let source = Source::At {
                         dir: &dir,
@@ -249,16 +285,18 @@ impl TreeWriter<'_> {
                     self.write_entry(source, &child_rel, &meta)?;
                 }
             }
-            dirs.extend(subdirs.into_iter().rev());
+            pending.extend(subdirs.into_iter().rev());
         }
         Ok(())
     }
 
-    fn write_entry(&mut self, source: Source<'_>, rel: &str, meta: &fs::Metadata) -> Result<()> {
+    fn write_entry(&mut self, source: Source<'_>, rel: &[u8], meta: &fs::Metadata) -> Result<()> {
         let abs = source.path();
         let file_type = meta.file_type();
+        let shown = display(rel);
         let mut entry = FileEntry {
-            path: rel.to_string(),
+            path: String::new(),
+            path_hex: None,
             kind: EntryKind::Dir,
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
@@ -267,7 +305,9 @@ impl TreeWriter<'_> {
             size: 0,
             sha256: None,
             target: None,
+            target_hex: None,
         };
+        entry.set_path(rel);
         let mut header = tar::Header::new_gnu();
         header.set_mode(entry.mode);
         header.set_uid(entry.uid.into());
@@ -276,33 +316,53 @@ impl TreeWriter<'_> {
         header.set_size(0);
         // The root is stored as "./" so that GNU tar applies its metadata to
         // the extraction directory.
-        let tar_path = if rel == "." { "./" } else { rel };
+        let tar_path = Path::new(std::ffi::OsStr::from_bytes(if rel == b"." {
+            b"./"
+        } else {
+            rel
+        }));
 
         if file_type.is_file() && meta.nlink() > 1 {
             if let Some(first) = self.hard_links.get(&(meta.dev(), meta.ino())) {
                 entry.kind = EntryKind::Hardlink;
-                entry.target = Some(first.clone());
+                entry.set_target(first);
                 header.set_entry_type(tar::EntryType::Link);
                 self.builder
-                    .append_link(&mut header, tar_path, first)
+                    .append_link(&mut header, tar_path, std::ffi::OsStr::from_bytes(first))
                     .with_context(|| format!("cannot archive {}", abs.display()))?;
                 self.summary.entries.push(entry);
                 return Ok(());
             }
         }
 
-        if !file_type.is_file() {
-            self.write_xattrs(xattr::list(abs), |name| xattr::get(abs, name), abs)?;
+        match source {
+            Source::Dir(dir, _) => {
+                self.write_xattrs(dir.list_xattr(), |name| dir.get_xattr(name), abs)?
+            }
+            // A regular file's are read from its open descriptor, below.
+            Source::At { .. } if file_type.is_file() => {}
+            Source::At { dir, name, .. } => {
+                // Names under /proc/self/fd/N resolve the directory through
+                // its descriptor, never through the volume's paths; the
+                // xattr crate's calls do not follow a final symlink.
+                let at = proc_path(dir).join(name);
+                self.write_xattrs(xattr::list(&at), |n| xattr::get(&at, n), abs)?
+            }
         }
         if file_type.is_dir() {
             header.set_entry_type(tar::EntryType::Directory);
             self.builder
                 .append_data(&mut header, tar_path, io::empty())?;
         } else if file_type.is_symlink() {
-            let target = match fs::read_link(abs) {
+            let target = match source.read_link() {
                 Ok(t) => t,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.summary.vanished_during_read.push(rel.to_string());
+                    self.summary.vanished_during_read.push(shown);
+                    return Ok(());
+                }
+                // Replaced by something else since it was listed.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.summary.changed_during_read.push(shown);
                     return Ok(());
                 }
                 Err(e) => {
@@ -310,22 +370,36 @@ impl TreeWriter<'_> {
                 }
             };
             entry.kind = EntryKind::Symlink;
-            entry.target = Some(target.to_string_lossy().into_owned());
+            entry.set_target(target.as_os_str().as_bytes());
             header.set_entry_type(tar::EntryType::Symlink);
             self.builder.append_link(&mut header, tar_path, &target)?;
         } else if file_type.is_file() {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::before_open(&shown);
             let file = match source.open_file() {
                 Ok(f) => f,
-                // Gone, or replaced by a symlink, since it was listed.
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || e.raw_os_error() == Some(libc::ELOOP) =>
-                {
-                    self.summary.vanished_during_read.push(rel.to_string());
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.summary.vanished_during_read.push(shown);
+                    return Ok(());
+                }
+                // Replaced by a symlink since it was listed.
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    self.summary.changed_during_read.push(shown);
                     return Ok(());
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", abs.display())),
             };
+            // Opening never blocks (O_NONBLOCK) and never follows a symlink,
+            // but whatever was opened is read only if it is still the
+            // regular file that was listed: a FIFO or a device node swapped
+            // in would hang the backup or put host device bytes into it.
+            let opened = file
+                .metadata()
+                .with_context(|| format!("cannot read {}", abs.display()))?;
+            if !opened.is_file() || !same_inode(&opened, meta) {
+                self.summary.changed_during_read.push(shown);
+                return Ok(());
+            }
             self.write_xattrs(file.list_xattr(), |name| file.get_xattr(name), abs)?;
             entry.kind = EntryKind::File;
             entry.size = meta.len();
@@ -346,13 +420,13 @@ impl TreeWriter<'_> {
                 .metadata()
                 .with_context(|| format!("cannot read {}", abs.display()))?;
             if came_up_short || changed_while_read(meta, &after) {
-                self.summary.changed_during_read.push(rel.to_string());
+                self.summary.changed_during_read.push(shown);
             }
             self.summary.files += 1;
             self.summary.bytes += entry.size;
             if meta.nlink() > 1 {
                 self.hard_links
-                    .insert((meta.dev(), meta.ino()), rel.to_string());
+                    .insert((meta.dev(), meta.ino()), rel.to_vec());
             }
         } else if file_type.is_fifo() || file_type.is_char_device() || file_type.is_block_device() {
             let (kind, tar_type) = if file_type.is_fifo() {
@@ -371,7 +445,7 @@ impl TreeWriter<'_> {
                 .append_data(&mut header, tar_path, io::empty())?;
         } else {
             // Sockets cannot be archived (GNU tar skips them too).
-            self.summary.skipped.push(format!("{rel} (socket)"));
+            self.summary.skipped.push(format!("{shown} (socket)"));
             return Ok(());
         }
         self.summary.entries.push(entry);
@@ -447,11 +521,23 @@ impl TreeWriter<'_> {
     }
 }
 
-/// Where an entry is read from: a path, or a name in an open directory.
+/// A directory still to be archived: its name in its parent's open
+/// descriptor (the root has none and is opened by its host path), and the
+/// metadata it was listed with.
+struct PendingDir {
+    parent: Option<std::rc::Rc<File>>,
+    name: std::ffi::OsString,
+    abs: PathBuf,
+    rel: Vec<u8>,
+    listed: fs::Metadata,
+}
+
+/// Where an entry is read from: an open directory, or a name in one.
+/// `abs` is for messages only.
 enum Source<'p> {
-    Path(&'p Path),
+    Dir(&'p File, &'p Path),
     At {
-        dir: &'p fs::File,
+        dir: &'p File,
         name: &'p std::ffi::OsStr,
         abs: &'p Path,
     },
@@ -460,47 +546,89 @@ enum Source<'p> {
 impl Source<'_> {
     fn path(&self) -> &Path {
         match self {
-            Source::Path(p) => p,
+            Source::Dir(_, abs) => abs,
             Source::At { abs, .. } => abs,
         }
     }
 
-    /// Opens a regular file for reading, never following a symlink that
-    /// replaced it since the listing, and leaving its atime alone.
-    fn open_file(&self) -> io::Result<fs::File> {
-        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME | libc::O_CLOEXEC;
-        match self {
-            Source::Path(p) => fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(flags)
-                .open(p),
-            Source::At { dir, name, .. } => {
-                let name = std::ffi::CString::new(name.as_bytes())
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-                // SAFETY: a valid directory descriptor and a NUL-terminated name.
-                let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: `fd` was just opened and is owned by nobody else.
-                Ok(unsafe { fs::File::from_raw_fd(fd) })
-            }
-        }
+    /// Opens a regular file for reading: relative to its directory, never
+    /// following a symlink, never blocking (a FIFO swapped in), never
+    /// becoming the controlling terminal (a tty swapped in), leaving its
+    /// atime alone. The caller checks what was opened.
+    fn open_file(&self) -> io::Result<File> {
+        let Source::At { dir, name, .. } = self else {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        };
+        let flags = libc::O_RDONLY
+            | libc::O_NOFOLLOW
+            | libc::O_NOATIME
+            | libc::O_CLOEXEC
+            | libc::O_NONBLOCK
+            | libc::O_NOCTTY;
+        openat(Some(dir), name, flags)
     }
+
+    /// A symlink's target, read relative to its directory.
+    fn read_link(&self) -> io::Result<PathBuf> {
+        let Source::At { dir, name, .. } = self else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        nix::fcntl::readlinkat(*dir, *name)
+            .map(PathBuf::from)
+            .map_err(io::Error::from)
+    }
+}
+
+/// `openat(2)` relative to `dir` (or the working directory), returning a
+/// `File` that owns the descriptor.
+fn openat(dir: Option<&File>, name: &std::ffi::OsStr, flags: libc::c_int) -> io::Result<File> {
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: a valid directory descriptor (or AT_FDCWD) and a NUL-terminated name.
+    let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens a directory relative to `parent` without following a symlink.
+fn open_dir_at(parent: Option<&File>, name: &std::ffi::OsStr) -> io::Result<File> {
+    let flags =
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    openat(parent, name, flags)
+}
+
+/// The path of an open descriptor in /proc: the kernel resolves it to the
+/// very object the descriptor holds, whatever happened to its name since.
+fn proc_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// A path for people (lists of changed files, messages): invalid UTF-8
+/// shown as U+FFFD. The manifest keeps the bytes (see `FileEntry`).
+fn display(rel: &[u8]) -> String {
+    String::from_utf8_lossy(rel).into_owned()
+}
+
+/// Whether two stats describe the same filesystem object.
+fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
 }
 
 /// A directory's children, sorted by name, each with its metadata (`None`
 /// when it vanished between listing and stat).
 type Listing = Vec<(std::ffi::OsString, Option<fs::Metadata>)>;
 
-/// Opens a directory and lists it.
-fn list_dir(path: &Path) -> io::Result<(fs::File, Listing)> {
-    let dir = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+/// Lists an open directory. The listing goes through /proc/self/fd, so it
+/// reads the directory that was opened (not whatever its path names now),
+/// and each child's metadata is taken relative to it without following
+/// symlinks.
+fn list_dir(dir: &File) -> io::Result<Listing> {
     let mut children = Vec::new();
-    for entry in fs::read_dir(path)? {
+    for entry in fs::read_dir(proc_path(dir))? {
         let entry = entry?;
         let meta = match entry.metadata() {
             Ok(m) => Some(m),
@@ -510,7 +638,7 @@ fn list_dir(path: &Path) -> io::Result<(fs::File, Listing)> {
         children.push((entry.file_name(), meta));
     }
     children.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((dir, children))
+    Ok(children)
 }
 
 /// Whether a file changed between the listing and the end of its read.
@@ -663,15 +791,36 @@ impl ArchiveReader {
 }
 
 /// The path of a tar entry as the manifest spells it ("." for the root).
-pub fn entry_path(entry: &tar::Entry<'_, ArchiveStream>) -> String {
-    let raw = entry.path_bytes();
-    let text = String::from_utf8_lossy(&raw);
-    let trimmed = text.trim_start_matches("./").trim_end_matches('/');
-    if trimmed.is_empty() || trimmed == "." {
-        ".".to_string()
-    } else {
-        trimmed.to_string()
+pub fn entry_path(entry: &tar::Entry<'_, ArchiveStream>) -> Vec<u8> {
+    normalize_entry_path(&entry.path_bytes())
+}
+
+/// An archive path as the manifest names it: no leading `./`, no trailing
+/// `/`, the root as `.`. Bytes stay bytes.
+pub fn normalize_entry_path(raw: &[u8]) -> Vec<u8> {
+    let mut path = raw;
+    while let Some(rest) = path.strip_prefix(b"./") {
+        path = rest;
     }
+    while let Some(rest) = path.strip_suffix(b"/") {
+        path = rest;
+    }
+    if path.is_empty() || path == b"." {
+        b".".to_vec()
+    } else {
+        path.to_vec()
+    }
+}
+
+/// A link entry's target as the manifest names it: a symlink's exactly as
+/// stored, a hard link's normalized like an entry path.
+pub fn link_target(entry: &tar::Entry<'_, ArchiveStream>, kind: EntryKind) -> Option<Vec<u8>> {
+    let raw = entry.link_name_bytes()?;
+    Some(if kind == EntryKind::Hardlink {
+        normalize_entry_path(&raw)
+    } else {
+        raw.into_owned()
+    })
 }
 
 /// Extended attributes carried by an entry's PAX records.
@@ -700,25 +849,38 @@ pub fn hash_content(reader: &mut impl Read) -> io::Result<(String, u64)> {
 /// missing. Shared by `verify --deep` and `restore`.
 pub struct EntryChecker<'m> {
     volume: &'m str,
-    index: HashMap<&'m str, &'m FileEntry>,
-    seen: std::collections::HashSet<&'m str>,
+    index: HashMap<std::borrow::Cow<'m, [u8]>, &'m FileEntry>,
+    seen: std::collections::HashSet<std::borrow::Cow<'m, [u8]>>,
 }
 
 impl<'m> EntryChecker<'m> {
-    pub fn new(volume: &'m crate::manifest::VolumeRecord) -> Self {
-        Self {
-            volume: &volume.name,
-            index: volume
-                .entries
-                .iter()
-                .map(|e| (e.path.as_str(), e))
-                .collect(),
-            seen: Default::default(),
+    /// Indexes the manifest's entries by their bytes, refusing a manifest
+    /// that names one path twice.
+    pub fn new(volume: &'m crate::manifest::VolumeRecord) -> Result<Self> {
+        let mut index = HashMap::with_capacity(volume.entries.len());
+        for entry in &volume.entries {
+            let raw = entry
+                .raw_path()
+                .with_context(|| format!("{}: corrupt manifest", volume.name))?;
+            if index.insert(raw, entry).is_some() {
+                bail!(
+                    "{}: the manifest lists {:?} twice (corrupt manifest)",
+                    volume.name,
+                    entry.path
+                );
+            }
         }
+        Ok(Self {
+            volume: &volume.name,
+            index,
+            seen: Default::default(),
+        })
     }
 
-    /// The manifest's record of an archive entry, or why it is refused.
-    pub fn check(&mut self, path: &str, tar_type: tar::EntryType) -> Result<&'m FileEntry> {
+    /// The manifest's record of an archive entry (its normalized path and
+    /// tar type), or why it is refused.
+    pub fn check(&mut self, path: &[u8], tar_type: tar::EntryType) -> Result<&'m FileEntry> {
+        let shown = String::from_utf8_lossy(path);
         let kind = match tar_type {
             tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
             tar::EntryType::Directory => EntryKind::Dir,
@@ -728,47 +890,65 @@ impl<'m> EntryChecker<'m> {
             tar::EntryType::Char => EntryKind::CharDevice,
             tar::EntryType::Block => EntryKind::BlockDevice,
             other => bail!(
-                "{}: entry {path:?} has unsupported type {other:?}",
+                "{}: entry {shown:?} has unsupported type {other:?}",
                 self.volume
             ),
         };
-        let (&key, &record) = self.index.get_key_value(path).with_context(|| {
+        let (key, &record) = self.index.get_key_value(path).with_context(|| {
             format!(
-                "{}: archive entry {path:?} is not in the manifest",
+                "{}: archive entry {shown:?} is not in the manifest",
                 self.volume
             )
         })?;
         if record.kind != kind {
             bail!(
-                "{}: archive entry {path:?} is a {kind:?}, the manifest says {:?}",
+                "{}: archive entry {shown:?} is a {kind:?}, the manifest says {:?}",
                 self.volume,
                 record.kind
             );
         }
-        if !self.seen.insert(key) {
-            bail!("{}: archive entry {path:?} appears twice", self.volume);
+        if !self.seen.insert(key.clone()) {
+            bail!("{}: archive entry {shown:?} appears twice", self.volume);
         }
         Ok(record)
     }
 
+    /// Checks that a link entry's target in the archive is the one the
+    /// manifest records.
+    pub fn check_link(&self, record: &FileEntry, archive_target: Option<&[u8]>) -> Result<()> {
+        let listed = record
+            .raw_target()
+            .with_context(|| format!("{}: corrupt manifest", self.volume))?;
+        if listed.as_deref() != archive_target {
+            bail!(
+                "{}: link {:?} points to {:?} in the archive, the manifest says {:?}",
+                self.volume,
+                record.path,
+                archive_target.map(String::from_utf8_lossy),
+                record.target
+            );
+        }
+        Ok(())
+    }
+
     /// Fails when manifest entries never appeared (a truncated archive).
     pub fn finish(&self) -> Result<()> {
-        let missing: Vec<&str> = self
+        let mut missing: Vec<&str> = self
             .index
-            .keys()
-            .filter(|k| !self.seen.contains(*k))
-            .copied()
+            .iter()
+            .filter(|(k, _)| !self.seen.contains(*k))
+            .map(|(_, e)| e.path.as_str())
             .collect();
         if !missing.is_empty() {
-            let mut sample = missing.clone();
-            sample.sort();
-            sample.truncate(3);
+            let count = missing.len();
+            missing.sort();
+            missing.truncate(3);
             bail!(
                 "{}: the archive lacks {} entr{} listed in the manifest (truncated?), e.g. {}",
                 self.volume,
-                missing.len(),
-                if missing.len() == 1 { "y" } else { "ies" },
-                sample.join(", ")
+                count,
+                if count == 1 { "y" } else { "ies" },
+                missing.join(", ")
             );
         }
         Ok(())

@@ -75,7 +75,7 @@ fn perform(
         repo.resolve(id)?
     };
     let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
-    let check = volsnap::verify::verify(&dir, false, cancel)?;
+    let check = volsnap::verify::verify(&dir, volsnap::verify::Level::Checksums, cancel)?;
     if !check.problems.is_empty() {
         anyhow::bail!(
             "backup {id} failed verification, not drilling it: {}",

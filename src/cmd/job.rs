@@ -161,7 +161,7 @@ fn back_up(job: &Job, state_dir: &Path, cancel: &Cancel, record: &mut RunRecord)
     record.archive_bytes = m.archive_bytes();
     record.problems.extend(done.problems);
     if job.verify {
-        match volsnap::verify::verify(&done.dir, false, cancel) {
+        match volsnap::verify::verify(&done.dir, volsnap::verify::Level::Entries, cancel) {
             Ok(report) if report.problems.is_empty() => {
                 volsnap::verify::record_verified(&done.dir, false)
             }

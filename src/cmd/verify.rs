@@ -4,18 +4,24 @@ use crate::cli::VerifyArgs;
 use anyhow::Result;
 use volsnap::cancel::Cancel;
 use volsnap::repo::Repo;
+use volsnap::verify::Level;
 
 pub fn run(args: VerifyArgs) -> Result<i32> {
     let repo = Repo::open(&args.repo)?;
     let (id, dir) = repo.resolve(&args.id)?;
     let cancel = Cancel::from_signals()?;
-    let report = volsnap::verify::verify(&dir, args.deep, &cancel)?;
+    let level = if args.deep {
+        Level::Deep
+    } else {
+        Level::Entries
+    };
+    let report = volsnap::verify::verify(&dir, level, &cancel)?;
     if report.problems.is_empty() {
         volsnap::verify::record_verified(&dir, args.deep);
         let depth = if args.deep {
             format!(", {} files checked one by one", report.files_checked)
         } else {
-            String::new()
+            ", entry lists match the manifest".to_string()
         };
         outln!(
             "backup {id} is intact: {} checksums match{depth}",
