@@ -363,6 +363,24 @@ fn restore_in_place_refuses_while_in_use_and_force_restarts() {
     );
     assert!(is_running(&app));
 
+    // With the stack stopped, the data is still data: a plain restore (id
+    // defaulting to latest) replaces nothing without --force.
+    docker(&["stop", "-t", "1", &app]);
+    let out = volsnap(&["restore", "--repo", repo_s]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("would replace the data in volume {vol}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(path.join("dir/file.txt")).unwrap(),
+        b"damaged",
+        "refusal changes nothing"
+    );
+    docker(&["start", &app]);
+    wait_until("the app to run again", 30, || is_running(&app));
+
     ok(volsnap(&["restore", "--repo", repo_s, id, "--force"]));
     assert!(is_running(&app), "--force starts the container again");
     assert_eq!(

@@ -196,6 +196,8 @@ fn target_with_precious_data(root: &Path) -> PathBuf {
 fn assert_refused(repo: &Path, id: &str, expect: &str, extra: &[&str]) {
     let scratch = tempfile::tempdir().unwrap();
     let target = target_with_precious_data(scratch.path());
+    // --force: the target holds data, and the refusal must come from the
+    // hostile content, not from the missing flag.
     let mut args = vec![
         "restore",
         "--repo",
@@ -203,6 +205,7 @@ fn assert_refused(repo: &Path, id: &str, expect: &str, extra: &[&str]) {
         id,
         "--target-dir",
         target.to_str().unwrap(),
+        "--force",
     ];
     args.extend_from_slice(extra);
     let out = volsnap(&args);
@@ -394,14 +397,32 @@ fn a_clean_crafted_backup_restores() {
     );
     let scratch = tempfile::tempdir().unwrap();
     let target = target_with_precious_data(scratch.path());
-    ok(volsnap(&[
-        "restore",
-        "--repo",
-        repo.path().to_str().unwrap(),
-        "clean",
-        "--target-dir",
-        target.to_str().unwrap(),
-    ]));
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "clean",
+            "--target-dir",
+            target.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        volsnap(&args)
+    };
+    // The target holds data: without --force nothing is replaced, and the
+    // message says what would be.
+    let out = restore(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("would replace the data in") && stderr(&out).contains("--force"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(target.join("vol/precious")).unwrap(),
+        b"keep me"
+    );
+    ok(restore(&["--force"]));
     assert_eq!(std::fs::read(target.join("vol/a.txt")).unwrap(), b"alpha");
     assert_eq!(std::fs::read(target.join("vol/h")).unwrap(), b"alpha");
     assert_eq!(
@@ -590,4 +611,70 @@ fn plain_verify_fails_when_manifest_and_archive_disagree_on_the_entries() {
     let out = volsnap(&["verify", "--repo", repo_s, "twice"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("twice"), "{}", stderr(&out));
+}
+
+/// Edits a crafted backup's manifest as JSON, keeping SHA256SUMS in step.
+fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    rewrite_sums(dir, &sha256_file(&dir.join("vol.tar")).unwrap());
+}
+
+#[test]
+fn a_manifest_never_chooses_a_host_path_to_restore_into() {
+    require_docker();
+    let repo = tempfile::tempdir().unwrap();
+    let repo_s = repo.path().to_str().unwrap();
+    // A host directory that no container binds, named as a bind source.
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("precious"), b"keep me").unwrap();
+    let dir = craft(repo.path(), "bind-claim", &[file("pwned", b"x")]);
+    let claimed = host_dir.path().to_str().unwrap().to_string();
+    edit_manifest(&dir, |m| {
+        m["volumes"][0]["kind"] = "bind".into();
+        m["volumes"][0]["name"] = claimed.clone().into();
+        m["volumes"][0]["source_path"] = claimed.clone().into();
+    });
+    let out = volsnap(&["restore", "--repo", repo_s, "bind-claim", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no container binds that path"),
+        "{}",
+        stderr(&out)
+    );
+    let names: Vec<_> = std::fs::read_dir(host_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["precious"], "the host directory was not touched");
+
+    // A missing volume whose recorded options bind a host directory.
+    let volume = format!("vtclaim{}", std::process::id());
+    let dir = craft(repo.path(), "device-claim", &[file("pwned", b"x")]);
+    edit_manifest(&dir, |m| {
+        m["volumes"][0]["name"] = volume.clone().into();
+        m["volumes"][0]["driver"] = "local".into();
+        m["volumes"][0]["driver_opts"] =
+            serde_json::json!({"type": "none", "o": "bind", "device": claimed});
+    });
+    let out = volsnap(&["restore", "--repo", repo_s, "device-claim", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not create volumes from options"),
+        "{}",
+        stderr(&out)
+    );
+    let created = std::process::Command::new("docker")
+        .args(["volume", "inspect", &volume])
+        .output()
+        .unwrap();
+    if created.status.success() {
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "rm", "-f", &volume])
+            .output();
+        panic!("volume {volume} was created from the backup's options");
+    }
+    assert!(!host_dir.path().join("pwned").exists());
 }

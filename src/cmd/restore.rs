@@ -4,7 +4,7 @@ use crate::cli::RestoreArgs;
 use crate::output::{byte_bar, stderr_is_terminal};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use volsnap::cancel::Cancel;
 use volsnap::discovery::{start_order, volume_host_path, Container};
 use volsnap::docker::{ContainerInfo, Docker};
@@ -29,7 +29,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
     let (id, dir) = repo.resolve(&args.id)?;
     let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
     let cancel = Cancel::from_signals()?;
-    let check = volsnap::verify::verify(&dir, false, &cancel)?;
+    let check = volsnap::verify::verify(&dir, volsnap::verify::Level::Checksums, &cancel)?;
     if !check.problems.is_empty() {
         anyhow::bail!(
             "backup {id} failed verification, not restoring it: {}",
@@ -85,12 +85,31 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
             }
         }
     }
-    if !users.is_empty() && !args.force {
-        let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
-        return Err(usage!(
-            "the restore target is in use by running container(s) {}; stop them first, or pass --force to have volsnap stop them and start them again afterwards",
-            names.join(", ")
-        ));
+    if !args.force {
+        let mut reasons = Vec::new();
+        if !users.is_empty() {
+            let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
+            reasons.push(format!(
+                "the restore target is in use by running container(s) {} (--force stops them and starts them again afterwards)",
+                names.join(", ")
+            ));
+        }
+        let holding: Vec<String> = targets
+            .iter()
+            .filter_map(|t| holds_data(&t.path).map(|n| format!("{} ({n} entries)", t.label)))
+            .collect();
+        if !holding.is_empty() {
+            reasons.push(format!(
+                "it would replace the data in {}",
+                holding.join(", ")
+            ));
+        }
+        if !reasons.is_empty() {
+            return Err(usage!(
+                "not restoring backup {id}: {}. Nothing was changed; pass --force to replace the data (the previous content is deleted once the new content is in place), or restore elsewhere with --volume OLD=NEW or --target-dir DIR",
+                reasons.join("; and ")
+            ));
+        }
     }
     let ordered = start_order(users.into_iter().map(Container::new).collect())?;
     let mut stopped: Vec<&Container> = Vec::new();
@@ -232,14 +251,12 @@ fn docker_targets<'m>(
             VolumeKind::Volume => {
                 let info = match docker.inspect_volume(&v.name)? {
                     Some(info) => info,
-                    None => docker
-                        .create_volume(
-                            &v.name,
-                            v.driver.as_deref().unwrap_or("local"),
-                            &v.driver_opts,
-                            &v.labels,
-                        )
-                        .with_context(|| format!("cannot recreate volume {}", v.name))?,
+                    None => {
+                        recreatable(v)?;
+                        docker
+                            .create_volume(&v.name, "local", &BTreeMap::new(), &v.labels)
+                            .with_context(|| format!("cannot recreate volume {}", v.name))?
+                    }
                 };
                 targets.push(Target {
                     volume: v,
@@ -247,11 +264,23 @@ fn docker_targets<'m>(
                     label: format!("volume {}", v.name),
                 });
             }
-            VolumeKind::Bind => targets.push(Target {
-                volume: v,
-                path: PathBuf::from(&v.source_path),
-                label: v.source_path.clone(),
-            }),
+            VolumeKind::Bind => {
+                // The manifest's path is only a claim: write there only if a
+                // container mounts that very path right now.
+                let path = PathBuf::from(&v.source_path);
+                let binders = containers_binding(docker, &path)?;
+                if binders.is_empty() || !path.is_absolute() {
+                    return Err(usage!(
+                        "backup {id} holds the bind mount {}, but no container binds that path now; volsnap does not write to a host path on a backup's word alone. Restore it with --target-dir DIR, or create the container that binds it first",
+                        v.source_path
+                    ));
+                }
+                targets.push(Target {
+                    volume: v,
+                    path,
+                    label: format!("bind mount {} (of {})", v.source_path, binders.join(", ")),
+                })
+            }
         }
     }
     Ok(targets)
@@ -259,21 +288,64 @@ fn docker_targets<'m>(
 
 /// Containers that mount a restore target.
 fn users_of(docker: &Docker, target: &Target<'_>) -> Result<Vec<ContainerInfo>> {
-    if target.label.starts_with("volume ") {
-        let name = target.label.trim_start_matches("volume ");
+    if let Some(name) = target.label.strip_prefix("volume ") {
         return docker.containers_using_volume(name);
     }
     // Bind mounts and directories: any container binding that path.
     let mut out = Vec::new();
     for id in docker.list_container_ids(&[])? {
         if let Some(c) = docker.inspect_container(&id)? {
-            if c.mounts
-                .iter()
-                .any(|m| std::path::Path::new(&m.source) == target.path)
-            {
+            if c.mounts.iter().any(|m| Path::new(&m.source) == target.path) {
                 out.push(c);
             }
         }
     }
     Ok(out)
+}
+
+/// Names of the containers (running or not) that bind-mount `path` now.
+fn containers_binding(docker: &Docker, path: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for id in docker.list_container_ids(&[])? {
+        if let Some(c) = docker.inspect_container(&id)? {
+            if c.mounts.iter().any(|m| Path::new(&m.source) == path) {
+                out.push(c.name.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A missing volume is recreated from the backup only as a plain local
+/// volume: driver options read from a backup can bind a host path
+/// (`device=/etc`) or mount a remote one, and that is the operator's call.
+fn recreatable(v: &VolumeRecord) -> Result<()> {
+    let driver = v.driver.as_deref().unwrap_or("local");
+    if driver == "local" && v.driver_opts.is_empty() {
+        return Ok(());
+    }
+    let opts: Vec<String> = v
+        .driver_opts
+        .iter()
+        .map(|(k, val)| format!("--opt {k}={val}"))
+        .collect();
+    Err(usage!(
+        "volume {} does not exist, and the backup recorded it with driver {driver} {}; volsnap does not create volumes from options read from a backup (they can bind host paths). Create it yourself if those options are right (docker volume create --driver {driver} {} {}) and run the restore again, or restore into a new plain volume with --volume {}=NEW",
+        v.name,
+        if opts.is_empty() { "and no options".to_string() } else { format!("and options {}", opts.join(" ")) },
+        opts.join(" "),
+        v.name,
+        v.name
+    ))
+}
+
+/// How many entries a restore target holds, when it holds any (volsnap's
+/// own leftovers aside); `None` when it is empty or missing.
+fn holds_data(path: &Path) -> Option<usize> {
+    let count = std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| !volsnap::restore::is_ours(&e.file_name()))
+        .count();
+    (count > 0).then_some(count)
 }
