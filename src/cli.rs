@@ -163,6 +163,8 @@ pub struct DrillArgs {
     /// The stack whose backup is drilled (its containers are copied).
     #[command(flatten)]
     pub selection: SelectionArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
     /// SERVICE=CMD: CMD runs inside the drill copy of SERVICE; exit 0 means
     /// healthy. Repeat for several.
     #[arg(long, value_name = "SERVICE=CMD")]
@@ -191,6 +193,9 @@ pub struct PruneArgs {
     pub repo: PathBuf,
     #[command(flatten)]
     pub only: StackFilterArgs,
+    /// Only this host's backups (default: every host, each on its own).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// Show what would go and why each kept backup stays; delete nothing.
@@ -315,6 +320,23 @@ pub struct SelectionArgs {
     pub label: Option<String>,
 }
 
+/// Which host's backups: a repository may be shared by several hosts.
+#[derive(Args, Debug, Clone)]
+pub struct HostArgs {
+    /// The host whose backups are meant (default: this machine's hostname).
+    /// `latest` is the newest backup from this host; a backup records it.
+    #[arg(long, env = "VOLSNAP_HOST", value_name = "NAME")]
+    pub host: Option<String>,
+}
+
+impl HostArgs {
+    pub fn name(&self) -> String {
+        self.host
+            .clone()
+            .unwrap_or_else(volsnap::execute::this_host)
+    }
+}
+
 /// Optionally, one stack: only its backups (default: every stack in the
 /// repository, each on its own).
 #[derive(Args, Debug, Clone)]
@@ -412,6 +434,8 @@ pub struct BackupArgs {
     #[arg(long)]
     pub skip_space_check: bool,
     #[command(flatten)]
+    pub host: HostArgs,
+    #[command(flatten)]
     pub state: StateArgs,
     /// Print the result as JSON.
     #[arg(long)]
@@ -441,6 +465,11 @@ pub struct ListArgs {
     /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
+    #[command(flatten)]
+    pub only: StackFilterArgs,
+    /// Only backups from this host (default: every host).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -451,9 +480,14 @@ pub struct VerifyArgs {
     /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
-    /// Backup id, or "latest".
+    /// Backup id, or "latest" (the newest from this host, of the stack
+    /// when one is named).
     #[arg(default_value = "latest")]
     pub id: String,
+    #[command(flatten)]
+    pub only: StackFilterArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
     /// Also read every archive and check every file's SHA-256.
     #[arg(long)]
     pub deep: bool,
@@ -464,9 +498,14 @@ pub struct RestoreArgs {
     /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
-    /// Backup id, or "latest".
+    /// Backup id, or "latest" (the newest from this host, of the stack
+    /// when one is named).
     #[arg(default_value = "latest")]
     pub id: String,
+    #[command(flatten)]
+    pub only: StackFilterArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
     /// Restore volume OLD into volume NEW (created if missing); repeat for
     /// several. Only the volumes named are restored.
     #[arg(long = "volume", value_name = "OLD=NEW")]

@@ -57,6 +57,8 @@ pub struct Job<'a> {
     pub plan: &'a Plan,
     pub repo: Option<&'a Repo>,
     pub id: String,
+    /// The host the backup is recorded as from (`--host`, else the hostname).
+    pub host: String,
     pub archive: ArchiveOptions,
     pub cancel: &'a Cancel,
     pub observer: &'a dyn Observer,
@@ -554,7 +556,7 @@ impl<'a> Run<'a> {
             id: job.id.clone(),
             started_at: self.started_at,
             completed_at: Utc::now(),
-            host: hostname(),
+            host: job.host.clone(),
             volsnap_version: env!("CARGO_PKG_VERSION").to_string(),
             selection: job.stack.selection.to_string(),
             strategy: job.plan.strategy,
@@ -656,7 +658,16 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".to_string())
 }
 
-/// This host's name, for the manifest.
+/// The name backups from this machine carry: `VOLSNAP_HOST` when set (a
+/// machine that took over another's role keeps its name), else the hostname.
+pub fn this_host() -> String {
+    std::env::var("VOLSNAP_HOST")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or_else(hostname)
+}
+
+/// This machine's hostname.
 pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()

@@ -1,6 +1,7 @@
-//! `prune`: applies a retention policy to a repository, one selection
-//! (stack) at a time, never deleting a protected backup or the newest
-//! backup that verifies.
+//! `prune`: applies a retention policy to a repository, one group at a
+//! time, never deleting a protected backup or the newest backup that
+//! verifies. A group is one stack (selection) from one host: hosts sharing
+//! a repository never prune each other's backups.
 
 use crate::cancel::Cancel;
 use crate::repo::Repo;
@@ -11,6 +12,7 @@ use serde::Serialize;
 /// What prune decided for the backups of one selection.
 #[derive(Debug, Serialize)]
 pub struct GroupReport {
+    pub host: String,
     pub selection: String,
     /// Newest first.
     pub decisions: Vec<Decision>,
@@ -25,12 +27,14 @@ pub struct PruneReport {
     pub deleted: Vec<String>,
 }
 
-/// Applies `policy` to the backups of `selection` (all selections when
-/// `None`), deleting unless `dry_run`.
+/// Applies `policy` to the backups of `selection` from `host` (every
+/// selection, every host when `None`, each group on its own), deleting
+/// unless `dry_run`.
 pub fn prune(
     repo: &Repo,
     policy: &Policy,
     selection: Option<&str>,
+    host: Option<&str>,
     dry_run: bool,
     cancel: &Cancel,
 ) -> Result<PruneReport> {
@@ -43,22 +47,24 @@ pub fn prune(
         repo.finish_deletions()?;
     }
     let (backups, _) = repo.list()?;
-    let mut selections: Vec<&str> = backups
+    let mut groups: Vec<(&str, &str)> = backups
         .iter()
-        .map(|b| b.manifest.selection.as_str())
-        .filter(|s| selection.is_none_or(|wanted| wanted == *s))
+        .map(|b| (b.manifest.host.as_str(), b.manifest.selection.as_str()))
+        .filter(|(h, s)| {
+            selection.is_none_or(|wanted| wanted == *s) && host.is_none_or(|wanted| wanted == *h)
+        })
         .collect();
-    selections.sort_unstable();
-    selections.dedup();
+    groups.sort_unstable();
+    groups.dedup();
     let mut report = PruneReport {
         dry_run,
         groups: Vec::new(),
         deleted: Vec::new(),
     };
-    for group in selections {
+    for (group_host, group) in groups {
         let members: Vec<_> = backups
             .iter()
-            .filter(|b| b.manifest.selection == group)
+            .filter(|b| b.manifest.selection == group && b.manifest.host == group_host)
             .collect();
         let candidates: Vec<Candidate> = members
             .iter()
@@ -94,6 +100,7 @@ pub fn prune(
             }
         }
         report.groups.push(GroupReport {
+            host: group_host.to_string(),
             selection: group.to_string(),
             decisions,
             damaged,

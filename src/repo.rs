@@ -135,6 +135,75 @@ impl Repo {
     }
 }
 
+/// What `latest` may name in a repository that several hosts and stacks
+/// share: the newest backup from `host`, of `selection` when one is given.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub host: String,
+    pub selection: Option<String>,
+}
+
+impl Scope {
+    fn describe(&self) -> String {
+        match &self.selection {
+            Some(s) => format!("of {s} "),
+            None => String::new(),
+        }
+    }
+}
+
+impl Repo {
+    /// Resolves an id, or `latest` within `scope`, to its directory. When
+    /// this host has no such backup but others do (a replacement machine
+    /// after a disaster), the error names them, for `--host`.
+    pub fn resolve_in(&self, id: &str, scope: &Scope) -> Result<(String, PathBuf)> {
+        if id != "latest" {
+            return self.resolve(id);
+        }
+        let (backups, _) = self.list()?;
+        if backups.is_empty() {
+            return Err(usage!(
+                "repository {} holds no backup yet",
+                self.root.display()
+            ));
+        }
+        let of_stack: Vec<&BackupEntry> = backups
+            .iter()
+            .filter(|b| {
+                scope
+                    .selection
+                    .as_deref()
+                    .is_none_or(|s| b.manifest.selection == s)
+            })
+            .collect();
+        if let Some(newest) = of_stack
+            .iter()
+            .rev()
+            .find(|b| b.manifest.host == scope.host)
+        {
+            return Ok((newest.id.clone(), newest.dir.clone()));
+        }
+        let mut hosts: Vec<&str> = of_stack.iter().map(|b| b.manifest.host.as_str()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        if hosts.is_empty() {
+            return Err(usage!(
+                "repository {} holds no backup {}('volsnap list --repo {}' shows what it holds)",
+                self.root.display(),
+                scope.describe(),
+                self.root.display()
+            ));
+        }
+        Err(usage!(
+            "repository {} holds no backup {}from host {}; it has some from {}: name one with --host",
+            self.root.display(),
+            scope.describe(),
+            scope.host,
+            hosts.join(", ")
+        ))
+    }
+}
+
 impl BackupEntry {
     pub fn protected(&self) -> bool {
         self.dir.join(PROTECTED_FILE).exists()

@@ -166,3 +166,77 @@ fn prune_keeps_the_policy_the_protected_and_the_newest_backup_that_verifies() {
     );
     assert_eq!(ids_in(&repo).len(), 3);
 }
+
+/// Runs volsnap as host `host` (VOLSNAP_HOST), as a second machine sharing
+/// the repository would.
+fn as_host(host: &str, args: &[&str]) -> std::process::Output {
+    volsnap_env(args, &[("VOLSNAP_HOST", host)])
+}
+
+#[test]
+fn hosts_sharing_a_repository_never_prune_or_restore_each_others_backups() {
+    let mut p = Project::new("hosts");
+    let repo = p.tempdir();
+    let repo_s = repo.to_str().unwrap();
+    let vol = p.volume("data", &[]);
+    std::fs::write(volume_path(&vol).join("state"), "one\n").unwrap();
+    p.service("db", &[], &["-v", &format!("{vol}:/data")], &["idle"]);
+    let backup = |host: &str| -> String {
+        let out = ok(as_host(
+            host,
+            &backup_args(&p.name, &repo, &["--strategy", "online", "--json"]),
+        ));
+        let report: Value = serde_json::from_str(&out).unwrap();
+        report["id"].as_str().unwrap().to_string()
+    };
+    // Two hosts run the same stack (same selection) into one repository.
+    let a1 = backup("host-a");
+    let b1 = backup("host-b");
+    let a2 = backup("host-a");
+    let b2 = backup("host-b");
+
+    let listed: Value =
+        serde_json::from_str(&ok(volsnap(&["list", "--repo", repo_s, "--json"]))).unwrap();
+    let hosts: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["id"].as_str().unwrap(), b["host"].as_str().unwrap()))
+        .collect();
+    assert!(hosts.contains(&(a1.as_str(), "host-a")), "{hosts:?}");
+    assert!(hosts.contains(&(b2.as_str(), "host-b")), "{hosts:?}");
+    let only_b = ok(volsnap(&["list", "--repo", repo_s, "--host", "host-b"]));
+    assert!(only_b.contains(&b1) && !only_b.contains(&a1), "{only_b}");
+
+    // `latest` is this host's newest, never the other host's.
+    let verified = ok(as_host("host-a", &["verify", "--repo", repo_s]));
+    assert!(verified.contains(&a2), "{verified}");
+    // A replacement machine has none of its own: it is told whose exist.
+    let out = as_host(
+        "host-new",
+        &["verify", "--repo", repo_s, "--project", &p.name],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("host-a, host-b") && stderr(&out).contains("--host"),
+        "{}",
+        stderr(&out)
+    );
+    let picked = ok(as_host(
+        "host-new",
+        &["verify", "--repo", repo_s, "--host", "host-b"],
+    ));
+    assert!(picked.contains(&b2), "{picked}");
+
+    // Retention by host: keep-last 1 keeps each host's newest.
+    ok(as_host(
+        "host-a",
+        &["prune", "--repo", repo_s, "--keep-last", "1"],
+    ));
+    let left = ids_in(&repo);
+    assert_eq!(left, {
+        let mut both = vec![a2.clone(), b2.clone()];
+        both.sort();
+        both
+    });
+}

@@ -114,6 +114,7 @@ pub fn perform(args: &BackupArgs, cancel: &Cancel) -> Result<Done> {
         plan: &plan,
         repo: Some(&repo),
         id,
+        host: args.host.name(),
         archive,
         cancel,
         observer: &observer,

@@ -11,7 +11,7 @@ use volsnap::docker::Docker;
 use volsnap::drill::{drill, store_report, DrillReport, DrillSpec};
 use volsnap::journal::Journal;
 use volsnap::manifest::{Manifest, MANIFEST_FILE};
-use volsnap::repo::Repo;
+use volsnap::repo::{Repo, Scope};
 use volsnap::runlog::{RunKind, RunRecord, RunStatus};
 use volsnap::usage;
 
@@ -34,6 +34,7 @@ pub fn run(args: DrillArgs) -> Result<i32> {
         &args.repo,
         &args.id,
         &selection,
+        &args.host.name(),
         &spec,
         &args.state.state_dir,
         &cancel,
@@ -52,28 +53,17 @@ fn perform(
     repo: &Path,
     id: &str,
     selection: &Selection,
+    host: &str,
     spec: &DrillSpec,
     state_dir: &Path,
     cancel: &Cancel,
 ) -> Result<DrillReport> {
     let repo = Repo::open(repo)?;
-    let (id, dir) = if id == "latest" {
-        let (backups, _) = repo.list()?;
-        let wanted = selection.to_string();
-        let newest = backups
-            .iter()
-            .rev()
-            .find(|b| b.manifest.selection == wanted)
-            .ok_or_else(|| {
-                usage!(
-                    "repository {} holds no backup of {wanted}",
-                    repo.root().display()
-                )
-            })?;
-        (newest.id.clone(), newest.dir.clone())
-    } else {
-        repo.resolve(id)?
+    let scope = Scope {
+        host: host.to_string(),
+        selection: Some(selection.to_string()),
     };
+    let (id, dir) = repo.resolve_in(id, &scope)?;
     let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
     let check = volsnap::verify::verify(&dir, volsnap::verify::Level::Checksums, cancel)?;
     if !check.problems.is_empty() {
@@ -147,7 +137,16 @@ pub fn run_job_drill(config: &Config, name: &str, state_dir: &Path, cancel: &Can
     let clock = Instant::now();
     let mut record = RunRecord::start(name, RunKind::Drill);
     let repo: PathBuf = job.repo.clone();
-    match perform(&repo, "latest", &job.selection(), &spec, state_dir, cancel) {
+    let host = volsnap::execute::this_host();
+    match perform(
+        &repo,
+        "latest",
+        &job.selection(),
+        &host,
+        &spec,
+        state_dir,
+        cancel,
+    ) {
         Ok(report) => {
             print_report(&report);
             record.backup_id = Some(report.backup_id.clone());

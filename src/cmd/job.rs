@@ -86,6 +86,7 @@ fn backup_args(job: &Job, state_dir: &Path) -> Result<BackupArgs> {
         bwlimit: size(&job.bwlimit)?,
         io_nice: job.io_nice,
         skip_space_check: false,
+        host: crate::cli::HostArgs { host: None },
         state: StateArgs {
             state_dir: state_dir.to_path_buf(),
         },
@@ -181,6 +182,7 @@ fn back_up(job: &Job, state_dir: &Path, cancel: &Cancel, record: &mut RunRecord)
                 &repo,
                 policy,
                 Some(&job.selection().to_string()),
+                Some(&volsnap::execute::this_host()),
                 false,
                 cancel,
             )

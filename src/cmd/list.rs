@@ -8,7 +8,14 @@ use volsnap::repo::Repo;
 
 pub fn run(args: ListArgs) -> Result<i32> {
     let repo = Repo::open(&args.repo)?;
-    let (backups, warnings) = repo.list()?;
+    let (mut backups, warnings) = repo.list()?;
+    let selection = args.only.selection()?;
+    backups.retain(|b| {
+        selection
+            .as_deref()
+            .is_none_or(|s| b.manifest.selection == s)
+            && args.host.as_deref().is_none_or(|h| b.manifest.host == h)
+    });
     for w in &warnings {
         eprintln!("volsnap: warning: skipping {w}");
     }
@@ -19,6 +26,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
                 let m = &b.manifest;
                 json!({
                     "id": b.id,
+                    "host": m.host,
                     "started_at": m.started_at,
                     "selection": m.selection,
                     "strategy": m.strategy,
@@ -42,12 +50,24 @@ pub fn run(args: ListArgs) -> Result<i32> {
         return Ok(0);
     }
     if backups.is_empty() {
-        outln!("no backups in {}", repo.root().display());
+        let filtered = selection.is_some() || args.host.is_some();
+        outln!(
+            "no backups in {}{}",
+            repo.root().display(),
+            if filtered { " match" } else { "" }
+        );
         return Ok(0);
     }
+    let host_width = backups
+        .iter()
+        .map(|b| b.manifest.host.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
     outln!(
-        "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10} {:<5} selection",
+        "{:<22} {:<host_width$} {:<20} {:<9} {:<12} {:>10} {:>10} {:<5} selection",
         "id",
+        "host",
         "time (UTC)",
         "strategy",
         "consistency",
@@ -58,8 +78,9 @@ pub fn run(args: ListArgs) -> Result<i32> {
     for b in &backups {
         let m = &b.manifest;
         outln!(
-            "{:<22} {:<20} {:<9} {:<12} {:>10} {:>10} {:<5} {}",
+            "{:<22} {:<host_width$} {:<20} {:<9} {:<12} {:>10} {:>10} {:<5} {}",
             b.id,
+            m.host,
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.strategy.to_string(),
             m.consistency.to_string(),

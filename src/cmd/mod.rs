@@ -13,12 +13,13 @@ mod restore;
 mod snapshot;
 mod verify;
 
-use crate::cli::{Command, SelectionArgs, StrategyArgs};
+use crate::cli::{Command, HostArgs, SelectionArgs, StackFilterArgs, StrategyArgs};
 use anyhow::Result;
 use std::path::Path;
 use volsnap::discovery::Selection;
 use volsnap::lock::HostLock;
 use volsnap::plan::PlanOptions;
+use volsnap::repo::Scope;
 use volsnap::usage;
 
 pub fn run(command: Command) -> Result<i32> {
@@ -56,6 +57,24 @@ impl SelectionArgs {
             return Ok(Selection::Label(key.to_string(), value.to_string()));
         }
         Ok(Selection::Containers(self.container.clone()))
+    }
+}
+
+impl StackFilterArgs {
+    /// The selection string backups of this stack record, when one is named.
+    pub fn selection(&self) -> Result<Option<String>> {
+        self.to_selection_args()
+            .map(|s| s.to_selection().map(|s| s.to_string()))
+            .transpose()
+    }
+
+    /// What `latest` means for a reading command: the newest backup from
+    /// the host, of the stack when one is named.
+    pub fn scope(&self, host: &HostArgs) -> Result<Scope> {
+        Ok(Scope {
+            host: host.name(),
+            selection: self.selection()?,
+        })
     }
 }
 

@@ -22,10 +22,7 @@ impl PolicyArgs {
 
 pub fn run(args: PruneArgs) -> Result<i32> {
     let repo = Repo::open(&args.repo)?;
-    let selection = match &args.only.to_selection_args() {
-        Some(s) => Some(s.to_selection()?.to_string()),
-        None => None,
-    };
+    let selection = args.only.selection()?;
     let cancel = Cancel::from_signals()?;
     let _lock = if args.dry_run {
         None
@@ -37,6 +34,7 @@ pub fn run(args: PruneArgs) -> Result<i32> {
         &repo,
         &args.policy.to_policy(),
         selection.as_deref(),
+        args.host.as_deref(),
         args.dry_run,
         &cancel,
     )?;
@@ -60,8 +58,9 @@ pub fn print_report(report: &PruneReport) {
     for group in &report.groups {
         let gone = group.decisions.iter().filter(|d| !d.keep).count();
         outln!(
-            "{}: keep {}, {verb} {gone}",
+            "{} from {}: keep {}, {verb} {gone}",
             group.selection,
+            group.host,
             group.decisions.len() - gone
         );
         for d in &group.decisions {

@@ -26,7 +26,7 @@ struct Target<'m> {
 
 pub fn run(args: RestoreArgs) -> Result<i32> {
     let repo = Repo::open(&args.repo)?;
-    let (id, dir) = repo.resolve(&args.id)?;
+    let (id, dir) = repo.resolve_in(&args.id, &args.only.scope(&args.host)?)?;
     let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
     let cancel = Cancel::from_signals()?;
     let check = volsnap::verify::verify(&dir, volsnap::verify::Level::Checksums, &cancel)?;

@@ -58,6 +58,7 @@ pub fn take(args: SnapshotArgs) -> Result<i32> {
         plan: &plan,
         repo: None,
         id: name.clone(),
+        host: volsnap::execute::this_host(),
         archive: Default::default(),
         cancel: &cancel,
         observer: &observer,

@@ -8,7 +8,7 @@ use volsnap::verify::Level;
 
 pub fn run(args: VerifyArgs) -> Result<i32> {
     let repo = Repo::open(&args.repo)?;
-    let (id, dir) = repo.resolve(&args.id)?;
+    let (id, dir) = repo.resolve_in(&args.id, &args.only.scope(&args.host)?)?;
     let cancel = Cancel::from_signals()?;
     let level = if args.deep {
         Level::Deep
