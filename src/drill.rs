@@ -154,8 +154,6 @@ fn run_drill(
             Path::new(&info.mountpoint),
             RestoreOptions::default(),
             cancel,
-            &|_| {},
-            None,
         )
         .with_context(|| format!("cannot restore {} into scratch volume {name}", v.name))?;
         scratch.insert(i, name);

@@ -6,6 +6,10 @@
 //!   creates PATH before step N and waits until the test removes it, so a
 //!   test can break something (restart dockerd, recreate a container) at a
 //!   known point of the run.
+//! - `VOLSNAP_FAULT_RESTORE=ACTION:PHASE:INDEX` acts in a restore before
+//!   PHASE (`stage`, `swap`: of volume INDEX, 0-based; `delete`: of the old
+//!   content, INDEX 0): ACTION `kill` (SIGKILL), `fail` (an error) or `hold`
+//!   (the hold file, as above).
 //! - `VOLSNAP_FAULT_HOLD_BEFORE_OPEN=PATH_IN_VOLUME` with the same hold file
 //!   makes the archiver wait just before it opens that entry (listed, not
 //!   yet opened), so a test can swap it for a symlink, a FIFO or a device
@@ -33,6 +37,29 @@ pub fn before_open(rel: &str) {
     if std::env::var("VOLSNAP_FAULT_HOLD_BEFORE_OPEN").is_ok_and(|wanted| wanted == rel) {
         hold(&format!("opening {rel}"));
     }
+}
+
+/// Acts in a restore before `phase` of volume `index`.
+pub fn during_restore(phase: &str, index: usize) -> anyhow::Result<()> {
+    let Ok(wanted) = std::env::var("VOLSNAP_FAULT_RESTORE") else {
+        return Ok(());
+    };
+    let Some((action, at)) = wanted.split_once(':') else {
+        return Ok(());
+    };
+    if at != format!("{phase}:{index}") {
+        return Ok(());
+    }
+    match action {
+        "kill" => {
+            eprintln!("volsnap: fault injection: killing myself before restore {at}");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        "fail" => anyhow::bail!("fault injection: failing before restore {at}"),
+        "hold" => hold(&format!("restore {at}")),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Creates the hold file and waits until the test removes it.

@@ -50,6 +50,15 @@ pub enum Undo {
         #[serde(with = "file_names")]
         old_names: Vec<std::ffi::OsString>,
     },
+    /// A restore committed: every volume has its new content. What remains
+    /// is deleting the content it replaced (and emptied staging
+    /// directories); recovery finishes that, it never undoes the restore.
+    FinishRestore {
+        remove: Vec<PathBuf>,
+        /// Each target's mtime from the backup, set again after deleting.
+        #[serde(default)]
+        mtimes: Vec<(PathBuf, i64)>,
+    },
 }
 
 /// File names in a journal: a name that is UTF-8 as a string, any other as
@@ -108,6 +117,13 @@ impl Undo {
             Undo::RestoreSwap { target, .. } => {
                 format!("put the previous content of {} back", target.display())
             }
+            Undo::FinishRestore { remove, .. } => {
+                let shown: Vec<String> = remove.iter().map(|p| p.display().to_string()).collect();
+                format!(
+                    "finish a restore: delete the replaced content {}",
+                    shown.join(", ")
+                )
+            }
         }
     }
 }
@@ -132,6 +148,8 @@ enum Record {
 pub struct Journal {
     file: File,
     path: PathBuf,
+    /// Undos pushed and not yet discharged.
+    pending: Vec<Undo>,
 }
 
 fn journal_dir(state_dir: &Path) -> PathBuf {
@@ -151,7 +169,11 @@ impl Journal {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot create journal {}", path.display()))?;
-        let mut journal = Journal { file, path };
+        let mut journal = Journal {
+            file,
+            path,
+            pending: Vec::new(),
+        };
         journal.append(&Record::Begin {
             pid: std::process::id(),
             command: command.to_string(),
@@ -172,12 +194,29 @@ impl Journal {
 
     /// Records an undo before the effect it undoes.
     pub fn push(&mut self, undo: &Undo) -> Result<()> {
-        self.append(&Record::Push { undo: undo.clone() })
+        self.append(&Record::Push { undo: undo.clone() })?;
+        self.pending.push(undo.clone());
+        Ok(())
     }
 
     /// Records that an undo is no longer needed (done, or undone).
     pub fn discharge(&mut self, undo: &Undo) -> Result<()> {
-        self.append(&Record::Discharge { undo: undo.clone() })
+        self.append(&Record::Discharge { undo: undo.clone() })?;
+        if let Some(pos) = self.pending.iter().rposition(|u| u == undo) {
+            self.pending.remove(pos);
+        }
+        Ok(())
+    }
+
+    /// After a failed run: deletes the journal when nothing is left to
+    /// undo (the run cleaned up after itself), keeps it for `recover`
+    /// otherwise.
+    pub fn finish_if_clean(self) -> Result<()> {
+        if self.pending.is_empty() {
+            self.finish()
+        } else {
+            Ok(())
+        }
     }
 
     /// The run ended and left nothing to undo: delete the journal.
@@ -299,6 +338,7 @@ pub fn apply(undo: &Undo, docker: &mut Option<Docker>, runner: &dyn Runner) -> R
             aside,
             old_names,
         } => crate::restore::roll_back_swap(target, staging, aside, old_names),
+        Undo::FinishRestore { remove, mtimes } => crate::restore::finish_restore(remove, mtimes),
     }
 }
 

@@ -51,10 +51,188 @@ pub struct RestoreStats {
     pub bytes: u64,
 }
 
-/// Restores one volume's archive into `target` (created if missing). With a
-/// journal, the staging directory and the swap are recorded first, so a run
-/// killed midway is put right by `volsnap recover`.
-#[allow(clippy::too_many_arguments)]
+/// One volume of a restore: its archive, its record, and where it goes.
+pub struct VolumeRestore<'a> {
+    pub archive: PathBuf,
+    pub volume: &'a VolumeRecord,
+    pub target: PathBuf,
+}
+
+/// A volume whose new content is staged inside its target.
+struct Staged {
+    target: PathBuf,
+    staging: PathBuf,
+    aside: PathBuf,
+    root: Option<RootMeta>,
+    stats: RestoreStats,
+}
+
+/// Restores several volumes as one: every volume is staged (extracted,
+/// checked, flushed to disk) before any is touched, then all are swapped
+/// in, then the old content is deleted. A failure in any volume leaves
+/// every volume as it was.
+///
+/// With a journal every phase is recorded before it starts, so a run killed
+/// at any instant, power loss included, is put right by `volsnap recover`:
+/// killed before the commit record, every volume gets its old content back;
+/// after it, the deletion of the old content is finished. Never a mix.
+pub fn restore_volumes(
+    items: &[VolumeRestore<'_>],
+    compression: Compression,
+    options: RestoreOptions,
+    cancel: &Cancel,
+    progress: &dyn Fn(usize, u64),
+    mut journal: Option<&mut Journal>,
+) -> Result<Vec<RestoreStats>> {
+    // 1. Stage every volume.
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut staging_undos = Vec::new();
+    let mut failure = None;
+    for (index, item) in items.iter().enumerate() {
+        let one = fault_point("stage", index).and_then(|()| {
+            stage_volume(
+                item,
+                compression,
+                options,
+                cancel,
+                &|n| progress(index, n),
+                journal.as_deref_mut(),
+            )
+        });
+        match one {
+            Ok((one, undo)) => {
+                staged.push(one);
+                staging_undos.push(undo);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        for (one, undo) in staged.iter().zip(&staging_undos) {
+            let _ = fs::remove_dir_all(&one.staging);
+            if let Some(j) = journal.as_deref_mut() {
+                let _ = j.discharge(undo);
+            }
+        }
+        return Err(e.context("restore failed; every volume was left as it was"));
+    }
+
+    // 2. Swap every volume in; on any failure put every one back.
+    let mut swaps = Vec::new();
+    for one in &staged {
+        let old_names: Vec<OsString> = list_names(&one.target)?
+            .into_iter()
+            .filter(|n| !is_ours(n))
+            .collect();
+        let swap = Undo::RestoreSwap {
+            target: one.target.clone(),
+            staging: one.staging.clone(),
+            aside: one.aside.clone(),
+            old_names,
+        };
+        if let Some(j) = journal.as_deref_mut() {
+            j.push(&swap)?;
+        }
+        swaps.push(swap);
+    }
+    let mut failure = None;
+    for (index, (one, swap)) in staged.iter().zip(&swaps).enumerate() {
+        let Undo::RestoreSwap { old_names, .. } = swap else {
+            unreachable!("swaps holds RestoreSwap records only")
+        };
+        let swapped = fault_point("swap", index)
+            .and_then(|()| swap_in(&one.target, &one.staging, &one.aside, old_names));
+        if let Err(e) = swapped {
+            failure = Some(e);
+            break;
+        }
+    }
+    if failure.is_none() {
+        // The renames reach the disk before the commit record does.
+        for one in &staged {
+            if let Err(e) = sync_fs(&one.target) {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        let mut rollback_errors = Vec::new();
+        for (one, swap) in staged.iter().zip(&swaps) {
+            let Undo::RestoreSwap { old_names, .. } = swap else {
+                unreachable!("swaps holds RestoreSwap records only")
+            };
+            match roll_back_swap(&one.target, &one.staging, &one.aside, old_names) {
+                Ok(()) => {
+                    if let Some(j) = journal.as_deref_mut() {
+                        let _ = j.discharge(swap);
+                    }
+                }
+                Err(e) => rollback_errors.push(format!("{}: {e:#}", one.target.display())),
+            }
+        }
+        if !rollback_errors.is_empty() {
+            return Err(e.context(format!(
+                "restore failed, and putting the previous content back failed too for {} (the journal is kept: 'volsnap recover' retries)",
+                rollback_errors.join("; ")
+            )));
+        }
+        for undo in &staging_undos {
+            if let Some(j) = journal.as_deref_mut() {
+                let _ = j.discharge(undo);
+            }
+        }
+        return Err(e.context(
+            "restore could not swap the new content in; every volume was put back as it was",
+        ));
+    }
+
+    // 3. Commit: from here on, recovery finishes the restore instead of
+    //    undoing it. One record for all volumes, so they commit together.
+    let remove: Vec<PathBuf> = staged
+        .iter()
+        .flat_map(|one| [one.aside.clone(), one.staging.clone()])
+        .collect();
+    // Deleting changes each target's mtime: it is set again after.
+    let mtimes: Vec<(PathBuf, i64)> = staged
+        .iter()
+        .filter_map(|one| {
+            one.root
+                .as_ref()
+                .map(|(r, _)| (one.target.clone(), r.mtime))
+        })
+        .collect();
+    let finish = Undo::FinishRestore {
+        remove: remove.clone(),
+        mtimes: mtimes.clone(),
+    };
+    if let Some(j) = journal.as_deref_mut() {
+        j.push(&finish)?;
+        for undo in swaps.iter().chain(&staging_undos) {
+            j.discharge(undo)?;
+        }
+    }
+    for one in &mut staged {
+        if let Some((record, xattrs)) = one.root.take() {
+            let dir = File::from(Beneath::open(&one.target)?.root().try_clone_to_owned()?);
+            apply_to_open(&dir, &record, &xattrs, &one.target.display().to_string())?;
+        }
+    }
+
+    // 4. Delete the old content.
+    fault_point("delete", 0)?;
+    finish_restore(&remove, &mtimes)?;
+    if let Some(j) = journal {
+        j.discharge(&finish)?;
+    }
+    Ok(staged.into_iter().map(|one| one.stats).collect())
+}
+
+/// Restores one volume's archive into `target` (created if missing), with
+/// no journal: for scratch targets such as a drill's.
 pub fn restore_volume(
     archive: &Path,
     compression: Compression,
@@ -62,9 +240,26 @@ pub fn restore_volume(
     target: &Path,
     options: RestoreOptions,
     cancel: &Cancel,
-    progress: &dyn Fn(u64),
-    mut journal: Option<&mut Journal>,
 ) -> Result<RestoreStats> {
+    let item = VolumeRestore {
+        archive: archive.to_path_buf(),
+        volume,
+        target: target.to_path_buf(),
+    };
+    let mut stats = restore_volumes(&[item], compression, options, cancel, &|_, _| {}, None)?;
+    Ok(stats.remove(0))
+}
+
+/// Extracts one volume into a fresh staging directory inside its target.
+fn stage_volume(
+    item: &VolumeRestore<'_>,
+    compression: Compression,
+    options: RestoreOptions,
+    cancel: &Cancel,
+    progress: &dyn Fn(u64),
+    journal: Option<&mut Journal>,
+) -> Result<(Staged, Undo)> {
+    let target = &item.target;
     fs::create_dir_all(target)
         .with_context(|| format!("cannot create restore target {}", target.display()))?;
     let target = target
@@ -80,56 +275,79 @@ pub fn restore_volume(
     let remove_staging = Undo::RemoveDir {
         path: staging.clone(),
     };
+    let mut journal = journal;
     if let Some(j) = journal.as_deref_mut() {
         j.push(&remove_staging)?;
     }
     crate::fsutil::create_private_dir(&staging)?;
-    let extracted = extract(
-        archive,
+    match extract(
+        &item.archive,
         compression,
-        volume,
+        item.volume,
         &staging,
         options,
         cancel,
         progress,
-    );
-    let (stats, root) = match extracted {
-        Ok(done) => done,
+    ) {
+        Ok((stats, root)) => Ok((
+            Staged {
+                target,
+                staging,
+                aside,
+                root,
+                stats,
+            },
+            remove_staging,
+        )),
         Err(e) => {
             let _ = fs::remove_dir_all(&staging);
-            if let Some(j) = journal.as_deref_mut() {
+            if let Some(j) = journal {
                 let _ = j.discharge(&remove_staging);
             }
-            return Err(e.context(format!(
-                "restore of {} into {} failed; the target was left as it was",
-                volume.name,
+            Err(e.context(format!(
+                "restore of {} into {} failed; every target was left as it was",
+                item.volume.name,
                 target.display()
-            )));
+            )))
         }
-    };
-    let old_names: Vec<OsString> = list_names(&target)?
-        .into_iter()
-        .filter(|n| !is_ours(n))
-        .collect();
-    let swap = Undo::RestoreSwap {
-        target: target.clone(),
-        staging: staging.clone(),
-        aside: aside.clone(),
-        old_names: old_names.clone(),
-    };
-    if let Some(j) = journal.as_deref_mut() {
-        j.push(&swap)?;
     }
-    swap_in(&target, &staging, &aside, &old_names)?;
-    if let Some((record, xattrs)) = root {
-        let dir = File::from(Beneath::open(&target)?.root().try_clone_to_owned()?);
-        apply_to_open(&dir, &record, &xattrs, &target.display().to_string())?;
+}
+
+/// Deletes what a committed restore replaced (and its emptied staging
+/// directories), then sets each target's mtime from the backup again.
+/// Idempotent: `recover` runs it again after a kill.
+pub fn finish_restore(paths: &[PathBuf], mtimes: &[(PathBuf, i64)]) -> Result<()> {
+    for path in paths {
+        match fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| {
+                    format!("cannot remove the replaced content at {}", path.display())
+                })
+            }
+            _ => {}
+        }
     }
-    if let Some(j) = journal {
-        j.discharge(&swap)?;
-        j.discharge(&remove_staging)?;
+    for (target, mtime) in mtimes {
+        let time = nix::sys::time::TimeSpec::new(*mtime, 0);
+        let dir = File::from(Beneath::open(target)?.root().try_clone_to_owned()?);
+        nix::sys::stat::futimens(&dir, &time, &time)
+            .with_context(|| format!("cannot set the modification time of {}", target.display()))?;
     }
-    Ok(stats)
+    Ok(())
+}
+
+/// Where the crash tests act (feature `fault-injection`; nothing otherwise).
+fn fault_point(phase: &str, index: usize) -> Result<()> {
+    #[cfg(feature = "fault-injection")]
+    crate::fault::during_restore(phase, index)?;
+    let _ = (phase, index);
+    Ok(())
+}
+
+/// Flushes the filesystem holding `path` to disk.
+fn sync_fs(path: &Path) -> Result<()> {
+    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    nix::unistd::syncfs(&dir).with_context(|| format!("cannot flush {} to disk", path.display()))
 }
 
 /// Whether a name in a restore target is one of volsnap's own staging or
@@ -498,8 +716,9 @@ fn apply_at(at: &At, record: &FileEntry, xattrs: &Xattrs, path: &str) -> Result<
 }
 
 /// Replaces the content of `target` with that of `staging`: the old entries
-/// (`old_names`) are moved aside, the new ones moved in, then the old ones
-/// deleted. On failure the previous content is put back.
+/// (`old_names`) are moved aside, the new ones moved in. The old content
+/// stays in `aside` until the restore commits ([`finish_restore`]). On
+/// failure the previous content is put back.
 fn swap_in(target: &Path, staging: &Path, aside: &Path, old_names: &[OsString]) -> Result<()> {
     let result = (|| -> Result<()> {
         crate::fsutil::create_private_dir(aside)?;
@@ -521,9 +740,6 @@ fn swap_in(target: &Path, staging: &Path, aside: &Path, old_names: &[OsString]) 
             "restore could not swap the new content in; the previous content was put back",
         ));
     }
-    fs::remove_dir(staging).with_context(|| format!("cannot remove {}", staging.display()))?;
-    fs::remove_dir_all(aside)
-        .with_context(|| format!("cannot remove the replaced content at {}", aside.display()))?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use volsnap::fsutil::human_bytes;
 use volsnap::journal::Journal;
 use volsnap::manifest::{Manifest, VolumeKind, VolumeRecord, MANIFEST_FILE};
 use volsnap::repo::Repo;
-use volsnap::restore::{restore_volume, RestoreOptions};
+use volsnap::restore::{restore_volumes, RestoreOptions, VolumeRestore};
 use volsnap::snapshots::start_undo;
 use volsnap::usage;
 
@@ -138,7 +138,10 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
             }
         }
     }
-    result?;
+    if let Err(e) = result {
+        journal.finish_if_clean()?;
+        return Err(e);
+    }
     if !restart_errors.is_empty() {
         anyhow::bail!(
             "restore completed, but containers did not start again (the journal is kept: 'volsnap recover' retries): {}",
@@ -161,20 +164,30 @@ fn restore_all(
     let options = RestoreOptions {
         allow_special: args.allow_special,
     };
-    for t in targets {
-        let bar = byte_bar(&t.volume.name, t.volume.bytes, stderr_is_terminal());
-        let stats = restore_volume(
-            &dir.join(&t.volume.archive),
-            manifest.compression,
-            t.volume,
-            &t.path,
-            options,
-            cancel,
-            &|n| bar.inc(n),
-            Some(&mut *journal),
-        );
+    let items: Vec<VolumeRestore<'_>> = targets
+        .iter()
+        .map(|t| VolumeRestore {
+            archive: dir.join(&t.volume.archive),
+            volume: t.volume,
+            target: t.path.clone(),
+        })
+        .collect();
+    let bars: Vec<_> = targets
+        .iter()
+        .map(|t| byte_bar(&t.volume.name, t.volume.bytes, stderr_is_terminal()))
+        .collect();
+    let restored = restore_volumes(
+        &items,
+        manifest.compression,
+        options,
+        cancel,
+        &|index, n| bars[index].inc(n),
+        Some(journal),
+    );
+    for bar in &bars {
         bar.finish_and_clear();
-        let stats = stats?;
+    }
+    for (t, stats) in targets.iter().zip(restored?) {
         outln!(
             "  {} -> {}: {} files, {} verified",
             t.volume.name,
