@@ -1,12 +1,15 @@
-//! Cancellation: how Ctrl-C and SIGTERM stop a run without skipping cleanup.
+//! Cancellation: how Ctrl-C, SIGTERM and SIGHUP stop a run without
+//! skipping cleanup.
 //!
-//! The first SIGINT or SIGTERM only sets a flag; nothing is killed. The
+//! The first SIGINT, SIGTERM or SIGHUP (a dropped ssh session) only sets a
+//! flag; nothing is killed. The
 //! executor checks the flag between steps and the archiver checks it between
 //! files, so a run stops at the next safe point and then unwinds its cleanup
 //! stack (restart, thaw, unmount, drop snapshots, remove partial output).
 //! Cleanup never looks at the flag, so further signals cannot cut it short:
 //! once the handlers are installed, the default "terminate" action is gone
-//! for both signals for the rest of the process.
+//! for these signals for the rest of the process. The daemon keeps SIGHUP
+//! for reloading its configuration ([`Cancel::from_signals_but_hup`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,11 +26,23 @@ impl Cancel {
         Self::default()
     }
 
-    /// A flag set by SIGINT and SIGTERM.
+    /// A flag set by SIGINT, SIGTERM and SIGHUP.
     pub fn from_signals() -> std::io::Result<Self> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        Self::registered(&[SIGINT, SIGTERM, SIGHUP])
+    }
+
+    /// A flag set by SIGINT and SIGTERM only: for the daemon, whose SIGHUP
+    /// means "reload".
+    pub fn from_signals_but_hup() -> std::io::Result<Self> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        Self::registered(&[SIGINT, SIGTERM])
+    }
+
+    fn registered(signals: &[i32]) -> std::io::Result<Self> {
         let cancel = Self::new();
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(signal, Arc::clone(&cancel.flag))?;
+        for signal in signals {
+            signal_hook::flag::register(*signal, Arc::clone(&cancel.flag))?;
         }
         Ok(cancel)
     }

@@ -111,6 +111,9 @@ pub struct VolumeInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// How much of a container hook's output is kept (its end).
+pub const HOOK_OUTPUT_KEPT: usize = 64 << 10;
+
 /// A connected, version-negotiated Docker client.
 pub struct Docker {
     runtime: tokio::runtime::Runtime,
@@ -219,7 +222,7 @@ impl Docker {
         Fut: std::future::Future<Output = std::result::Result<T, BollardError>>,
     {
         let window = reconnect_window();
-        let deadline = Instant::now() + window;
+        let deadline = crate::fsutil::deadline_after(window);
         let mut warned = false;
         loop {
             match self.runtime.block_on(make()) {
@@ -364,7 +367,7 @@ impl Docker {
     /// Stops a container gracefully, killing it after `timeout_secs`.
     pub fn stop(&self, id: &str, timeout_secs: u32) -> Result<()> {
         let options = StopContainerOptionsBuilder::new()
-            .t(timeout_secs as i32)
+            .t(timeout_secs.min(i32::MAX as u32) as i32)
             .build();
         match self.request(|| self.client.stop_container(id, Some(options.clone()))) {
             Ok(()) => Ok(()),
@@ -409,7 +412,7 @@ impl Docker {
     /// with several containers confirm them all at the end, so the wait is
     /// paid once, not per container.
     pub fn wait_ready(&self, id: &str, name: &str, timeout: Duration) -> Result<Option<Settle>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::fsutil::deadline_after(timeout);
         loop {
             let info = self
                 .inspect_container(id)?
@@ -449,7 +452,9 @@ impl Docker {
     }
 
     /// Runs `sh -c command` inside a running container (an application
-    /// hook), up to `timeout`; on timeout the process is killed.
+    /// hook), up to `timeout`; on timeout the process is killed with every
+    /// process it started. The last [`HOOK_OUTPUT_KEPT`] bytes of its
+    /// output are kept.
     pub fn exec(&self, id: &str, command: &str, timeout: Duration) -> Result<ExecOutcome> {
         use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
         use futures_util::StreamExt;
@@ -477,6 +482,11 @@ impl Docker {
                 tokio::time::timeout(timeout, async {
                     while let Some(Ok(chunk)) = stream.next().await {
                         output.extend_from_slice(&chunk.into_bytes());
+                        // Only the end is ever shown: a chatty hook must
+                        // not grow volsnap's memory.
+                        if output.len() > 2 * HOOK_OUTPUT_KEPT {
+                            output.drain(..output.len() - HOOK_OUTPUT_KEPT);
+                        }
                     }
                 })
                 .await
@@ -498,13 +508,14 @@ impl Docker {
             inspected = inspect()?;
         }
         if !finished {
-            // The API cannot stop an exec; its process is ours to kill.
+            // The API cannot stop an exec; its process, and whatever it
+            // started, are ours to kill.
             if let Some(pid) = inspected.pid.filter(|p| *p > 0) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                crate::process::kill_tree(pid as i32);
             }
+        }
+        if output.len() > HOOK_OUTPUT_KEPT {
+            output.drain(..output.len() - HOOK_OUTPUT_KEPT);
         }
         Ok(ExecOutcome {
             exit_code: if finished { inspected.exit_code } else { None },

@@ -162,7 +162,7 @@ fn run_drill(
 
     // 2. Copy the running containers onto them and start them, dependencies
     //    first, each ready before the next starts.
-    let deadline = Instant::now() + spec.timeout;
+    let deadline = crate::fsutil::deadline_after(spec.timeout);
     let healthy_clock = Instant::now();
     let running: Vec<_> = stack.containers.iter().filter(|c| c.info.running).collect();
     if running.is_empty() {

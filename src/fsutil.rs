@@ -113,24 +113,95 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size (examples: 268435456, 256M, 4G)"))
 }
 
-/// Replaces `path` atomically (a temporary file beside it, then rename), so
-/// readers see the old content or the new, never half a file.
+/// The instant `timeout` from now, saturating: a timeout of any size (a
+/// flag, a config value, an environment variable) means "that long, or as
+/// long as a clock can count", never an overflow panic.
+pub fn deadline_after(timeout: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+/// Replaces `path` atomically, so readers see the old content or the new,
+/// never half a file. Safe in a directory others can write to (a metrics
+/// directory, say): the temporary file beside it gets an unpredictable name
+/// and is created exclusively (never through a symlink planted there), is
+/// fsynced, then renamed over `path` (which replaces a symlink at `path`
+/// rather than writing through it); the directory is fsynced last. The
+/// file is world-readable (0644): metrics and markers are for others.
 pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, contents)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .with_context(|| format!("cannot write {}", path.display()))
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut created = None;
+    for attempt in 0..16u32 {
+        let tmp = dir.join(format!(
+            ".{name}.tmp-{}-{:08x}",
+            std::process::id(),
+            nanos.wrapping_mul(2_654_435_761).wrapping_add(attempt)
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(file) => {
+                created = Some((tmp, file));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+        }
+    }
+    let (tmp, mut file) = created.with_context(|| {
+        format!(
+            "cannot write {}: no free temporary name beside it",
+            path.display()
+        )
+    })?;
+    let written = file
+        .write_all(contents)
+        .and_then(|_| file.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    sync_dir(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_file_never_writes_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join("metrics.prom");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        // A symlink planted where a predictable temporary name would be.
+        let planted = dir
+            .path()
+            .join(format!(".metrics.prom.tmp-{}", std::process::id()));
+        let victim2 = dir.path().join("victim2");
+        std::fs::write(&victim2, b"also precious").unwrap();
+        std::os::unix::fs::symlink(&victim2, &planted).unwrap();
+        replace_file(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&victim2).unwrap(), b"also precious");
+        assert!(!path.is_symlink());
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 4, "no temporary file left");
+    }
 
     #[test]
     fn human_bytes_picks_units() {

@@ -23,6 +23,7 @@ pub mod lock;
 pub mod manifest;
 pub mod notify;
 pub mod plan;
+pub mod process;
 pub mod prune;
 pub mod repo;
 pub mod restore;

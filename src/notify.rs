@@ -3,11 +3,13 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `sh -c command` on the host with `env` added and `stdin` fed in,
-/// killing it after `timeout`. Its output goes to volsnap's stderr.
+/// killing it, and every process it started, after `timeout`. Its output
+/// goes to volsnap's stderr.
 pub fn run_shell(
     command: &str,
     env: &[(String, String)],
@@ -25,13 +27,20 @@ pub fn run_shell(
         })
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
+        // Its own process group: no terminal signal meant for volsnap
+        // reaches it, and it can be killed as a whole.
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot run {command:?}"))?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A command that does not read its input is not an error.
-        let _ = pipe.write_all(data);
+        // On a thread: a command that does not read its input must not
+        // block volsnap past the timeout (nor is it an error).
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
     }
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::fsutil::deadline_after(timeout);
     loop {
         if let Some(status) = child.try_wait()? {
             if status.success() {
@@ -40,7 +49,7 @@ pub fn run_shell(
             bail!("{command:?} failed ({status})");
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
+            crate::process::kill_tree(child.id() as i32);
             let _ = child.wait();
             bail!(
                 "{command:?} did not finish within {} s and was killed",

@@ -153,7 +153,7 @@ pub fn restore_volumes(
     if failure.is_none() {
         // The renames reach the disk before the commit record does.
         for one in &staged {
-            if let Err(e) = sync_fs(&one.target) {
+            if let Err(e) = crate::fsutil::syncfs(&one.target) {
                 failure = Some(e);
                 break;
             }
@@ -342,12 +342,6 @@ fn fault_point(phase: &str, index: usize) -> Result<()> {
     crate::fault::during_restore(phase, index)?;
     let _ = (phase, index);
     Ok(())
-}
-
-/// Flushes the filesystem holding `path` to disk.
-fn sync_fs(path: &Path) -> Result<()> {
-    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    nix::unistd::syncfs(&dir).with_context(|| format!("cannot flush {} to disk", path.display()))
 }
 
 /// Whether a name in a restore target is one of volsnap's own staging or

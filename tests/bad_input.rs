@@ -238,3 +238,42 @@ fn restore_mapping_errors() {
     let out = volsnap(&["restore", "--repo", repo_s, "--volume", "missing-equals"]);
     assert_fails(&out, 2, "OLD=NEW");
 }
+
+#[test]
+fn huge_timeouts_saturate_instead_of_panicking() {
+    let mut p = Project::new("huge");
+    let vol = p.volume("data", &[]);
+    std::fs::write(volume_path(&vol).join("f"), b"x").unwrap();
+    let m = format!("{vol}:/data");
+    let app = p.service("app", &[], &["-v", &m], &["idle"]);
+    wait_until("app to run", 30, || is_running(&app));
+    let repo = p.tempdir();
+    let max64 = u64::MAX.to_string();
+    let max32 = u32::MAX.to_string();
+    // A retry window and timeouts as large as their types hold: the run
+    // proceeds (the services stop promptly, so nothing waits that long).
+    let out = volsnap_env(
+        &backup_args(
+            &p.name,
+            &repo,
+            &[
+                "--strategy",
+                "cold",
+                "--stop-timeout",
+                &max32,
+                "--ready-timeout",
+                &max32,
+            ],
+        ),
+        &[("VOLSNAP_DOCKER_RETRY_SECS", &max64)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(is_running(&app));
+    // One past what the type holds is bad usage, said plainly.
+    let out = volsnap(&backup_args(
+        &p.name,
+        &repo,
+        &["--stop-timeout", "4294967296"],
+    ));
+    assert_fails(&out, 2, "--stop-timeout");
+}

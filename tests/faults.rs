@@ -217,7 +217,17 @@ fn sigkill_at_every_step_of_a_btrfs_snapshot_run_is_recovered() {
 }
 
 #[test]
-fn sigterm_during_archive_aborts_cleanly() {
+fn sigterm_or_sighup_during_archive_aborts_cleanly() {
+    // SIGHUP: the ssh session running volsnap dropped.
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        signal_during_archive_aborts_cleanly(signal);
+    }
+}
+
+fn signal_during_archive_aborts_cleanly(signal: nix::sys::signal::Signal) {
     let mut p = Project::new("term");
     let repo = p.tempdir();
     let vol = p.volume("data", &[]);
@@ -247,11 +257,7 @@ fn sigterm_during_archive_aborts_cleanly() {
                 && std::fs::read_dir(e.path()).unwrap().count() > 0
         })
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
     // A second signal during cleanup must not cut the cleanup short.
     std::thread::sleep(std::time::Duration::from_millis(10));
     let _ = nix::sys::signal::kill(
@@ -259,7 +265,7 @@ fn sigterm_during_archive_aborts_cleanly() {
         nix::sys::signal::Signal::SIGINT,
     );
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{signal}: {}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert_clean(&repo, &[&app], &[]);
 }

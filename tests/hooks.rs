@@ -106,7 +106,8 @@ fn a_hook_that_times_out_or_fails_stops_the_backup_before_anything_is_stopped() 
             "-v",
             &m,
             "-l",
-            "volsnap.pre=sleep 30",
+            // A child forked in the background must die with the hook.
+            "volsnap.pre=sleep 31 & sleep 30",
             "-l",
             "volsnap.timeout=1",
         ],
@@ -129,8 +130,45 @@ fn a_hook_that_times_out_or_fails_stops_the_backup_before_anything_is_stopped() 
     assert_eq!(backups_in(&repo), 0, "no backup, no partial");
     let processes = docker(&["exec", &slow, "ps"]);
     assert!(
-        !processes.contains("sleep 30"),
-        "the hook was killed: {processes}"
+        !processes.contains("sleep 30") && !processes.contains("sleep 31"),
+        "the hook was killed with its whole process tree: {processes}"
+    );
+}
+
+#[test]
+fn a_hook_that_prints_without_end_does_not_grow_volsnaps_memory() {
+    let mut p = Project::new("hookchatty");
+    let repo = p.tempdir();
+    let vol = p.volume("data", &[]);
+    let m = format!("{vol}:/data");
+    // 400 MB of output, then a failure: only the end is shown.
+    let chatty = p.service(
+        "chatty",
+        &[],
+        &[
+            "-v",
+            &m,
+            "-l",
+            "volsnap.pre=yes chatty-hook | head -c 400000000; echo the-very-end; exit 3",
+        ],
+        &["idle"],
+    );
+    wait_until("chatty to run", 30, || is_running(&chatty));
+    let out = backup(&p, &repo);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exited with status 3") && stderr(&out).contains("the-very-end"),
+        "{}",
+        &stderr(&out)[..stderr(&out).len().min(2000)]
+    );
+    assert!(stderr(&out).len() < 64 << 10, "the message is bounded too");
+    // The largest child this test waited for (volsnap, the docker CLI).
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    let peak_mib = usage.max_rss() / 1024;
+    assert!(
+        peak_mib < 200,
+        "volsnap held the hook's output: peak RSS {peak_mib} MiB for 400 MB of output"
     );
 }
 

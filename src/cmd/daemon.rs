@@ -32,7 +32,7 @@ pub fn run(args: DaemonArgs) -> Result<i32> {
     let path = &args.config.path;
     let state_dir = &args.state.state_dir;
     let mut config = Config::load(path)?;
-    let cancel = Cancel::from_signals()?;
+    let cancel = Cancel::from_signals_but_hup()?;
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
     let records = runlog::read(&config.run_log(state_dir))?;
