@@ -528,6 +528,11 @@ pub struct RecoverArgs {
     /// Only say what would be undone.
     #[arg(long)]
     pub dry_run: bool,
+    /// Stop retrying the leftover undos of run RUN (the name recover
+    /// prints) after fixing things by hand: its journal is moved to
+    /// journal/abandoned/ for the record. Repeat for several runs.
+    #[arg(long, value_name = "RUN")]
+    pub give_up: Vec<String>,
     #[command(flatten)]
     pub state: StateArgs,
 }

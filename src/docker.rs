@@ -670,7 +670,54 @@ impl Docker {
                 Err(e) => return Err(self.failure(e, format!("cannot remove volume {name}"))),
             }
         }
+        // Removed means gone: a removal the daemon accepted but did not
+        // carry out must keep the cleanup pending.
+        let left = self.labelled(label, value)?;
+        if !left.is_empty() {
+            anyhow::bail!(
+                "{} still present after removal ({label}={value})",
+                left.join(", ")
+            );
+        }
         Ok(removed)
+    }
+
+    /// What still carries `label=value`: containers, networks, volumes.
+    pub fn labelled(&self, label: &str, value: &str) -> Result<Vec<String>> {
+        let filter = format!("{label}={value}");
+        let mut filters: HashMap<String, Vec<String>> = HashMap::new();
+        filters.insert("label".to_string(), vec![filter.clone()]);
+        let mut left: Vec<String> = self
+            .list_container_ids(std::slice::from_ref(&filter))?
+            .into_iter()
+            .map(|id| format!("container {}", &id[..12.min(id.len())]))
+            .collect();
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let networks = self
+            .request(|| self.client.list_networks(Some(options.clone())))
+            .map_err(|e| self.failure(e, "cannot list networks".into()))?;
+        left.extend(
+            networks
+                .into_iter()
+                .filter_map(|n| n.name)
+                .map(|n| format!("network {n}")),
+        );
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let volumes = self
+            .request(|| self.client.list_volumes(Some(options.clone())))
+            .map_err(|e| self.failure(e, "cannot list volumes".into()))?;
+        left.extend(
+            volumes
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| format!("volume {}", v.name)),
+        );
+        Ok(left)
     }
 
     /// Containers (running or not) that mount the named volume.

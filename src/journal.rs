@@ -394,6 +394,44 @@ pub fn recover(state_dir: &Path, runner: &dyn Runner, dry_run: bool) -> Result<V
     Ok(report)
 }
 
+/// Stops retrying the leftover journal of run `run` (its file name without
+/// `.jsonl`): the operator repaired things by hand, or accepts what is
+/// left. The journal is moved to `journal/abandoned/`, and what it still
+/// asked for is returned so it can be checked by hand.
+pub fn give_up(state_dir: &Path, run: &str) -> Result<Vec<String>> {
+    if run.is_empty() || run.contains('/') || run.starts_with('.') {
+        return Err(crate::usage!(
+            "{run:?} is not a run name ('volsnap recover --dry-run' lists them)"
+        ));
+    }
+    let leftover = leftovers(state_dir)?
+        .into_iter()
+        .find(|l| l.path.file_stem().is_some_and(|s| s == run))
+        .ok_or_else(|| {
+            crate::usage!("no unfinished run {run:?}; 'volsnap recover --dry-run' lists them")
+        })?;
+    let abandoned = journal_dir(state_dir).join("abandoned");
+    std::fs::create_dir_all(&abandoned)
+        .with_context(|| format!("cannot create {}", abandoned.display()))?;
+    let dest = abandoned.join(format!("{run}.jsonl"));
+    std::fs::rename(&leftover.path, &dest)
+        .with_context(|| format!("cannot move {} aside", leftover.path.display()))?;
+    crate::fsutil::sync_dir(&journal_dir(state_dir))?;
+    let mut lines = vec![format!(
+        "gave up run {run} ('{}'); its journal is kept at {}. Not done, check by hand:",
+        leftover.command,
+        dest.display()
+    )];
+    lines.extend(
+        leftover
+            .pending
+            .iter()
+            .rev()
+            .map(|u| format!("  {}", u.describe())),
+    );
+    Ok(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

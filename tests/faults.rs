@@ -414,3 +414,52 @@ fn a_service_that_does_not_come_back_is_reported_and_the_backup_kept() {
     ]));
     assert!(is_running(&other), "volsnap kept starting the rest");
 }
+
+#[test]
+fn an_undo_that_keeps_failing_does_not_lock_later_runs_out_and_can_be_given_up() {
+    // A restore swap whose target vanished: putting it back fails every
+    // time (there is nowhere to put it).
+    let scratch = tempfile::tempdir().unwrap();
+    let aside = scratch.path().join("gone/.volsnap-replaced-1");
+    std::fs::create_dir_all(&aside).unwrap();
+    let mut journal =
+        volsnap::journal::Journal::create(&state_dir(), "restore-stuck", "restore latest").unwrap();
+    journal
+        .push(&volsnap::journal::Undo::RestoreSwap {
+            target: scratch.path().join("no-such-target"),
+            staging: scratch.path().join("no-such-target/.volsnap-restore-1"),
+            aside: aside.clone(),
+            old_names: vec!["data".into()],
+        })
+        .unwrap();
+    drop(journal); // the run "died" here
+
+    let out = volsnap(&["recover"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // A later run that changes things still runs, and says what is stuck.
+    let repo = tempfile::tempdir().unwrap();
+    let out = volsnap(&[
+        "prune",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--keep-last",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--give-up") && stderr(&out).contains("put the previous content"),
+        "{}",
+        stderr(&out)
+    );
+    let given_up = ok(volsnap(&["recover", "--give-up", "restore-stuck"]));
+    assert!(given_up.contains("check by hand"), "{given_up}");
+    assert!(
+        ok(volsnap(&["recover"])).contains("nothing to recover"),
+        "the journal no longer retries"
+    );
+    assert!(state_dir()
+        .join("journal/abandoned/restore-stuck.jsonl")
+        .exists());
+    let out = volsnap(&["recover", "--give-up", "no-such-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -46,6 +46,11 @@ stop_stack() {
   docker volume rm -f ${p}_etcd ${p}_minio ${p}_etcd_r ${p}_minio_r >/dev/null 2>&1
 }
 
+# The last start/unpause/wait-ready step logged comes before the first archive step.
+archived_after_resume() {
+  awk '/step="(start|unpause|wait-ready)"/ {last = NR} /step="archive"/ && !first {first = NR}
+       END {exit !(first && last && last < first)}' "$1"
+}
 downtime_of() { sed -n 's/.*"downtime_ms": \([0-9]*\).*/\1/p' <<<"$1" | head -1; }
 
 running() { [ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
@@ -64,18 +69,19 @@ scenario() { # name mountpoint
   [ $rc = 0 ] || sed 's/^/   /' "$REPO/err"
   check "$name: backup is consistent" grep -q '"consistency": "consistent"' <<<"$out"
   local small; small=$(downtime_of "$out")
+  # The claim is "downtime does not grow with the data": no archive step
+  # runs while a service is down. That is checked on the order of the
+  # steps, not on seconds (a busy or emulated machine is slow for every
+  # step alike: here stop and start take seconds under TCG); the downtimes
+  # with 24 MiB and with 5x the data are reported beside it.
+  check "$name: every service runs again before archiving starts" archived_after_resume "$REPO/err"
   check "$name: nothing left behind" eval '! leftovers'
   check "$name: verify --deep" volsnap verify --repo "$REPO" latest --deep
-  # The claim is "downtime does not grow with the data", not a number of
-  # seconds: a busy or emulated machine is slow for both backups alike.
-  # Five times the data may not even double it; a cold backup's would
-  # grow about fivefold.
   head -c 96M /dev/urandom > "$dir/minio/more.bin"
-  out=$(volsnap backup --project $p --repo "$REPO" --json 2>"$REPO/err")
+  out=$(volsnap -v backup --project $p --repo "$REPO" --json 2>"$REPO/err")
   local large; large=$(downtime_of "$out")
-  echo "   downtime ${small:-?} ms with 24 MiB, ${large:-?} ms with 120 MiB"
-  check "$name: downtime does not grow with the data (5x the data, under 3x the downtime)" \
-    test "${large:-1}" -le $((3 * ${small:-0}))
+  echo "   downtime ${small:-?} ms with 24 MiB, ${large:-?} ms with 120 MiB (reported, not checked)"
+  check "$name: with 5x the data, still no archiving while a service is down" archived_after_resume "$REPO/err"
   out=$(volsnap backup --project $p --repo "$REPO" --quiesce pause --json 2>"$REPO/err")
   echo "   downtime with --quiesce pause: $(downtime_of "$out") ms (reported, not checked)"
   check "$name: pause backup is consistent" grep -q '"consistency": "consistent"' <<<"$out"

@@ -82,7 +82,8 @@ fn perform(
     )?;
     eprintln!("volsnap: drilling backup {id} of {selection}");
     let report = drill(&docker, &dir, &manifest, &stack, spec, cancel, &mut journal)?;
-    journal.finish()?;
+    // A teardown that did not complete stays in the journal for recover.
+    journal.finish_if_clean()?;
     store_report(&dir, &report);
     if report.passed {
         volsnap::verify::record_verified(&dir, false);

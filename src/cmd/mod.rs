@@ -97,11 +97,20 @@ pub fn command_line() -> String {
 }
 
 /// Starts a run that changes things: takes the host lock, then repairs what
-/// an earlier, killed run left behind.
+/// an earlier, killed run left behind. An undo that keeps failing is
+/// reported with the way out, and does not lock this run out: its journal
+/// stays for `volsnap recover` (or `recover --give-up`).
 pub fn begin_run(state_dir: &Path) -> Result<HostLock> {
     let lock = volsnap::lock::acquire(state_dir, &command_line())?;
-    for line in volsnap::journal::recover(state_dir, &volsnap::storage::SystemRunner, false)? {
-        eprintln!("volsnap: recovery: {line}");
+    match volsnap::journal::recover(state_dir, &volsnap::storage::SystemRunner, false) {
+        Ok(lines) => {
+            for line in lines {
+                eprintln!("volsnap: recovery: {line}");
+            }
+        }
+        Err(e) => eprintln!(
+            "volsnap: warning: {e:#}. This run goes on. Once the cause is fixed, 'volsnap recover' finishes the repair; if it was repaired by hand, 'volsnap recover --give-up RUN' stops retrying it"
+        ),
     }
     Ok(lock)
 }
