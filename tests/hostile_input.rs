@@ -678,3 +678,46 @@ fn a_manifest_never_chooses_a_host_path_to_restore_into() {
     }
     assert!(!host_dir.path().join("pwned").exists());
 }
+
+#[test]
+fn a_small_archive_cannot_make_one_entry_claim_unbounded_memory() {
+    // 1 GiB of "long name" compresses to almost nothing: the tar parser
+    // would read it whole into memory.
+    let repo = tempfile::tempdir().unwrap();
+    let dir = craft(repo.path(), "bomb", &[file("a", b"x")]);
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(1 << 30);
+    h.set_cksum();
+    use std::io::Write;
+    encoder.write_all(h.as_bytes()).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        encoder.write_all(&zeros).unwrap();
+    }
+    let compressed = encoder.finish().unwrap();
+    assert!(compressed.len() < 1 << 20, "a small archive");
+    std::fs::write(dir.join("vol.tar"), &compressed).unwrap();
+    let archive_sha = sha256_file(&dir.join("vol.tar")).unwrap();
+    edit_manifest(&dir, |m| {
+        m["compression"] = "zstd".into();
+        m["volumes"][0]["sha256"] = archive_sha.clone().into();
+    });
+    let repo_s = repo.path().to_str().unwrap();
+    let out = volsnap(&["verify", "--repo", repo_s, "bomb"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("names or attributes"),
+        "{}",
+        stderr(&out)
+    );
+    assert_refused(repo.path(), "bomb", "names or attributes", &[]);
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    assert!(
+        usage.max_rss() / 1024 < 200,
+        "peak RSS {} MiB",
+        usage.max_rss() / 1024
+    );
+}

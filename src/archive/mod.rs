@@ -24,6 +24,7 @@ use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use xattr::FileExt as _;
 
+mod guard;
 mod stage;
 
 const IO_BUFFER: usize = 1 << 20;
@@ -731,6 +732,7 @@ impl ArchiveReader {
         let producer = std::thread::Builder::new()
             .name("archive-reader".into())
             .spawn(move || {
+                let mut guard = guard::Guard::default();
                 loop {
                     let mut chunk = vec![0u8; IO_BUFFER];
                     let mut filled = 0;
@@ -750,6 +752,13 @@ impl ArchiveReader {
                         break;
                     }
                     chunk.truncate(filled);
+                    // Checked before the tar parser sees it: no entry may
+                    // claim unbounded memory.
+                    if let Err(e) = guard.check(&chunk) {
+                        let message = e.to_string();
+                        let _ = sender.send(Err(e));
+                        return Err(io::Error::other(message));
+                    }
                     if sender.send(Ok(chunk)).is_err() {
                         // The consumer gave up (an error while extracting).
                         return Err(io::Error::other("archive reading was abandoned"));
