@@ -269,6 +269,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes, in arbitrary pieces: the guard answers, never panics.
+        #[test]
+        fn any_bytes_never_panic(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            step in 1usize..700,
+        ) {
+            let _ = feed(&data, step);
+        }
+    }
+
     #[test]
     fn a_pax_size_record_sets_the_next_entry_size() {
         // The header says 0 bytes, the PAX record 1024: the guard must skip
