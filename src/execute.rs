@@ -14,7 +14,7 @@ use crate::discovery::{ComposeIdentity, Stack};
 use crate::docker::{DaemonUnreachable, Docker, Settle};
 use crate::journal::{Journal, Undo};
 use crate::manifest::{
-    render_sums, Consistency, ContainerRecord, Manifest, VolumeRecord, FORMAT_VERSION,
+    render_sums, Consistency, ContainerRecord, Manifest, Strategy, VolumeRecord, FORMAT_VERSION,
     MANIFEST_FILE, SUMS_FILE,
 };
 use crate::plan::{Action, HookPhase, Plan, Step};
@@ -505,11 +505,44 @@ impl<'a> Run<'a> {
         let mut volumes = Vec::new();
         let mut notes: Vec<String> = job.stack.skipped.clone();
         let mut any_changed = false;
+        let mut incomplete = Vec::new();
+        let mounts = if job.plan.strategy == Strategy::Snapshot {
+            crate::storage::mountinfo::read()?
+        } else {
+            Vec::new()
+        };
         for (i, v) in job.stack.volumes.iter().enumerate() {
-            let summary = self.archives[i]
+            let mut summary = self.archives[i]
                 .take()
                 .with_context(|| format!("internal error: volume {} was not archived", v.name))?;
             any_changed |= !summary.changed_during_read.is_empty();
+            // A snapshot holds one filesystem: whatever is mounted inside
+            // the volume (a ZFS child dataset, another LV, a bind mount)
+            // shows up in it as an empty directory.
+            for m in &mounts {
+                if let Ok(inside) = m.mount_point.strip_prefix(&v.host_path) {
+                    if !inside.as_os_str().is_empty() {
+                        summary.left_out.push(format!(
+                            "{} (a {} filesystem mounted inside the volume, not part of its snapshot)",
+                            inside.display(),
+                            m.fs_type
+                        ));
+                    }
+                }
+            }
+            if !summary.vanished_during_read.is_empty() {
+                incomplete.push(format!(
+                    "{}: {} file(s) vanished while it was read",
+                    v.name,
+                    summary.vanished_during_read.len()
+                ));
+            }
+            incomplete.extend(
+                summary
+                    .left_out
+                    .iter()
+                    .map(|s| format!("{}: left out {s}", v.name)),
+            );
             notes.extend(
                 summary
                     .skipped
@@ -535,6 +568,7 @@ impl<'a> Run<'a> {
                 bytes: summary.bytes,
                 changed_during_read: summary.changed_during_read,
                 vanished_during_read: summary.vanished_during_read,
+                left_out: summary.left_out,
                 entries: summary.entries,
             });
         }
@@ -547,6 +581,11 @@ impl<'a> Run<'a> {
             // say so rather than claim a consistency we did not get.
             consistency = Consistency::BestEffort;
             notes.push("files changed while read although the services were stopped: another writer uses these volumes".into());
+        }
+        if !incomplete.is_empty() {
+            // Never a silent gap in a backup that calls itself consistent.
+            consistency = Consistency::BestEffort;
+            notes.extend(incomplete);
         }
         if let Some(since) = self.down_since.take() {
             self.downtime += since.elapsed();

@@ -10,6 +10,8 @@
 //!   PHASE (`stage`, `swap`: of volume INDEX, 0-based; `delete`: of the old
 //!   content, INDEX 0): ACTION `kill` (SIGKILL), `fail` (an error) or `hold`
 //!   (the hold file, as above).
+//! - `VOLSNAP_FAULT_KILL_AT=NAME` makes the process SIGKILL itself at a
+//!   named point inside a step (`btrfs-rollback-moved-aside`).
 //! - `VOLSNAP_FAULT_HOLD_BEFORE_OPEN=PATH_IN_VOLUME` with the same hold file
 //!   makes the archiver wait just before it opens that entry (listed, not
 //!   yet opened), so a test can swap it for a symlink, a FIFO or a device
@@ -36,6 +38,14 @@ pub fn before_step(number: usize, name: &str) {
 pub fn before_open(rel: &str) {
     if std::env::var("VOLSNAP_FAULT_HOLD_BEFORE_OPEN").is_ok_and(|wanted| wanted == rel) {
         hold(&format!("opening {rel}"));
+    }
+}
+
+/// `VOLSNAP_FAULT_KILL_AT=NAME`: SIGKILL at the named point of the code.
+pub fn point(name: &str) {
+    if std::env::var("VOLSNAP_FAULT_KILL_AT").is_ok_and(|wanted| wanted == name) {
+        eprintln!("volsnap: fault injection: killing myself at {name}");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
 

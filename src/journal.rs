@@ -53,6 +53,9 @@ pub enum Undo {
     /// A restore committed: every volume has its new content. What remains
     /// is deleting the content it replaced (and emptied staging
     /// directories); recovery finishes that, it never undoes the restore.
+    /// A rollback of a kept snapshot was under way on this storage: make
+    /// sure the volume is whole and in use again.
+    FinishRollback { storage: StorageInfo, label: String },
     FinishRestore {
         remove: Vec<PathBuf>,
         /// Each target's mtime from the backup, set again after deleting.
@@ -117,6 +120,10 @@ impl Undo {
             Undo::RestoreSwap { target, .. } => {
                 format!("put the previous content of {} back", target.display())
             }
+            Undo::FinishRollback { storage, label } => format!(
+                "finish or undo the rollback of {} to {label}",
+                storage.path.display()
+            ),
             Undo::FinishRestore { remove, .. } => {
                 let shown: Vec<String> = remove.iter().map(|p| p.display().to_string()).collect();
                 format!(
@@ -338,6 +345,10 @@ pub fn apply(undo: &Undo, docker: &mut Option<Docker>, runner: &dyn Runner) -> R
             aside,
             old_names,
         } => crate::restore::roll_back_swap(target, staging, aside, old_names),
+        Undo::FinishRollback { storage, label } => match backend_for(storage) {
+            Some(backend) => backend.finish_rollback(runner, storage, label),
+            None => Ok(()),
+        },
         Undo::FinishRestore { remove, mtimes } => crate::restore::finish_restore(remove, mtimes),
     }
 }

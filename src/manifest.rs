@@ -230,6 +230,10 @@ pub struct VolumeRecord {
     /// Files that disappeared between listing and reading.
     #[serde(default)]
     pub vanished_during_read: Vec<String>,
+    /// Data inside the volume that is not in the archive (nested mounts,
+    /// subvolumes, datasets), with why. Non-empty means best-effort.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     pub entries: Vec<FileEntry>,
 }
 

@@ -198,8 +198,16 @@ pub fn rollback(
             units_done.push(unit);
             tracing::info!("rolling back {}", kept.name);
             let backend = backend_for(&kept.storage).expect("checked above");
+            let in_progress = Undo::FinishRollback {
+                storage: kept.storage.clone(),
+                label: record.label.clone(),
+            };
+            journal.push(&in_progress)?;
             match backend.rollback(runner, &kept.storage, &record.label) {
-                Ok(()) => rolled_back.push(kept.name.as_str()),
+                Ok(()) => {
+                    journal.discharge(&in_progress)?;
+                    rolled_back.push(kept.name.as_str());
+                }
                 Err(e) => {
                     let done = if rolled_back.is_empty() {
                         "no volume was rolled back".to_string()

@@ -421,3 +421,98 @@ fn failed_snapshot_backup_drops_snapshots_and_restarts_services() {
     );
     let _ = &mut s;
 }
+
+#[test]
+fn a_nested_subvolume_is_never_a_silent_gap_in_a_consistent_backup() {
+    let mut p = Project::new("nested");
+    let fs = BtrfsFs::new();
+    let dir = fs.subvolume("data");
+    std::fs::write(dir.join("top.txt"), b"in the volume's own subvolume").unwrap();
+    // A subvolume inside the volume, with data: a btrfs snapshot of the
+    // volume shows it as an empty directory.
+    run(
+        "btrfs",
+        &["subvolume", "create", dir.join("inner").to_str().unwrap()],
+    );
+    std::fs::write(
+        dir.join("inner/precious.db"),
+        b"data in the nested subvolume",
+    )
+    .unwrap();
+    let device = format!("device={}", dir.display());
+    let vol = p.volume("data", &["type=none", "o=bind", &device]);
+    let m = format!("{vol}:/data");
+    let app = p.service("app", &[], &["-v", &m], &["idle"]);
+    wait_until("app to run", 30, || is_running(&app));
+    let repo = p.tempdir();
+    for strategy in ["snapshot", "cold"] {
+        let report = json(&ok(volsnap(&backup_args(
+            &p.name,
+            &repo,
+            &["--strategy", strategy, "--json"],
+        ))));
+        assert_eq!(report["consistency"], "best-effort", "{strategy}: {report}");
+        let id = report["id"].as_str().unwrap();
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(repo.join(id).join("manifest.json")).unwrap())
+                .unwrap();
+        let left_out = manifest["volumes"][0]["left_out"].to_string();
+        assert!(left_out.contains("inner"), "{strategy}: {manifest}");
+        assert!(
+            manifest["notes"].to_string().contains("inner"),
+            "{strategy}: the operator is told: {}",
+            manifest["notes"]
+        );
+    }
+    assert!(is_running(&app));
+    assert!(fs.volsnap_subvolumes().is_empty(), "no snapshot left");
+}
+
+#[test]
+fn a_rollback_killed_with_the_subvolume_moved_aside_is_put_right_by_recover() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = btrfs_stack("rbkill");
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().to_str().unwrap();
+    let name = s.p.name.clone();
+    ok(volsnap(&[
+        "snapshot",
+        "--project",
+        &name,
+        "--name",
+        "pre",
+        "--state-dir",
+        st,
+    ]));
+    std::fs::write(
+        s.minio_dir.join("after-snapshot"),
+        b"kept if not rolled back",
+    )
+    .unwrap();
+    // Killed after the live subvolume was moved aside, before the
+    // rolled-back copy took its place: the volume's path is empty.
+    let out = volsnap_env(
+        &["rollback", "pre", "--state-dir", st],
+        &[("VOLSNAP_FAULT_KILL_AT", "btrfs-rollback-moved-aside")],
+    );
+    assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+    assert!(
+        !s.etcd_dir.exists() || !s.minio_dir.exists(),
+        "the kill left a subvolume moved aside"
+    );
+    let report = ok(volsnap(&["recover", "--state-dir", st]));
+    assert!(report.contains("rollback"), "{report}");
+    // Put back as it was before the rollback (which can then be retried).
+    assert!(s.etcd_dir.join("records.log").exists());
+    assert!(s.minio_dir.join("after-snapshot").exists());
+    assert!(
+        is_running(&s.etcd) && is_running(&s.minio),
+        "recover started them"
+    );
+    ok(volsnap(&["rollback", "pre", "--state-dir", st]));
+    assert!(
+        !s.minio_dir.join("after-snapshot").exists(),
+        "rolled back now"
+    );
+    ok(volsnap(&["snapshots", "drop", "pre", "--state-dir", st]));
+}

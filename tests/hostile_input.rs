@@ -162,6 +162,7 @@ fn write_manifest(dir: &Path, id: &str, entries: Vec<FileEntry>) {
             bytes: 0,
             changed_during_read: vec![],
             vanished_during_read: vec![],
+            left_out: vec![],
             entries,
         }],
         notes: vec![],

@@ -69,8 +69,17 @@ pub struct ArchiveSummary {
     pub entries: Vec<FileEntry>,
     pub changed_during_read: Vec<String>,
     pub vanished_during_read: Vec<String>,
+    /// Sockets: not data, noted only.
     pub skipped: Vec<String>,
+    /// Data that is not in the archive: nested filesystems, subvolumes,
+    /// datasets. The backup cannot then claim to be consistent.
+    pub left_out: Vec<String>,
 }
+
+/// The inode number of the stand-in directory that a btrfs snapshot shows
+/// where the snapshotted subvolume had a nested subvolume (no real btrfs
+/// directory has it: theirs start at 256).
+const BTRFS_EMPTY_SUBVOL_DIR: u64 = 2;
 
 /// Writes the archive of the tree at `source` to the new file `dest`.
 /// `progress` is called with the number of content bytes read since the
@@ -193,6 +202,8 @@ impl TreeWriter<'_> {
         let root_meta = root_dir
             .metadata()
             .with_context(|| format!("cannot read {}", root.display()))?;
+        let on_btrfs = nix::sys::statfs::fstatfs(&root_dir)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC);
         // Depth-first: a directory's entry, its files (sorted, read right
         // after the listing), then each subdirectory in turn. Everything
         // under a directory follows it directly, which GNU tar needs to
@@ -265,9 +276,19 @@ impl TreeWriter<'_> {
                             "not crossing into another filesystem at {}",
                             child_abs.display()
                         );
-                        self.summary
-                            .skipped
-                            .push(format!("{} (another filesystem)", display(&child_rel)));
+                        self.summary.left_out.push(format!(
+                            "{} (another filesystem: a nested mount, subvolume or dataset)",
+                            display(&child_rel)
+                        ));
+                        continue;
+                    }
+                    if on_btrfs && meta.ino() == BTRFS_EMPTY_SUBVOL_DIR {
+                        // In a btrfs snapshot a nested subvolume is an
+                        // empty stand-in directory: its data is not there.
+                        self.summary.left_out.push(format!(
+                            "{} (a nested btrfs subvolume, not part of the snapshot)",
+                            display(&child_rel)
+                        ));
                         continue;
                     }
                     subdirs.push(PendingDir {

@@ -62,6 +62,17 @@ fn parts(info: &StorageInfo) -> Result<(&Path, &Path)> {
     }
 }
 
+/// Where a rollback moves the live subvolume while it swaps it.
+fn rollback_aside(subvolume: &Path, label: &str) -> std::path::PathBuf {
+    subvolume.with_file_name(format!(
+        ".{}-{label}-replaced",
+        subvolume
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ))
+}
+
 /// The snapshot's path: per label and volume path, so volumes sharing a
 /// subvolume get snapshots of their own.
 pub fn snapshot_path(info: &StorageInfo, label: &str) -> Result<PathBuf> {
@@ -158,17 +169,14 @@ impl SnapshotBackend for Btrfs {
             );
         }
         // Swap: move the live subvolume aside, put a writable snapshot of the
-        // kept one in its place, then delete the old one.
-        let aside = subvolume.with_file_name(format!(
-            ".{}-{label}-replaced",
-            subvolume
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        ));
+        // kept one in its place, then delete the old one. The caller
+        // journalled [`finish_rollback`] first.
+        let aside = rollback_aside(subvolume, label);
         std::fs::rename(subvolume, &aside).with_context(|| {
             format!("cannot move {} aside for the rollback", subvolume.display())
         })?;
+        #[cfg(feature = "fault-injection")]
+        crate::fault::point("btrfs-rollback-moved-aside");
         if let Err(e) = run.run(
             "btrfs",
             &args([
@@ -195,6 +203,35 @@ impl SnapshotBackend for Btrfs {
                 aside.display().to_string(),
             ]),
         )?;
+        Ok(())
+    }
+
+    fn finish_rollback(&self, run: &dyn Runner, info: &StorageInfo, label: &str) -> Result<()> {
+        let (subvolume, _) = parts(info)?;
+        let aside = rollback_aside(subvolume, label);
+        if !aside.exists() {
+            return Ok(()); // nothing had moved, or the rollback completed
+        }
+        if subvolume.exists() {
+            // The rolled-back copy is in place: finish by deleting the old one.
+            run.run(
+                "btrfs",
+                &args([
+                    "subvolume".to_string(),
+                    "delete".into(),
+                    aside.display().to_string(),
+                ]),
+            )?;
+        } else {
+            // Killed between the two moves: put the live subvolume back.
+            std::fs::rename(&aside, subvolume).with_context(|| {
+                format!(
+                    "cannot move {} back to {}",
+                    aside.display(),
+                    subvolume.display()
+                )
+            })?;
+        }
         Ok(())
     }
 }

@@ -277,6 +277,26 @@ impl SnapshotBackend for Lvm {
         remount?;
         Ok(())
     }
+
+    fn finish_rollback(&self, run: &dyn Runner, info: &StorageInfo, _label: &str) -> Result<()> {
+        // Killed with the origin unmounted (the merge goes on by itself
+        // once the origin is activated): activate it and mount it again.
+        let mount_point = info.mount_point.display().to_string();
+        let mounted = crate::storage::mountinfo::read()?
+            .iter()
+            .any(|m| m.mount_point == info.mount_point);
+        if mounted {
+            return Ok(());
+        }
+        let origin = lv(info)?;
+        let origin_name = format!("{}/{}", origin.vg, origin.lv);
+        run.run("lvchange", &args(["--activate", "y", &origin_name]))?;
+        run.run(
+            "mount",
+            &args([&format!("/dev/{origin_name}"), mount_point.as_str()]),
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -143,6 +143,12 @@ pub trait SnapshotBackend {
     fn unit(&self, info: &StorageInfo) -> String;
     /// Puts the volume back to the snapshot, in place (services stopped).
     fn rollback(&self, run: &dyn Runner, info: &StorageInfo, label: &str) -> Result<()>;
+    /// Puts right a rollback that was killed midway (`recover` calls it;
+    /// idempotent): the volume ends up either as it was before or rolled
+    /// back, in use again, never missing or unmounted.
+    fn finish_rollback(&self, _run: &dyn Runner, _info: &StorageInfo, _label: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The backend for a volume's storage, if it can snapshot.
