@@ -111,6 +111,32 @@ pub struct VolumeInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Docker objects carrying one label value (container ids, network and
+/// volume names).
+#[derive(Debug, Default)]
+pub struct Labelled {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl Labelled {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.networks.is_empty() && self.volumes.is_empty()
+    }
+
+    /// "container 0123456789ab", "network n", "volume v".
+    pub fn describe(&self) -> Vec<String> {
+        let containers = self
+            .containers
+            .iter()
+            .map(|id| format!("container {}", &id[..12.min(id.len())]));
+        let networks = self.networks.iter().map(|n| format!("network {n}"));
+        let volumes = self.volumes.iter().map(|v| format!("volume {v}"));
+        containers.chain(networks).chain(volumes).collect()
+    }
+}
+
 /// How much of a container hook's output is kept (its end).
 pub const HOOK_OUTPUT_KEPT: usize = 64 << 10;
 
@@ -623,47 +649,30 @@ impl Docker {
     /// Removes every container, network and volume carrying `label=value`
     /// (containers forcibly). Returns what it removed, for the report.
     pub fn remove_labelled(&self, label: &str, value: &str) -> Result<Vec<String>> {
-        let filter = format!("{label}={value}");
-        let mut filters: HashMap<String, Vec<String>> = HashMap::new();
-        filters.insert("label".to_string(), vec![filter.clone()]);
+        let found = self.labelled(label, value)?;
         let mut removed = Vec::new();
-        for id in self.list_container_ids(std::slice::from_ref(&filter))? {
+        for id in &found.containers {
             let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
                 .force(true)
                 .v(true)
                 .build();
-            match self.request(|| self.client.remove_container(&id, Some(options.clone()))) {
+            match self.request(|| self.client.remove_container(id, Some(options.clone()))) {
                 Ok(()) => removed.push(format!("container {}", &id[..12.min(id.len())])),
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(self.failure(e, format!("cannot remove container {id}"))),
             }
         }
-        let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
-            .filters(&filters)
-            .build();
-        let networks = self
-            .request(|| self.client.list_networks(Some(options.clone())))
-            .map_err(|e| self.failure(e, "cannot list networks".into()))?;
-        for name in networks.into_iter().filter_map(|n| n.name) {
-            match self.request(|| self.client.remove_network(&name)) {
+        for name in &found.networks {
+            match self.request(|| self.client.remove_network(name)) {
                 Ok(()) => removed.push(format!("network {name}")),
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(self.failure(e, format!("cannot remove network {name}"))),
             }
         }
-        let options = bollard::query_parameters::ListVolumesOptionsBuilder::new()
-            .filters(&filters)
-            .build();
-        let volumes = self
-            .request(|| self.client.list_volumes(Some(options.clone())))
-            .map_err(|e| self.failure(e, "cannot list volumes".into()))?;
-        for volume in volumes.volumes.unwrap_or_default() {
-            let name = volume.name;
+        for name in &found.volumes {
             match self.request(|| {
-                self.client.remove_volume(
-                    &name,
-                    None::<bollard::query_parameters::RemoveVolumeOptions>,
-                )
+                self.client
+                    .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
             }) {
                 Ok(()) => removed.push(format!("volume {name}")),
                 Err(e) if is_not_found(&e) => {}
@@ -676,48 +685,43 @@ impl Docker {
         if !left.is_empty() {
             anyhow::bail!(
                 "{} still present after removal ({label}={value})",
-                left.join(", ")
+                left.describe().join(", ")
             );
         }
         Ok(removed)
     }
 
-    /// What still carries `label=value`: containers, networks, volumes.
-    pub fn labelled(&self, label: &str, value: &str) -> Result<Vec<String>> {
+    /// What carries `label=value`: containers, networks, volumes.
+    pub fn labelled(&self, label: &str, value: &str) -> Result<Labelled> {
         let filter = format!("{label}={value}");
         let mut filters: HashMap<String, Vec<String>> = HashMap::new();
         filters.insert("label".to_string(), vec![filter.clone()]);
-        let mut left: Vec<String> = self
-            .list_container_ids(std::slice::from_ref(&filter))?
-            .into_iter()
-            .map(|id| format!("container {}", &id[..12.min(id.len())]))
-            .collect();
+        let containers = self.list_container_ids(std::slice::from_ref(&filter))?;
         let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
             .filters(&filters)
             .build();
         let networks = self
             .request(|| self.client.list_networks(Some(options.clone())))
-            .map_err(|e| self.failure(e, "cannot list networks".into()))?;
-        left.extend(
-            networks
-                .into_iter()
-                .filter_map(|n| n.name)
-                .map(|n| format!("network {n}")),
-        );
+            .map_err(|e| self.failure(e, "cannot list networks".into()))?
+            .into_iter()
+            .filter_map(|n| n.name)
+            .collect();
         let options = bollard::query_parameters::ListVolumesOptionsBuilder::new()
             .filters(&filters)
             .build();
         let volumes = self
             .request(|| self.client.list_volumes(Some(options.clone())))
-            .map_err(|e| self.failure(e, "cannot list volumes".into()))?;
-        left.extend(
-            volumes
-                .volumes
-                .unwrap_or_default()
-                .into_iter()
-                .map(|v| format!("volume {}", v.name)),
-        );
-        Ok(left)
+            .map_err(|e| self.failure(e, "cannot list volumes".into()))?
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        Ok(Labelled {
+            containers,
+            networks,
+            volumes,
+        })
     }
 
     /// Containers (running or not) that mount the named volume.

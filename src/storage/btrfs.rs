@@ -62,6 +62,18 @@ fn parts(info: &StorageInfo) -> Result<(&Path, &Path)> {
     }
 }
 
+fn delete_subvolume(run: &dyn Runner, path: &Path) -> Result<()> {
+    run.run(
+        "btrfs",
+        &args([
+            "subvolume".to_string(),
+            "delete".into(),
+            path.display().to_string(),
+        ]),
+    )
+    .map(|_| ())
+}
+
 /// Where a rollback moves the live subvolume while it swaps it.
 fn rollback_aside(subvolume: &Path, label: &str) -> std::path::PathBuf {
     subvolume.with_file_name(format!(
@@ -131,14 +143,7 @@ impl SnapshotBackend for Btrfs {
     fn drop_snapshot(&self, run: &dyn Runner, info: &StorageInfo, label: &str) -> Result<()> {
         let snap = snapshot_path(info, label)?;
         if snap.exists() {
-            run.run(
-                "btrfs",
-                &args([
-                    "subvolume".to_string(),
-                    "delete".into(),
-                    snap.display().to_string(),
-                ]),
-            )?;
+            delete_subvolume(run, &snap)?;
         }
         // Leave no empty snapshot directory behind (fails harmlessly if others remain).
         let _ = std::fs::remove_dir(parts(info)?.1);
@@ -195,14 +200,7 @@ impl SnapshotBackend for Btrfs {
             })?;
             return Err(e);
         }
-        run.run(
-            "btrfs",
-            &args([
-                "subvolume".to_string(),
-                "delete".into(),
-                aside.display().to_string(),
-            ]),
-        )?;
+        delete_subvolume(run, &aside)?;
         Ok(())
     }
 
@@ -214,14 +212,7 @@ impl SnapshotBackend for Btrfs {
         }
         if subvolume.exists() {
             // The rolled-back copy is in place: finish by deleting the old one.
-            run.run(
-                "btrfs",
-                &args([
-                    "subvolume".to_string(),
-                    "delete".into(),
-                    aside.display().to_string(),
-                ]),
-            )?;
+            delete_subvolume(run, &aside)?;
         } else {
             // Killed between the two moves: put the live subvolume back.
             std::fs::rename(&aside, subvolume).with_context(|| {
