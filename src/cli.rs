@@ -47,7 +47,7 @@ pub enum Command {
     Backup(BackupArgs),
     /// List the backups in a repository.
     List(ListArgs),
-    /// Check a backup's checksums; --deep checks every file.
+    /// Check a backup's checksums and entry lists; --deep checks every file.
     Verify(VerifyArgs),
     /// Restore a backup into its volumes, new volumes, or a directory.
     Restore(RestoreArgs),
@@ -494,6 +494,17 @@ pub struct VerifyArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "\
+Where a restore writes is decided by this host's Docker state and these flags, never by a
+path read from the backup: volumes by name (a missing one is created plain), a bind path only
+if a container binds it now. Every volume is staged and checked first, then all are swapped
+in together; a failure or a kill leaves each volume wholly old or wholly new ('volsnap
+recover' finishes or undoes it).
+
+Examples:
+  volsnap restore --repo /backups --volume milvus_etcd=etcd_check   # side by side
+  volsnap restore --repo /backups --project milvus --force         # in place, this host's latest
+  volsnap restore --repo /backups --host old-server --target-dir /tmp/inspect")]
 pub struct RestoreArgs {
     /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
@@ -513,10 +524,14 @@ pub struct RestoreArgs {
     /// Restore into DIR/<volume> instead of Docker volumes.
     #[arg(long, value_name = "DIR", conflicts_with = "volumes")]
     pub target_dir: Option<PathBuf>,
-    /// Stop containers using the target volumes, restore, start them again.
+    /// Replace data that is there: needed whenever a target volume, bind
+    /// path or directory is not empty (without it, restore says what it
+    /// would replace and changes nothing). Containers using the targets
+    /// are stopped and started again afterwards.
     #[arg(long)]
     pub force: bool,
-    /// Allow device nodes and setuid/setgid files.
+    /// Allow device nodes, setuid/setgid files and security.*/trusted.*
+    /// extended attributes (file capabilities).
     #[arg(long)]
     pub allow_special: bool,
     #[command(flatten)]
