@@ -651,6 +651,41 @@ fn a_manifest_never_chooses_a_host_path_to_restore_into() {
         .collect();
     assert_eq!(names, ["precious"], "the host directory was not touched");
 
+    // A container of another stack binds it: restoring a named stack
+    // still does not write there.
+    let other = format!("vtotherbinder{}", std::process::id());
+    let bind = format!("{claimed}:/x");
+    docker(&[
+        "create",
+        "--network",
+        "none",
+        "--name",
+        &other,
+        "-v",
+        &bind,
+        IMAGE,
+        "idle",
+    ]);
+    let out = volsnap(&[
+        "restore",
+        "--repo",
+        repo_s,
+        "bind-claim",
+        "--project",
+        "some-stack",
+        "--force",
+    ]);
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &other])
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("of the selected stack"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!host_dir.path().join("pwned").exists());
+
     // A missing volume whose recorded options bind a host directory.
     let volume = format!("vtclaim{}", std::process::id());
     let dir = craft(repo.path(), "device-claim", &[file("pwned", b"x")]);

@@ -67,7 +67,26 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
                 }
             })
             .collect(),
-        (None, Some(docker)) => docker_targets(docker, &manifest, &mapping, &id)?,
+        (None, Some(docker)) => {
+            // With a stack named, a bind path is written only if one of
+            // its containers binds it now (none may exist yet on a
+            // replacement machine: then no bind path is written).
+            let selected: Option<Vec<String>> = match args.only.to_selection_args() {
+                Some(s) => Some(
+                    volsnap::discovery::discover(docker, &s.to_selection()?)
+                        .map(|stack| {
+                            stack
+                                .containers
+                                .iter()
+                                .map(|c| c.info.name.clone())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+                None => None,
+            };
+            docker_targets(docker, &manifest, &mapping, &id, selected.as_deref())?
+        }
         (None, None) => {
             unreachable!("a Docker connection exists whenever there is no --target-dir")
         }
@@ -235,6 +254,7 @@ fn docker_targets<'m>(
     manifest: &'m Manifest,
     mapping: &BTreeMap<String, String>,
     id: &str,
+    selected: Option<&[String]>,
 ) -> Result<Vec<Target<'m>>> {
     let mut targets = Vec::new();
     for v in &manifest.volumes {
@@ -281,11 +301,15 @@ fn docker_targets<'m>(
                 // The manifest's path is only a claim: write there only if a
                 // container mounts that very path right now.
                 let path = PathBuf::from(&v.source_path);
-                let binders = containers_binding(docker, &path)?;
+                let binders: Vec<String> = containers_binding(docker, &path)?
+                    .into_iter()
+                    .filter(|name| selected.is_none_or(|s| s.contains(name)))
+                    .collect();
                 if binders.is_empty() || !path.is_absolute() {
                     return Err(usage!(
-                        "backup {id} holds the bind mount {}, but no container binds that path now; volsnap does not write to a host path on a backup's word alone. Restore it with --target-dir DIR, or create the container that binds it first",
-                        v.source_path
+                        "backup {id} holds the bind mount {}, but no container{} binds that path now; volsnap does not write to a host path on a backup's word alone. Restore it with --target-dir DIR, or create the container that binds it first",
+                        v.source_path,
+                        if selected.is_some() { " of the selected stack" } else { "" }
                     ));
                 }
                 targets.push(Target {
