@@ -715,15 +715,23 @@ fn apply_at(at: &At, record: &FileEntry, xattrs: &Xattrs, path: &str) -> Result<
 /// failure the previous content is put back.
 fn swap_in(target: &Path, staging: &Path, aside: &Path, old_names: &[OsString]) -> Result<()> {
     let result = (|| -> Result<()> {
-        crate::fsutil::create_private_dir(aside)?;
+        // Every move is between descriptors of the target and of our two
+        // directories in it: nothing can redirect a move by swapping one
+        // of them for a symlink.
+        let dirs = SwapDirs::open(target, staging, aside, true)?;
+        let aside_fd = dirs.aside.as_ref().expect("created just now");
         for name in old_names {
-            fs::rename(target.join(name), aside.join(name))
+            nix::fcntl::renameat(&dirs.target, name.as_os_str(), aside_fd, name.as_os_str())
                 .with_context(|| format!("cannot move {} aside", target.join(name).display()))?;
         }
-        for name in list_names(staging)? {
-            fs::rename(staging.join(&name), target.join(&name)).with_context(|| {
-                format!("cannot move {} into place", target.join(&name).display())
-            })?;
+        for name in list_names(&proc_fd_path(dirs.staging.as_fd()))? {
+            nix::fcntl::renameat(
+                &dirs.staging,
+                name.as_os_str(),
+                &dirs.target,
+                name.as_os_str(),
+            )
+            .with_context(|| format!("cannot move {} into place", target.join(&name).display()))?;
         }
         Ok(())
     })();
@@ -737,6 +745,57 @@ fn swap_in(target: &Path, staging: &Path, aside: &Path, old_names: &[OsString]) 
     Ok(())
 }
 
+/// The directories of a swap, open: the target, and the staging and
+/// set-aside directories inside it (opened without following symlinks).
+struct SwapDirs {
+    target: std::os::fd::OwnedFd,
+    staging: std::os::fd::OwnedFd,
+    aside: Option<std::os::fd::OwnedFd>,
+}
+
+impl SwapDirs {
+    /// With `create`, the set-aside directory is made (it must not exist);
+    /// otherwise it is opened if it exists.
+    fn open(target: &Path, staging: &Path, aside: &Path, create: bool) -> Result<SwapDirs> {
+        let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let name_of = |p: &Path| {
+            p.file_name()
+                .map(OsStr::to_os_string)
+                .ok_or_else(|| anyhow!("{} has no name", p.display()))
+        };
+        let target_fd = Beneath::open(target)
+            .with_context(|| format!("cannot open {}", target.display()))?
+            .root()
+            .try_clone_to_owned()?;
+        let open_in = |name: &OsStr| nix::fcntl::openat(&target_fd, name, dir_flags, Mode::empty());
+        let staging_fd = open_in(&name_of(staging)?)
+            .with_context(|| format!("cannot open {}", staging.display()))?;
+        let aside_name = name_of(aside)?;
+        let aside_fd = if create {
+            nix::sys::stat::mkdirat(
+                &target_fd,
+                aside_name.as_os_str(),
+                Mode::from_bits_truncate(0o700),
+            )
+            .with_context(|| format!("cannot create directory {}", aside.display()))?;
+            Some(open_in(&aside_name).with_context(|| format!("cannot open {}", aside.display()))?)
+        } else {
+            match open_in(&aside_name) {
+                Ok(fd) => Some(fd),
+                Err(Errno::ENOENT) => None,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot open {}", aside.display()))
+                }
+            }
+        };
+        Ok(SwapDirs {
+            target: target_fd,
+            staging: staging_fd,
+            aside: aside_fd,
+        })
+    }
+}
+
 /// Undoes an interrupted swap, whatever point it reached: entries that came
 /// from the staging directory are removed, entries moved aside come back.
 pub fn roll_back_swap(
@@ -745,15 +804,28 @@ pub fn roll_back_swap(
     aside: &Path,
     old_names: &[OsString],
 ) -> Result<()> {
-    if aside.exists() {
-        for name in list_names(target)? {
+    // Only a real directory there can be ours (a swap makes it with
+    // mkdirat and moves only through its descriptor).
+    if aside.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        let target_fd = Beneath::open(target)
+            .with_context(|| format!("cannot open {}", target.display()))?
+            .root()
+            .try_clone_to_owned()?;
+        let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let aside_name = aside
+            .file_name()
+            .ok_or_else(|| anyhow!("{} has no name", aside.display()))?;
+        let aside_fd = nix::fcntl::openat(&target_fd, aside_name, dir_flags, Mode::empty())
+            .with_context(|| format!("cannot open {}", aside.display()))?;
+        for name in list_names(&proc_fd_path(target_fd.as_fd()))? {
             if is_ours(&name) {
                 continue;
             }
             // New content: a name the target did not have, or one whose old
             // entry was already moved aside.
-            let is_new = !old_names.contains(&name) || aside.join(&name).symlink_metadata().is_ok();
-            if is_new {
+            let moved_aside =
+                fstatat(&aside_fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
+            if !old_names.contains(&name) || moved_aside {
                 let path = target.join(&name);
                 let removed = if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
                     fs::remove_dir_all(&path)
@@ -763,11 +835,16 @@ pub fn roll_back_swap(
                 removed.with_context(|| format!("cannot remove {}", path.display()))?;
             }
         }
-        for name in list_names(aside)? {
-            fs::rename(aside.join(&name), target.join(&name))
+        for name in list_names(&proc_fd_path(aside_fd.as_fd()))? {
+            nix::fcntl::renameat(&aside_fd, name.as_os_str(), &target_fd, name.as_os_str())
                 .with_context(|| format!("cannot move {} back", target.join(&name).display()))?;
         }
-        fs::remove_dir(aside).with_context(|| format!("cannot remove {}", aside.display()))?;
+        nix::unistd::unlinkat(
+            &target_fd,
+            aside_name,
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        )
+        .with_context(|| format!("cannot remove {}", aside.display()))?;
     }
     match fs::remove_dir_all(staging) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -820,6 +897,28 @@ mod tests {
                 "after {moves_done} moves"
             );
         }
+    }
+
+    #[test]
+    fn a_symlink_planted_where_the_old_content_goes_is_never_moved_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        let outside = dir.path().join("outside");
+        let staging = target.join(".volsnap-restore-1");
+        let aside = target.join(".volsnap-replaced-1");
+        fs::create_dir_all(&staging).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(target.join("a"), b"old a").unwrap();
+        fs::write(staging.join("a"), b"new a").unwrap();
+        std::os::unix::fs::symlink(&outside, &aside).unwrap();
+        let old = [OsString::from("a")];
+        assert!(swap_in(&target, &staging, &aside, &old).is_err());
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing moved out"
+        );
+        assert_eq!(fs::read(target.join("a")).unwrap(), b"old a");
     }
 
     #[test]
