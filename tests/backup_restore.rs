@@ -313,13 +313,7 @@ fn online_backup_lists_files_changed_while_read() {
     );
     // The archive is still a valid backup of what was read.
     let id = report["id"].as_str().unwrap();
-    ok(volsnap(&[
-        "verify",
-        "--repo",
-        repo.to_str().unwrap(),
-        id,
-        "--deep",
-    ]));
+    verify_deep(&repo, id);
 }
 
 #[test]

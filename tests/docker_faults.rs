@@ -125,13 +125,7 @@ fn dockerd_restarting_while_services_are_down_does_not_leave_them_down() {
     assert!(is_running(&db) && is_running(&app), "both run again");
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let id = report["id"].as_str().unwrap();
-    ok(volsnap(&[
-        "verify",
-        "--repo",
-        repo.to_str().unwrap(),
-        id,
-        "--deep",
-    ]));
+    verify_deep(&repo, id);
     assert_eq!(journals(), 0, "nothing left for recover");
 }
 

@@ -405,13 +405,7 @@ fn a_service_that_does_not_come_back_is_reported_and_the_backup_kept() {
     );
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let id = report["id"].as_str().unwrap();
-    ok(volsnap(&[
-        "verify",
-        "--repo",
-        repo.to_str().unwrap(),
-        id,
-        "--deep",
-    ]));
+    verify_deep(&repo, id);
     assert!(is_running(&other), "volsnap kept starting the rest");
 }
 

@@ -61,13 +61,7 @@ fn backup_with_swap(p: &mut Project, app: &str, entry: &str, swap: &str) -> (Val
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(repo.join(id).join("manifest.json")).unwrap())
             .unwrap();
-    ok(volsnap(&[
-        "verify",
-        "--repo",
-        repo.to_str().unwrap(),
-        id,
-        "--deep",
-    ]));
+    verify_deep(&repo, id);
     (report, manifest)
 }
 

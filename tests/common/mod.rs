@@ -84,6 +84,17 @@ pub fn backup_args<'a>(project: &'a str, repo: &'a Path, extra: &[&'a str]) -> V
     args
 }
 
+/// `volsnap verify --repo REPO ID --deep`, which must pass.
+pub fn verify_deep(repo: &Path, id: &str) -> String {
+    ok(volsnap(&[
+        "verify",
+        "--repo",
+        repo.to_str().expect("test paths are UTF-8"),
+        id,
+        "--deep",
+    ]))
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
