@@ -568,14 +568,12 @@ fn plain_verify_fails_when_manifest_and_archive_disagree_on_the_entries() {
     let mut renamed = file("b", b"same");
     renamed.listed = None;
     let dir = craft(repo.path(), "renamed", &[renamed]);
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
-    m["volumes"][0]["entries"].as_array_mut().unwrap().push(
-        serde_json::json!({"path": "a", "kind": "file", "mode": 420, "uid": 0, "gid": 0,
+    edit_manifest(&dir, |m| {
+        m["volumes"][0]["entries"].as_array_mut().unwrap().push(
+            serde_json::json!({"path": "a", "kind": "file", "mode": 420, "uid": 0, "gid": 0,
             "mtime": 0, "size": 4, "sha256": sha(b"same")}),
-    );
-    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
-    rewrite_sums(&dir, &sha256_file(&dir.join("vol.tar")).unwrap());
+        );
+    });
     let out = volsnap(&["verify", "--repo", repo_s, "renamed"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -588,14 +586,12 @@ fn plain_verify_fails_when_manifest_and_archive_disagree_on_the_entries() {
     let mut lying = link("l", tar::EntryType::Symlink, "/etc/shadow");
     lying.listed = None;
     let dir = craft(repo.path(), "retargeted", &[lying]);
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
-    m["volumes"][0]["entries"].as_array_mut().unwrap().push(
-        serde_json::json!({"path": "l", "kind": "symlink", "mode": 511, "uid": 0,
+    edit_manifest(&dir, |m| {
+        m["volumes"][0]["entries"].as_array_mut().unwrap().push(
+            serde_json::json!({"path": "l", "kind": "symlink", "mode": 511, "uid": 0,
             "gid": 0, "mtime": 0, "target": "harmless"}),
-    );
-    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
-    rewrite_sums(&dir, &sha256_file(&dir.join("vol.tar")).unwrap());
+        );
+    });
     let out = volsnap(&["verify", "--repo", repo_s, "retargeted"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("points to"), "{}", stderr(&out));
@@ -603,12 +599,10 @@ fn plain_verify_fails_when_manifest_and_archive_disagree_on_the_entries() {
 
     // One path listed twice.
     let dir = craft(repo.path(), "twice", &[file("a", b"x")]);
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
-    let dup = m["volumes"][0]["entries"][1].clone();
-    m["volumes"][0]["entries"].as_array_mut().unwrap().push(dup);
-    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
-    rewrite_sums(&dir, &sha256_file(&dir.join("vol.tar")).unwrap());
+    edit_manifest(&dir, |m| {
+        let dup = m["volumes"][0]["entries"][1].clone();
+        m["volumes"][0]["entries"].as_array_mut().unwrap().push(dup);
+    });
     let out = volsnap(&["verify", "--repo", repo_s, "twice"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("twice"), "{}", stderr(&out));

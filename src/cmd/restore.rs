@@ -303,6 +303,7 @@ fn docker_targets<'m>(
                 let path = PathBuf::from(&v.source_path);
                 let binders: Vec<String> = containers_binding(docker, &path)?
                     .into_iter()
+                    .map(|c| c.name)
                     .filter(|name| selected.is_none_or(|s| s.contains(name)))
                     .collect();
                 if binders.is_empty() || !path.is_absolute() {
@@ -329,24 +330,16 @@ fn users_of(docker: &Docker, target: &Target<'_>) -> Result<Vec<ContainerInfo>> 
         return docker.containers_using_volume(name);
     }
     // Bind mounts and directories: any container binding that path.
-    let mut out = Vec::new();
-    for id in docker.list_container_ids(&[])? {
-        if let Some(c) = docker.inspect_container(&id)? {
-            if c.mounts.iter().any(|m| Path::new(&m.source) == target.path) {
-                out.push(c);
-            }
-        }
-    }
-    Ok(out)
+    containers_binding(docker, &target.path)
 }
 
-/// Names of the containers (running or not) that bind-mount `path` now.
-fn containers_binding(docker: &Docker, path: &Path) -> Result<Vec<String>> {
+/// The containers (running or not) that bind-mount `path` now.
+fn containers_binding(docker: &Docker, path: &Path) -> Result<Vec<ContainerInfo>> {
     let mut out = Vec::new();
     for id in docker.list_container_ids(&[])? {
         if let Some(c) = docker.inspect_container(&id)? {
             if c.mounts.iter().any(|m| Path::new(&m.source) == path) {
-                out.push(c.name.clone());
+                out.push(c);
             }
         }
     }
