@@ -2,8 +2,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
-use volsnap::manifest::Compression;
 use volsnap::plan::{Quiesce, RequestedStrategy};
+use volsnap::repo::manifest::Compression;
 
 /// Consistent backups of Docker volumes: stop/flush/archive (cold), archive
 /// while running (online), or snapshot for about a second (snapshot).
@@ -94,7 +94,7 @@ pub enum Command {
 /// The configuration file (TOML) that names the jobs.
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
-    #[arg(long = "config", env = "VOLSNAP_CONFIG", value_name = "FILE", default_value = volsnap::config::DEFAULT_CONFIG)]
+    #[arg(long = "config", env = "VOLSNAP_CONFIG", value_name = "FILE", default_value = volsnap::jobs::config::DEFAULT_CONFIG)]
     pub path: PathBuf,
 }
 

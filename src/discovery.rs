@@ -3,7 +3,7 @@
 //! host path where the data really lives.
 
 use crate::docker::{ContainerInfo, Docker};
-use crate::manifest::{MountUse, VolumeKind};
+use crate::repo::manifest::{MountUse, VolumeKind};
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};

@@ -13,11 +13,11 @@ use crate::cancel::Cancel;
 use crate::discovery::{ComposeIdentity, Stack};
 use crate::docker::{DaemonUnreachable, Docker, Settle};
 use crate::journal::{Journal, Undo};
-use crate::manifest::{
+use crate::plan::{Action, HookPhase, Plan, Step};
+use crate::repo::manifest::{
     render_sums, Consistency, ContainerRecord, Manifest, Strategy, VolumeRecord, FORMAT_VERSION,
     MANIFEST_FILE, SUMS_FILE,
 };
-use crate::plan::{Action, HookPhase, Plan, Step};
 use crate::repo::Repo;
 use crate::storage::{backend_for, mount_dir, Runner, StorageInfo};
 use anyhow::{anyhow, bail, Context, Result};

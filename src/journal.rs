@@ -10,6 +10,7 @@
 
 use crate::discovery::ComposeIdentity;
 use crate::docker::Docker;
+use crate::restore::{finish_restore, roll_back_swap, RecoveryLog, RecoveryStep};
 use crate::storage::{backend_for, Runner, StorageInfo};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -50,12 +51,12 @@ pub enum Undo {
         #[serde(with = "file_names")]
         old_names: Vec<std::ffi::OsString>,
     },
-    /// A restore committed: every volume has its new content. What remains
-    /// is deleting the content it replaced (and emptied staging
-    /// directories); recovery finishes that, it never undoes the restore.
     /// A rollback of a kept snapshot was under way on this storage: make
     /// sure the volume is whole and in use again.
     FinishRollback { storage: StorageInfo, label: String },
+    /// A restore committed: every volume has its new content. What remains
+    /// is deleting the content it replaced (and emptied staging
+    /// directories); recovery finishes that, it never undoes the restore.
     FinishRestore {
         remove: Vec<PathBuf>,
         /// Each target's mtime from the backup, set again after deleting.
@@ -101,6 +102,37 @@ mod file_names {
                     .map_err(serde::de::Error::custom),
             })
             .collect()
+    }
+}
+
+impl From<&RecoveryStep> for Undo {
+    fn from(step: &RecoveryStep) -> Self {
+        match step.clone() {
+            RecoveryStep::RemoveStaging { path } => Undo::RemoveDir { path },
+            RecoveryStep::Swap {
+                target,
+                staging,
+                aside,
+                old_names,
+            } => Undo::RestoreSwap {
+                target,
+                staging,
+                aside,
+                old_names,
+            },
+            RecoveryStep::Finish { remove, mtimes } => Undo::FinishRestore { remove, mtimes },
+        }
+    }
+}
+
+/// A restore records its steps in the run's journal.
+impl RecoveryLog for Journal {
+    fn push(&mut self, step: &RecoveryStep) -> Result<()> {
+        Journal::push(self, &Undo::from(step))
+    }
+
+    fn discharge(&mut self, step: &RecoveryStep) -> Result<()> {
+        Journal::discharge(self, &Undo::from(step))
     }
 }
 
@@ -344,12 +376,12 @@ pub fn apply(undo: &Undo, docker: &mut Option<Docker>, runner: &dyn Runner) -> R
             staging,
             aside,
             old_names,
-        } => crate::restore::roll_back_swap(target, staging, aside, old_names),
+        } => roll_back_swap(target, staging, aside, old_names),
         Undo::FinishRollback { storage, label } => match backend_for(storage) {
             Some(backend) => backend.finish_rollback(runner, storage, label),
             None => Ok(()),
         },
-        Undo::FinishRestore { remove, mtimes } => crate::restore::finish_restore(remove, mtimes),
+        Undo::FinishRestore { remove, mtimes } => finish_restore(remove, mtimes),
     }
 }
 

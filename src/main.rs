@@ -20,7 +20,7 @@ fn main() {
     let status = match cmd::run(cli.command) {
         Ok(status) => status,
         Err(err) => {
-            eprintln!("volsnap: error: {}", output::error_chain(&err));
+            eprintln!("volsnap: error: {}", volsnap::error::error_chain(&err));
             volsnap::error::exit_code(&err)
         }
     };

@@ -6,18 +6,6 @@ use std::sync::Mutex;
 use volsnap::execute::Observer;
 use volsnap::plan::Step;
 
-/// An error and its causes on one line: "what failed: because: because".
-pub fn error_chain(err: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-    }
-    parts.join(": ")
-}
-
 /// Seconds with millisecond precision.
 pub fn secs(ms: u64) -> String {
     format!("{:.2} s", ms as f64 / 1000.0)

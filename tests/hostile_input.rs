@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use volsnap::hashing::sha256_file;
-use volsnap::manifest::*;
+use volsnap::repo::manifest::*;
 
 /// One crafted archive entry.
 struct Crafted {

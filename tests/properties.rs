@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use volsnap::beneath::Beneath;
-use volsnap::manifest::{encode_name, FileEntry, Manifest};
+use volsnap::repo::manifest::{encode_name, FileEntry, Manifest};
 
 /// `cases` cases, and no failure files written into the source tree.
 fn config(cases: u32) -> ProptestConfig {

@@ -13,7 +13,7 @@
 use crate::cancel::Cancel;
 use crate::error::Cancelled;
 use crate::hashing::HashingReader;
-use crate::manifest::{Compression, EntryKind, FileEntry};
+use crate::repo::manifest::{Compression, EntryKind, FileEntry};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -56,6 +56,33 @@ impl Default for ArchiveOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             bwlimit: None,
         }
+    }
+}
+
+impl ArchiveOptions {
+    /// Options for `compression` at `level` (its default when `None`),
+    /// refusing a level the compressor does not have.
+    pub fn new(compression: Compression, level: Option<i32>) -> Result<Self> {
+        let mut options = Self {
+            compression,
+            ..Self::default()
+        };
+        let range = if compression == Compression::Gzip {
+            1..=9
+        } else {
+            1..=19
+        };
+        match level {
+            Some(level) if !range.contains(&level) => {
+                return Err(crate::usage!(
+                    "--level {level} is out of range for {compression:?} ({range:?})"
+                ))
+            }
+            Some(level) => options.level = level,
+            None if compression == Compression::Gzip => options.level = 6,
+            None => {}
+        }
+        Ok(options)
     }
 }
 
@@ -886,7 +913,7 @@ pub struct EntryChecker<'m> {
 impl<'m> EntryChecker<'m> {
     /// Indexes the manifest's entries by their bytes, refusing a manifest
     /// that names one path twice.
-    pub fn new(volume: &'m crate::manifest::VolumeRecord) -> Result<Self> {
+    pub fn new(volume: &'m crate::repo::manifest::VolumeRecord) -> Result<Self> {
         let mut index = HashMap::with_capacity(volume.entries.len());
         for entry in &volume.entries {
             let raw = entry

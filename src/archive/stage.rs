@@ -12,7 +12,7 @@
 //! was what set the pace.
 
 use crate::hashing::hex_digest;
-use crate::manifest::Compression;
+use crate::repo::manifest::Compression;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;

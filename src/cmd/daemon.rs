@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use volsnap::cancel::Cancel;
-use volsnap::config::{parse_schedule, Config};
-use volsnap::runlog::{self, RunKind};
-use volsnap::schedule::{missed, next_after};
+use volsnap::jobs::config::{parse_schedule, Config};
+use volsnap::jobs::runlog::{self, RunKind};
+use volsnap::jobs::schedule::{missed, next_after};
 
 struct Slot {
     job: String,
@@ -33,6 +33,12 @@ pub fn run(args: DaemonArgs) -> Result<i32> {
     let state_dir = &args.state.state_dir;
     let mut config = Config::load(path)?;
     let cancel = Cancel::from_signals_but_hup()?;
+    let observer = crate::output::TerminalObserver::new();
+    let run = volsnap::jobs::RunContext {
+        state_dir,
+        cancel: &cancel,
+        observer: &observer,
+    };
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
     let records = runlog::read(&config.run_log(state_dir))?;
@@ -66,10 +72,10 @@ pub fn run(args: DaemonArgs) -> Result<i32> {
         if let Some(slot) = due {
             match slot.kind {
                 RunKind::Backup => {
-                    super::job::run_job(&config, &slot.job, state_dir, &cancel);
+                    volsnap::jobs::run::run_job(&config, &slot.job, &run);
                 }
                 RunKind::Drill => {
-                    super::drill::run_job_drill(&config, &slot.job, state_dir, &cancel);
+                    super::drill::run_job_drill(&config, &slot.job, &run);
                 }
             }
             // Slots that passed during the run are not made up one by one.

@@ -1,305 +1,36 @@
 //! Configured jobs: `run JOB`, `config check`, `status`, `systemd JOB`.
-//!
-//! A job run, in order: host `pre` hook → backup (container hooks inside
-//! it) → verification of the new backup → retention → host `post` hook
-//! (always) → host `on_failure` hook (when anything failed) → run log →
-//! metrics → notifications.
+//! What a job run does is library code (`volsnap::jobs::run`).
 
-use super::backup;
-use crate::cli::{
-    BackupArgs, CompressionArg, ConfigArgs, ConfigCommand, RunArgs, SelectionArgs, StateArgs,
-    StatusArgs, StrategyArgs, SystemdArgs,
-};
-use crate::output::error_chain;
+use crate::cli::{ConfigArgs, ConfigCommand, RunArgs, StatusArgs, SystemdArgs};
+use crate::output::TerminalObserver;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use std::path::Path;
-use std::time::Instant;
 use volsnap::cancel::Cancel;
-use volsnap::config::{Config, Job};
-use volsnap::discovery::Selection;
-use volsnap::manifest::Compression;
-use volsnap::notify::{post_webhook, redact, run_shell};
-use volsnap::repo::Repo;
-use volsnap::runlog::{self, RunKind, RunRecord, RunStatus};
+use volsnap::jobs::config::Config;
+use volsnap::jobs::run::{newest_verified, run_job};
+use volsnap::jobs::runlog::{self, RunRecord, RunStatus};
+use volsnap::jobs::RunContext;
 
 pub fn run(args: RunArgs) -> Result<i32> {
     let config = Config::load(&args.config.path)?;
     config.job(&args.job)?;
     let cancel = Cancel::from_signals()?;
+    let observer = TerminalObserver::new();
+    let run = RunContext {
+        state_dir: &args.state.state_dir,
+        cancel: &cancel,
+        observer: &observer,
+    };
     let record = if args.drill {
-        super::drill::run_job_drill(&config, &args.job, &args.state.state_dir, &cancel)
+        super::drill::run_job_drill(&config, &args.job, &run)
     } else {
-        run_job(&config, &args.job, &args.state.state_dir, &cancel)
+        run_job(&config, &args.job, &run)
     };
     Ok(if record.status == RunStatus::Success {
         0
     } else {
         1
     })
-}
-
-/// The backup arguments a job stands for.
-fn backup_args(job: &Job, state_dir: &Path) -> Result<BackupArgs> {
-    let selection = match job.selection() {
-        Selection::Project(p) => SelectionArgs {
-            project: Some(p),
-            container: Vec::new(),
-            label: None,
-        },
-        Selection::Containers(c) => SelectionArgs {
-            project: None,
-            container: c,
-            label: None,
-        },
-        Selection::Label(k, v) => SelectionArgs {
-            project: None,
-            container: Vec::new(),
-            label: Some(format!("{k}={v}")),
-        },
-    };
-    let size = |s: &Option<String>| -> Result<Option<u64>> {
-        s.as_deref()
-            .map(volsnap::fsutil::parse_size)
-            .transpose()
-            .map_err(|e| volsnap::usage!("{e}"))
-    };
-    Ok(BackupArgs {
-        selection,
-        repo: job.repo.clone(),
-        strategy: StrategyArgs {
-            strategy: job.strategy,
-            quiesce: job.quiesce,
-            max_downtime: job.max_downtime,
-            require_consistent: job.require_consistent,
-            stop_timeout: job.stop_timeout.unwrap_or(30),
-            ready_timeout: job.ready_timeout.unwrap_or(120),
-            snapshot_size: size(&job.snapshot_size)?,
-        },
-        compression: match job.compression {
-            Compression::Zstd => CompressionArg::Zstd,
-            Compression::Gzip => CompressionArg::Gzip,
-            Compression::None => CompressionArg::None,
-        },
-        level: job.level,
-        threads: job.threads,
-        bwlimit: size(&job.bwlimit)?,
-        io_nice: job.io_nice,
-        skip_space_check: false,
-        host: crate::cli::HostArgs { host: None },
-        state: StateArgs {
-            state_dir: state_dir.to_path_buf(),
-        },
-        json: false,
-    })
-}
-
-/// Environment of host hooks and notification commands.
-pub fn hook_env(name: &str, job: &Job, kind: &str) -> Vec<(String, String)> {
-    vec![
-        ("VOLSNAP_JOB".into(), name.into()),
-        ("VOLSNAP_KIND".into(), kind.into()),
-        ("VOLSNAP_REPO".into(), job.repo.display().to_string()),
-        ("VOLSNAP_SELECTION".into(), job.selection().to_string()),
-    ]
-}
-
-/// Runs one backup job from start to end; never fails as a whole: what went
-/// wrong is in the record (also appended to the run log).
-pub fn run_job(config: &Config, name: &str, state_dir: &Path, cancel: &Cancel) -> RunRecord {
-    let job = config.jobs.get(name).expect("job checked by the caller");
-    let clock = Instant::now();
-    let mut record = RunRecord::start(name, RunKind::Backup);
-    eprintln!(
-        "volsnap: job {name}: backup of {} starting",
-        job.selection()
-    );
-    let mut env = hook_env(name, job, "backup");
-    let pre_ok = match &job.hooks.pre {
-        Some(command) => run_shell(command, &env, None, job.hook_timeout())
-            .map_err(|e| {
-                record
-                    .problems
-                    .push(format!("pre hook: {e:#}; backup not run"))
-            })
-            .is_ok(),
-        None => true,
-    };
-    if pre_ok {
-        back_up(job, state_dir, cancel, &mut record);
-    }
-    record.status = if record.problems.is_empty() {
-        RunStatus::Success
-    } else {
-        RunStatus::Failed
-    };
-    env.push(("VOLSNAP_STATUS".into(), record.status.to_string()));
-    env.push((
-        "VOLSNAP_BACKUP_ID".into(),
-        record.backup_id.clone().unwrap_or_default(),
-    ));
-    finish(config, name, job, &mut record, &env, clock, state_dir);
-    record
-}
-
-/// The backup, its verification and the retention that follows it.
-fn back_up(job: &Job, state_dir: &Path, cancel: &Cancel, record: &mut RunRecord) {
-    let done = match backup_args(job, state_dir).and_then(|args| backup::perform(&args, cancel)) {
-        Ok(done) => done,
-        Err(e) => {
-            record
-                .problems
-                .push(format!("backup failed: {}", error_chain(&e)));
-            return;
-        }
-    };
-    let m = &done.manifest;
-    record.backup_id = Some(m.id.clone());
-    record.strategy = Some(m.strategy.to_string());
-    record.consistency = Some(m.consistency.to_string());
-    record.downtime_ms = m.downtime_ms;
-    record.bytes = m.total_bytes();
-    record.archive_bytes = m.archive_bytes();
-    record.problems.extend(done.problems);
-    if job.verify {
-        match volsnap::verify::verify(&done.dir, volsnap::verify::Level::Entries, cancel) {
-            Ok(report) if report.problems.is_empty() => {
-                volsnap::verify::record_verified(&done.dir, false)
-            }
-            Ok(report) => record.problems.push(format!(
-                "the new backup does not verify: {}",
-                report.problems.join("; ")
-            )),
-            Err(e) => record
-                .problems
-                .push(format!("cannot verify the new backup: {e:#}")),
-        }
-    }
-    if let (Some(policy), true) = (&job.retention, record.problems.is_empty()) {
-        let pruned = Repo::open(&job.repo).and_then(|repo| {
-            let _lock = super::begin_run(state_dir)?;
-            volsnap::prune::prune(
-                &repo,
-                policy,
-                Some(&job.selection().to_string()),
-                Some(&volsnap::execute::this_host()),
-                false,
-                cancel,
-            )
-        });
-        match pruned {
-            Ok(report) => record.pruned = report.deleted.len(),
-            Err(e) => record.problems.push(format!("retention: {e:#}")),
-        }
-    }
-}
-
-/// Post and failure hooks, run log, metrics, notifications: the same end
-/// for backups and drills.
-pub fn finish(
-    config: &Config,
-    name: &str,
-    job: &Job,
-    record: &mut RunRecord,
-    env: &[(String, String)],
-    clock: Instant,
-    state_dir: &Path,
-) {
-    if let Some(command) = &job.hooks.post {
-        if let Err(e) = run_shell(command, env, None, job.hook_timeout()) {
-            record.problems.push(format!("post hook: {e:#}"));
-            record.status = RunStatus::Failed;
-        }
-    }
-    if record.status == RunStatus::Failed {
-        if let Some(command) = &job.hooks.on_failure {
-            if let Err(e) = run_shell(command, env, None, job.hook_timeout()) {
-                record.problems.push(format!("on_failure hook: {e:#}"));
-            }
-        }
-    }
-    record.finished_at = Utc::now();
-    record.duration_ms = clock.elapsed().as_millis() as u64;
-    let log = config.run_log(state_dir);
-    if let Err(e) = runlog::append(&log, record) {
-        eprintln!("volsnap: warning: {e:#}");
-    }
-    if let Some(path) = &config.metrics_file {
-        if let Err(e) = write_metrics(config, &log, path) {
-            eprintln!("volsnap: warning: metrics: {e:#}");
-        }
-    }
-    notify(job, record, env);
-    match record.status {
-        RunStatus::Success => eprintln!(
-            "volsnap: job {name}: {:?} succeeded{} in {:.1} s",
-            record.kind,
-            record
-                .backup_id
-                .as_deref()
-                .map(|id| format!(" ({id})"))
-                .unwrap_or_default(),
-            record.duration_ms as f64 / 1000.0
-        ),
-        RunStatus::Failed => {
-            eprintln!("volsnap: error: job {name}: {:?} failed:", record.kind);
-            for p in &record.problems {
-                eprintln!("  - {p}");
-            }
-        }
-    }
-}
-
-fn notify(job: &Job, record: &RunRecord, env: &[(String, String)]) {
-    if record.status == RunStatus::Success && !job.notify.on_success {
-        return;
-    }
-    let body = match serde_json::to_string(record) {
-        Ok(b) => b,
-        Err(_) => return,
-    };
-    if let Some(url) = &job.notify.webhook {
-        match post_webhook(url, &body) {
-            Ok(()) => tracing::info!("notified {}", redact(url)),
-            Err(e) => eprintln!("volsnap: warning: notification: {e:#}"),
-        }
-    }
-    if let Some(command) = &job.notify.command {
-        if let Err(e) = run_shell(command, env, Some(body.as_bytes()), job.hook_timeout()) {
-            eprintln!("volsnap: warning: notification command: {e:#}");
-        }
-    }
-}
-
-/// The time of the newest backup of the job's stack that verified.
-fn newest_verified(job: &Job) -> Option<(String, DateTime<Utc>)> {
-    let repo = Repo::open(&job.repo).ok()?;
-    let (backups, _) = repo.list().ok()?;
-    let selection = job.selection().to_string();
-    backups
-        .iter()
-        .rev()
-        .filter(|b| b.manifest.selection == selection)
-        .find(|b| volsnap::verify::verified_at(&b.dir).is_some())
-        .map(|b| (b.id.clone(), b.manifest.started_at))
-}
-
-pub fn write_metrics(config: &Config, log: &Path, path: &Path) -> Result<()> {
-    let records = runlog::read(log)?;
-    let summaries: Vec<_> = config
-        .jobs
-        .keys()
-        .map(|name| runlog::summarize(name, &records))
-        .collect();
-    let verified: Vec<_> = config
-        .jobs
-        .iter()
-        .map(|(name, job)| (name.clone(), newest_verified(job).map(|(_, t)| t)))
-        .collect();
-    volsnap::fsutil::replace_file(
-        path,
-        runlog::render_metrics(&summaries, &verified).as_bytes(),
-    )
 }
 
 pub fn config(command: ConfigCommand) -> Result<i32> {
@@ -327,7 +58,7 @@ pub fn config(command: ConfigCommand) -> Result<i32> {
 
 /// The next time a schedule fires, in local time, for people.
 fn next_run(schedule: &str) -> Option<String> {
-    let cron = volsnap::config::parse_schedule(schedule).ok()?;
+    let cron = volsnap::jobs::config::parse_schedule(schedule).ok()?;
     let next = cron
         .find_next_occurrence(&chrono::Local::now(), false)
         .ok()?;
@@ -428,7 +159,7 @@ pub fn systemd(args: SystemdArgs) -> Result<i32> {
         )
     })?;
     let calendar =
-        volsnap::schedule::to_on_calendar(schedule).map_err(|e| volsnap::usage!("{e}"))?;
+        volsnap::jobs::schedule::to_on_calendar(schedule).map_err(|e| volsnap::usage!("{e}"))?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "/usr/local/bin/volsnap".into());

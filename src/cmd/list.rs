@@ -36,8 +36,8 @@ pub fn run(args: ListArgs) -> Result<i32> {
                     "archive_bytes": m.archive_bytes(),
                     "volumes": m.volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
                     "protected": b.protected(),
-                    "verified_at": volsnap::verify::verified_at(&b.dir),
-                    "drill": volsnap::drill::load_report(&b.dir).map(|d| json!({
+                    "verified_at": volsnap::restore::verify::verified_at(&b.dir),
+                    "drill": volsnap::jobs::drill::load_report(&b.dir).map(|d| json!({
                         "passed": d.passed,
                         "drilled_at": d.drilled_at,
                         "restore_ms": d.restore_ms,
@@ -99,10 +99,10 @@ fn flags(b: &volsnap::repo::BackupEntry) -> String {
     if b.protected() {
         flags.push('P');
     }
-    if volsnap::verify::verified_at(&b.dir).is_some() {
+    if volsnap::restore::verify::verified_at(&b.dir).is_some() {
         flags.push('V');
     }
-    match volsnap::drill::load_report(&b.dir) {
+    match volsnap::jobs::drill::load_report(&b.dir) {
         Some(d) if d.passed => flags.push('D'),
         Some(_) => flags.push('d'),
         None => {}

@@ -15,9 +15,7 @@ mod verify;
 
 use crate::cli::{Command, HostArgs, SelectionArgs, StackFilterArgs, StrategyArgs};
 use anyhow::Result;
-use std::path::Path;
 use volsnap::discovery::Selection;
-use volsnap::lock::HostLock;
 use volsnap::plan::PlanOptions;
 use volsnap::repo::Scope;
 use volsnap::usage;
@@ -89,28 +87,4 @@ impl StrategyArgs {
             ready_timeout_secs: self.ready_timeout,
         }
     }
-}
-
-/// The command line, for the lock file and journals.
-pub fn command_line() -> String {
-    std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-}
-
-/// Starts a run that changes things: takes the host lock, then repairs what
-/// an earlier, killed run left behind. An undo that keeps failing is
-/// reported with the way out, and does not lock this run out: its journal
-/// stays for `volsnap recover` (or `recover --give-up`).
-pub fn begin_run(state_dir: &Path) -> Result<HostLock> {
-    let lock = volsnap::lock::acquire(state_dir, &command_line())?;
-    match volsnap::journal::recover(state_dir, &volsnap::storage::SystemRunner, false) {
-        Ok(lines) => {
-            for line in lines {
-                eprintln!("volsnap: recovery: {line}");
-            }
-        }
-        Err(e) => eprintln!(
-            "volsnap: warning: {e:#}. This run goes on. Once the cause is fixed, 'volsnap recover' finishes the repair; if it was repaired by hand, 'volsnap recover --give-up RUN' stops retrying it"
-        ),
-    }
-    Ok(lock)
 }

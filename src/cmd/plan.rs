@@ -3,11 +3,10 @@
 use crate::cli::PlanArgs;
 use anyhow::Result;
 use serde::Serialize;
-use volsnap::discovery::{discover, Stack};
-use volsnap::docker::Docker;
+use volsnap::discovery::Stack;
 use volsnap::fsutil::human_bytes;
-use volsnap::plan::{build, Plan};
-use volsnap::storage::{detect_stack, SnapshotSupport, StorageInfo, SystemRunner};
+use volsnap::plan::Plan;
+use volsnap::storage::{SnapshotSupport, StorageInfo};
 
 #[derive(Serialize)]
 struct PlanReport<'a> {
@@ -49,11 +48,11 @@ struct StepLine<'a> {
 
 pub fn run(args: PlanArgs) -> Result<i32> {
     let selection = args.selection.to_selection()?;
-    let docker = Docker::connect()?;
-    let mut stack = discover(&docker, &selection)?;
-    stack.measure()?;
-    let storage = detect_stack(&SystemRunner, &stack, args.strategy.snapshot_size)?;
-    let plan = build(&stack, &storage, &args.strategy.to_options())?;
+    let (stack, storage, plan) = volsnap::jobs::backup::preview(
+        &selection,
+        &args.strategy.to_options(),
+        args.strategy.snapshot_size,
+    )?;
     let report = report(&stack, &storage, &plan);
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);

@@ -3,9 +3,9 @@
 use crate::cli::{PolicyArgs, ProtectArgs, PruneArgs};
 use anyhow::Result;
 use volsnap::cancel::Cancel;
-use volsnap::prune::{prune, PruneReport};
+use volsnap::jobs::prune::{prune, PruneReport};
+use volsnap::repo::retention::Policy;
 use volsnap::repo::Repo;
-use volsnap::retention::Policy;
 
 impl PolicyArgs {
     pub fn to_policy(&self) -> Policy {
@@ -28,7 +28,7 @@ pub fn run(args: PruneArgs) -> Result<i32> {
         None
     } else {
         repo.check_writable()?;
-        Some(super::begin_run(&args.state.state_dir)?)
+        Some(volsnap::jobs::begin_run(&args.state.state_dir)?)
     };
     let report = prune(
         &repo,

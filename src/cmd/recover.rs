@@ -6,7 +6,7 @@ use volsnap::journal::{give_up, recover};
 use volsnap::storage::SystemRunner;
 
 pub fn run(args: RecoverArgs) -> Result<i32> {
-    let _lock = volsnap::lock::acquire(&args.state.state_dir, &super::command_line())?;
+    let _lock = volsnap::lock::acquire(&args.state.state_dir, &volsnap::jobs::command_line())?;
     if !args.give_up.is_empty() {
         for run in &args.give_up {
             for line in give_up(&args.state.state_dir, run)? {

@@ -2,380 +2,80 @@
 
 use crate::cli::RestoreArgs;
 use crate::output::{byte_bar, stderr_is_terminal};
-use anyhow::{Context, Result};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use anyhow::Result;
+use indicatif::ProgressBar;
+use std::sync::Mutex;
 use volsnap::cancel::Cancel;
-use volsnap::discovery::{start_order, volume_host_path, Container};
-use volsnap::docker::{ContainerInfo, Docker};
 use volsnap::fsutil::human_bytes;
-use volsnap::journal::Journal;
-use volsnap::manifest::{Manifest, VolumeKind, VolumeRecord, MANIFEST_FILE};
-use volsnap::repo::Repo;
-use volsnap::restore::{restore_volumes, RestoreOptions, VolumeRestore};
-use volsnap::snapshots::start_undo;
-use volsnap::usage;
-
-/// One volume to restore and where.
-struct Target<'m> {
-    volume: &'m VolumeRecord,
-    path: PathBuf,
-    /// How to call the destination in messages.
-    label: String,
-}
+use volsnap::jobs::restore::{perform, RestoreProgress, RestoreRequest};
+use volsnap::jobs::RunContext;
 
 pub fn run(args: RestoreArgs) -> Result<i32> {
-    let repo = Repo::open(&args.repo)?;
-    let (id, dir) = repo.resolve_in(&args.id, &args.only.scope(&args.host)?)?;
-    let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
+    let request = RestoreRequest {
+        repo: args.repo.clone(),
+        id: args.id.clone(),
+        scope: args.only.scope(&args.host)?,
+        stack: args
+            .only
+            .to_selection_args()
+            .map(|s| s.to_selection())
+            .transpose()?,
+        volumes: args.volumes.clone(),
+        target_dir: args.target_dir.clone(),
+        force: args.force,
+        allow_special: args.allow_special,
+    };
     let cancel = Cancel::from_signals()?;
-    let check = volsnap::verify::verify(&dir, volsnap::verify::Level::Checksums, &cancel)?;
-    if !check.problems.is_empty() {
-        anyhow::bail!(
-            "backup {id} failed verification, not restoring it: {}",
-            check.problems.join("; ")
+    let observer = crate::output::TerminalObserver::new();
+    let run = RunContext {
+        state_dir: &args.state.state_dir,
+        cancel: &cancel,
+        observer: &observer,
+    };
+    let done = perform(&request, &run, &Bars::default())?;
+    for v in &done.volumes {
+        outln!(
+            "  {} -> {}: {} files, {} verified",
+            v.name,
+            v.destination,
+            v.files,
+            human_bytes(v.bytes)
         );
     }
-    let mapping = parse_mapping(&args.volumes, &manifest)?;
-    let _lock = super::begin_run(&args.state.state_dir)?;
-    let mut journal = Journal::create(
-        &args.state.state_dir,
-        &format!("restore-{id}-{}", std::process::id()),
-        &super::command_line(),
-    )?;
-
-    let docker = match &args.target_dir {
-        Some(_) => None,
-        None => Some(Docker::connect()?),
-    };
-    let targets = match (&args.target_dir, &docker) {
-        (Some(root), _) => manifest
-            .volumes
-            .iter()
-            .map(|v| {
-                let stem = v
-                    .archive
-                    .split(".tar")
-                    .next()
-                    .unwrap_or(&v.name)
-                    .to_string();
-                let path = root.join(&stem);
-                Target {
-                    volume: v,
-                    label: path.display().to_string(),
-                    path,
-                }
-            })
-            .collect(),
-        (None, Some(docker)) => {
-            // With a stack named, a bind path is written only if one of
-            // its containers binds it now (none may exist yet on a
-            // replacement machine: then no bind path is written).
-            let selected: Option<Vec<String>> = match args.only.to_selection_args() {
-                Some(s) => Some(
-                    volsnap::discovery::discover(docker, &s.to_selection()?)
-                        .map(|stack| {
-                            stack
-                                .containers
-                                .iter()
-                                .map(|c| c.info.name.clone())
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                ),
-                None => None,
-            };
-            docker_targets(docker, &manifest, &mapping, &id, selected.as_deref())?
-        }
-        (None, None) => {
-            unreachable!("a Docker connection exists whenever there is no --target-dir")
-        }
-    };
-
-    // Who uses the targets? Refuse, or with --force stop them (and always
-    // start them again afterwards).
-    let mut users: Vec<ContainerInfo> = Vec::new();
-    if let Some(docker) = &docker {
-        for t in &targets {
-            for c in users_of(docker, t)? {
-                if c.running && !users.iter().any(|u| u.id == c.id) {
-                    users.push(c);
-                }
-            }
-        }
+    if let Some(problem) = done.problem {
+        anyhow::bail!(problem);
     }
-    if !args.force {
-        let mut reasons = Vec::new();
-        if !users.is_empty() {
-            let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
-            reasons.push(format!(
-                "the restore target is in use by running container(s) {} (--force stops them and starts them again afterwards)",
-                names.join(", ")
-            ));
-        }
-        let holding: Vec<String> = targets
-            .iter()
-            .filter_map(|t| holds_data(&t.path).map(|n| format!("{} ({n} entries)", t.label)))
-            .collect();
-        if !holding.is_empty() {
-            reasons.push(format!(
-                "it would replace the data in {}",
-                holding.join(", ")
-            ));
-        }
-        if !reasons.is_empty() {
-            return Err(usage!(
-                "not restoring backup {id}: {}. Nothing was changed; pass --force to replace the data (the previous content is deleted once the new content is in place), or restore elsewhere with --volume OLD=NEW or --target-dir DIR",
-                reasons.join("; and ")
-            ));
-        }
-    }
-    let ordered = start_order(users.into_iter().map(Container::new).collect())?;
-    let mut stopped: Vec<&Container> = Vec::new();
-    let mut result = Ok(());
-    if let Some(docker) = &docker {
-        for c in ordered.iter().rev() {
-            eprintln!("stopping {}", c.info.name);
-            journal.push(&start_undo(c))?;
-            if let Err(e) = docker.stop(&c.info.id, 30) {
-                result = Err(e);
-                break;
-            }
-            stopped.push(c);
-        }
-    }
-    if result.is_ok() {
-        result = restore_all(&dir, &manifest, &targets, &args, &cancel, &mut journal);
-    }
-    let mut restart_errors = Vec::new();
-    if let Some(docker) = &docker {
-        for c in stopped.iter().rev() {
-            eprintln!("starting {}", c.info.name);
-            match docker.start(&c.info.id) {
-                Ok(()) => journal.discharge(&start_undo(c))?,
-                Err(e) => restart_errors.push(format!("{e:#}")),
-            }
-        }
-    }
-    if let Err(e) = result {
-        journal.finish_if_clean()?;
-        return Err(e);
-    }
-    if !restart_errors.is_empty() {
-        anyhow::bail!(
-            "restore completed, but containers did not start again (the journal is kept: 'volsnap recover' retries): {}",
-            restart_errors.join("; ")
-        );
-    }
-    journal.finish()?;
-    outln!("restored backup {id} ({} volume(s))", targets.len());
+    outln!(
+        "restored backup {} ({} volume(s))",
+        done.id,
+        done.volumes.len()
+    );
     Ok(0)
 }
 
-fn restore_all(
-    dir: &std::path::Path,
-    manifest: &Manifest,
-    targets: &[Target<'_>],
-    args: &RestoreArgs,
-    cancel: &Cancel,
-    journal: &mut Journal,
-) -> Result<()> {
-    let options = RestoreOptions {
-        allow_special: args.allow_special,
-    };
-    let items: Vec<VolumeRestore<'_>> = targets
-        .iter()
-        .map(|t| VolumeRestore {
-            archive: dir.join(&t.volume.archive),
-            volume: t.volume,
-            target: t.path.clone(),
-        })
-        .collect();
-    let bars: Vec<_> = targets
-        .iter()
-        .map(|t| byte_bar(&t.volume.name, t.volume.bytes, stderr_is_terminal()))
-        .collect();
-    let restored = restore_volumes(
-        &items,
-        manifest.compression,
-        options,
-        cancel,
-        &|index, n| bars[index].inc(n),
-        Some(journal),
-    );
-    for bar in &bars {
-        bar.finish_and_clear();
-    }
-    for (t, stats) in targets.iter().zip(restored?) {
-        outln!(
-            "  {} -> {}: {} files, {} verified",
-            t.volume.name,
-            t.label,
-            stats.files,
-            human_bytes(stats.bytes)
-        );
-    }
-    Ok(())
-}
+/// One byte bar per volume, on a terminal.
+#[derive(Default)]
+struct Bars(Mutex<Vec<ProgressBar>>);
 
-/// `--volume OLD=NEW` pairs, checked against the backup.
-fn parse_mapping(pairs: &[String], manifest: &Manifest) -> Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    for pair in pairs {
-        let (old, new) = pair
-            .split_once('=')
-            .filter(|(o, n)| !o.is_empty() && !n.is_empty())
-            .ok_or_else(|| usage!("--volume takes OLD=NEW, not {pair:?}"))?;
-        if !manifest.volumes.iter().any(|v| v.name == old) {
-            let names: Vec<&str> = manifest.volumes.iter().map(|v| v.name.as_str()).collect();
-            return Err(usage!(
-                "backup {} has no volume {old:?}; it has {}",
-                manifest.id,
-                names.join(", ")
-            ));
-        }
-        let valid = new
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-            && new
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !valid {
-            return Err(usage!("{new:?} is not a valid Docker volume name"));
-        }
-        map.insert(old.to_string(), new.to_string());
-    }
-    Ok(map)
-}
-
-fn docker_targets<'m>(
-    docker: &Docker,
-    manifest: &'m Manifest,
-    mapping: &BTreeMap<String, String>,
-    id: &str,
-    selected: Option<&[String]>,
-) -> Result<Vec<Target<'m>>> {
-    let mut targets = Vec::new();
-    for v in &manifest.volumes {
-        if !mapping.is_empty() {
-            let Some(new) = mapping.get(&v.name) else {
-                continue;
-            };
-            let info = match docker.inspect_volume(new)? {
-                Some(info) => info,
-                None => {
-                    let mut labels = BTreeMap::new();
-                    labels.insert(
-                        "volsnap.restored-from".to_string(),
-                        format!("{id}/{}", v.name),
-                    );
-                    docker.create_volume(new, "local", &BTreeMap::new(), &labels)?
-                }
-            };
-            targets.push(Target {
-                volume: v,
-                path: volume_host_path(&info.driver, &info.options, &info.mountpoint),
-                label: format!("volume {new}"),
-            });
-            continue;
-        }
-        match v.kind {
-            VolumeKind::Volume => {
-                let info = match docker.inspect_volume(&v.name)? {
-                    Some(info) => info,
-                    None => {
-                        recreatable(v)?;
-                        docker
-                            .create_volume(&v.name, "local", &BTreeMap::new(), &v.labels)
-                            .with_context(|| format!("cannot recreate volume {}", v.name))?
-                    }
-                };
-                targets.push(Target {
-                    volume: v,
-                    path: volume_host_path(&info.driver, &info.options, &info.mountpoint),
-                    label: format!("volume {}", v.name),
-                });
-            }
-            VolumeKind::Bind => {
-                // The manifest's path is only a claim: write there only if a
-                // container mounts that very path right now.
-                let path = PathBuf::from(&v.source_path);
-                let binders: Vec<String> = containers_binding(docker, &path)?
-                    .into_iter()
-                    .map(|c| c.name)
-                    .filter(|name| selected.is_none_or(|s| s.contains(name)))
-                    .collect();
-                if binders.is_empty() || !path.is_absolute() {
-                    return Err(usage!(
-                        "backup {id} holds the bind mount {}, but no container{} binds that path now; volsnap does not write to a host path on a backup's word alone. Restore it with --target-dir DIR, or create the container that binds it first",
-                        v.source_path,
-                        if selected.is_some() { " of the selected stack" } else { "" }
-                    ));
-                }
-                targets.push(Target {
-                    volume: v,
-                    path,
-                    label: format!("bind mount {} (of {})", v.source_path, binders.join(", ")),
-                })
-            }
+impl RestoreProgress for Bars {
+    fn started(&self, volumes: &[(&str, u64)]) {
+        if let Ok(mut bars) = self.0.lock() {
+            *bars = volumes
+                .iter()
+                .map(|(name, bytes)| byte_bar(name, *bytes, stderr_is_terminal()))
+                .collect();
         }
     }
-    Ok(targets)
-}
 
-/// Containers that mount a restore target.
-fn users_of(docker: &Docker, target: &Target<'_>) -> Result<Vec<ContainerInfo>> {
-    if let Some(name) = target.label.strip_prefix("volume ") {
-        return docker.containers_using_volume(name);
-    }
-    // Bind mounts and directories: any container binding that path.
-    containers_binding(docker, &target.path)
-}
-
-/// The containers (running or not) that bind-mount `path` now.
-fn containers_binding(docker: &Docker, path: &Path) -> Result<Vec<ContainerInfo>> {
-    let mut out = Vec::new();
-    for id in docker.list_container_ids(&[])? {
-        if let Some(c) = docker.inspect_container(&id)? {
-            if c.mounts.iter().any(|m| Path::new(&m.source) == path) {
-                out.push(c);
-            }
+    fn advanced(&self, volume: usize, bytes: u64) {
+        if let Some(bar) = self.0.lock().ok().and_then(|b| b.get(volume).cloned()) {
+            bar.inc(bytes);
         }
     }
-    Ok(out)
-}
 
-/// A missing volume is recreated from the backup only as a plain local
-/// volume: driver options read from a backup can bind a host path
-/// (`device=/etc`) or mount a remote one, and that is the operator's call.
-fn recreatable(v: &VolumeRecord) -> Result<()> {
-    let driver = v.driver.as_deref().unwrap_or("local");
-    if driver == "local" && v.driver_opts.is_empty() {
-        return Ok(());
+    fn finished(&self) {
+        if let Ok(bars) = self.0.lock() {
+            bars.iter().for_each(|b| b.finish_and_clear());
+        }
     }
-    let opts: Vec<String> = v
-        .driver_opts
-        .iter()
-        .map(|(k, val)| format!("--opt {k}={val}"))
-        .collect();
-    Err(usage!(
-        "volume {} does not exist, and the backup recorded it with driver {driver} {}; volsnap does not create volumes from options read from a backup (they can bind host paths). Create it yourself if those options are right (docker volume create --driver {driver} {} {}) and run the restore again, or restore into a new plain volume with --volume {}=NEW",
-        v.name,
-        if opts.is_empty() { "and no options".to_string() } else { format!("and options {}", opts.join(" ")) },
-        opts.join(" "),
-        v.name,
-        v.name
-    ))
-}
-
-/// How many entries a restore target holds, when it holds any (volsnap's
-/// own leftovers aside); `None` when it is empty or missing.
-fn holds_data(path: &Path) -> Option<usize> {
-    let count = std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter(|e| !volsnap::restore::is_ours(&e.file_name()))
-        .count();
-    (count > 0).then_some(count)
 }

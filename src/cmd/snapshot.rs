@@ -6,87 +6,29 @@ use crate::output::{secs, TerminalObserver};
 use anyhow::Result;
 use std::time::Duration;
 use volsnap::cancel::Cancel;
-use volsnap::discovery::discover;
-use volsnap::docker::Docker;
-use volsnap::execute::{run_plan, Job};
-use volsnap::journal::Journal;
-use volsnap::plan::{build_keep_snapshot, PlanOptions};
-use volsnap::repo::new_backup_id;
-use volsnap::snapshots::{
-    drop_snapshots, validate_name, KeptVolume, SnapshotRecord, SnapshotStore,
-};
-use volsnap::storage::{detect_stack, set_label, snapshot_label, SystemRunner};
-use volsnap::usage;
+use volsnap::jobs::snapshot::{keep, roll_back, KeepRequest, Kept};
+use volsnap::jobs::RunContext;
+use volsnap::snapshots::{drop_snapshots, SnapshotStore};
+use volsnap::storage::SystemRunner;
 
 pub fn take(args: SnapshotArgs) -> Result<i32> {
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("volsnap-{}", new_backup_id()));
-    validate_name(&name)?;
-    let store = SnapshotStore::open(&args.state.state_dir)?;
-    if store.exists(&name) {
-        return Err(usage!(
-            "a snapshot named {name:?} exists already; pick another --name or drop it first"
-        ));
-    }
-    let selection = args.selection.to_selection()?;
-    let cancel = Cancel::from_signals()?;
-    let _lock = super::begin_run(&args.state.state_dir)?;
-    let docker = Docker::connect()?;
-    let stack = discover(&docker, &selection)?;
-    let storage = detect_stack(&SystemRunner, &stack, args.snapshot_size)?;
-    let options = PlanOptions {
+    let request = KeepRequest {
+        name: args.name.clone(),
+        selection: args.selection.to_selection()?,
         quiesce: args.quiesce,
-        stop_timeout_secs: args.stop_timeout,
-        ready_timeout_secs: args.ready_timeout,
-        ..PlanOptions::default()
+        stop_timeout: args.stop_timeout,
+        ready_timeout: args.ready_timeout,
+        snapshot_size: args.snapshot_size,
     };
-    let mut plan = build_keep_snapshot(&stack, &storage, &options)?;
-    let label = if name.starts_with("volsnap-") {
-        name.clone()
-    } else {
-        snapshot_label(&name)
-    };
-    set_label(&mut plan.steps, &label);
+    let cancel = Cancel::from_signals()?;
     let observer = TerminalObserver::new();
-    let job = Job {
-        docker: &docker,
-        runner: &SystemRunner,
-        stack: &stack,
-        storage: &storage,
-        plan: &plan,
-        repo: None,
-        id: name.clone(),
-        host: volsnap::execute::this_host(),
-        archive: Default::default(),
+    let run = RunContext {
+        state_dir: &args.state.state_dir,
         cancel: &cancel,
         observer: &observer,
     };
-    let journal = Journal::create(&args.state.state_dir, &name, &super::command_line())?;
-    let outcome =
-        run_plan(&job, Some(journal)).map_err(|e| e.context(format!("snapshot {name} failed")))?;
-    let record = SnapshotRecord {
-        name: name.clone(),
-        label,
-        created_at: chrono::Utc::now(),
-        selection,
-        downtime_ms: outcome.downtime_ms,
-        volumes: stack
-            .volumes
-            .iter()
-            .zip(storage)
-            .map(|(v, s)| KeptVolume {
-                name: v.name.clone(),
-                storage: s,
-            })
-            .collect(),
-    };
-    if let Err(e) = store.save(&record) {
-        // Unrecorded snapshots would be orphans: drop them.
-        let _ = drop_snapshots(&SystemRunner, &record);
-        return Err(e.context("cannot record the snapshot, so it was dropped again"));
-    }
+    let Kept { record, problems } = keep(&request, &run)?;
+    let name = &record.name;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&record)?);
     } else {
@@ -96,10 +38,10 @@ pub fn take(args: SnapshotArgs) -> Result<i32> {
             secs(record.downtime_ms)
         );
     }
-    for problem in &outcome.problems {
+    for problem in &problems {
         eprintln!("volsnap: error: the snapshot is taken, but {problem}");
     }
-    Ok(if outcome.problems.is_empty() { 0 } else { 1 })
+    Ok(if problems.is_empty() { 0 } else { 1 })
 }
 
 pub fn manage(command: SnapshotsCommand) -> Result<i32> {
@@ -129,7 +71,7 @@ pub fn manage(command: SnapshotsCommand) -> Result<i32> {
             Ok(0)
         }
         SnapshotsCommand::Drop { name, state } => {
-            let _lock = super::begin_run(&state.state_dir)?;
+            let _lock = volsnap::jobs::begin_run(&state.state_dir)?;
             let store = SnapshotStore::open(&state.state_dir)?;
             let record = store.load(&name)?;
             drop_snapshots(&SystemRunner, &record)?;
@@ -141,27 +83,12 @@ pub fn manage(command: SnapshotsCommand) -> Result<i32> {
 }
 
 pub fn rollback(args: RollbackArgs) -> Result<i32> {
-    let store = SnapshotStore::open(&args.state.state_dir)?;
-    let record = store.load(&args.name)?;
-    let _lock = super::begin_run(&args.state.state_dir)?;
-    let mut journal = Journal::create(
-        &args.state.state_dir,
-        &format!("rollback-{}", record.name),
-        &super::command_line(),
-    )?;
-    let docker = Docker::connect()?;
-    let stack = discover(&docker, &record.selection)?;
-    volsnap::snapshots::rollback(
-        &docker,
-        &SystemRunner,
-        &record,
-        &stack,
+    let record = roll_back(
+        &args.name,
         args.stop_timeout,
         Duration::from_secs(args.ready_timeout.into()),
-        &mut journal,
-    )
-    .map_err(|e| e.context(format!("rollback to {} failed", record.name)))?;
-    journal.finish()?;
+        &args.state.state_dir,
+    )?;
     outln!(
         "rolled {} volume(s) back to snapshot {} (taken {}); the snapshot is kept: drop it with 'volsnap snapshots drop {}'",
         record.volumes.len(),

@@ -4,7 +4,7 @@ use crate::cli::VerifyArgs;
 use anyhow::Result;
 use volsnap::cancel::Cancel;
 use volsnap::repo::Repo;
-use volsnap::verify::Level;
+use volsnap::restore::verify::Level;
 
 pub fn run(args: VerifyArgs) -> Result<i32> {
     let repo = Repo::open(&args.repo)?;
@@ -15,9 +15,9 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
     } else {
         Level::Entries
     };
-    let report = volsnap::verify::verify(&dir, level, &cancel)?;
+    let report = volsnap::restore::verify::verify(&dir, level, &cancel)?;
     if report.problems.is_empty() {
-        volsnap::verify::record_verified(&dir, args.deep);
+        volsnap::restore::verify::record_verified(&dir, args.deep);
         let depth = if args.deep {
             format!(", {} files checked one by one", report.files_checked)
         } else {

@@ -1,9 +1,13 @@
 //! Plans as data: the ordered steps a backup runs, each with the step that
 //! undoes it. `volsnap plan` prints a plan; the executor runs the same value.
 
+mod snapshot;
+
+pub use snapshot::{detect_stack, set_label};
+
 use crate::discovery::{Container, Stack};
 use crate::fsutil::human_bytes;
-use crate::manifest::{Consistency, Strategy};
+use crate::repo::manifest::{Consistency, Strategy};
 use crate::storage::{SnapshotSupport, StorageInfo};
 use crate::usage;
 use anyhow::Result;
@@ -527,9 +531,7 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
                 Quiesce::Pause => 100,
                 Quiesce::Stop => running.len() as u64 * ESTIMATE_RESTART_MS_PER_CONTAINER,
             };
-            crate::storage::plan_snapshot_steps(
-                stack, storage, options, &running, &mut steps, true,
-            );
+            snapshot::plan_snapshot_steps(stack, storage, options, &running, &mut steps, true);
         }
     }
     add_hooks(&running, &mut steps, 1)?;
@@ -572,7 +574,7 @@ pub fn build_keep_snapshot(
         .filter(|c| c.info.running && !c.info.paused)
         .collect();
     let mut steps = Vec::new();
-    crate::storage::plan_snapshot_steps(stack, storage, options, &running, &mut steps, false);
+    snapshot::plan_snapshot_steps(stack, storage, options, &running, &mut steps, false);
     add_hooks(&running, &mut steps, 0)?;
     Ok(Plan {
         strategy: Strategy::Snapshot,

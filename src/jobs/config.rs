@@ -6,9 +6,9 @@
 //! reports each problem with its line, so `volsnap config check` can be
 //! trusted before the daemon runs the file at 3 a.m.
 
-use crate::manifest::Compression;
 use crate::plan::{Quiesce, RequestedStrategy};
-use crate::retention::Policy;
+use crate::repo::manifest::Compression;
+use crate::repo::retention::Policy;
 use anyhow::Result;
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_missed_run_is_seen_once() {
-        let daily = crate::config::parse_schedule("0 3 * * *").unwrap();
+        let daily = crate::jobs::config::parse_schedule("0 3 * * *").unwrap();
         let last = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap();
         // Five nights later: missed (once; the caller runs it a single time).
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();

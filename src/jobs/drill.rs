@@ -10,17 +10,23 @@
 //! end; the removal is journalled, so even a killed drill is cleaned up by
 //! `volsnap recover`.
 
+use super::config::{Config, DEFAULT_DRILL_TIMEOUT_SECS};
+use super::runlog::{RunKind, RunRecord, RunStatus};
+use super::RunContext;
 use crate::cancel::Cancel;
 use crate::discovery::Stack;
+use crate::discovery::{discover, Selection};
 use crate::docker::{CopyMount, Docker, DRILL_LABEL};
 use crate::journal::{Journal, Undo};
-use crate::manifest::{Manifest, VolumeKind};
+use crate::repo::manifest::MANIFEST_FILE;
+use crate::repo::manifest::{Manifest, VolumeKind};
+use crate::repo::{Repo, Scope};
 use crate::restore::{restore_volume, RestoreOptions};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The drill report, stored beside the backup.
@@ -60,6 +66,108 @@ pub struct DrillReport {
     pub problems: Vec<String>,
     #[serde(default)]
     pub notes: Vec<String>,
+}
+
+/// Resolves the backup (`latest` = the newest of this selection), checks
+/// it, runs the drill and stores its report beside the backup.
+pub fn perform(
+    repo: &Path,
+    id: &str,
+    selection: &Selection,
+    host: &str,
+    spec: &DrillSpec,
+    state_dir: &Path,
+    cancel: &Cancel,
+) -> Result<DrillReport> {
+    let repo = Repo::open(repo)?;
+    let scope = Scope {
+        host: host.to_string(),
+        selection: Some(selection.to_string()),
+    };
+    let (id, dir) = repo.resolve_in(id, &scope)?;
+    let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
+    let check =
+        crate::restore::verify::verify(&dir, crate::restore::verify::Level::Checksums, cancel)?;
+    if !check.problems.is_empty() {
+        anyhow::bail!(
+            "backup {id} failed verification, not drilling it: {}",
+            check.problems.join("; ")
+        );
+    }
+    let _lock = super::begin_run(state_dir)?;
+    let docker = Docker::connect()?;
+    let stack = discover(&docker, selection)?;
+    let mut journal = Journal::create(
+        state_dir,
+        &format!("drill-{id}-{}", std::process::id()),
+        &super::command_line(),
+    )?;
+    eprintln!("volsnap: drilling backup {id} of {selection}");
+    let report = drill(&docker, &dir, &manifest, &stack, spec, cancel, &mut journal)?;
+    // A teardown that did not complete stays in the journal for recover.
+    journal.finish_if_clean()?;
+    store_report(&dir, &report);
+    if report.passed {
+        crate::restore::verify::record_verified(&dir, false);
+    }
+    Ok(report)
+}
+
+/// The drill of a configured job (newest backup of its stack).
+pub fn run_job_drill(
+    config: &Config,
+    name: &str,
+    run: &RunContext<'_>,
+    show: &dyn Fn(&DrillReport),
+) -> RunRecord {
+    let job = config.jobs.get(name).expect("job checked by the caller");
+    let settings = job.drill.clone().unwrap_or_default();
+    let spec = DrillSpec {
+        checks: settings.checks.into_iter().collect(),
+        timeout: Duration::from_secs(settings.timeout.unwrap_or(DEFAULT_DRILL_TIMEOUT_SECS)),
+    };
+    let clock = Instant::now();
+    let mut record = RunRecord::start(name, RunKind::Drill);
+    let repo: PathBuf = job.repo.clone();
+    let host = crate::execute::this_host();
+    match perform(
+        &repo,
+        "latest",
+        &job.selection(),
+        &host,
+        &spec,
+        run.state_dir,
+        run.cancel,
+    ) {
+        Ok(report) => {
+            show(&report);
+            record.backup_id = Some(report.backup_id.clone());
+            record.restore_ms = Some(report.restore_ms);
+            record.healthy_ms = report.healthy_ms;
+            record.problems.extend(report.problems);
+            record.problems.extend(
+                report
+                    .checks
+                    .iter()
+                    .filter(|c| !c.passed)
+                    .map(|c| format!("check {} failed: {}", c.service, c.detail)),
+            );
+            if report.passed {
+                record.status = RunStatus::Success;
+            }
+        }
+        Err(e) => record
+            .problems
+            .push(format!("drill failed: {}", crate::error::error_chain(&e))),
+    }
+    let mut env = super::run::hook_env(name, job, "drill");
+    env.push(("VOLSNAP_STATUS".into(), record.status.to_string()));
+    env.push((
+        "VOLSNAP_BACKUP_ID".into(),
+        record.backup_id.clone().unwrap_or_default(),
+    ));
+    super::run::finish(config, name, job, &mut record, &env, clock, run.state_dir);
+    record
 }
 
 /// Runs a drill of the backup in `dir` for the live `stack`.

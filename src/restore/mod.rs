@@ -9,13 +9,14 @@
 //! the new content moved in, and the old content deleted, so a failed
 //! restore leaves the previous content as it was.
 
+pub mod verify;
+
 use crate::archive::{
     entry_path, entry_xattrs, link_target, ArchiveReader, ArchiveStream, EntryChecker,
 };
 use crate::beneath::{open_path, proc_fd_path, At, Beneath};
 use crate::cancel::Cancel;
-use crate::journal::{Journal, Undo};
-use crate::manifest::{Compression, EntryKind, FileEntry, VolumeRecord};
+use crate::repo::manifest::{Compression, EntryKind, FileEntry, VolumeRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -58,6 +59,35 @@ pub struct VolumeRestore<'a> {
     pub target: PathBuf,
 }
 
+/// What a restore needs remembered so that a process killed at any instant
+/// is put right by `volsnap recover`. The run's journal keeps these
+/// (`crate::journal`); restore itself knows no run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryStep {
+    /// Remove a staging directory that never got swapped in.
+    RemoveStaging { path: PathBuf },
+    /// Put a target's previous content back ([`roll_back_swap`]).
+    Swap {
+        target: PathBuf,
+        staging: PathBuf,
+        aside: PathBuf,
+        old_names: Vec<OsString>,
+    },
+    /// The restore committed: finish deleting what it replaced
+    /// ([`finish_restore`]).
+    Finish {
+        remove: Vec<PathBuf>,
+        mtimes: Vec<(PathBuf, i64)>,
+    },
+}
+
+/// Where [`restore_volumes`] records each step before taking it, and
+/// discharges it after.
+pub trait RecoveryLog {
+    fn push(&mut self, step: &RecoveryStep) -> Result<()>;
+    fn discharge(&mut self, step: &RecoveryStep) -> Result<()>;
+}
+
 /// A volume whose new content is staged inside its target.
 struct Staged {
     target: PathBuf,
@@ -82,7 +112,7 @@ pub fn restore_volumes(
     options: RestoreOptions,
     cancel: &Cancel,
     progress: &dyn Fn(usize, u64),
-    mut journal: Option<&mut Journal>,
+    mut journal: Option<&mut (dyn RecoveryLog + '_)>,
 ) -> Result<Vec<RestoreStats>> {
     // 1. Stage every volume.
     let mut staged: Vec<Staged> = Vec::new();
@@ -127,7 +157,7 @@ pub fn restore_volumes(
             .into_iter()
             .filter(|n| !is_ours(n))
             .collect();
-        let swap = Undo::RestoreSwap {
+        let swap = RecoveryStep::Swap {
             target: one.target.clone(),
             staging: one.staging.clone(),
             aside: one.aside.clone(),
@@ -140,7 +170,7 @@ pub fn restore_volumes(
     }
     let mut failure = None;
     for (index, (one, swap)) in staged.iter().zip(&swaps).enumerate() {
-        let Undo::RestoreSwap { old_names, .. } = swap else {
+        let RecoveryStep::Swap { old_names, .. } = swap else {
             unreachable!("swaps holds RestoreSwap records only")
         };
         let swapped = fault_point("swap", index)
@@ -162,7 +192,7 @@ pub fn restore_volumes(
     if let Some(e) = failure {
         let mut rollback_errors = Vec::new();
         for (one, swap) in staged.iter().zip(&swaps) {
-            let Undo::RestoreSwap { old_names, .. } = swap else {
+            let RecoveryStep::Swap { old_names, .. } = swap else {
                 unreachable!("swaps holds RestoreSwap records only")
             };
             match roll_back_swap(&one.target, &one.staging, &one.aside, old_names) {
@@ -205,7 +235,7 @@ pub fn restore_volumes(
                 .map(|(r, _)| (one.target.clone(), r.mtime))
         })
         .collect();
-    let finish = Undo::FinishRestore {
+    let finish = RecoveryStep::Finish {
         remove: remove.clone(),
         mtimes: mtimes.clone(),
     };
@@ -257,8 +287,8 @@ fn stage_volume(
     options: RestoreOptions,
     cancel: &Cancel,
     progress: &dyn Fn(u64),
-    journal: Option<&mut Journal>,
-) -> Result<(Staged, Undo)> {
+    journal: Option<&mut (dyn RecoveryLog + '_)>,
+) -> Result<(Staged, RecoveryStep)> {
     let target = &item.target;
     fs::create_dir_all(target)
         .with_context(|| format!("cannot create restore target {}", target.display()))?;
@@ -272,7 +302,7 @@ fn stage_volume(
     );
     let staging = target.join(format!("{STAGING_PREFIX}{tag}"));
     let aside = target.join(format!("{ASIDE_PREFIX}{tag}"));
-    let remove_staging = Undo::RemoveDir {
+    let remove_staging = RecoveryStep::RemoveStaging {
         path: staging.clone(),
     };
     let mut journal = journal;

@@ -5,7 +5,10 @@
 //! complete and fsynced, so a failed or killed run never leaves something
 //! that looks like a backup.
 
-use crate::manifest::{Manifest, MANIFEST_FILE};
+pub mod manifest;
+pub mod retention;
+
+use crate::repo::manifest::{Manifest, MANIFEST_FILE};
 use crate::usage;
 use anyhow::{Context, Result};
 use std::fs;

@@ -5,7 +5,7 @@
 use crate::archive::{entry_path, hash_content, link_target, ArchiveReader, EntryChecker};
 use crate::cancel::Cancel;
 use crate::hashing::sha256_file;
-use crate::manifest::{parse_sums, EntryKind, Manifest, MANIFEST_FILE, SUMS_FILE};
+use crate::repo::manifest::{parse_sums, EntryKind, Manifest, MANIFEST_FILE, SUMS_FILE};
 use anyhow::Result;
 use std::path::Path;
 
@@ -144,7 +144,7 @@ pub fn verify(dir: &Path, level: Level, cancel: &Cancel) -> Result<VerifyReport>
 fn entries_check(
     dir: &Path,
     manifest: &Manifest,
-    volume: &crate::manifest::VolumeRecord,
+    volume: &crate::repo::manifest::VolumeRecord,
     content: bool,
     cancel: &Cancel,
 ) -> Result<u64> {

@@ -4,8 +4,8 @@
 //! a repository never prune each other's backups.
 
 use crate::cancel::Cancel;
+use crate::repo::retention::{decide, Candidate, Decision, Policy};
 use crate::repo::Repo;
-use crate::retention::{decide, Candidate, Decision, Policy};
 use anyhow::Result;
 use serde::Serialize;
 
@@ -81,10 +81,14 @@ pub fn prune(
         for decision in decisions.iter_mut() {
             cancel.check()?;
             let dir = repo.backup_dir(&decision.id);
-            let check = crate::verify::verify(&dir, crate::verify::Level::Entries, cancel)?;
+            let check = crate::restore::verify::verify(
+                &dir,
+                crate::restore::verify::Level::Entries,
+                cancel,
+            )?;
             if check.problems.is_empty() {
                 if !dry_run {
-                    crate::verify::record_verified(&dir, false);
+                    crate::restore::verify::record_verified(&dir, false);
                 }
                 decision.keep = true;
                 decision.reasons.push("newest backup that verifies".into());

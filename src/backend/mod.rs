@@ -1,0 +1,109 @@
+//! Backends move named objects to and from a repository's storage, and do
+//! nothing else: they know no format, no backup, no Docker.
+//!
+//! An object is written whole or not at all, and never changed afterwards
+//! (the repository format relies on that; see docs/FORMAT.md, "Repository
+//! format 2"). Names are relative, `/`-separated, made of plain components
+//! (`data/3f/3f…`); a backend refuses any other name, so a name read from a
+//! repository can never reach outside it. Object storage and SFTP backends
+//! implement the same trait later; the local directory is the first.
+
+mod local;
+
+pub use local::LocalBackend;
+
+use anyhow::Result;
+use std::time::SystemTime;
+
+/// One stored object, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+    /// The storage's own clock (lock ages are judged by it).
+    pub modified: SystemTime,
+}
+
+/// The object asked for does not exist. Readers tell "missing" (damage, or
+/// a concurrent prune) from other failures by this type in the error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("object {name} is missing from {location}")]
+pub struct Missing {
+    pub name: String,
+    pub location: String,
+}
+
+/// Whether `err` says an object is missing.
+pub fn is_missing(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.is::<Missing>())
+}
+
+pub trait Backend: Send + Sync {
+    /// Where the objects live, for messages (never with a secret in it).
+    fn location(&self) -> String;
+
+    /// The whole object.
+    fn read(&self, name: &str) -> Result<Vec<u8>>;
+
+    /// `length` bytes of the object from `offset`.
+    fn read_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>>;
+
+    /// Writes the object whole. For content-derived names a second write
+    /// of the same name writes the same bytes, so replacing is harmless.
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<()>;
+
+    /// Writes the object only if no object of that name exists; `false`
+    /// when one did (and nothing was written).
+    fn create_new(&self, name: &str, bytes: &[u8]) -> Result<bool>;
+
+    /// Every object whose name starts with `prefix/` (a directory-like
+    /// prefix such as `data` or `locks`), at any depth.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// The object's size and time, `None` when it does not exist.
+    fn stat(&self, name: &str) -> Result<Option<ObjectInfo>>;
+
+    /// Deletes the object; deleting a missing object is not an error.
+    fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// Checks that `name` is a plain relative object name: components of ASCII
+/// letters, digits, `.`, `_` and `-`, none empty or starting with a dot.
+pub fn check_name(name: &str) -> Result<()> {
+    let plain = |c: &str| {
+        !c.is_empty()
+            && !c.starts_with('.')
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if name.len() > 512 || !name.split('/').all(plain) {
+        anyhow::bail!("{name:?} is not a valid repository object name");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_pass() {
+        for good in ["config", "data/3f/3fab", "locks/x-1", "notes/a/verified-1"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "data/../x",
+            "data//x",
+            "a/.hidden",
+            "data/x/",
+            "a b",
+            "dätä",
+            ".tmp-1",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! One backup from start to end: checks, host lock, discovery, plan,
+//! execution. The CLI's `backup` and configured jobs both call [`perform`].
+
+use super::{begin_run, command_line, RunContext};
+use crate::archive::ArchiveOptions;
+use crate::discovery::{discover, Selection, Stack};
+use crate::docker::Docker;
+use crate::execute::{run_plan, Job};
+use crate::fsutil::human_bytes;
+use crate::journal::Journal;
+use crate::plan::{build, detect_stack, set_label, Plan, PlanOptions};
+use crate::repo::manifest::Manifest;
+use crate::repo::{new_backup_id, Repo};
+use crate::storage::{snapshot_label, StorageInfo, SystemRunner};
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// Everything a backup needs to know, as the CLI or a job's configuration
+/// gave it.
+pub struct BackupRequest {
+    pub selection: Selection,
+    pub repo: PathBuf,
+    pub plan: PlanOptions,
+    /// Size of classic LVM snapshots' copy-on-write area.
+    pub snapshot_size: Option<u64>,
+    pub archive: ArchiveOptions,
+    /// Run at the lowest CPU and I/O priority.
+    pub io_nice: bool,
+    pub skip_space_check: bool,
+    /// The host the backup is recorded under.
+    pub host: String,
+}
+
+/// A written backup and what went wrong around it (services that did not
+/// come back, post hooks that failed).
+pub struct Done {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+    pub problems: Vec<String>,
+}
+
+/// Runs one backup. Everything that can be checked is checked before
+/// anything is stopped.
+pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
+    if request.io_nice {
+        lower_priority();
+    }
+    let repo = Repo::open(&request.repo)?;
+    repo.check_writable()?;
+    let _lock = begin_run(run.state_dir)?;
+    let docker = Docker::connect()?;
+    let mut stack = discover(&docker, &request.selection)?;
+    let storage = detect_stack(&SystemRunner, &stack, request.snapshot_size)?;
+    // Sizes cost a walk of every file; measure only when something needs
+    // them: a downtime budget, or a repository that might be too small.
+    if request.plan.max_downtime.is_some() {
+        stack.measure()?;
+    }
+    if !request.skip_space_check {
+        let free = repo.free_bytes()?;
+        if !stack.measured && stack.used_space_bound()? > free {
+            stack.measure()?;
+        }
+        if stack.measured {
+            let need =
+                repo.estimate_backup_bytes(&request.selection.to_string(), stack.total_bytes());
+            if free < need {
+                anyhow::bail!(
+                    "repository {} has {} free, this backup needs about {} ({} of data{}); nothing was stopped. Free space, use another --repo, or pass --skip-space-check",
+                    repo.root().display(),
+                    human_bytes(free),
+                    human_bytes(need),
+                    human_bytes(stack.total_bytes()),
+                    if need < stack.total_bytes() { ", compressed as last time" } else { ", assumed incompressible" }
+                );
+            }
+        }
+    }
+    let mut plan = build(&stack, &storage, &request.plan)?;
+    let id = new_backup_id();
+    set_label(&mut plan.steps, &snapshot_label(&id));
+    let job = Job {
+        docker: &docker,
+        runner: &SystemRunner,
+        stack: &stack,
+        storage: &storage,
+        plan: &plan,
+        repo: Some(&repo),
+        id,
+        host: request.host.clone(),
+        archive: request.archive,
+        cancel: run.cancel,
+        observer: run.observer,
+    };
+    let journal = Journal::create(run.state_dir, &job.id, &command_line())?;
+    let outcome = run_plan(&job, Some(journal)).map_err(|e| e.context("backup failed"))?;
+    let (manifest, dir) = outcome
+        .backup
+        .ok_or_else(|| anyhow::anyhow!("internal error: the backup plan wrote no backup"))?;
+    Ok(Done {
+        manifest,
+        dir,
+        problems: outcome.problems,
+    })
+}
+
+/// What a backup of `selection` would do now: the stack (measured), the
+/// storage under each volume, and the plan (`volsnap plan`).
+pub fn preview(
+    selection: &Selection,
+    options: &PlanOptions,
+    snapshot_size: Option<u64>,
+) -> Result<(Stack, Vec<StorageInfo>, Plan)> {
+    let docker = Docker::connect()?;
+    let mut stack = discover(&docker, selection)?;
+    stack.measure()?;
+    let storage = detect_stack(&SystemRunner, &stack, snapshot_size)?;
+    let plan = build(&stack, &storage, options)?;
+    Ok((stack, storage, plan))
+}
+
+/// Lowest CPU priority and the lowest best-effort I/O priority, for this
+/// process and the threads it starts later.
+fn lower_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: plain syscalls on this process; failures are only logged.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 {
+            tracing::warn!("cannot lower the CPU priority");
+        }
+        let prio = (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 7;
+        if libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            prio,
+        ) != 0
+        {
+            tracing::warn!("cannot lower the I/O priority");
+        }
+    }
+}

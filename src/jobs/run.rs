@@ -1,0 +1,261 @@
+//! Configured jobs, run once: host `pre` hook → backup (container hooks
+//! inside it) → verification of the new backup → retention → host `post`
+//! hook (always) → host `on_failure` hook (when anything failed) → run log
+//! → metrics → notifications. `volsnap run` and the daemon call [`run_job`];
+//! drills end the same way ([`finish`]).
+
+use super::backup::{self, BackupRequest};
+use super::config::{Config, Job};
+use super::notify::{post_webhook, redact, run_shell};
+use super::runlog::{self, RunKind, RunRecord, RunStatus};
+use super::RunContext;
+use crate::archive::ArchiveOptions;
+use crate::repo::Repo;
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use std::path::Path;
+use std::time::Instant;
+
+/// The backup a job stands for.
+pub fn backup_request(job: &Job) -> Result<BackupRequest> {
+    let size = |s: &Option<String>| -> Result<Option<u64>> {
+        s.as_deref()
+            .map(crate::fsutil::parse_size)
+            .transpose()
+            .map_err(|e| crate::usage!("{e}"))
+    };
+    let mut archive = ArchiveOptions::new(job.compression, job.level)?;
+    if let Some(threads) = job.threads {
+        archive.threads = threads;
+    }
+    archive.bwlimit = size(&job.bwlimit)?;
+    Ok(BackupRequest {
+        selection: job.selection(),
+        repo: job.repo.clone(),
+        plan: crate::plan::PlanOptions {
+            strategy: job.strategy,
+            quiesce: job.quiesce,
+            max_downtime: job.max_downtime.map(std::time::Duration::from_secs),
+            require_consistent: job.require_consistent,
+            stop_timeout_secs: job.stop_timeout.unwrap_or(30),
+            ready_timeout_secs: job.ready_timeout.unwrap_or(120),
+        },
+        snapshot_size: size(&job.snapshot_size)?,
+        archive,
+        io_nice: job.io_nice,
+        skip_space_check: false,
+        host: crate::execute::this_host(),
+    })
+}
+
+/// Environment of host hooks and notification commands.
+pub fn hook_env(name: &str, job: &Job, kind: &str) -> Vec<(String, String)> {
+    vec![
+        ("VOLSNAP_JOB".into(), name.into()),
+        ("VOLSNAP_KIND".into(), kind.into()),
+        ("VOLSNAP_REPO".into(), job.repo.display().to_string()),
+        ("VOLSNAP_SELECTION".into(), job.selection().to_string()),
+    ]
+}
+
+/// Runs one backup job from start to end; never fails as a whole: what went
+/// wrong is in the record (also appended to the run log).
+pub fn run_job(config: &Config, name: &str, run: &RunContext<'_>) -> RunRecord {
+    let job = config.jobs.get(name).expect("job checked by the caller");
+    let clock = Instant::now();
+    let mut record = RunRecord::start(name, RunKind::Backup);
+    eprintln!(
+        "volsnap: job {name}: backup of {} starting",
+        job.selection()
+    );
+    let mut env = hook_env(name, job, "backup");
+    let pre_ok = match &job.hooks.pre {
+        Some(command) => run_shell(command, &env, None, job.hook_timeout())
+            .map_err(|e| {
+                record
+                    .problems
+                    .push(format!("pre hook: {e:#}; backup not run"))
+            })
+            .is_ok(),
+        None => true,
+    };
+    if pre_ok {
+        back_up(job, run, &mut record);
+    }
+    record.status = if record.problems.is_empty() {
+        RunStatus::Success
+    } else {
+        RunStatus::Failed
+    };
+    env.push(("VOLSNAP_STATUS".into(), record.status.to_string()));
+    env.push((
+        "VOLSNAP_BACKUP_ID".into(),
+        record.backup_id.clone().unwrap_or_default(),
+    ));
+    finish(config, name, job, &mut record, &env, clock, run.state_dir);
+    record
+}
+
+/// The backup, its verification and the retention that follows it.
+fn back_up(job: &Job, run: &RunContext<'_>, record: &mut RunRecord) {
+    let done = match backup_request(job).and_then(|request| backup::perform(&request, run)) {
+        Ok(done) => done,
+        Err(e) => {
+            record
+                .problems
+                .push(format!("backup failed: {}", crate::error::error_chain(&e)));
+            return;
+        }
+    };
+    let m = &done.manifest;
+    record.backup_id = Some(m.id.clone());
+    record.strategy = Some(m.strategy.to_string());
+    record.consistency = Some(m.consistency.to_string());
+    record.downtime_ms = m.downtime_ms;
+    record.bytes = m.total_bytes();
+    record.archive_bytes = m.archive_bytes();
+    record.problems.extend(done.problems);
+    if job.verify {
+        match crate::restore::verify::verify(
+            &done.dir,
+            crate::restore::verify::Level::Entries,
+            run.cancel,
+        ) {
+            Ok(report) if report.problems.is_empty() => {
+                crate::restore::verify::record_verified(&done.dir, false)
+            }
+            Ok(report) => record.problems.push(format!(
+                "the new backup does not verify: {}",
+                report.problems.join("; ")
+            )),
+            Err(e) => record
+                .problems
+                .push(format!("cannot verify the new backup: {e:#}")),
+        }
+    }
+    if let (Some(policy), true) = (&job.retention, record.problems.is_empty()) {
+        let pruned = Repo::open(&job.repo).and_then(|repo| {
+            let _lock = super::begin_run(run.state_dir)?;
+            crate::jobs::prune::prune(
+                &repo,
+                policy,
+                Some(&job.selection().to_string()),
+                Some(&crate::execute::this_host()),
+                false,
+                run.cancel,
+            )
+        });
+        match pruned {
+            Ok(report) => record.pruned = report.deleted.len(),
+            Err(e) => record.problems.push(format!("retention: {e:#}")),
+        }
+    }
+}
+
+/// Post and failure hooks, run log, metrics, notifications: the same end
+/// for backups and drills.
+pub fn finish(
+    config: &Config,
+    name: &str,
+    job: &Job,
+    record: &mut RunRecord,
+    env: &[(String, String)],
+    clock: Instant,
+    state_dir: &Path,
+) {
+    if let Some(command) = &job.hooks.post {
+        if let Err(e) = run_shell(command, env, None, job.hook_timeout()) {
+            record.problems.push(format!("post hook: {e:#}"));
+            record.status = RunStatus::Failed;
+        }
+    }
+    if record.status == RunStatus::Failed {
+        if let Some(command) = &job.hooks.on_failure {
+            if let Err(e) = run_shell(command, env, None, job.hook_timeout()) {
+                record.problems.push(format!("on_failure hook: {e:#}"));
+            }
+        }
+    }
+    record.finished_at = Utc::now();
+    record.duration_ms = clock.elapsed().as_millis() as u64;
+    let log = config.run_log(state_dir);
+    if let Err(e) = runlog::append(&log, record) {
+        eprintln!("volsnap: warning: {e:#}");
+    }
+    if let Some(path) = &config.metrics_file {
+        if let Err(e) = write_metrics(config, &log, path) {
+            eprintln!("volsnap: warning: metrics: {e:#}");
+        }
+    }
+    notify(job, record, env);
+    match record.status {
+        RunStatus::Success => eprintln!(
+            "volsnap: job {name}: {:?} succeeded{} in {:.1} s",
+            record.kind,
+            record
+                .backup_id
+                .as_deref()
+                .map(|id| format!(" ({id})"))
+                .unwrap_or_default(),
+            record.duration_ms as f64 / 1000.0
+        ),
+        RunStatus::Failed => {
+            eprintln!("volsnap: error: job {name}: {:?} failed:", record.kind);
+            for p in &record.problems {
+                eprintln!("  - {p}");
+            }
+        }
+    }
+}
+
+fn notify(job: &Job, record: &RunRecord, env: &[(String, String)]) {
+    if record.status == RunStatus::Success && !job.notify.on_success {
+        return;
+    }
+    let body = match serde_json::to_string(record) {
+        Ok(b) => b,
+        Err(_) => return,
+    };
+    if let Some(url) = &job.notify.webhook {
+        match post_webhook(url, &body) {
+            Ok(()) => tracing::info!("notified {}", redact(url)),
+            Err(e) => eprintln!("volsnap: warning: notification: {e:#}"),
+        }
+    }
+    if let Some(command) = &job.notify.command {
+        if let Err(e) = run_shell(command, env, Some(body.as_bytes()), job.hook_timeout()) {
+            eprintln!("volsnap: warning: notification command: {e:#}");
+        }
+    }
+}
+
+/// The time of the newest backup of the job's stack that verified.
+pub fn newest_verified(job: &Job) -> Option<(String, DateTime<Utc>)> {
+    let repo = Repo::open(&job.repo).ok()?;
+    let (backups, _) = repo.list().ok()?;
+    let selection = job.selection().to_string();
+    backups
+        .iter()
+        .rev()
+        .filter(|b| b.manifest.selection == selection)
+        .find(|b| crate::restore::verify::verified_at(&b.dir).is_some())
+        .map(|b| (b.id.clone(), b.manifest.started_at))
+}
+
+pub fn write_metrics(config: &Config, log: &Path, path: &Path) -> Result<()> {
+    let records = runlog::read(log)?;
+    let summaries: Vec<_> = config
+        .jobs
+        .keys()
+        .map(|name| runlog::summarize(name, &records))
+        .collect();
+    let verified: Vec<_> = config
+        .jobs
+        .iter()
+        .map(|(name, job)| (name.clone(), newest_verified(job).map(|(_, t)| t)))
+        .collect();
+    crate::fsutil::replace_file(
+        path,
+        runlog::render_metrics(&summaries, &verified).as_bytes(),
+    )
+}
