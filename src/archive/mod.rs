@@ -24,6 +24,7 @@ use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use xattr::FileExt as _;
 
+pub mod chunk;
 mod guard;
 mod stage;
 

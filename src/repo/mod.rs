@@ -7,6 +7,7 @@
 
 pub mod manifest;
 pub mod retention;
+pub mod v2;
 
 use crate::repo::manifest::{Manifest, MANIFEST_FILE};
 use crate::usage;

@@ -1,0 +1,268 @@
+//! Repository locks as objects (docs/FORMAT.md, "Locks"): object storage
+//! has no flock and no rename, so a lock is an object that its holder
+//! rewrites every [`REFRESH`] and that others ignore once it is older than
+//! [`STALE`] by the storage's own clock.
+//!
+//! Both sides write before they look: a backup writes its shared lock,
+//! then lists, and backs off if a live exclusive lock exists; a prune
+//! writes its exclusive lock, then lists, and backs off if any other live
+//! lock exists. Two writers can therefore not both miss each other.
+
+use crate::backend::{Backend, ObjectInfo};
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// How often a holder rewrites its lock.
+pub const REFRESH: Duration = Duration::from_secs(5 * 60);
+/// A lock not refreshed for this long belongs to a dead holder.
+pub const STALE: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub kind: LockKind,
+    pub host: String,
+    pub pid: u32,
+    pub command: String,
+    pub created: DateTime<Utc>,
+    pub refreshed: DateTime<Utc>,
+}
+
+/// A held lock; refreshed by a thread of its own, released on drop.
+pub struct RepoLock {
+    backend: Arc<dyn Backend>,
+    name: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Takes a lock of `kind`, or fails naming who holds the conflicting one.
+pub fn acquire(
+    backend: Arc<dyn Backend>,
+    kind: LockKind,
+    host: &str,
+    command: &str,
+) -> Result<RepoLock> {
+    let now = Utc::now();
+    let info = LockInfo {
+        kind,
+        host: host.to_string(),
+        pid: std::process::id(),
+        command: command.to_string(),
+        created: now,
+        refreshed: now,
+    };
+    let name = write_lock(&*backend, &info)?;
+    let conflicts = match live_locks(&*backend) {
+        Ok(locks) => locks
+            .into_iter()
+            .filter(|(object, other)| {
+                object.name != name
+                    && (kind == LockKind::Exclusive || other.kind == LockKind::Exclusive)
+            })
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            let _ = backend.delete(&name);
+            return Err(e);
+        }
+    };
+    if !conflicts.is_empty() {
+        let _ = backend.delete(&name);
+        let holders: Vec<String> = conflicts
+            .iter()
+            .map(|(object, other)| describe(object, other))
+            .collect();
+        bail!(
+            "the repository {} is locked: {}. Wait for that run to end; a lock its holder stopped refreshing is ignored after {} minutes",
+            backend.location(),
+            holders.join("; "),
+            STALE.as_secs() / 60
+        );
+    }
+    let name = Arc::new(Mutex::new(name));
+    let stop = Arc::new(AtomicBool::new(false));
+    let refresher = {
+        let (backend, name, stop) = (backend.clone(), name.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("lock-refresh".into())
+            .spawn(move || refresh_until(&*backend, &name, &stop, info))
+            .context("cannot start the lock refresher")?
+    };
+    Ok(RepoLock {
+        backend,
+        name,
+        stop,
+        refresher: Some(refresher),
+    })
+}
+
+fn refresh_until(
+    backend: &dyn Backend,
+    name: &Mutex<String>,
+    stop: &AtomicBool,
+    mut info: LockInfo,
+) {
+    let mut since = std::time::Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        if since.elapsed() < REFRESH {
+            continue;
+        }
+        since = std::time::Instant::now();
+        info.refreshed = Utc::now();
+        // The new lock is written before the old one goes: never a moment
+        // without one.
+        match write_lock(backend, &info) {
+            Ok(new) => {
+                if let Ok(mut current) = name.lock() {
+                    let old = std::mem::replace(&mut *current, new);
+                    let _ = backend.delete(&old);
+                }
+            }
+            Err(e) => tracing::warn!("cannot refresh the repository lock: {e:#}"),
+        }
+    }
+}
+
+fn write_lock(backend: &dyn Backend, info: &LockInfo) -> Result<String> {
+    let bytes = serde_json::to_vec(info)?;
+    let name = format!("locks/{}", super::id::Id::digest(&bytes));
+    backend.write(&name, &bytes)?;
+    Ok(name)
+}
+
+/// Every lock not stale, with its object (its time is the storage's).
+pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(ObjectInfo, LockInfo)>> {
+    let now = SystemTime::now();
+    let mut live = Vec::new();
+    for object in backend.list("locks")? {
+        let age = now.duration_since(object.modified).unwrap_or_default();
+        if age > STALE {
+            continue;
+        }
+        let info = match backend.read(&object.name) {
+            Ok(bytes) => match serde_json::from_slice::<LockInfo>(&bytes) {
+                Ok(info) => info,
+                // An unreadable lock still counts: treat it as exclusive.
+                Err(_) => LockInfo {
+                    kind: LockKind::Exclusive,
+                    host: "?".into(),
+                    pid: 0,
+                    command: "(unreadable lock)".into(),
+                    created: Utc::now(),
+                    refreshed: Utc::now(),
+                },
+            },
+            Err(e) if crate::backend::is_missing(&e) => continue, // released meanwhile
+            Err(e) => return Err(e),
+        };
+        live.push((object, info));
+    }
+    Ok(live)
+}
+
+fn describe(object: &ObjectInfo, info: &LockInfo) -> String {
+    let age = SystemTime::now()
+        .duration_since(object.modified)
+        .unwrap_or_default()
+        .as_secs();
+    format!(
+        "{:?} lock of {} (pid {}, '{}'), refreshed {age} s ago",
+        info.kind, info.host, info.pid, info.command
+    )
+    .to_lowercase()
+    .replacen("shared", "a shared", 1)
+    .replacen("exclusive", "an exclusive", 1)
+}
+
+impl RepoLock {
+    /// Releases the lock now, reporting a failure to delete it.
+    pub fn release(mut self) -> Result<()> {
+        self.stop_refresher();
+        let name = self.name.lock().map(|n| n.clone()).unwrap_or_default();
+        self.backend.delete(&name)
+    }
+
+    fn stop_refresher(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.refresher.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        if self.refresher.is_some() {
+            self.stop_refresher();
+            if let Ok(name) = self.name.lock() {
+                let _ = self.backend.delete(&name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+
+    #[test]
+    fn shared_locks_coexist_and_exclude_an_exclusive_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let a = acquire(backend.clone(), LockKind::Shared, "h1", "backup").unwrap();
+        let b = acquire(backend.clone(), LockKind::Shared, "h2", "backup").unwrap();
+        let err = acquire(backend.clone(), LockKind::Exclusive, "h3", "prune")
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("a shared lock of h1"),
+            "{err:#}"
+        );
+        // The refused attempt left no lock of its own behind.
+        assert_eq!(live_locks(&*backend).unwrap().len(), 2);
+        a.release().unwrap();
+        drop(b);
+        let x = acquire(backend.clone(), LockKind::Exclusive, "h3", "prune").unwrap();
+        let err = acquire(backend.clone(), LockKind::Shared, "h1", "backup")
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("an exclusive lock of h3"),
+            "{err:#}"
+        );
+        x.release().unwrap();
+        assert!(backend.list("locks").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_stale_lock_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let old = acquire(backend.clone(), LockKind::Exclusive, "dead", "prune").unwrap();
+        // The holder died an hour ago: its lock was never refreshed since.
+        let name = old.name.lock().unwrap().clone();
+        let path = dir.path().join(&name);
+        std::mem::forget(old);
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let lock = acquire(backend.clone(), LockKind::Shared, "h1", "backup").unwrap();
+        lock.release().unwrap();
+    }
+}

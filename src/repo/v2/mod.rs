@@ -1,0 +1,264 @@
+//! Repository format 2: content-addressed objects on any [`Backend`]
+//! (docs/FORMAT.md, "Repository format 2").
+//!
+//! This module reads and writes the objects and checks each one against its
+//! name before use; the archiver decides what goes into them.
+
+pub mod id;
+pub mod index;
+pub mod lock;
+pub mod objects;
+pub mod pack;
+
+use crate::backend::Backend;
+use anyhow::{bail, Context, Result};
+use id::Id;
+use index::{Index, IndexFile};
+use objects::{ChunkerParams, Commit, Config, FORMAT};
+use pack::{open_blob, BlobEntry, PackHeader};
+use std::sync::Arc;
+
+pub const CONFIG: &str = "config";
+
+/// An open format-2 repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    pub config: Config,
+}
+
+impl Repository {
+    /// Creates a repository in `backend` (which must hold no `config`).
+    pub fn init(backend: Arc<dyn Backend>) -> Result<Self> {
+        let mut random = [0u8; 32];
+        getrandom(&mut random)?;
+        let config = Config {
+            format: FORMAT,
+            id: hex::encode(random),
+            chunker: ChunkerParams::contents(),
+            tree_chunker: ChunkerParams::trees(),
+            compression: "zstd".into(),
+            encryption: None,
+            immutable_days: None,
+            created_by: format!("volsnap {}", env!("CARGO_PKG_VERSION")),
+        };
+        let bytes = serde_json::to_vec_pretty(&config)?;
+        if !backend.create_new(CONFIG, &bytes)? {
+            bail!(
+                "{} is a repository already (it has a config object)",
+                backend.location()
+            );
+        }
+        Ok(Self { backend, config })
+    }
+
+    /// Opens the repository in `backend`, refusing a format this volsnap
+    /// does not know.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        let bytes = backend.read(CONFIG)?;
+        let probe: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the config of {} is not valid JSON", backend.location()))?;
+        match probe.get("format").and_then(|f| f.as_u64()) {
+            Some(2) => {}
+            Some(other) => bail!(
+                "{} is a format-{other} repository; this volsnap reads formats 1 and 2: use a newer volsnap",
+                backend.location()
+            ),
+            None => bail!("the config of {} names no format", backend.location()),
+        }
+        let config: Config = serde_json::from_value(probe)
+            .with_context(|| format!("the config of {} is not valid", backend.location()))?;
+        if config.encryption.is_some() {
+            bail!(
+                "{} is encrypted; this volsnap cannot use encrypted repositories yet",
+                backend.location()
+            );
+        }
+        Ok(Self { backend, config })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Reads `name` and checks that its bytes hash to `id`.
+    fn read_checked(&self, name: &str, id: &Id) -> Result<Vec<u8>> {
+        let bytes = self.backend.read(name)?;
+        if Id::digest(&bytes) != *id {
+            bail!(
+                "{name} in {} does not match its name (damaged or tampered with)",
+                self.backend.location()
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// Writes a content-addressed JSON object under `dir/<id>`; its id.
+    fn write_json<T: serde::Serialize>(&self, dir: &str, value: &T) -> Result<Id> {
+        let bytes = serde_json::to_vec(value)?;
+        let id = Id::digest(&bytes);
+        self.backend.write(&format!("{dir}/{id}"), &bytes)?;
+        Ok(id)
+    }
+
+    /// The ids of the objects under `dir/` whose names are ids.
+    fn ids_in(&self, dir: &str) -> Result<Vec<Id>> {
+        Ok(self
+            .backend
+            .list(dir)?
+            .into_iter()
+            .filter_map(|o| Id::parse(o.name.rsplit('/').next()?).ok())
+            .collect())
+    }
+
+    pub fn pack_name(id: &Id) -> String {
+        let hex = id.hex();
+        format!("data/{}/{hex}", &hex[..2])
+    }
+
+    /// Stores a finished pack.
+    pub fn save_pack(&self, id: &Id, bytes: &[u8]) -> Result<()> {
+        self.backend.write(&Self::pack_name(id), bytes)
+    }
+
+    /// Stores an index object; its id.
+    pub fn save_index(&self, file: &IndexFile) -> Result<Id> {
+        self.write_json("index", file)
+    }
+
+    /// Every index object, checked, and their union.
+    pub fn load_index(&self) -> Result<Index> {
+        let mut files = Vec::new();
+        for id in self.ids_in("index")? {
+            let bytes = self.read_checked(&format!("index/{id}"), &id)?;
+            let file: IndexFile = serde_json::from_slice(&bytes)
+                .with_context(|| format!("index {id} is not valid"))?;
+            files.push((id, file));
+        }
+        Index::from_files(&files)
+    }
+
+    /// The ids of the packs present, from a listing of `data/`.
+    pub fn pack_ids(&self) -> Result<std::collections::HashSet<Id>> {
+        Ok(self.ids_in("data")?.into_iter().collect())
+    }
+
+    /// Stores the commit object of a backup: from now on it exists.
+    pub fn save_commit(&self, commit: &Commit) -> Result<Id> {
+        self.write_json("snapshots", commit)
+    }
+
+    /// Every commit object (checked against its name), oldest first.
+    pub fn commits(&self) -> Result<Vec<(Id, Commit)>> {
+        let mut commits = Vec::new();
+        for id in self.ids_in("snapshots")? {
+            let bytes = self.read_checked(&format!("snapshots/{id}"), &id)?;
+            let commit: Commit = serde_json::from_slice(&bytes)
+                .with_context(|| format!("backup object {id} is not valid"))?;
+            if commit.format != FORMAT {
+                bail!("backup object {id} says format {}", commit.format);
+            }
+            commits.push((id, commit));
+        }
+        commits.sort_by(|a, b| {
+            a.1.started_at
+                .cmp(&b.1.started_at)
+                .then(a.1.id.cmp(&b.1.id))
+        });
+        Ok(commits)
+    }
+
+    /// Deletes a commit object (prune; its packs go later).
+    pub fn delete_commit(&self, id: &Id) -> Result<()> {
+        self.backend.delete(&format!("snapshots/{id}"))
+    }
+
+    /// The plaintext of a blob, fetched from its pack and checked.
+    pub fn read_blob(&self, index: &Index, blob: &Id) -> Result<Vec<u8>> {
+        let at = index
+            .get(blob)
+            .with_context(|| format!("blob {blob} is in no pack of the index"))?;
+        let pack = index.pack_id(&at);
+        let stored = self
+            .backend
+            .read_range(&Self::pack_name(&pack), at.offset, at.length)
+            .with_context(|| format!("cannot read blob {blob} from pack {pack}"))?;
+        let entry = BlobEntry {
+            id: *blob,
+            kind: at.kind,
+            offset: at.offset,
+            length: at.length,
+            raw_length: at.raw_length,
+        };
+        open_blob(&entry, &stored).with_context(|| format!("in pack {pack}"))
+    }
+
+    /// A whole pack, checked against its name, and its header.
+    pub fn read_pack(&self, id: &Id) -> Result<(Vec<u8>, PackHeader)> {
+        let bytes = self.read_checked(&Self::pack_name(id), id)?;
+        let header = pack::parse_header(&bytes).with_context(|| format!("pack {id}"))?;
+        Ok((bytes, header))
+    }
+}
+
+/// Random bytes from the kernel.
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("cannot read random bytes from /dev/urandom")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+    use pack::{BlobKind, PackWriter, StoredBlob};
+
+    #[test]
+    fn objects_written_are_read_back_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || -> Arc<dyn Backend> { Arc::new(LocalBackend::open(dir.path()).unwrap()) };
+        let repo = Repository::init(open()).unwrap();
+        assert!(Repository::init(open()).is_err(), "a second init");
+        let repo2 = Repository::open(open()).unwrap();
+        assert_eq!(repo2.config.id, repo.config.id);
+
+        let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let mut writer = PackWriter::new(BlobKind::Data);
+        for b in &blobs {
+            writer.add(StoredBlob::new(Id::digest(b), BlobKind::Data, b, 1).unwrap());
+        }
+        let (pack_id, bytes, header) = writer.finish().unwrap();
+        repo.save_pack(&pack_id, &bytes).unwrap();
+        repo.save_index(&IndexFile {
+            packs: vec![index::IndexedPack {
+                id: pack_id,
+                size: bytes.len() as u64,
+                blobs: header.blobs.clone(),
+            }],
+            supersedes: Vec::new(),
+        })
+        .unwrap();
+        let index = repo2.load_index().unwrap();
+        assert_eq!(index.blob_count(), 5);
+        for b in &blobs {
+            assert_eq!(&repo2.read_blob(&index, &Id::digest(b)).unwrap(), b);
+        }
+        assert!(repo2.pack_ids().unwrap().contains(&pack_id));
+        let (_, parsed) = repo2.read_pack(&pack_id).unwrap();
+        assert_eq!(parsed.blobs, header.blobs);
+
+        // A pack altered on disk is caught, by name and by blob id.
+        let path = dir.path().join(Repository::pack_name(&pack_id));
+        let mut damaged = std::fs::read(&path).unwrap();
+        damaged[3] ^= 0x40;
+        std::fs::write(&path, &damaged).unwrap();
+        assert!(repo2.read_pack(&pack_id).is_err());
+        assert!(repo2.read_blob(&index, &Id::digest(&blobs[0])).is_err());
+
+        // An unknown format is refused with the version named.
+        std::fs::write(dir.path().join("config"), br#"{"format": 3}"#).unwrap();
+        let err = Repository::open(open()).err().unwrap();
+        assert!(format!("{err:#}").contains("format-3"), "{err:#}");
+    }
+}

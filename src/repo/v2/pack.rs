@@ -1,0 +1,274 @@
+//! Blobs and packs (docs/FORMAT.md, "Blobs and packs").
+//!
+//! A pack is `blob 0 | … | blob n-1 | header | u32 LE header length`; each
+//! stored blob is one flag byte (bit 0: zstd) and its payload. Everything
+//! read back is checked: the header's length and every blob's bounds
+//! against the pack's size, every blob's plaintext against its id, and a
+//! decompression never produces more than the header's `raw_length`.
+
+use super::id::Id;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+
+/// A pack is closed once it holds this much.
+pub const PACK_TARGET: usize = 32 << 20;
+/// No header may claim more (a pack of small blobs at 32 MiB has a header
+/// of a few MiB at most).
+const MAX_HEADER: u64 = 64 << 20;
+/// No blob is larger than the content chunker's maximum (4 MiB) plus room.
+pub const MAX_BLOB: u64 = 8 << 20;
+const FLAG_ZSTD: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    /// A chunk of a file's content.
+    Data,
+    /// A chunk of a manifest stream.
+    Tree,
+}
+
+/// Where a blob lies in its pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobEntry {
+    pub id: Id,
+    #[serde(rename = "type")]
+    pub kind: BlobKind,
+    pub offset: u64,
+    /// Stored length (flag byte included).
+    pub length: u64,
+    /// Plaintext length.
+    pub raw_length: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PackHeader {
+    pub blobs: Vec<BlobEntry>,
+    /// The pack's wrapped content key in an encrypted repository.
+    #[serde(default)]
+    pub content_key: Option<serde_json::Value>,
+}
+
+/// A blob ready to go into a pack: compressed when that is smaller.
+pub struct StoredBlob {
+    pub id: Id,
+    pub kind: BlobKind,
+    pub bytes: Vec<u8>,
+    pub raw_length: u64,
+}
+
+impl StoredBlob {
+    /// Compresses `plain` with zstd at `level`, keeping it plain when that
+    /// is not smaller (random data, already compressed files).
+    pub fn new(id: Id, kind: BlobKind, plain: &[u8], level: i32) -> Result<Self> {
+        let mut bytes = Vec::with_capacity(plain.len() / 2 + 1);
+        bytes.push(FLAG_ZSTD);
+        let compressed = zstd::bulk::Compressor::new(level)
+            .and_then(|mut c| c.compress(plain))
+            .context("zstd compression failed")?;
+        if compressed.len() < plain.len() {
+            bytes.extend_from_slice(&compressed);
+        } else {
+            bytes.clear();
+            bytes.push(0);
+            bytes.extend_from_slice(plain);
+        }
+        Ok(Self {
+            id,
+            kind,
+            bytes,
+            raw_length: plain.len() as u64,
+        })
+    }
+}
+
+/// Collects blobs of one kind into a pack.
+pub struct PackWriter {
+    kind: BlobKind,
+    bytes: Vec<u8>,
+    header: PackHeader,
+}
+
+impl PackWriter {
+    pub fn new(kind: BlobKind) -> Self {
+        Self {
+            kind,
+            bytes: Vec::with_capacity(PACK_TARGET + (MAX_BLOB as usize)),
+            header: PackHeader::default(),
+        }
+    }
+
+    pub fn kind(&self) -> BlobKind {
+        self.kind
+    }
+
+    pub fn add(&mut self, blob: StoredBlob) {
+        debug_assert_eq!(blob.kind, self.kind);
+        self.header.blobs.push(BlobEntry {
+            id: blob.id,
+            kind: blob.kind,
+            offset: self.bytes.len() as u64,
+            length: blob.bytes.len() as u64,
+            raw_length: blob.raw_length,
+        });
+        self.bytes.extend_from_slice(&blob.bytes);
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.header.blobs.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes.len() >= PACK_TARGET
+    }
+
+    /// The finished pack: its id (SHA-256 of its bytes), bytes and header.
+    pub fn finish(self) -> Result<(Id, Vec<u8>, PackHeader)> {
+        let mut bytes = self.bytes;
+        let header = serde_json::to_vec(&self.header).context("cannot encode a pack header")?;
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        Ok((Id::digest(&bytes), bytes, self.header))
+    }
+}
+
+/// Reads the header from a whole pack's bytes, checking every bound.
+pub fn parse_header(pack: &[u8]) -> Result<PackHeader> {
+    let size = pack.len() as u64;
+    if size < 4 {
+        bail!("the pack is {size} bytes long, too short for a header");
+    }
+    let tail: [u8; 4] = pack[pack.len() - 4..].try_into()?;
+    let header_len = u64::from(u32::from_le_bytes(tail));
+    if header_len > MAX_HEADER || header_len + 4 > size {
+        bail!("the pack claims a header of {header_len} bytes in {size}");
+    }
+    let start = (size - 4 - header_len) as usize;
+    let header: PackHeader = serde_json::from_slice(&pack[start..pack.len() - 4])
+        .context("the pack header is not valid")?;
+    check_bounds(&header, start as u64)?;
+    Ok(header)
+}
+
+/// Every blob lies inside the pack's blob area, without overlap, and
+/// claims no more than a blob may hold.
+pub fn check_bounds(header: &PackHeader, blob_area: u64) -> Result<()> {
+    let mut end = 0;
+    for blob in &header.blobs {
+        if blob.offset < end
+            || blob.length == 0
+            || blob.length > MAX_BLOB + 1
+            || blob.raw_length > MAX_BLOB
+            || blob.offset + blob.length > blob_area
+        {
+            bail!(
+                "blob {} claims bytes {}..{} of a {blob_area}-byte blob area",
+                blob.id,
+                blob.offset,
+                blob.offset + blob.length
+            );
+        }
+        end = blob.offset + blob.length;
+    }
+    Ok(())
+}
+
+/// The plaintext of a stored blob, checked against its id.
+pub fn open_blob(entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    let (flag, payload) = stored
+        .split_first()
+        .with_context(|| format!("blob {} is empty", entry.id))?;
+    let plain = match *flag {
+        0 => payload.to_vec(),
+        FLAG_ZSTD => {
+            let mut plain = Vec::with_capacity(entry.raw_length as usize);
+            zstd::stream::read::Decoder::new(payload)
+                .with_context(|| format!("blob {} cannot be decompressed", entry.id))?
+                .take(entry.raw_length + 1)
+                .read_to_end(&mut plain)
+                .with_context(|| format!("blob {} cannot be decompressed", entry.id))?;
+            plain
+        }
+        other => bail!("blob {} has unknown flags {other:#x}", entry.id),
+    };
+    if plain.len() as u64 != entry.raw_length {
+        bail!(
+            "blob {} holds {} bytes, its pack says {}",
+            entry.id,
+            plain.len(),
+            entry.raw_length
+        );
+    }
+    if Id::digest(&plain) != entry.id {
+        bail!("blob {} does not match its id (damaged)", entry.id);
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pack_round_trips_and_damage_is_named() {
+        let texts: [&[u8]; 3] = [b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", b"x", b"hello"];
+        let mut writer = PackWriter::new(BlobKind::Data);
+        for t in texts {
+            writer.add(StoredBlob::new(Id::digest(t), BlobKind::Data, t, 1).unwrap());
+        }
+        let (id, bytes, header) = writer.finish().unwrap();
+        assert_eq!(id, Id::digest(&bytes));
+        let parsed = parse_header(&bytes).unwrap();
+        assert_eq!(parsed.blobs, header.blobs);
+        for (t, entry) in texts.iter().zip(&parsed.blobs) {
+            let stored = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
+            assert_eq!(open_blob(entry, stored).unwrap(), *t);
+        }
+        // The long run of a's was compressed, the single byte was not.
+        assert_eq!(bytes[parsed.blobs[0].offset as usize], FLAG_ZSTD);
+        assert_eq!(bytes[parsed.blobs[1].offset as usize], 0);
+        // A flipped bit in a blob is caught by its id.
+        let mut damaged = bytes.clone();
+        damaged[parsed.blobs[2].offset as usize + 2] ^= 1;
+        let e = &parsed.blobs[2];
+        let stored = &damaged[e.offset as usize..(e.offset + e.length) as usize];
+        assert!(open_blob(e, stored).is_err());
+    }
+
+    #[test]
+    fn hostile_headers_are_refused() {
+        assert!(parse_header(b"").is_err());
+        assert!(parse_header(&u32::MAX.to_le_bytes()).is_err());
+        let lie = PackHeader {
+            blobs: vec![BlobEntry {
+                id: Id::digest(b"x"),
+                kind: BlobKind::Data,
+                offset: 0,
+                length: 1000,
+                raw_length: 1,
+            }],
+            content_key: None,
+        };
+        let mut bytes = vec![0u8; 10];
+        let header = serde_json::to_vec(&lie).unwrap();
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        assert!(parse_header(&bytes).is_err());
+        // A blob that decompresses to more than it claims is refused.
+        let big = vec![7u8; 100_000];
+        let blob = StoredBlob::new(Id::digest(&big), BlobKind::Data, &big, 1).unwrap();
+        let entry = BlobEntry {
+            id: blob.id,
+            kind: BlobKind::Data,
+            offset: 0,
+            length: blob.bytes.len() as u64,
+            raw_length: 10,
+        };
+        assert!(open_blob(&entry, &blob.bytes).is_err());
+    }
+}
