@@ -122,21 +122,18 @@ pub fn write_archive(
     let pipeline = stage::start(crate::fsutil::create_private(dest)?, options)?;
     let mut builder = tar::Builder::new(pipeline);
     builder.follow_symlinks(false);
-
-    let mut writer = TreeWriter {
+    let mut tar = TarEmitter {
         builder: &mut builder,
-        summary: ArchiveSummary::default(),
-        hard_links: HashMap::new(),
+        entries: Vec::new(),
         hashed_entries: Vec::new(),
-        throttle: Throttle::new(options.bwlimit),
-        cancel,
-        progress,
     };
-    writer.write_tree(source).map_err(|e| {
-        unwrap_cancelled(e).context(format!("archiving {} failed", source.display()))
-    })?;
-    let mut summary = writer.summary;
-    let hashed_entries = writer.hashed_entries;
+    let mut summary = walk(source, &mut tar, options.bwlimit, cancel, progress)?;
+    let TarEmitter {
+        entries,
+        hashed_entries,
+        ..
+    } = tar;
+    summary.entries = entries;
 
     let write_err = || format!("cannot write archive {}", dest.display());
     let ((file, sha256, archive_bytes), digests) = builder
@@ -160,6 +157,30 @@ pub fn write_archive(
     Ok(summary)
 }
 
+/// Walks the tree at `source`, handing every entry to `emit`; what was
+/// seen (counts, files that changed or vanished while read, what was left
+/// out). The summary's `entries` are the emitter's business.
+pub(crate) fn walk(
+    source: &Path,
+    emit: &mut dyn Emit,
+    bwlimit: Option<u64>,
+    cancel: &Cancel,
+    progress: &dyn Fn(u64),
+) -> Result<ArchiveSummary> {
+    let mut walker = Walker {
+        emit,
+        summary: ArchiveSummary::default(),
+        hard_links: HashMap::new(),
+        throttle: Throttle::new(bwlimit),
+        cancel,
+        progress,
+    };
+    walker.walk(source).map_err(|e| {
+        unwrap_cancelled(e).context(format!("archiving {} failed", source.display()))
+    })?;
+    Ok(walker.summary)
+}
+
 /// Turns an I/O error that carries [`Cancelled`] back into it, so callers
 /// can tell an interruption from a failure.
 fn unwrap_cancelled(err: anyhow::Error) -> anyhow::Error {
@@ -174,14 +195,94 @@ fn unwrap_cancelled(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-struct TreeWriter<'a> {
-    builder: &'a mut tar::Builder<stage::Stage<stage::Sealed>>,
+/// Extended attributes of one entry: names and values.
+pub(crate) type Xattrs = Vec<(std::ffi::OsString, Vec<u8>)>;
+
+/// Where the walk hands each entry: the tar writer of format 1, or the
+/// chunk writer of format 2. Entries come in archive order: depth first,
+/// names sorted bytewise, a directory before its content.
+pub(crate) trait Emit {
+    /// Whether the regular file at `rel` may be taken from the parent
+    /// backup without being read (format 2's parent rule). When it says
+    /// yes, [`Emit::entry`] follows with no content for it.
+    fn reuse(&mut self, _rel: &[u8], _meta: &fs::Metadata) -> bool {
+        false
+    }
+
+    /// One entry. `content` is the open file for a regular file being
+    /// read, `None` for everything else (and for a reused file).
+    fn entry(
+        &mut self,
+        entry: FileEntry,
+        rel: &[u8],
+        meta: &fs::Metadata,
+        xattrs: &Xattrs,
+        content: Option<&mut Content<'_>>,
+    ) -> Result<()>;
+}
+
+/// A regular file's content as the walk hands it to an emitter: exactly
+/// the size it was listed with, cut if the file grew, padded with zeros if
+/// it shrank (and then marked short), read under the rate limit, watching
+/// for cancellation.
+pub(crate) struct Content<'w> {
+    file: &'w File,
+    remaining: u64,
+    short: bool,
+    throttle: &'w mut Throttle,
+    cancel: &'w Cancel,
+    progress: &'w dyn Fn(u64),
+}
+
+impl Content<'_> {
+    pub(crate) fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Fills as much of `buf` as the content has left; 0 at the end.
+    pub(crate) fn read_into(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other(Cancelled));
+        }
+        let want = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let buf = &mut buf[..want];
+        let mut n = 0;
+        if !self.short {
+            n = loop {
+                match (&mut &*self.file).read(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
+        }
+        if n == 0 {
+            self.short = true;
+            buf.fill(0);
+            n = want;
+        }
+        self.remaining -= n as u64;
+        (self.progress)(n as u64);
+        self.throttle.consume(n as u64);
+        Ok(n)
+    }
+}
+
+impl Read for Content<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_into(buf)
+    }
+}
+
+struct Walker<'a> {
+    emit: &'a mut dyn Emit,
     summary: ArchiveSummary,
     /// (device, inode) of multiply-linked files already archived → their path.
     hard_links: HashMap<(u64, u64), Vec<u8>>,
-    /// Indexes in `summary.entries` of the files whose content went into
-    /// the archive, in order: the pipeline's digests belong to them.
-    hashed_entries: Vec<usize>,
     throttle: Throttle,
     cancel: &'a Cancel,
     progress: &'a dyn Fn(u64),
@@ -223,8 +324,25 @@ impl Throttle {
     }
 }
 
-impl TreeWriter<'_> {
-    fn write_tree(&mut self, root: &Path) -> Result<()> {
+/// Reads extended attributes (names from `list`, values from `get`);
+/// filesystems without xattr support simply have none.
+fn read_xattrs(
+    list: io::Result<xattr::XAttrs>,
+    get: impl Fn(&std::ffi::OsStr) -> io::Result<Option<Vec<u8>>>,
+) -> Xattrs {
+    let Ok(names) = list else {
+        return Vec::new();
+    };
+    names
+        .filter_map(|name| match get(&name) {
+            Ok(Some(value)) => Some((name, value)),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Walker<'_> {
+    fn walk(&mut self, root: &Path) -> Result<()> {
         let root_dir = open_dir_at(None, root.as_os_str())
             .with_context(|| format!("cannot open {}", root.display()))?;
         let root_meta = root_dir
@@ -358,51 +476,33 @@ impl TreeWriter<'_> {
             target_hex: None,
         };
         entry.set_path(rel);
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(entry.mode);
-        header.set_uid(entry.uid.into());
-        header.set_gid(entry.gid.into());
-        header.set_mtime(entry.mtime.max(0) as u64);
-        header.set_size(0);
-        // The root is stored as "./" so that GNU tar applies its metadata to
-        // the extraction directory.
-        let tar_path = Path::new(std::ffi::OsStr::from_bytes(if rel == b"." {
-            b"./"
-        } else {
-            rel
-        }));
+        let no_xattrs = Xattrs::new();
 
         if file_type.is_file() && meta.nlink() > 1 {
             if let Some(first) = self.hard_links.get(&(meta.dev(), meta.ino())) {
                 entry.kind = EntryKind::Hardlink;
                 entry.set_target(first);
-                header.set_entry_type(tar::EntryType::Link);
-                self.builder
-                    .append_link(&mut header, tar_path, std::ffi::OsStr::from_bytes(first))
-                    .with_context(|| format!("cannot archive {}", abs.display()))?;
-                self.summary.entries.push(entry);
-                return Ok(());
+                return self
+                    .emit
+                    .entry(entry, rel, meta, &no_xattrs, None)
+                    .with_context(|| format!("cannot archive {}", abs.display()));
             }
         }
 
-        match source {
-            Source::Dir(dir, _) => {
-                self.write_xattrs(dir.list_xattr(), |name| dir.get_xattr(name), abs)?
-            }
+        let xattrs = match source {
+            Source::Dir(dir, _) => read_xattrs(dir.list_xattr(), |name| dir.get_xattr(name)),
             // A regular file's are read from its open descriptor, below.
-            Source::At { .. } if file_type.is_file() => {}
+            Source::At { .. } if file_type.is_file() => Vec::new(),
             Source::At { dir, name, .. } => {
                 // Names under /proc/self/fd/N resolve the directory through
                 // its descriptor, never through the volume's paths; the
                 // xattr crate's calls do not follow a final symlink.
                 let at = proc_path(dir).join(name);
-                self.write_xattrs(xattr::list(&at), |n| xattr::get(&at, n), abs)?
+                read_xattrs(xattr::list(&at), |n| xattr::get(&at, n))
             }
-        }
+        };
         if file_type.is_dir() {
-            header.set_entry_type(tar::EntryType::Directory);
-            self.builder
-                .append_data(&mut header, tar_path, io::empty())?;
+            self.emit.entry(entry, rel, meta, &xattrs, None)?;
         } else if file_type.is_symlink() {
             let target = match source.read_link() {
                 Ok(t) => t,
@@ -421,56 +521,63 @@ impl TreeWriter<'_> {
             };
             entry.kind = EntryKind::Symlink;
             entry.set_target(target.as_os_str().as_bytes());
-            header.set_entry_type(tar::EntryType::Symlink);
-            self.builder.append_link(&mut header, tar_path, &target)?;
+            self.emit.entry(entry, rel, meta, &xattrs, None)?;
         } else if file_type.is_file() {
-            #[cfg(feature = "fault-injection")]
-            crate::fault::before_open(&shown);
-            let file = match source.open_file() {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.summary.vanished_during_read.push(shown);
-                    return Ok(());
-                }
-                // Replaced by a symlink since it was listed.
-                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            entry.kind = EntryKind::File;
+            entry.size = meta.len();
+            if self.emit.reuse(rel, meta) {
+                self.emit
+                    .entry(entry.clone(), rel, meta, &no_xattrs, None)
+                    .with_context(|| format!("cannot archive {}", abs.display()))?;
+            } else {
+                #[cfg(feature = "fault-injection")]
+                crate::fault::before_open(&shown);
+                let file = match source.open_file() {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.summary.vanished_during_read.push(shown);
+                        return Ok(());
+                    }
+                    // Replaced by a symlink since it was listed.
+                    Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                        self.summary.changed_during_read.push(shown);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot open {}", abs.display()))
+                    }
+                };
+                // Opening never blocks (O_NONBLOCK) and never follows a
+                // symlink, but whatever was opened is read only if it is
+                // still the regular file that was listed: a FIFO or a device
+                // node swapped in would hang the backup or put host device
+                // bytes into it.
+                let opened = file
+                    .metadata()
+                    .with_context(|| format!("cannot read {}", abs.display()))?;
+                if !opened.is_file() || !same_inode(&opened, meta) {
                     self.summary.changed_during_read.push(shown);
                     return Ok(());
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot open {}", abs.display())),
-            };
-            // Opening never blocks (O_NONBLOCK) and never follows a symlink,
-            // but whatever was opened is read only if it is still the
-            // regular file that was listed: a FIFO or a device node swapped
-            // in would hang the backup or put host device bytes into it.
-            let opened = file
-                .metadata()
-                .with_context(|| format!("cannot read {}", abs.display()))?;
-            if !opened.is_file() || !same_inode(&opened, meta) {
-                self.summary.changed_during_read.push(shown);
-                return Ok(());
-            }
-            self.write_xattrs(file.list_xattr(), |name| file.get_xattr(name), abs)?;
-            entry.kind = EntryKind::File;
-            entry.size = meta.len();
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(entry.size);
-            // append_data writes the header (after a GNU long-name entry when
-            // the path needs one), then copies `data` and pads it; with an
-            // empty reader it stops after the header and the content follows
-            // here, read straight into the pipeline's chunks.
-            let came_up_short = self
-                .builder
-                .append_data(&mut header, tar_path, io::empty())
-                .and_then(|()| self.copy_content(&file, entry.size))
-                .with_context(|| format!("cannot archive {}", abs.display()))?;
-            // The pipeline hashes the content; the digest is filled in at the end.
-            self.hashed_entries.push(self.summary.entries.len());
-            let after = file
-                .metadata()
-                .with_context(|| format!("cannot read {}", abs.display()))?;
-            if came_up_short || changed_while_read(meta, &after) {
-                self.summary.changed_during_read.push(shown);
+                let xattrs = read_xattrs(file.list_xattr(), |name| file.get_xattr(name));
+                let mut content = Content {
+                    file: &file,
+                    remaining: entry.size,
+                    short: false,
+                    throttle: &mut self.throttle,
+                    cancel: self.cancel,
+                    progress: self.progress,
+                };
+                self.emit
+                    .entry(entry.clone(), rel, meta, &xattrs, Some(&mut content))
+                    .with_context(|| format!("cannot archive {}", abs.display()))?;
+                let came_up_short = content.short;
+                let after = file
+                    .metadata()
+                    .with_context(|| format!("cannot read {}", abs.display()))?;
+                if came_up_short || changed_while_read(meta, &after) {
+                    self.summary.changed_during_read.push(shown);
+                }
             }
             self.summary.files += 1;
             self.summary.bytes += entry.size;
@@ -479,94 +586,149 @@ impl TreeWriter<'_> {
                     .insert((meta.dev(), meta.ino()), rel.to_vec());
             }
         } else if file_type.is_fifo() || file_type.is_char_device() || file_type.is_block_device() {
-            let (kind, tar_type) = if file_type.is_fifo() {
-                (EntryKind::Fifo, tar::EntryType::Fifo)
+            entry.kind = if file_type.is_fifo() {
+                EntryKind::Fifo
             } else if file_type.is_char_device() {
-                (EntryKind::CharDevice, tar::EntryType::Char)
+                EntryKind::CharDevice
             } else {
-                (EntryKind::BlockDevice, tar::EntryType::Block)
+                EntryKind::BlockDevice
             };
-            entry.kind = kind;
-            header.set_entry_type(tar_type);
-            let rdev = meta.rdev();
-            header.set_device_major(nix::sys::stat::major(rdev) as u32)?;
-            header.set_device_minor(nix::sys::stat::minor(rdev) as u32)?;
-            self.builder
-                .append_data(&mut header, tar_path, io::empty())?;
+            self.emit.entry(entry, rel, meta, &xattrs, None)?;
         } else {
             // Sockets cannot be archived (GNU tar skips them too).
             self.summary.skipped.push(format!("{shown} (socket)"));
-            return Ok(());
         }
-        self.summary.entries.push(entry);
         Ok(())
     }
+}
 
-    /// Copies exactly `size` bytes of `file` into the archive, marked as
-    /// content for the pipeline to hash, then pads to the tar block. A file
-    /// that shrank while read is padded with zeros (and reported as changed:
-    /// `true`), one that grew is cut at `size`: either way the archive stays
-    /// valid.
-    fn copy_content(&mut self, mut file: &File, size: u64) -> io::Result<bool> {
+/// The format-1 emitter: one GNU tar stream into the staged pipeline,
+/// which hashes each file's content and the whole archive.
+struct TarEmitter<'b> {
+    builder: &'b mut tar::Builder<stage::Stage<stage::Sealed>>,
+    entries: Vec<FileEntry>,
+    /// Indexes in `entries` of the files whose content went into the
+    /// archive, in order: the pipeline's digests belong to them.
+    hashed_entries: Vec<usize>,
+}
+
+impl Emit for TarEmitter<'_> {
+    fn entry(
+        &mut self,
+        entry: FileEntry,
+        rel: &[u8],
+        meta: &fs::Metadata,
+        xattrs: &Xattrs,
+        content: Option<&mut Content<'_>>,
+    ) -> Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(entry.mode);
+        header.set_uid(entry.uid.into());
+        header.set_gid(entry.gid.into());
+        header.set_mtime(entry.mtime.max(0) as u64);
+        header.set_size(0);
+        // The root is stored as "./" so that GNU tar applies its metadata to
+        // the extraction directory.
+        let tar_path = Path::new(std::ffi::OsStr::from_bytes(if rel == b"." {
+            b"./"
+        } else {
+            rel
+        }));
+        if entry.kind != EntryKind::Hardlink {
+            self.write_xattrs(xattrs)?;
+        }
+        match entry.kind {
+            EntryKind::Hardlink => {
+                header.set_entry_type(tar::EntryType::Link);
+                let target = entry.raw_target()?.unwrap_or_default();
+                self.builder.append_link(
+                    &mut header,
+                    tar_path,
+                    std::ffi::OsStr::from_bytes(&target),
+                )?;
+            }
+            EntryKind::Dir => {
+                header.set_entry_type(tar::EntryType::Directory);
+                self.builder
+                    .append_data(&mut header, tar_path, io::empty())?;
+            }
+            EntryKind::Symlink => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                let target = entry.raw_target()?.unwrap_or_default();
+                self.builder.append_link(
+                    &mut header,
+                    tar_path,
+                    std::ffi::OsStr::from_bytes(&target),
+                )?;
+            }
+            EntryKind::File => {
+                let content = content.context("internal error: a file without content")?;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(entry.size);
+                // append_data writes the header (after a GNU long-name entry
+                // when the path needs one), then copies `data` and pads it;
+                // with an empty reader it stops after the header and the
+                // content follows here, read straight into the pipeline's
+                // chunks.
+                self.builder
+                    .append_data(&mut header, tar_path, io::empty())?;
+                self.copy_content(content, entry.size)?;
+                // The pipeline hashes the content; the digest is filled in
+                // at the end.
+                self.hashed_entries.push(self.entries.len());
+            }
+            EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => {
+                header.set_entry_type(match entry.kind {
+                    EntryKind::Fifo => tar::EntryType::Fifo,
+                    EntryKind::CharDevice => tar::EntryType::Char,
+                    _ => tar::EntryType::Block,
+                });
+                let rdev = meta.rdev();
+                header.set_device_major(nix::sys::stat::major(rdev) as u32)?;
+                header.set_device_minor(nix::sys::stat::minor(rdev) as u32)?;
+                self.builder
+                    .append_data(&mut header, tar_path, io::empty())?;
+            }
+        }
+        self.entries.push(entry);
+        Ok(())
+    }
+}
+
+impl TarEmitter<'_> {
+    /// Copies the content into the archive, marked as content for the
+    /// pipeline to hash, then pads to the tar block. [`Content`] keeps the
+    /// length exact, so the archive stays valid whatever the file did.
+    fn copy_content(&mut self, content: &mut Content<'_>, size: u64) -> io::Result<()> {
         let pipeline = self.builder.get_mut();
-        let mut came_up_short = false;
-        let mut remaining = size;
-        while remaining > 0 {
-            if self.cancel.is_cancelled() {
-                return Err(io::Error::other(Cancelled));
-            }
-            let room = pipeline.room(remaining.min(usize::MAX as u64) as usize)?;
-            let mut n = 0;
-            if !came_up_short {
-                n = loop {
-                    match file.read(room) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        other => break other?,
-                    }
-                };
-            }
-            if n == 0 {
-                came_up_short = true;
-                room.fill(0);
-                n = room.len();
-            }
+        while content.remaining() > 0 {
+            let room = pipeline.room(content.remaining().min(usize::MAX as u64) as usize)?;
+            let n = content.read_into(room)?;
             pipeline.commit_content(n);
-            remaining -= n as u64;
-            (self.progress)(n as u64);
-            self.throttle.consume(n as u64);
         }
         pipeline.end_content();
         let padding = (512 - size % 512) % 512;
         pipeline.write_all(&[0; 512][..padding as usize])?;
-        Ok(came_up_short)
+        Ok(())
     }
 
-    /// Archives extended attributes (names from `list`, values from `get`)
-    /// as a PAX record before the entry they belong to.
-    fn write_xattrs(
-        &mut self,
-        list: io::Result<xattr::XAttrs>,
-        get: impl Fn(&std::ffi::OsStr) -> io::Result<Option<Vec<u8>>>,
-        abs: &Path,
-    ) -> Result<()> {
-        // Filesystems without xattr support simply have none.
-        let Ok(names) = list else { return Ok(()) };
-        let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-        for name in names {
-            if let Ok(Some(value)) = get(&name) {
-                records.push((
+    /// Extended attributes as a PAX record before the entry they belong to.
+    fn write_xattrs(&mut self, xattrs: &Xattrs) -> Result<()> {
+        if xattrs.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(name, value)| {
+                (
                     format!("{XATTR_PAX_PREFIX}{}", name.to_string_lossy()),
-                    value,
-                ));
-            }
-        }
-        if !records.is_empty() {
-            self.builder
-                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .with_context(|| {
-                    format!("cannot archive extended attributes of {}", abs.display())
-                })?;
-        }
+                    value.as_slice(),
+                )
+            })
+            .collect();
+        self.builder
+            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .context("cannot archive extended attributes")?;
         Ok(())
     }
 }
