@@ -15,7 +15,7 @@ pub fn chunks(
     source: impl Read,
     params: &ChunkerParams,
     seed: u64,
-    mut each: impl FnMut(&[u8]) -> Result<()>,
+    mut each: impl FnMut(Vec<u8>) -> Result<()>,
 ) -> Result<u64> {
     let chunker = StreamCDC::with_level_and_seed(
         source,
@@ -29,7 +29,7 @@ pub fn chunks(
     for chunk in chunker {
         let chunk = chunk.context("cannot read what is being chunked")?;
         total += chunk.length as u64;
-        each(&chunk.data)?;
+        each(chunk.data)?;
     }
     Ok(total)
 }
@@ -52,7 +52,7 @@ mod tests {
     fn cut(data: &[u8], seed: u64) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         chunks(data, &ChunkerParams::trees(), seed, |c| {
-            out.push(c.to_vec());
+            out.push(c);
             Ok(())
         })
         .unwrap();

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use xattr::FileExt as _;
 
 pub mod chunk;
+pub mod chunked;
 mod guard;
 mod stage;
 

@@ -11,9 +11,7 @@
 
 pub mod verify;
 
-use crate::archive::{
-    entry_path, entry_xattrs, link_target, ArchiveReader, ArchiveStream, EntryChecker,
-};
+use crate::archive::{entry_path, entry_xattrs, link_target, ArchiveReader, EntryChecker};
 use crate::beneath::{open_path, proc_fd_path, At, Beneath};
 use crate::cancel::Cancel;
 use crate::repo::manifest::{Compression, EntryKind, FileEntry, VolumeRecord};
@@ -393,55 +391,79 @@ fn list_names(dir: &Path) -> Result<Vec<OsString>> {
 type Xattrs = Vec<(String, Vec<u8>)>;
 type RootMeta = (FileEntry, Xattrs);
 
-fn extract(
-    archive: &Path,
-    compression: Compression,
-    volume: &VolumeRecord,
-    staging: &Path,
+/// One entry of a backup on its way into the staging tree, already read
+/// from its source (a tar archive, or a manifest stream and its chunks).
+pub(crate) struct Incoming<'c> {
+    /// The path as stored, and the record describing the entry.
+    pub raw: Vec<u8>,
+    pub record: FileEntry,
+    /// Symlink or hard-link target.
+    pub link: Vec<u8>,
+    pub xattrs: Xattrs,
+    /// A device node's (major, minor).
+    pub device: (u64, u64),
+    /// A regular file's content.
+    pub content: Option<&'c mut dyn Read>,
+}
+
+/// Creates entries beneath the staging directory's descriptor, never
+/// through a symlink, checking each file's SHA-256 as it is written.
+/// Directory metadata is applied at the end, deepest first, so restrictive
+/// modes and mtimes are not disturbed by the entries created inside.
+pub(crate) struct Materializer<'p> {
+    tree: Beneath,
+    staging: PathBuf,
+    volume: String,
     options: RestoreOptions,
-    cancel: &Cancel,
-    progress: &dyn Fn(u64),
-) -> Result<(RestoreStats, Option<RootMeta>)> {
-    let mut reader = ArchiveReader::open(archive, compression)?;
-    let mut checker = EntryChecker::new(volume)?;
-    let mut tree =
-        Beneath::open(staging).with_context(|| format!("cannot open {}", staging.display()))?;
-    let mut stats = RestoreStats::default();
-    let mut root = None;
-    // Directory metadata is applied last, deepest first, so restrictive
-    // modes and mtimes are not disturbed by the entries created inside.
-    let mut dirs: Vec<(PathBuf, FileEntry, Xattrs)> = Vec::new();
-    for entry in reader.archive().entries()? {
-        cancel.check()?;
-        let mut entry = entry.map_err(|e| anyhow!("{}: archive is corrupt: {e}", volume.name))?;
-        let tar_type = entry.header().entry_type();
-        if tar_type == tar::EntryType::XGlobalHeader {
-            continue;
-        }
-        let raw = entry_path(&entry);
+    progress: &'p dyn Fn(u64),
+    stats: RestoreStats,
+    root: Option<RootMeta>,
+    dirs: Vec<(PathBuf, FileEntry, Xattrs)>,
+}
+
+impl<'p> Materializer<'p> {
+    pub(crate) fn new(
+        staging: &Path,
+        volume: &str,
+        options: RestoreOptions,
+        progress: &'p dyn Fn(u64),
+    ) -> Result<Self> {
+        Ok(Self {
+            tree: Beneath::open(staging)
+                .with_context(|| format!("cannot open {}", staging.display()))?,
+            staging: staging.to_path_buf(),
+            volume: volume.to_string(),
+            options,
+            progress,
+            stats: RestoreStats::default(),
+            root: None,
+            dirs: Vec::new(),
+        })
+    }
+
+    pub(crate) fn put(&mut self, incoming: Incoming<'_>) -> Result<()> {
+        let Incoming {
+            raw,
+            record,
+            link,
+            xattrs,
+            device,
+            content,
+        } = incoming;
+        let options = self.options;
         let path = String::from_utf8_lossy(&raw).into_owned();
         let relative = safe_relative(&raw)?;
-        let record = checker.check(&raw, tar_type)?.clone();
-        let link = match record.kind {
-            EntryKind::Symlink | EntryKind::Hardlink => {
-                let target = link_target(&entry, record.kind);
-                checker.check_link(&record, target.as_deref())?;
-                target.ok_or_else(|| anyhow!("link {path:?} has no target"))?
-            }
-            _ => Vec::new(),
-        };
         if record.mode & 0o6000 != 0 && !options.allow_special {
             bail!("{path:?} is setuid or setgid; refusing it (pass --allow-special to restore such files)");
         }
-        let xattrs = entry_xattrs(&mut entry)?;
         check_xattrs(&path, &xattrs, options)?;
-        stats.entries += 1;
+        self.stats.entries += 1;
         if relative.as_os_str().is_empty() {
-            root = Some((record, xattrs));
-            continue;
+            self.root = Some((record, xattrs));
+            return Ok(());
         }
-        let at = tree.parent_of(&relative, true).map_err(|e| {
-            anyhow!("archive entry {path:?} would be written through something that is not a directory inside the target (a symlink?); refusing it ({e})")
+        let at = self.tree.parent_of(&relative, true).map_err(|e| {
+            anyhow!("backup entry {path:?} would be written through something that is not a directory inside the target (a symlink?); refusing it ({e})")
         })?;
         let created = |r: nix::Result<()>, what: &str| {
             r.with_context(|| format!("cannot create {what} {path:?}"))
@@ -459,34 +481,35 @@ fn extract(
                         if SFlag::from_bits_truncate(existing.st_mode) & SFlag::S_IFMT
                             != SFlag::S_IFDIR
                         {
-                            bail!("{path:?} is both a directory and something else in the archive");
+                            bail!("{path:?} is both a directory and something else in the backup");
                         }
                     }
                     other => created(other, "directory")?,
                 }
-                dirs.push((relative, record, xattrs));
+                self.dirs.push((relative, record, xattrs));
             }
             EntryKind::File => {
+                let content = content.with_context(|| format!("{path:?} has no content"))?;
                 let mut file =
                     create_file(&at).with_context(|| format!("cannot create {path:?}"))?;
-                let (digest, len) = write_file(&mut entry, &mut file, &path, progress)?;
+                let (digest, len) = write_file(content, &mut file, &path, self.progress)?;
                 if len != record.size {
                     bail!(
-                        "{}: file {path} holds {len} of its {} bytes; the archive is truncated or corrupt",
-                        volume.name,
+                        "{}: file {path} holds {len} of its {} bytes; the backup is truncated or corrupt",
+                        self.volume,
                         record.size
                     );
                 }
                 if Some(&digest) != record.sha256.as_ref() {
                     bail!(
-                        "{}: file {path} does not match the manifest (SHA-256 {digest}, expected {}); the archive is corrupt",
-                        volume.name,
+                        "{}: file {path} does not match the manifest (SHA-256 {digest}, expected {}); the backup is corrupt",
+                        self.volume,
                         record.sha256.as_deref().unwrap_or("none")
                     );
                 }
                 apply_to_open(&file, &record, &xattrs, &path)?;
-                stats.files += 1;
-                stats.bytes += len;
+                self.stats.files += 1;
+                self.stats.bytes += len;
             }
             EntryKind::Symlink => {
                 created(
@@ -500,10 +523,11 @@ fn extract(
                 // entry: a symlink on its way is refused, never followed.
                 let shown = String::from_utf8_lossy(&link);
                 let not_earlier = || {
-                    anyhow!("hard link {path:?} points to {shown:?}, which is not an earlier regular file of the archive")
+                    anyhow!("hard link {path:?} points to {shown:?}, which is not an earlier regular file of the backup")
                 };
                 let source_rel = safe_relative(&link)?;
-                let source = tree
+                let source = self
+                    .tree
                     .parent_of(&source_rel, false)
                     .map_err(|_| not_earlier())?;
                 let meta = fstatat(
@@ -542,9 +566,6 @@ fn extract(
                 if !options.allow_special {
                     bail!("{path:?} is a device node; refusing it (pass --allow-special to restore device nodes)");
                 }
-                let header = entry.header();
-                let major = header.device_major()?.unwrap_or(0);
-                let minor = header.device_minor()?.unwrap_or(0);
                 let kind = if record.kind == EntryKind::CharDevice {
                     SFlag::S_IFCHR
                 } else {
@@ -556,13 +577,85 @@ fn extract(
                         at.name.as_os_str(),
                         kind,
                         Mode::from_bits_truncate(0o600),
-                        nix::sys::stat::makedev(major.into(), minor.into()),
+                        nix::sys::stat::makedev(device.0, device.1),
                     ),
                     "device node",
                 )?;
                 apply_at(&at, &record, &xattrs, &path)?;
             }
         }
+        Ok(())
+    }
+
+    /// Applies directory metadata and flushes the staging tree to disk.
+    pub(crate) fn finish(self) -> Result<(RestoreStats, Option<RootMeta>)> {
+        for (rel, record, xattrs) in self.dirs.iter().rev() {
+            let dir = File::from(
+                self.tree
+                    .dir(rel)
+                    .with_context(|| format!("cannot open {}", rel.display()))?,
+            );
+            apply_to_open(&dir, record, xattrs, &rel.to_string_lossy())?;
+        }
+        // Everything staged reaches the disk before anything is swapped in.
+        nix::unistd::syncfs(self.tree.root())
+            .with_context(|| format!("cannot flush {} to disk", self.staging.display()))?;
+        Ok((self.stats, self.root))
+    }
+}
+
+fn extract(
+    archive: &Path,
+    compression: Compression,
+    volume: &VolumeRecord,
+    staging: &Path,
+    options: RestoreOptions,
+    cancel: &Cancel,
+    progress: &dyn Fn(u64),
+) -> Result<(RestoreStats, Option<RootMeta>)> {
+    let mut reader = ArchiveReader::open(archive, compression)?;
+    let mut checker = EntryChecker::new(volume)?;
+    let mut out = Materializer::new(staging, &volume.name, options, progress)?;
+    for entry in reader.archive().entries()? {
+        cancel.check()?;
+        let mut entry = entry.map_err(|e| anyhow!("{}: archive is corrupt: {e}", volume.name))?;
+        let tar_type = entry.header().entry_type();
+        if tar_type == tar::EntryType::XGlobalHeader {
+            continue;
+        }
+        let raw = entry_path(&entry);
+        let path = String::from_utf8_lossy(&raw).into_owned();
+        let record = checker.check(&raw, tar_type)?.clone();
+        let link = match record.kind {
+            EntryKind::Symlink | EntryKind::Hardlink => {
+                let target = link_target(&entry, record.kind);
+                checker.check_link(&record, target.as_deref())?;
+                target.ok_or_else(|| anyhow!("link {path:?} has no target"))?
+            }
+            _ => Vec::new(),
+        };
+        let xattrs = entry_xattrs(&mut entry)?;
+        let device = match record.kind {
+            // Without --allow-special, put() refuses it before the numbers
+            // matter.
+            EntryKind::CharDevice | EntryKind::BlockDevice if options.allow_special => {
+                let header = entry.header();
+                (
+                    header.device_major()?.unwrap_or(0).into(),
+                    header.device_minor()?.unwrap_or(0).into(),
+                )
+            }
+            _ => (0, 0),
+        };
+        let is_file = record.kind == EntryKind::File;
+        out.put(Incoming {
+            raw,
+            record,
+            link,
+            xattrs,
+            device,
+            content: if is_file { Some(&mut entry) } else { None },
+        })?;
     }
     checker.finish()?;
     let (digest, _) = reader.finish()?;
@@ -573,22 +666,9 @@ fn extract(
             volume.sha256
         );
     }
-    for (rel, record, xattrs) in dirs.iter().rev() {
-        let dir = File::from(
-            tree.dir(rel)
-                .with_context(|| format!("cannot open {}", rel.display()))?,
-        );
-        apply_to_open(&dir, record, xattrs, &rel.to_string_lossy())?;
-    }
-    // Everything staged reaches the disk before anything is swapped in.
-    nix::unistd::syncfs(tree.root())
-        .with_context(|| format!("cannot flush {} to disk", staging.display()))?;
-    Ok((stats, root))
+    out.finish()
 }
 
-/// Extended attributes in the `security.*` and `trusted.*` namespaces
-/// carry privileges (file capabilities, security labels): like setuid bits,
-/// they come back only when the operator allows it.
 fn check_xattrs(path: &str, xattrs: &Xattrs, options: RestoreOptions) -> Result<()> {
     if options.allow_special {
         return Ok(());
@@ -647,7 +727,7 @@ fn create_file(at: &At) -> nix::Result<File> {
 
 /// Writes a regular file's content, leaving holes where the data is zeros.
 fn write_file(
-    entry: &mut tar::Entry<'_, ArchiveStream>,
+    entry: &mut dyn Read,
     file: &mut File,
     path: &str,
     progress: &dyn Fn(u64),
@@ -657,7 +737,7 @@ fn write_file(
     let mut len = 0u64;
     let write_err = || format!("cannot write {path:?}");
     loop {
-        let n = entry.read(&mut buf).context("cannot read the archive")?;
+        let n = entry.read(&mut buf).context("cannot read the backup")?;
         if n == 0 {
             break;
         }

@@ -9,6 +9,8 @@ pub mod index;
 pub mod lock;
 pub mod objects;
 pub mod pack;
+pub mod saver;
+pub mod tree;
 
 use crate::backend::Backend;
 use anyhow::{bail, Context, Result};
@@ -165,6 +167,36 @@ impl Repository {
                 .then(a.1.id.cmp(&b.1.id))
         });
         Ok(commits)
+    }
+
+    /// Every mark (checked against its name), with its object's time.
+    pub fn marks(&self) -> Result<Vec<(Id, std::time::SystemTime, objects::Mark)>> {
+        let mut marks = Vec::new();
+        for object in self.backend.list("marks")? {
+            let Some(id) = object
+                .name
+                .rsplit('/')
+                .next()
+                .and_then(|n| Id::parse(n).ok())
+            else {
+                continue;
+            };
+            let bytes = self.read_checked(&object.name, &id)?;
+            let mark: objects::Mark = serde_json::from_slice(&bytes)
+                .with_context(|| format!("mark {id} is not valid"))?;
+            marks.push((id, object.modified, mark));
+        }
+        Ok(marks)
+    }
+
+    /// The packs some mark condemns: a backup does not deduplicate
+    /// against them.
+    pub fn condemned(&self) -> Result<std::collections::HashSet<Id>> {
+        Ok(self
+            .marks()?
+            .into_iter()
+            .flat_map(|(_, _, m)| m.condemned)
+            .collect())
     }
 
     /// Deletes a commit object (prune; its packs go later).

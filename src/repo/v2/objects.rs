@@ -61,6 +61,10 @@ pub struct CommitVolume {
     pub tree: Vec<Id>,
     /// SHA-256 of the whole stream.
     pub tree_sha256: Id,
+    /// The volume record (format 1's, without entries), known only once
+    /// the volume was read: a stream of one line, in tree blobs.
+    pub record: Vec<Id>,
+    pub record_sha256: Id,
 }
 
 /// A `snapshots/<id>` object: a backup exists once this does.
@@ -86,4 +90,13 @@ pub struct Commit {
     pub parent: Option<String>,
     /// Every pack the backup references.
     pub packs: Vec<Id>,
+}
+
+/// A `marks/<id>` object: packs a prune found unreferenced. Backups do not
+/// deduplicate against them; a later prune deletes those still
+/// unreferenced once the mark is old enough.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mark {
+    pub created: DateTime<Utc>,
+    pub condemned: Vec<Id>,
 }

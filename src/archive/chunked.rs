@@ -1,0 +1,483 @@
+//! The format-2 emitter: every entry becomes one line of the volume's
+//! manifest stream, every regular file's content content-defined chunks
+//! saved as data blobs, and a file the parent rule lets through is taken
+//! from the parent backup without being read.
+//!
+//! The parent is this host's own stream of the same volume from its last
+//! committed backup of the same selection, kept in the host's state
+//! directory (never read from the repository: whoever can write the
+//! repository cannot make a backup skip files). It is walked alongside the
+//! tree in walk order, one line at a time. A file is taken over only when
+//! its size, mtime, ctime (both to the nanosecond) and inode match, and
+//! only if every chunk it lists is in a live pack of the repository now.
+
+use super::chunk::chunks;
+use super::{Content, Emit, Xattrs};
+use crate::repo::manifest::{encode_name, EntryKind, FileEntry};
+use crate::repo::v2::id::Id;
+use crate::repo::v2::objects::ChunkerParams;
+use crate::repo::v2::pack::BlobKind;
+use crate::repo::v2::saver::BlobSaver;
+use crate::repo::v2::tree::{walk_order, TreeEntry, TreeWriter, XattrRecord};
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::cmp::Ordering;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// A parent stream being walked alongside the tree.
+pub struct ParentCursor {
+    lines: std::io::Lines<BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>>,
+    current: Option<TreeEntry>,
+}
+
+impl ParentCursor {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let decoder = zstd::stream::read::Decoder::new(file)?;
+        let mut cursor = Self {
+            lines: BufReader::new(decoder).lines(),
+            current: None,
+        };
+        cursor.advance()?;
+        Ok(cursor)
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        self.current = match self.lines.next() {
+            Some(line) => Some(serde_json::from_str(&line?).context("a parent line is not valid")?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The parent's line for the regular file at `rel`, if it has one;
+    /// skips the lines of entries that are gone.
+    fn find_file(&mut self, rel: &[u8]) -> Result<Option<TreeEntry>> {
+        while let Some(line) = &self.current {
+            let path = line.entry.raw_path()?;
+            match walk_order(&path, line.entry.kind == EntryKind::Dir, rel, false) {
+                Ordering::Less => self.advance()?,
+                Ordering::Equal => {
+                    let found = self.current.take();
+                    self.advance()?;
+                    return Ok(found.filter(|l| l.entry.kind == EntryKind::File));
+                }
+                Ordering::Greater => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// What the emitter adds up besides the walk's own summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChunkStats {
+    /// Files taken from the parent without being read.
+    pub reused_files: u64,
+    pub reused_bytes: u64,
+}
+
+pub struct ChunkEmitter<'s> {
+    saver: &'s mut BlobSaver,
+    tree: TreeWriter,
+    params: ChunkerParams,
+    seed: u64,
+    parent: Option<ParentCursor>,
+    /// This stream, kept for the next backup as its parent.
+    keep: Option<zstd::stream::write::Encoder<'static, File>>,
+    reuse_next: Option<TreeEntry>,
+    pub stats: ChunkStats,
+}
+
+impl<'s> ChunkEmitter<'s> {
+    pub fn new(
+        saver: &'s mut BlobSaver,
+        params: ChunkerParams,
+        tree_params: ChunkerParams,
+        seed: u64,
+        parent: Option<ParentCursor>,
+        keep: Option<File>,
+    ) -> Result<Self> {
+        Ok(Self {
+            saver,
+            tree: TreeWriter::new(tree_params, seed),
+            params,
+            seed,
+            parent,
+            keep: keep
+                .map(|f| zstd::stream::write::Encoder::new(f, 3))
+                .transpose()?,
+            reuse_next: None,
+            stats: ChunkStats::default(),
+        })
+    }
+
+    /// The stream's tree blobs and SHA-256; the parent copy flushed.
+    pub fn finish(self) -> Result<(Vec<Id>, Id)> {
+        if let Some(keep) = self.keep {
+            keep.finish()?.sync_all()?;
+        }
+        self.tree.finish(self.saver)
+    }
+
+    fn push(&mut self, line: &TreeEntry) -> Result<()> {
+        self.tree.push(line, self.saver)?;
+        if let Some(keep) = &mut self.keep {
+            serde_json::to_writer(&mut *keep, line)?;
+            keep.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+fn xattr_records(xattrs: &Xattrs) -> Vec<XattrRecord> {
+    xattrs
+        .iter()
+        .map(|(name, value)| {
+            let (name, name_hex) = encode_name(name.as_bytes());
+            XattrRecord {
+                name,
+                name_hex,
+                value_hex: hex::encode(value),
+            }
+        })
+        .collect()
+}
+
+impl Emit for ChunkEmitter<'_> {
+    fn reuse(&mut self, rel: &[u8], meta: &fs::Metadata) -> bool {
+        let Some(parent) = &mut self.parent else {
+            return false;
+        };
+        let line = match parent.find_file(rel) {
+            Ok(Some(line)) => line,
+            Ok(None) => return false,
+            Err(e) => {
+                // A damaged parent copy only costs reading everything.
+                tracing::warn!(
+                    "the parent backup's copy cannot be read, reading every file: {e:#}"
+                );
+                self.parent = None;
+                return false;
+            }
+        };
+        let same = line.entry.size == meta.len()
+            && line.entry.mtime == meta.mtime()
+            && i64::from(line.mtime_ns) == meta.mtime_nsec()
+            && line.ctime == meta.ctime()
+            && i64::from(line.ctime_ns) == meta.ctime_nsec()
+            && line.ino == meta.ino()
+            && line.entry.sha256.is_some()
+            && (line.entry.size == 0) == line.chunks.is_empty();
+        if !same || !line.chunks.iter().all(|c| self.saver.has(c)) {
+            return false;
+        }
+        self.reuse_next = Some(line);
+        true
+    }
+
+    fn entry(
+        &mut self,
+        entry: FileEntry,
+        _rel: &[u8],
+        meta: &fs::Metadata,
+        xattrs: &Xattrs,
+        content: Option<&mut Content<'_>>,
+    ) -> Result<()> {
+        let is_device = matches!(entry.kind, EntryKind::CharDevice | EntryKind::BlockDevice);
+        let mut line = TreeEntry {
+            entry,
+            mtime_ns: meta.mtime_nsec() as u32,
+            ctime: meta.ctime(),
+            ctime_ns: meta.ctime_nsec() as u32,
+            ino: meta.ino(),
+            dev: meta.dev(),
+            rdev: if is_device { meta.rdev() } else { 0 },
+            xattrs: xattr_records(xattrs),
+            chunks: Vec::new(),
+        };
+        if line.entry.kind == EntryKind::File {
+            match content {
+                Some(content) => {
+                    let mut file_hash = Sha256::new();
+                    let mut ids = Vec::new();
+                    let saver = &mut *self.saver;
+                    chunks(content, &self.params, self.seed, |chunk| {
+                        file_hash.update(&chunk);
+                        ids.push(saver.save(BlobKind::Data, chunk)?);
+                        Ok(())
+                    })?;
+                    line.chunks = ids;
+                    line.entry.sha256 = Some(hex::encode(file_hash.finalize()));
+                }
+                None => {
+                    let parent = self
+                        .reuse_next
+                        .take()
+                        .context("internal error: a file with neither content nor parent")?;
+                    line.chunks = parent.chunks;
+                    line.entry.sha256 = parent.entry.sha256;
+                    line.xattrs = parent.xattrs;
+                    self.stats.reused_files += 1;
+                    self.stats.reused_bytes += line.entry.size;
+                }
+            }
+        }
+        self.push(&line)
+    }
+}
+
+/// Where this host keeps the parent streams of one repository, host and
+/// selection (0700, files 0600).
+pub fn parent_dir(
+    state_dir: &Path,
+    repo_id: &str,
+    host: &str,
+    selection: &str,
+) -> std::path::PathBuf {
+    let group = Id::digest(format!("{host}\0{selection}").as_bytes()).hex();
+    state_dir
+        .join("parents")
+        .join(&repo_id[..repo_id.len().min(16)])
+        .join(&group[..16])
+}
+
+fn parent_file(dir: &Path, volume: &str) -> std::path::PathBuf {
+    dir.join(format!(
+        "{}.jsonl.zst",
+        &Id::digest(volume.as_bytes()).hex()[..16]
+    ))
+}
+
+/// A format-2 backup being written: a shared repository lock, the saver,
+/// and what each volume's walk produced; nothing is visible in the
+/// repository as a backup until [`ChunkedBackup::commit`] writes its
+/// commit object last.
+pub struct ChunkedBackup {
+    repo: std::sync::Arc<crate::repo::v2::Repository>,
+    lock: Option<crate::repo::v2::lock::RepoLock>,
+    saver: Option<BlobSaver>,
+    parents: Option<std::path::PathBuf>,
+    force_read: bool,
+    /// Per volume: tree blobs, stream SHA-256, what the parent saved.
+    volumes: Vec<Option<(Vec<Id>, Id, ChunkStats)>>,
+    /// Parent copies written by this run, renamed into place at commit.
+    new_parents: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// How a chunked backup reads and what it may reuse.
+pub struct ChunkedOptions {
+    pub level: i32,
+    pub threads: usize,
+    /// Where the parent streams of this host and selection live; `None`
+    /// reads every file and keeps no parent.
+    pub parents: Option<std::path::PathBuf>,
+    /// Read every file even where the parent rule would let it through.
+    pub force_read: bool,
+}
+
+impl ChunkedBackup {
+    /// Locks the repository (shared) and loads its index: done before any
+    /// service is stopped.
+    pub fn begin(
+        repo: std::sync::Arc<crate::repo::v2::Repository>,
+        volumes: usize,
+        host: &str,
+        command: &str,
+        options: &ChunkedOptions,
+    ) -> Result<Self> {
+        let lock = crate::repo::v2::lock::acquire(
+            repo.backend().clone(),
+            crate::repo::v2::lock::LockKind::Shared,
+            host,
+            command,
+        )?;
+        let index = std::sync::Arc::new(repo.load_index()?);
+        let condemned = repo.condemned()?;
+        let saver = BlobSaver::new(
+            repo.clone(),
+            index,
+            condemned,
+            options.level,
+            options.threads,
+        )?;
+        if let Some(dir) = &options.parents {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        }
+        Ok(Self {
+            repo,
+            lock: Some(lock),
+            saver: Some(saver),
+            parents: options.parents.clone(),
+            force_read: options.force_read,
+            volumes: (0..volumes).map(|_| None).collect(),
+            new_parents: Vec::new(),
+        })
+    }
+
+    /// Reads one volume into chunks; the walk's summary.
+    pub fn archive(
+        &mut self,
+        index: usize,
+        name: &str,
+        source: &Path,
+        bwlimit: Option<u64>,
+        cancel: &crate::cancel::Cancel,
+        progress: &dyn Fn(u64),
+    ) -> Result<super::ArchiveSummary> {
+        let config = self.repo.config.clone();
+        let saver = self
+            .saver
+            .as_mut()
+            .context("internal error: backup already committed")?;
+        let (parent, keep) = match &self.parents {
+            Some(dir) => {
+                let path = parent_file(dir, name);
+                let parent = if self.force_read || !path.exists() {
+                    None
+                } else {
+                    match ParentCursor::open(&path) {
+                        Ok(cursor) => Some(cursor),
+                        Err(e) => {
+                            tracing::warn!("ignoring the parent copy {}: {e:#}", path.display());
+                            None
+                        }
+                    }
+                };
+                let temp = path.with_extension(format!("new-{}", std::process::id()));
+                let file = crate::fsutil::create_private(&temp).or_else(|_| {
+                    let _ = fs::remove_file(&temp);
+                    crate::fsutil::create_private(&temp)
+                })?;
+                self.new_parents.push((temp, path));
+                (parent, Some(file))
+            }
+            None => (None, None),
+        };
+        let mut emitter = ChunkEmitter::new(
+            saver,
+            config.chunker.clone(),
+            config.tree_chunker.clone(),
+            0,
+            parent,
+            keep,
+        )?;
+        let summary = super::walk(source, &mut emitter, bwlimit, cancel, progress)?;
+        let stats = emitter.stats;
+        let (tree, sha) = emitter.finish()?;
+        self.volumes[index] = Some((tree, sha, stats));
+        Ok(summary)
+    }
+
+    /// Files taken from the parent without being read, per volume.
+    pub fn reused(&self, index: usize) -> ChunkStats {
+        self.volumes
+            .get(index)
+            .and_then(|v| v.as_ref())
+            .map(|(_, _, s)| *s)
+            .unwrap_or_default()
+    }
+
+    /// Writes the volume records, the packs still open, the index, checks
+    /// that every pack the backup deduplicated against still exists, then
+    /// writes the commit object: from then on the backup exists.
+    pub fn commit(
+        mut self,
+        manifest: &crate::repo::manifest::Manifest,
+        parent: Option<String>,
+    ) -> Result<Id> {
+        use crate::repo::v2::objects::{Commit, CommitVolume, FORMAT};
+        let config = self.repo.config.clone();
+        let mut saver = self
+            .saver
+            .take()
+            .context("internal error: committed twice")?;
+        let mut volumes = Vec::new();
+        for (record, walked) in manifest.volumes.iter().zip(&self.volumes) {
+            let (tree, tree_sha256, _) = walked
+                .clone()
+                .with_context(|| format!("internal error: volume {} was not read", record.name))?;
+            let mut writer = TreeWriter::new(config.tree_chunker.clone(), 0);
+            writer.push(record, &mut saver)?;
+            let (record_blobs, record_sha256) = writer.finish(&mut saver)?;
+            volumes.push(CommitVolume {
+                name: record.name.clone(),
+                kind: record.kind,
+                files: record.files,
+                bytes: record.bytes,
+                tree,
+                tree_sha256,
+                record: record_blobs,
+                record_sha256,
+            });
+        }
+        let saved = saver.finish()?;
+        if !saved.index.packs.is_empty() {
+            self.repo.save_index(&saved.index)?;
+        }
+        // A prune may have deleted a pack this backup deduplicated against
+        // since the index was read: then nothing is committed, and the next
+        // run writes those blobs again.
+        let present = self.repo.pack_ids()?;
+        let missing: Vec<String> = saved
+            .referenced
+            .iter()
+            .filter(|p| !present.contains(p))
+            .map(|p| p.hex())
+            .collect();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "{} pack(s) this backup refers to were deleted meanwhile (a concurrent prune?), e.g. {}; nothing was committed, run the backup again",
+                missing.len(),
+                missing[0]
+            );
+        }
+        let mut packs: Vec<Id> = saved.referenced.into_iter().collect();
+        packs.sort();
+        let commit = Commit {
+            format: FORMAT,
+            id: manifest.id.clone(),
+            host: manifest.host.clone(),
+            selection: manifest.selection.clone(),
+            strategy: manifest.strategy,
+            consistency: manifest.consistency,
+            reason: manifest.reason.clone(),
+            started_at: manifest.started_at,
+            completed_at: manifest.completed_at,
+            downtime_ms: manifest.downtime_ms,
+            duration_ms: manifest.duration_ms,
+            volsnap_version: manifest.volsnap_version.clone(),
+            containers: manifest.containers.clone(),
+            notes: manifest.notes.clone(),
+            volumes,
+            parent,
+            packs,
+        };
+        #[cfg(feature = "fault-injection")]
+        crate::fault::point("v2-before-commit");
+        let id = self.repo.save_commit(&commit)?;
+        // Only a committed backup becomes the next one's parent.
+        for (temp, path) in std::mem::take(&mut self.new_parents) {
+            if let Err(e) = fs::rename(&temp, &path) {
+                tracing::warn!("cannot keep {} as the next parent: {e}", path.display());
+            }
+        }
+        if let Some(lock) = self.lock.take() {
+            lock.release()?;
+        }
+        Ok(id)
+    }
+}
+
+impl Drop for ChunkedBackup {
+    fn drop(&mut self) {
+        for (temp, _) in &self.new_parents {
+            let _ = fs::remove_file(temp);
+        }
+    }
+}
