@@ -481,3 +481,198 @@ impl Drop for ChunkedBackup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, LocalBackend};
+    use crate::cancel::Cancel;
+    use crate::repo::manifest::{
+        Compression, Consistency, Manifest, Strategy, VolumeKind, VolumeRecord,
+    };
+    use crate::repo::v2::Repository;
+    use crate::restore::{restore_volume, Payload, RestoreOptions};
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    fn pseudo_random(len: usize, mut state: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    fn manifest(id: &str, summary: &super::super::ArchiveSummary) -> Manifest {
+        Manifest {
+            format_version: crate::repo::manifest::FORMAT_VERSION,
+            id: id.into(),
+            started_at: chrono::Utc::now(),
+            completed_at: chrono::Utc::now(),
+            host: "h".into(),
+            volsnap_version: "test".into(),
+            selection: "--project p".into(),
+            strategy: Strategy::Online,
+            consistency: Consistency::BestEffort,
+            reason: "test".into(),
+            downtime_ms: 0,
+            duration_ms: 0,
+            compression: Compression::Zstd,
+            containers: Vec::new(),
+            volumes: vec![VolumeRecord {
+                name: "vol".into(),
+                kind: VolumeKind::Volume,
+                source_path: "/src".into(),
+                driver: None,
+                driver_opts: Default::default(),
+                labels: Default::default(),
+                mounted_by: Vec::new(),
+                archive: String::new(),
+                sha256: String::new(),
+                archive_bytes: 0,
+                files: summary.files,
+                bytes: summary.bytes,
+                changed_during_read: summary.changed_during_read.clone(),
+                vanished_during_read: summary.vanished_during_read.clone(),
+                left_out: summary.left_out.clone(),
+                entries: Vec::new(),
+            }],
+            notes: Vec::new(),
+        }
+    }
+
+    /// Every entry under `root`: path, kind and content (or link target).
+    fn tree(root: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let what = if meta.is_dir() {
+                    pending.push(path.clone());
+                    format!("dir {:o}", meta.mode() & 0o7777)
+                } else if meta.file_type().is_symlink() {
+                    format!("link {}", fs::read_link(&path).unwrap().display())
+                } else {
+                    let bytes = fs::read(&path).unwrap();
+                    format!(
+                        "file {:o} {} {}",
+                        meta.mode() & 0o7777,
+                        bytes.len(),
+                        Id::digest(&bytes)
+                    )
+                };
+                out.push((rel, what));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn back_up(repo: &Arc<Repository>, src: &Path, parents: &Path, id: &str) -> ChunkStats {
+        let options = ChunkedOptions {
+            level: 1,
+            threads: 2,
+            parents: Some(parents.to_path_buf()),
+            force_read: false,
+        };
+        let mut backup = ChunkedBackup::begin(repo.clone(), 1, "h", "test", &options).unwrap();
+        let summary = backup
+            .archive(0, "vol", src, None, &Cancel::new(), &|_| {})
+            .unwrap();
+        let stats = backup.reused(0);
+        backup.commit(&manifest(id, &summary), None).unwrap();
+        stats
+    }
+
+    #[test]
+    fn a_tree_round_trips_through_chunks_and_unchanged_files_are_not_read_again() {
+        let scratch = tempfile::tempdir().unwrap();
+        let src = scratch.path().join("src");
+        fs::create_dir_all(src.join("sub/deeper")).unwrap();
+        fs::write(src.join("big"), pseudo_random(5 << 20, 3)).unwrap();
+        fs::write(src.join("log"), b"line\n".repeat(100_000)).unwrap();
+        fs::write(src.join("empty"), b"").unwrap();
+        fs::write(src.join("sub/small"), b"small file").unwrap();
+        fs::write(src.join("sub/deeper/x"), b"x").unwrap();
+        fs::hard_link(src.join("sub/small"), src.join("sub/link")).unwrap();
+        std::os::unix::fs::symlink("../big", src.join("sub/sym")).unwrap();
+        fs::set_permissions(src.join("sub/small"), fs::Permissions::from_mode(0o640)).unwrap();
+        let repo_dir = scratch.path().join("repo");
+        fs::create_dir(&repo_dir).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(&repo_dir).unwrap());
+        let repo = Arc::new(Repository::init(backend).unwrap());
+        let parents = scratch.path().join("state");
+
+        let first = back_up(&repo, &src, &parents, "one");
+        assert_eq!(first.reused_files, 0);
+        let packs_after_first = repo.pack_ids().unwrap();
+
+        // Nothing changed: every file comes from the parent, no new data.
+        let second = back_up(&repo, &src, &parents, "two");
+        assert_eq!(second.reused_files, 5, "big, log, empty, small, x");
+        assert_eq!(repo.pack_ids().unwrap(), packs_after_first);
+
+        // One file appended to: only it is read.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(src.join("log"))
+            .unwrap()
+            .write_all(b"more\n")
+            .unwrap();
+        let third = back_up(&repo, &src, &parents, "three");
+        assert_eq!(third.reused_files, 4);
+
+        // The newest backup restores byte for byte.
+        let commits = repo.commits().unwrap();
+        assert_eq!(commits.len(), 3);
+        let (_, last) = commits.iter().find(|(_, c)| c.id == "three").unwrap();
+        let index = repo.load_index().unwrap();
+        let target = scratch.path().join("target");
+        let payload = Payload::Chunked {
+            repo: &repo,
+            index: &index,
+            volume: &last.volumes[0],
+        };
+        restore_volume(payload, &target, RestoreOptions::default(), &Cancel::new()).unwrap();
+        assert_eq!(tree(&target), tree(&src));
+        let restored = fs::metadata(target.join("sub/link")).unwrap();
+        assert_eq!(restored.nlink(), 2, "the hard link came back as one");
+    }
+
+    #[test]
+    fn a_changed_parent_never_makes_a_changed_file_look_unchanged() {
+        let scratch = tempfile::tempdir().unwrap();
+        let src = scratch.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), b"version one").unwrap();
+        let repo_dir = scratch.path().join("repo");
+        fs::create_dir(&repo_dir).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(&repo_dir).unwrap());
+        let repo = Arc::new(Repository::init(backend).unwrap());
+        let parents = scratch.path().join("state");
+        back_up(&repo, &src, &parents, "one");
+        // Same size, same mtime (set back), but a new ctime: read again.
+        let mtime = fs::metadata(src.join("f")).unwrap().modified().unwrap();
+        fs::write(src.join("f"), b"version two").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(src.join("f"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let second = back_up(&repo, &src, &parents, "two");
+        assert_eq!(second.reused_files, 0);
+        // The parent's chunks gone from the index (a prune took them): read.
+        for object in repo.backend().list("index").unwrap() {
+            repo.backend().delete(&object.name).unwrap();
+        }
+        let third = back_up(&repo, &src, &parents, "three");
+        assert_eq!(third.reused_files, 0);
+    }
+}

@@ -21,7 +21,7 @@ use crate::journal::{Journal, Undo};
 use crate::repo::manifest::MANIFEST_FILE;
 use crate::repo::manifest::{Manifest, VolumeKind};
 use crate::repo::{Repo, Scope};
-use crate::restore::{restore_volume, RestoreOptions};
+use crate::restore::{restore_volume, Payload, RestoreOptions};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -256,9 +256,11 @@ fn run_drill(
         let name = format!("{prefix}-v{i}");
         let info = docker.create_volume(&name, "local", &BTreeMap::new(), labels)?;
         restore_volume(
-            &dir.join(&v.archive),
-            manifest.compression,
-            v,
+            Payload::Tar {
+                archive: dir.join(&v.archive),
+                compression: manifest.compression,
+                volume: v,
+            },
             Path::new(&info.mountpoint),
             RestoreOptions::default(),
             cancel,

@@ -10,7 +10,7 @@ use crate::docker::{ContainerInfo, Docker};
 use crate::journal::Journal;
 use crate::repo::manifest::{Manifest, VolumeKind, VolumeRecord, MANIFEST_FILE};
 use crate::repo::{Repo, Scope};
-use crate::restore::{restore_volumes, RestoreOptions, VolumeRestore};
+use crate::restore::{restore_volumes, Payload, RestoreOptions, VolumeRestore};
 use crate::snapshots::start_undo;
 use crate::usage;
 use anyhow::{Context, Result};
@@ -246,8 +246,11 @@ fn restore_all(
     let items: Vec<VolumeRestore<'_>> = targets
         .iter()
         .map(|t| VolumeRestore {
-            archive: dir.join(&t.volume.archive),
-            volume: t.volume,
+            payload: Payload::Tar {
+                archive: dir.join(&t.volume.archive),
+                compression: manifest.compression,
+                volume: t.volume,
+            },
             target: t.path.clone(),
         })
         .collect();
@@ -258,7 +261,6 @@ fn restore_all(
     progress.started(&sizes);
     let restored = restore_volumes(
         &items,
-        manifest.compression,
         options,
         cancel,
         &|index, n| progress.advanced(index, n),

@@ -15,6 +15,11 @@ use crate::archive::{entry_path, entry_xattrs, link_target, ArchiveReader, Entry
 use crate::beneath::{open_path, proc_fd_path, At, Beneath};
 use crate::cancel::Cancel;
 use crate::repo::manifest::{Compression, EntryKind, FileEntry, VolumeRecord};
+use crate::repo::v2::id::Id;
+use crate::repo::v2::index::Index;
+use crate::repo::v2::objects::CommitVolume;
+use crate::repo::v2::tree::{TreeEntry, TreeReader};
+use crate::repo::v2::Repository;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -50,10 +55,34 @@ pub struct RestoreStats {
     pub bytes: u64,
 }
 
-/// One volume of a restore: its archive, its record, and where it goes.
+/// Where a volume's content comes from.
+pub enum Payload<'a> {
+    /// A format-1 archive and its manifest record.
+    Tar {
+        archive: PathBuf,
+        compression: Compression,
+        volume: &'a VolumeRecord,
+    },
+    /// A format-2 manifest stream and its chunks.
+    Chunked {
+        repo: &'a Repository,
+        index: &'a Index,
+        volume: &'a CommitVolume,
+    },
+}
+
+impl Payload<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Payload::Tar { volume, .. } => &volume.name,
+            Payload::Chunked { volume, .. } => &volume.name,
+        }
+    }
+}
+
+/// One volume of a restore: what it holds and where it goes.
 pub struct VolumeRestore<'a> {
-    pub archive: PathBuf,
-    pub volume: &'a VolumeRecord,
+    pub payload: Payload<'a>,
     pub target: PathBuf,
 }
 
@@ -106,7 +135,6 @@ struct Staged {
 /// after it, the deletion of the old content is finished. Never a mix.
 pub fn restore_volumes(
     items: &[VolumeRestore<'_>],
-    compression: Compression,
     options: RestoreOptions,
     cancel: &Cancel,
     progress: &dyn Fn(usize, u64),
@@ -120,7 +148,6 @@ pub fn restore_volumes(
         let one = fault_point("stage", index).and_then(|()| {
             stage_volume(
                 item,
-                compression,
                 options,
                 cancel,
                 &|n| progress(index, n),
@@ -259,29 +286,25 @@ pub fn restore_volumes(
     Ok(staged.into_iter().map(|one| one.stats).collect())
 }
 
-/// Restores one volume's archive into `target` (created if missing), with
-/// no journal: for scratch targets such as a drill's.
+/// Restores one volume into `target` (created if missing), with no
+/// journal: for scratch targets such as a drill's.
 pub fn restore_volume(
-    archive: &Path,
-    compression: Compression,
-    volume: &VolumeRecord,
+    payload: Payload<'_>,
     target: &Path,
     options: RestoreOptions,
     cancel: &Cancel,
 ) -> Result<RestoreStats> {
     let item = VolumeRestore {
-        archive: archive.to_path_buf(),
-        volume,
+        payload,
         target: target.to_path_buf(),
     };
-    let mut stats = restore_volumes(&[item], compression, options, cancel, &|_, _| {}, None)?;
+    let mut stats = restore_volumes(&[item], options, cancel, &|_, _| {}, None)?;
     Ok(stats.remove(0))
 }
 
 /// Extracts one volume into a fresh staging directory inside its target.
 fn stage_volume(
     item: &VolumeRestore<'_>,
-    compression: Compression,
     options: RestoreOptions,
     cancel: &Cancel,
     progress: &dyn Fn(u64),
@@ -308,15 +331,27 @@ fn stage_volume(
         j.push(&remove_staging)?;
     }
     crate::fsutil::create_private_dir(&staging)?;
-    match extract(
-        &item.archive,
-        compression,
-        item.volume,
-        &staging,
-        options,
-        cancel,
-        progress,
-    ) {
+    let extracted = match &item.payload {
+        Payload::Tar {
+            archive,
+            compression,
+            volume,
+        } => extract(
+            archive,
+            *compression,
+            volume,
+            &staging,
+            options,
+            cancel,
+            progress,
+        ),
+        Payload::Chunked {
+            repo,
+            index,
+            volume,
+        } => extract_chunked(repo, index, volume, &staging, options, cancel, progress),
+    };
+    match extracted {
         Ok((stats, root)) => Ok((
             Staged {
                 target,
@@ -334,7 +369,7 @@ fn stage_volume(
             }
             Err(e.context(format!(
                 "restore of {} into {} failed; every target was left as it was",
-                item.volume.name,
+                item.payload.name(),
                 target.display()
             )))
         }
@@ -667,6 +702,107 @@ fn extract(
         );
     }
     out.finish()
+}
+
+/// Extracts a format-2 volume: its manifest stream, line by line, each
+/// file's content fetched chunk by chunk from its packs.
+fn extract_chunked(
+    repo: &Repository,
+    index: &Index,
+    volume: &CommitVolume,
+    staging: &Path,
+    options: RestoreOptions,
+    cancel: &Cancel,
+    progress: &dyn Fn(u64),
+) -> Result<(RestoreStats, Option<RootMeta>)> {
+    let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
+    let mut out = Materializer::new(staging, &volume.name, options, progress)?;
+    while let Some(line) = lines.next_line::<TreeEntry>()? {
+        cancel.check()?;
+        let raw = line.entry.raw_path()?.into_owned();
+        let link = match line.entry.kind {
+            EntryKind::Symlink | EntryKind::Hardlink => line
+                .entry
+                .raw_target()?
+                .with_context(|| format!("link {:?} has no target", line.entry.path))?
+                .into_owned(),
+            _ => Vec::new(),
+        };
+        let mut xattrs = Xattrs::new();
+        for x in &line.xattrs {
+            let name = match &x.name_hex {
+                None => x.name.clone(),
+                Some(h) => String::from_utf8(hex::decode(h)?).map_err(|_| {
+                    anyhow!(
+                        "{:?} has an extended attribute whose name is not UTF-8; volsnap cannot set it",
+                        line.entry.path
+                    )
+                })?,
+            };
+            let value = hex::decode(&x.value_hex)
+                .with_context(|| format!("{:?}: a malformed xattr value", line.entry.path))?;
+            xattrs.push((name, value));
+        }
+        let device = (
+            nix::sys::stat::major(line.rdev),
+            nix::sys::stat::minor(line.rdev),
+        );
+        let mut content = ChunkReader {
+            repo,
+            index,
+            chunks: &line.chunks,
+            next: 0,
+            current: Vec::new(),
+            position: 0,
+        };
+        let is_file = line.entry.kind == EntryKind::File;
+        out.put(Incoming {
+            raw,
+            record: line.entry.clone(),
+            link,
+            xattrs,
+            device,
+            content: if is_file { Some(&mut content) } else { None },
+        })?;
+        if is_file && content.next < line.chunks.len() {
+            bail!(
+                "{}: file {:?} lists more chunks than its size",
+                volume.name,
+                line.entry.path
+            );
+        }
+    }
+    out.finish()
+}
+
+/// A file's content, read chunk by chunk (each checked against its id).
+struct ChunkReader<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    chunks: &'a [Id],
+    next: usize,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl Read for ChunkReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.position == self.current.len() {
+            let Some(id) = self.chunks.get(self.next) else {
+                return Ok(0);
+            };
+            self.current = self
+                .repo
+                .read_blob(self.index, id)
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            self.position = 0;
+            self.next += 1;
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
 }
 
 fn check_xattrs(path: &str, xattrs: &Xattrs, options: RestoreOptions) -> Result<()> {
