@@ -40,6 +40,9 @@ Exit status: 0 success, 1 failure, 2 bad usage.";
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create a repository: format 2 (chunked, deduplicated, incremental;
+    /// the default) or format 1 (one tar archive per volume).
+    Init(InitArgs),
     /// Show the steps a backup would run, the volumes and sizes, and why
     /// this strategy.
     Plan(PlanArgs),
@@ -89,6 +92,25 @@ pub enum Command {
     /// start a copy of the stack on an isolated network, wait until healthy,
     /// tear it all down, record the result.
     Drill(DrillArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Where the repository goes: a directory that is empty or does not
+    /// exist yet.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    /// chunked: format 2, every backup after the first costs what changed;
+    /// tar: format 1, archives GNU tar reads directly.
+    #[arg(long, value_enum, default_value = "chunked")]
+    pub format: FormatArg,
+}
+
+/// clap's view of the repository formats.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum FormatArg {
+    Chunked,
+    Tar,
 }
 
 /// The configuration file (TOML) that names the jobs.
@@ -433,6 +455,10 @@ pub struct BackupArgs {
     /// Do not refuse when the repository seems too small for the backup.
     #[arg(long)]
     pub skip_space_check: bool,
+    /// Format-2 repositories: read every file, even those whose size,
+    /// times and inode match the previous backup of this host and stack.
+    #[arg(long)]
+    pub force_read: bool,
     #[command(flatten)]
     pub host: HostArgs,
     #[command(flatten)]

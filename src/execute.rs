@@ -8,6 +8,7 @@
 //! backup is removed. Cleanup keeps going past its own failures and reports
 //! them all.
 
+use crate::archive::chunked::{ChunkedBackup, ChunkedOptions};
 use crate::archive::{write_archive, ArchiveOptions, ArchiveSummary};
 use crate::cancel::Cancel;
 use crate::discovery::{ComposeIdentity, Stack};
@@ -24,6 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Progress and events, so the library never writes to the terminal.
@@ -47,6 +49,26 @@ impl Observer for LogObserver {
     }
 }
 
+/// Where a backup goes: a format-1 directory of tar archives, or a
+/// format-2 repository of chunks.
+pub enum Destination {
+    Tar(Repo),
+    Chunked {
+        repo: Arc<crate::repo::v2::Repository>,
+        options: ChunkedOptions,
+    },
+}
+
+impl Destination {
+    /// Where the repository is, for messages.
+    pub fn location(&self) -> String {
+        match self {
+            Destination::Tar(repo) => repo.root().display().to_string(),
+            Destination::Chunked { repo, .. } => repo.backend().location(),
+        }
+    }
+}
+
 /// Everything a run needs. `repo` is `None` for plans that write no
 /// backup (snapshots kept for rollback).
 pub struct Job<'a> {
@@ -55,7 +77,7 @@ pub struct Job<'a> {
     pub stack: &'a Stack,
     pub storage: &'a [StorageInfo],
     pub plan: &'a Plan,
-    pub repo: Option<&'a Repo>,
+    pub repo: Option<&'a Destination>,
     pub id: String,
     /// The host the backup is recorded as from (`--host`, else the hostname).
     pub host: String,
@@ -94,6 +116,8 @@ struct Run<'a> {
     settles: Vec<Settle>,
     committed: Option<(Manifest, PathBuf)>,
     snapshot_label: Option<String>,
+    /// The format-2 backup being written (from `Prepare` to `Commit`).
+    chunked: Option<ChunkedBackup>,
     journal: Option<Journal>,
 }
 
@@ -118,6 +142,7 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         settles: Vec::new(),
         committed: None,
         snapshot_label: None,
+        chunked: None,
         journal,
     };
     let result = run.steps();
@@ -252,11 +277,29 @@ impl<'a> Run<'a> {
         let job = self.job;
         let docker = job.docker;
         match action {
-            Action::Prepare => {
-                crate::fsutil::create_private_dir(&self.repo()?.partial_dir(&job.id))
-            }
+            Action::Prepare => match self.destination()? {
+                Destination::Tar(repo) => {
+                    crate::fsutil::create_private_dir(&repo.partial_dir(&job.id))
+                }
+                Destination::Chunked { repo, options } => {
+                    self.chunked = Some(ChunkedBackup::begin(
+                        repo.clone(),
+                        job.stack.volumes.len(),
+                        &job.host,
+                        &format!("backup {}", job.id),
+                        options,
+                    )?);
+                    Ok(())
+                }
+            },
             Action::RemovePartial => {
-                let dir = self.repo()?.partial_dir(&job.id);
+                // A format-2 backup leaves only unreferenced objects behind
+                // (prune removes them); dropping it releases its lock.
+                self.chunked = None;
+                let Destination::Tar(repo) = self.destination()? else {
+                    return Ok(());
+                };
+                let dir = repo.partial_dir(&job.id);
                 match std::fs::remove_dir_all(&dir) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
                         .with_context(|| format!("cannot remove partial backup {}", dir.display())),
@@ -410,14 +453,17 @@ impl<'a> Run<'a> {
                 storage: job.storage.get(*volume)?.clone(),
                 label: label.clone(),
             },
-            Action::RemovePartial => Undo::RemoveDir {
-                path: job.repo?.partial_dir(&job.id),
+            Action::RemovePartial => match job.repo? {
+                Destination::Tar(repo) => Undo::RemoveDir {
+                    path: repo.partial_dir(&job.id),
+                },
+                Destination::Chunked { .. } => return None,
             },
             _ => return None,
         })
     }
 
-    fn repo(&self) -> Result<&'a Repo> {
+    fn destination(&self) -> Result<&'a Destination> {
         self.job
             .repo
             .context("internal error: this plan writes a backup but no repository was given")
@@ -472,12 +518,26 @@ impl<'a> Run<'a> {
             v.archive_stem(),
             job.archive.compression.extension()
         );
-        let dest = self.repo()?.partial_dir(&job.id).join(&file_name);
         job.observer.archive_started(&v.name, v.bytes);
         let observer = job.observer;
-        let summary = write_archive(&source, &dest, &job.archive, job.cancel, &|n| {
-            observer.bytes_read(n)
-        });
+        let progress = |n| observer.bytes_read(n);
+        let summary = match (self.destination()?, self.chunked.as_mut()) {
+            (Destination::Tar(repo), _) => {
+                let dest = repo.partial_dir(&job.id).join(&file_name);
+                write_archive(&source, &dest, &job.archive, job.cancel, &progress)
+            }
+            (Destination::Chunked { .. }, Some(chunked)) => chunked.archive(
+                volume,
+                &v.name,
+                &source,
+                job.archive.bwlimit,
+                job.cancel,
+                &progress,
+            ),
+            (Destination::Chunked { .. }, None) => {
+                Err(anyhow!("internal error: archive before prepare"))
+            }
+        };
         job.observer.archive_finished();
         // An archive read from a snapshot that overflowed meanwhile is void;
         // reading one usually fails with EIO, which says less than this.
@@ -500,8 +560,7 @@ impl<'a> Run<'a> {
 
     fn commit(&mut self) -> Result<()> {
         let job = self.job;
-        let repo = self.repo()?;
-        let partial = repo.partial_dir(&job.id);
+        let chunked = matches!(self.destination()?, Destination::Chunked { .. });
         let mut volumes = Vec::new();
         let mut notes: Vec<String> = job.stack.skipped.clone();
         let mut any_changed = false;
@@ -557,11 +616,17 @@ impl<'a> Run<'a> {
                 driver_opts: v.driver_opts.clone(),
                 labels: v.labels.clone(),
                 mounted_by: v.mounted_by.clone(),
-                archive: format!(
-                    "{}.{}",
-                    v.archive_stem(),
-                    job.archive.compression.extension()
-                ),
+                // Format 2 has no archive files; the stem still names the
+                // volume's directory under `restore --target-dir`.
+                archive: if chunked {
+                    v.archive_stem()
+                } else {
+                    format!(
+                        "{}.{}",
+                        v.archive_stem(),
+                        job.archive.compression.extension()
+                    )
+                },
                 sha256: summary.sha256,
                 archive_bytes: summary.archive_bytes,
                 files: summary.files,
@@ -620,6 +685,22 @@ impl<'a> Run<'a> {
             volumes,
             notes,
         };
+        let repo = match self.destination()? {
+            Destination::Tar(repo) => repo,
+            Destination::Chunked { repo, .. } => {
+                let backup = self
+                    .chunked
+                    .take()
+                    .context("internal error: commit before prepare")?;
+                let id = backup.commit(&manifest)?;
+                let location = PathBuf::from(repo.backend().location())
+                    .join("snapshots")
+                    .join(id.hex());
+                self.committed = Some((manifest, location));
+                return Ok(());
+            }
+        };
+        let partial = repo.partial_dir(&job.id);
         let json = serde_json::to_vec_pretty(&manifest).context("cannot encode the manifest")?;
         crate::fsutil::write_private(&partial.join(MANIFEST_FILE), &json)?;
         let mut sums: Vec<(String, String)> = manifest

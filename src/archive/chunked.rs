@@ -267,7 +267,12 @@ pub struct ChunkedBackup {
     volumes: Vec<Option<(Vec<Id>, Id, ChunkStats)>>,
     /// Parent copies written by this run, renamed into place at commit.
     new_parents: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The backup the parent copies came from.
+    parent_id: Option<String>,
 }
+
+/// Names the backup the parent copies in a parent directory belong to.
+const PARENT_ID_FILE: &str = "backup-id";
 
 /// How a chunked backup reads and what it may reuse.
 pub struct ChunkedOptions {
@@ -309,7 +314,14 @@ impl ChunkedBackup {
             fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         }
+        let parent_id = options
+            .parents
+            .as_ref()
+            .filter(|_| !options.force_read)
+            .and_then(|dir| fs::read_to_string(dir.join(PARENT_ID_FILE)).ok())
+            .map(|id| id.trim().to_string());
         Ok(Self {
+            parent_id,
             repo,
             lock: Some(lock),
             saver: Some(saver),
@@ -386,11 +398,8 @@ impl ChunkedBackup {
     /// Writes the volume records, the packs still open, the index, checks
     /// that every pack the backup deduplicated against still exists, then
     /// writes the commit object: from then on the backup exists.
-    pub fn commit(
-        mut self,
-        manifest: &crate::repo::manifest::Manifest,
-        parent: Option<String>,
-    ) -> Result<Id> {
+    pub fn commit(mut self, manifest: &crate::repo::manifest::Manifest) -> Result<Id> {
+        let parent = self.parent_id.clone();
         use crate::repo::v2::objects::{Commit, CommitVolume, FORMAT};
         let config = self.repo.config.clone();
         let mut saver = self
@@ -466,6 +475,9 @@ impl ChunkedBackup {
             if let Err(e) = fs::rename(&temp, &path) {
                 tracing::warn!("cannot keep {} as the next parent: {e}", path.display());
             }
+        }
+        if let Some(dir) = &self.parents {
+            let _ = crate::fsutil::replace_file(&dir.join(PARENT_ID_FILE), manifest.id.as_bytes());
         }
         if let Some(lock) = self.lock.take() {
             lock.release()?;
@@ -586,7 +598,7 @@ mod tests {
             .archive(0, "vol", src, None, &Cancel::new(), &|_| {})
             .unwrap();
         let stats = backup.reused(0);
-        backup.commit(&manifest(id, &summary), None).unwrap();
+        backup.commit(&manifest(id, &summary)).unwrap();
         stats
     }
 

@@ -50,6 +50,7 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         io_nice: args.io_nice,
         skip_space_check: args.skip_space_check,
         host: args.host.name(),
+        force_read: args.force_read,
     })
 }
 

@@ -4,11 +4,9 @@ use crate::cli::ListArgs;
 use anyhow::Result;
 use serde_json::json;
 use volsnap::fsutil::human_bytes;
-use volsnap::repo::Repo;
 
 pub fn run(args: ListArgs) -> Result<i32> {
-    let repo = Repo::open(&args.repo)?;
-    let (mut backups, warnings) = repo.list()?;
+    let (mut backups, warnings) = volsnap::repo::list_any(&args.repo)?;
     let selection = args.only.selection()?;
     backups.retain(|b| {
         selection
@@ -53,7 +51,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
         let filtered = selection.is_some() || args.host.is_some();
         outln!(
             "no backups in {}{}",
-            repo.root().display(),
+            args.repo.display(),
             if filtered { " match" } else { "" }
         );
         return Ok(0);

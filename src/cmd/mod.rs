@@ -4,6 +4,7 @@
 mod backup;
 mod daemon;
 mod drill;
+mod init;
 mod job;
 mod list;
 mod plan;
@@ -22,6 +23,7 @@ use volsnap::usage;
 
 pub fn run(command: Command) -> Result<i32> {
     match command {
+        Command::Init(args) => init::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Backup(args) => backup::run(args),
         Command::List(args) => list::run(args),

@@ -2,15 +2,16 @@
 //! execution. The CLI's `backup` and configured jobs both call [`perform`].
 
 use super::{begin_run, command_line, RunContext};
+use crate::archive::chunked::{parent_dir, ChunkedOptions};
 use crate::archive::ArchiveOptions;
 use crate::discovery::{discover, Selection, Stack};
 use crate::docker::Docker;
-use crate::execute::{run_plan, Job};
+use crate::execute::{run_plan, Destination, Job};
 use crate::fsutil::human_bytes;
 use crate::journal::Journal;
 use crate::plan::{build, detect_stack, set_label, Plan, PlanOptions};
-use crate::repo::manifest::Manifest;
-use crate::repo::{new_backup_id, Repo};
+use crate::repo::manifest::{Compression, Manifest};
+use crate::repo::{new_backup_id, Format, Repo};
 use crate::storage::{snapshot_label, StorageInfo, SystemRunner};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -29,6 +30,9 @@ pub struct BackupRequest {
     pub skip_space_check: bool,
     /// The host the backup is recorded under.
     pub host: String,
+    /// Format 2: read every file, even those the parent rule would take
+    /// from the previous backup.
+    pub force_read: bool,
 }
 
 /// A written backup and what went wrong around it (services that did not
@@ -45,8 +49,38 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
     if request.io_nice {
         lower_priority();
     }
-    let repo = Repo::open(&request.repo)?;
-    repo.check_writable()?;
+    let destination = match crate::repo::detect(&request.repo) {
+        Format::Chunked => {
+            if request.archive.compression != Compression::Zstd {
+                return Err(crate::usage!(
+                    "{} is a format-2 repository, whose chunks are always zstd; --compression {:?} is for format-1 (tar) repositories",
+                    request.repo.display(),
+                    request.archive.compression
+                ));
+            }
+            let repo = crate::repo::open_chunked(&request.repo)?;
+            let parents = parent_dir(
+                run.state_dir,
+                &repo.config.id,
+                &request.host,
+                &request.selection.to_string(),
+            );
+            Destination::Chunked {
+                repo,
+                options: ChunkedOptions {
+                    level: request.archive.level,
+                    threads: request.archive.threads.max(1) as usize,
+                    parents: Some(parents),
+                    force_read: request.force_read,
+                },
+            }
+        }
+        Format::Tar => {
+            let repo = Repo::open(&request.repo)?;
+            repo.check_writable()?;
+            Destination::Tar(repo)
+        }
+    };
     let _lock = begin_run(run.state_dir)?;
     let docker = Docker::connect()?;
     let mut stack = discover(&docker, &request.selection)?;
@@ -56,7 +90,7 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
     if request.plan.max_downtime.is_some() {
         stack.measure()?;
     }
-    if !request.skip_space_check {
+    if let (Destination::Tar(repo), false) = (&destination, request.skip_space_check) {
         let free = repo.free_bytes()?;
         if !stack.measured && stack.used_space_bound()? > free {
             stack.measure()?;
@@ -85,7 +119,7 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
         stack: &stack,
         storage: &storage,
         plan: &plan,
-        repo: Some(&repo),
+        repo: Some(&destination),
         id,
         host: request.host.clone(),
         archive: request.archive,

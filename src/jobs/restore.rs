@@ -9,13 +9,50 @@ use crate::discovery::{start_order, volume_host_path, Container, Selection};
 use crate::docker::{ContainerInfo, Docker};
 use crate::journal::Journal;
 use crate::repo::manifest::{Manifest, VolumeKind, VolumeRecord, MANIFEST_FILE};
-use crate::repo::{Repo, Scope};
+use crate::repo::{Format, Repo, Scope};
 use crate::restore::{restore_volumes, Payload, RestoreOptions, VolumeRestore};
 use crate::snapshots::start_undo;
 use crate::usage;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// Where the backup's content is read from.
+enum Source {
+    Tar(PathBuf, crate::repo::manifest::Compression),
+    Chunked {
+        repo: std::sync::Arc<crate::repo::v2::Repository>,
+        index: crate::repo::v2::index::Index,
+        commit: crate::repo::v2::objects::Commit,
+    },
+}
+
+impl Source {
+    fn payload<'s>(&'s self, volume: &'s VolumeRecord) -> Result<Payload<'s>> {
+        Ok(match self {
+            Source::Tar(dir, compression) => Payload::Tar {
+                archive: dir.join(&volume.archive),
+                compression: *compression,
+                volume,
+            },
+            Source::Chunked {
+                repo,
+                index,
+                commit,
+            } => Payload::Chunked {
+                repo,
+                index,
+                volume: commit
+                    .volumes
+                    .iter()
+                    .find(|v| v.name == volume.name)
+                    .with_context(|| {
+                        format!("backup {} has no volume {}", commit.id, volume.name)
+                    })?,
+            },
+        })
+    }
+}
 
 /// What to restore, and where.
 pub struct RestoreRequest {
@@ -70,12 +107,43 @@ pub fn perform(
     progress: &dyn RestoreProgress,
 ) -> Result<RestoreDone> {
     let args = request;
-    let repo = Repo::open(&args.repo)?;
-    let (id, dir) = repo.resolve_in(&args.id, &args.scope)?;
-    let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
     let cancel = run.cancel;
-    let check =
-        crate::restore::verify::verify(&dir, crate::restore::verify::Level::Checksums, cancel)?;
+    let (id, source, manifest, check) = match crate::repo::detect(&args.repo) {
+        Format::Tar => {
+            let repo = Repo::open(&args.repo)?;
+            let (id, dir) = repo.resolve_in(&args.id, &args.scope)?;
+            let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
+            let check = crate::restore::verify::verify(
+                &dir,
+                crate::restore::verify::Level::Checksums,
+                cancel,
+            )?;
+            (id, Source::Tar(dir, manifest.compression), manifest, check)
+        }
+        Format::Chunked => {
+            let repo = crate::repo::open_chunked(&args.repo)?;
+            let (_, commit) = crate::repo::resolve_chunked(&repo, &args.id, &args.scope)?;
+            let check = crate::restore::verify::verify_chunked(
+                &repo,
+                &commit,
+                crate::restore::verify::Level::Checksums,
+                cancel,
+            )?;
+            let index = repo.load_index()?;
+            let mut manifest = commit.summary();
+            manifest.volumes = repo.volume_records(&index, &commit)?;
+            (
+                commit.id.clone(),
+                Source::Chunked {
+                    repo,
+                    index,
+                    commit,
+                },
+                manifest,
+                check,
+            )
+        }
+    };
     if !check.problems.is_empty() {
         anyhow::bail!(
             "backup {id} failed verification, not restoring it: {}",
@@ -188,15 +256,7 @@ pub fn perform(
         }
     }
     if result.is_ok() {
-        result = restore_all(
-            &dir,
-            &manifest,
-            &targets,
-            args,
-            cancel,
-            progress,
-            &mut journal,
-        );
+        result = restore_all(&source, &targets, args, cancel, progress, &mut journal);
     }
     let mut restart_errors = Vec::new();
     if let Some(docker) = &docker {
@@ -232,8 +292,7 @@ pub fn perform(
 }
 
 fn restore_all(
-    dir: &std::path::Path,
-    manifest: &Manifest,
+    source: &Source,
     targets: &[Target<'_>],
     args: &RestoreRequest,
     cancel: &Cancel,
@@ -245,15 +304,13 @@ fn restore_all(
     };
     let items: Vec<VolumeRestore<'_>> = targets
         .iter()
-        .map(|t| VolumeRestore {
-            payload: Payload::Tar {
-                archive: dir.join(&t.volume.archive),
-                compression: manifest.compression,
-                volume: t.volume,
-            },
-            target: t.path.clone(),
+        .map(|t| {
+            Ok(VolumeRestore {
+                payload: source.payload(t.volume)?,
+                target: t.path.clone(),
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let sizes: Vec<(&str, u64)> = targets
         .iter()
         .map(|t| (t.volume.name.as_str(), t.volume.bytes))

@@ -45,6 +45,7 @@ pub fn backup_request(job: &Job) -> Result<BackupRequest> {
         io_nice: job.io_nice,
         skip_space_check: false,
         host: crate::execute::this_host(),
+        force_read: false,
     })
 }
 

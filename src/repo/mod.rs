@@ -13,6 +13,7 @@ use crate::repo::manifest::{Manifest, MANIFEST_FILE};
 use crate::usage;
 use anyhow::{Context, Result};
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Prefix of backups being written.
@@ -27,6 +28,86 @@ pub const PROTECTED_FILE: &str = "PROTECTED";
 #[derive(Debug, Clone)]
 pub struct Repo {
     root: PathBuf,
+}
+
+/// A repository's format (docs/FORMAT.md, "config").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Format 1: a directory of backups, one tar archive per volume.
+    Tar,
+    /// Format 2: content-addressed chunks in packs.
+    Chunked,
+}
+
+/// The format of the repository at `root`: a `config` object means format
+/// 2; anything else is left to format 1's own checks.
+pub fn detect(root: &Path) -> Format {
+    if root.join(v2::CONFIG).is_file() {
+        Format::Chunked
+    } else {
+        Format::Tar
+    }
+}
+
+/// Creates a repository at `root` (a directory that is empty, holds only
+/// `lost+found`, or does not exist yet); says what was created.
+pub fn init(root: &Path, format: Format) -> Result<String> {
+    match fs::read_dir(root) {
+        Ok(entries) => {
+            let mut held: Vec<String> = Vec::new();
+            for entry in entries {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if name != "lost+found" {
+                    held.push(name);
+                }
+            }
+            if !held.is_empty() {
+                held.sort();
+                let what = if detect(root) == Format::Chunked {
+                    "is a format-2 repository already".to_string()
+                } else {
+                    format!("is not empty (it holds {})", held.join(", "))
+                };
+                return Err(usage!(
+                    "{} {what}; initialise an empty or new directory",
+                    root.display()
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .with_context(|| format!("cannot create {}", root.display()))?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {}", root.display()));
+        }
+    }
+    Ok(match format {
+        Format::Tar => format!(
+            "{} is ready for format-1 backups (one tar archive per volume)",
+            root.display()
+        ),
+        Format::Chunked => {
+            let backend = crate::backend::LocalBackend::open(root)?;
+            let repo = v2::Repository::init(std::sync::Arc::new(backend))?;
+            format!(
+                "created format-2 repository {} (id {}): chunked, deduplicated, zstd",
+                root.display(),
+                &repo.config.id[..16]
+            )
+        }
+    })
+}
+
+/// Opens the format-2 repository in the local directory `root`.
+pub fn open_chunked(root: &Path) -> Result<std::sync::Arc<v2::Repository>> {
+    let backend = crate::backend::LocalBackend::open(root)?;
+    Ok(std::sync::Arc::new(v2::Repository::open(
+        std::sync::Arc::new(backend),
+    )?))
 }
 
 /// A backup found in the repository.
@@ -165,47 +246,109 @@ impl Repo {
             return self.resolve(id);
         }
         let (backups, _) = self.list()?;
-        if backups.is_empty() {
-            return Err(usage!(
-                "repository {} holds no backup yet",
-                self.root.display()
-            ));
+        let newest = newest_in(&backups, scope, &self.root.display().to_string())?;
+        Ok((newest.id.clone(), newest.dir.clone()))
+    }
+}
+
+/// The newest of `backups` (oldest first) within `scope`, or an error that
+/// names the hosts that do have backups of it.
+pub fn newest_in<'b>(
+    backups: &'b [BackupEntry],
+    scope: &Scope,
+    location: &str,
+) -> Result<&'b BackupEntry> {
+    if backups.is_empty() {
+        return Err(usage!("repository {location} holds no backup yet"));
+    }
+    let of_stack: Vec<&BackupEntry> = backups
+        .iter()
+        .filter(|b| {
+            scope
+                .selection
+                .as_deref()
+                .is_none_or(|s| b.manifest.selection == s)
+        })
+        .collect();
+    if let Some(newest) = of_stack
+        .iter()
+        .rev()
+        .find(|b| b.manifest.host == scope.host)
+    {
+        return Ok(newest);
+    }
+    let mut hosts: Vec<&str> = of_stack.iter().map(|b| b.manifest.host.as_str()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    if hosts.is_empty() {
+        return Err(usage!(
+            "repository {location} holds no backup {}('volsnap list --repo {location}' shows what it holds)",
+            scope.describe(),
+        ));
+    }
+    Err(usage!(
+        "repository {location} holds no backup {}from host {}; it has some from {}: name one with --host",
+        scope.describe(),
+        scope.host,
+        hosts.join(", ")
+    ))
+}
+
+/// The backups of a repository of either format, oldest first, and what
+/// could not be read. A format-2 backup's `dir` is its commit object.
+pub fn list_any(root: &Path) -> Result<(Vec<BackupEntry>, Vec<String>)> {
+    match detect(root) {
+        Format::Tar => Repo::open(root)?.list(),
+        Format::Chunked => {
+            let repo = open_chunked(root)?;
+            let commits = repo.commits()?;
+            Ok((
+                commits
+                    .into_iter()
+                    .map(|(object, commit)| BackupEntry {
+                        id: commit.id.clone(),
+                        dir: root.join("snapshots").join(object.hex()),
+                        manifest: commit.summary(),
+                    })
+                    .collect(),
+                Vec::new(),
+            ))
         }
-        let of_stack: Vec<&BackupEntry> = backups
+    }
+}
+
+/// A format-2 backup by id (its `YYYYMMDD…` id, or its commit object's
+/// id), or `latest` within `scope`.
+pub fn resolve_chunked(
+    repo: &v2::Repository,
+    id: &str,
+    scope: &Scope,
+) -> Result<(v2::id::Id, v2::objects::Commit)> {
+    let location = repo.backend().location();
+    let mut commits = repo.commits()?;
+    if id == "latest" {
+        let entries: Vec<BackupEntry> = commits
             .iter()
-            .filter(|b| {
-                scope
-                    .selection
-                    .as_deref()
-                    .is_none_or(|s| b.manifest.selection == s)
+            .map(|(object, c)| BackupEntry {
+                id: object.hex(),
+                dir: PathBuf::new(),
+                manifest: c.summary(),
             })
             .collect();
-        if let Some(newest) = of_stack
-            .iter()
-            .rev()
-            .find(|b| b.manifest.host == scope.host)
-        {
-            return Ok((newest.id.clone(), newest.dir.clone()));
-        }
-        let mut hosts: Vec<&str> = of_stack.iter().map(|b| b.manifest.host.as_str()).collect();
-        hosts.sort_unstable();
-        hosts.dedup();
-        if hosts.is_empty() {
-            return Err(usage!(
-                "repository {} holds no backup {}('volsnap list --repo {}' shows what it holds)",
-                self.root.display(),
-                scope.describe(),
-                self.root.display()
-            ));
-        }
-        Err(usage!(
-            "repository {} holds no backup {}from host {}; it has some from {}: name one with --host",
-            self.root.display(),
-            scope.describe(),
-            scope.host,
-            hosts.join(", ")
-        ))
+        let newest = newest_in(&entries, scope, &location)?;
+        let object = v2::id::Id::parse(&newest.id)?;
+        return commits
+            .into_iter()
+            .find(|(o, _)| *o == object)
+            .context("internal error: the newest backup vanished");
     }
+    let position = commits
+        .iter()
+        .position(|(object, c)| c.id == id || object.hex() == id)
+        .ok_or_else(|| {
+            usage!("no backup {id} in {location}; 'volsnap list --repo {location}' shows the backups there")
+        })?;
+    Ok(commits.swap_remove(position))
 }
 
 impl BackupEntry {

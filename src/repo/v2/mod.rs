@@ -224,6 +224,32 @@ impl Repository {
         open_blob(&entry, &stored).with_context(|| format!("in pack {pack}"))
     }
 
+    /// The volume records of a backup (format 1's, without entries).
+    pub fn volume_records(
+        &self,
+        index: &Index,
+        commit: &Commit,
+    ) -> Result<Vec<crate::repo::manifest::VolumeRecord>> {
+        let mut records = Vec::new();
+        for volume in &commit.volumes {
+            let mut reader =
+                tree::TreeReader::new(self, index, &volume.record, volume.record_sha256);
+            let record: crate::repo::manifest::VolumeRecord =
+                reader.next_line()?.with_context(|| {
+                    format!("backup {}: volume {} has no record", commit.id, volume.name)
+                })?;
+            if reader.next_line::<serde_json::Value>()?.is_some() || record.name != volume.name {
+                bail!(
+                    "backup {}: the record of volume {} is not valid",
+                    commit.id,
+                    volume.name
+                );
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
+
     /// A whole pack, checked against its name, and its header.
     pub fn read_pack(&self, id: &Id) -> Result<(Vec<u8>, PackHeader)> {
         let bytes = self.read_checked(&Self::pack_name(id), id)?;

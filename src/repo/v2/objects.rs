@@ -2,7 +2,10 @@
 //! (`snapshots/<id>`), as docs/FORMAT.md fixes them.
 
 use super::id::Id;
-use crate::repo::manifest::{Consistency, ContainerRecord, Strategy, VolumeKind};
+use crate::repo::manifest::{
+    Compression, Consistency, ContainerRecord, Manifest, Strategy, VolumeKind, VolumeRecord,
+    FORMAT_VERSION,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -99,4 +102,50 @@ pub struct Commit {
 pub struct Mark {
     pub created: DateTime<Utc>,
     pub condemned: Vec<Id>,
+}
+
+impl Commit {
+    /// The backup as `list` and retention see it: everything but the
+    /// volumes' records, which live in tree blobs.
+    pub fn summary(&self) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id: self.id.clone(),
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            host: self.host.clone(),
+            volsnap_version: self.volsnap_version.clone(),
+            selection: self.selection.clone(),
+            strategy: self.strategy,
+            consistency: self.consistency,
+            reason: self.reason.clone(),
+            downtime_ms: self.downtime_ms,
+            duration_ms: self.duration_ms,
+            compression: Compression::Zstd,
+            containers: self.containers.clone(),
+            volumes: self
+                .volumes
+                .iter()
+                .map(|v| VolumeRecord {
+                    name: v.name.clone(),
+                    kind: v.kind,
+                    source_path: String::new(),
+                    driver: None,
+                    driver_opts: Default::default(),
+                    labels: Default::default(),
+                    mounted_by: Vec::new(),
+                    archive: String::new(),
+                    sha256: String::new(),
+                    archive_bytes: 0,
+                    files: v.files,
+                    bytes: v.bytes,
+                    changed_during_read: Vec::new(),
+                    vanished_during_read: Vec::new(),
+                    left_out: Vec::new(),
+                    entries: Vec::new(),
+                })
+                .collect(),
+            notes: self.notes.clone(),
+        }
+    }
 }
