@@ -23,7 +23,7 @@ enum Source {
     Chunked {
         repo: std::sync::Arc<crate::repo::v2::Repository>,
         index: crate::repo::v2::index::Index,
-        commit: crate::repo::v2::objects::Commit,
+        commit: Box<crate::repo::v2::objects::Commit>,
     },
 }
 
@@ -137,7 +137,7 @@ pub fn perform(
                 Source::Chunked {
                     repo,
                     index,
-                    commit,
+                    commit: Box::new(commit),
                 },
                 manifest,
                 check,
