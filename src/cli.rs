@@ -54,6 +54,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Restore a backup into its volumes, new volumes, or a directory.
     Restore(RestoreArgs),
+    /// Write a backup to stdout as one GNU tar stream (xattrs as PAX
+    /// records), whatever the repository's format: volsnap export … | tar -x.
+    Export(ExportArgs),
     /// Snapshot a stack's volumes and keep the snapshots (before an upgrade).
     Snapshot(SnapshotArgs),
     /// List or drop kept snapshots.
@@ -92,6 +95,24 @@ pub enum Command {
     /// start a copy of the stack on an isolated network, wait until healthy,
     /// tear it all down, record the result.
     Drill(DrillArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Backup repository (a directory).
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Backup id, or "latest" (the newest from this host, of the stack
+    /// when one is named).
+    #[arg(default_value = "latest")]
+    pub id: String,
+    /// Only this volume, its entries at the top of the stream (default:
+    /// every volume, each under a directory of its own).
+    pub volume: Option<String>,
+    #[command(flatten)]
+    pub only: StackFilterArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 #[derive(Args, Debug)]

@@ -239,3 +239,83 @@ fn a_backup_killed_before_its_commit_leaves_no_backup_and_gzip_is_refused() {
     assert!(done.contains("backup"), "{done}");
     assert_eq!(objects(&repo, "snapshots").len(), 1);
 }
+
+/// `volsnap export REPO ID VOLUME | tar -x` gives back the volume, from a
+/// format-1 and from a format-2 repository alike.
+#[test]
+fn export_pipes_into_gnu_tar_for_both_formats() {
+    use std::process::{Command, Stdio};
+    let mut p = Project::new("export");
+    let vol = p.volume("data", &[]);
+    let src = volume_path(&vol);
+    make_fixture(&src);
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    let project = p.name.clone();
+    let tar_repo = p.tempdir();
+    let chunked_repo = p.tempdir().join("repo");
+    ok(volsnap(&["init", "--repo", chunked_repo.to_str().unwrap()]));
+    for repo in [&tar_repo, &chunked_repo] {
+        let done: Value = json(&ok(volsnap(&backup_args(
+            &project,
+            repo,
+            &["--strategy", "cold", "--json"],
+        ))));
+        let id = done["id"].as_str().unwrap();
+        let out = p.tempdir();
+        let export = Command::new(env!("CARGO_BIN_EXE_volsnap"))
+            .args(["export", "--repo", repo.to_str().unwrap(), id, &vol])
+            .env("VOLSNAP_STATE_DIR", state_dir())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tar = Command::new("tar")
+            .args([
+                "--xattrs",
+                "--xattrs-include=user.*",
+                "--same-owner",
+                "-xpf",
+                "-",
+                "-C",
+            ])
+            .arg(&out)
+            .stdin(export.stdout.unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            tar.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&tar.stderr)
+        );
+        assert_same_tree(&src, &out);
+        // Every volume at once: each under its own directory.
+        let all = Command::new(env!("CARGO_BIN_EXE_volsnap"))
+            .args(["export", "--repo", repo.to_str().unwrap(), id])
+            .env("VOLSNAP_STATE_DIR", state_dir())
+            .output()
+            .unwrap();
+        assert!(all.status.success(), "{}", stderr(&all));
+        let listing = Command::new("tar")
+            .args(["-tf", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut t| {
+                use std::io::Write;
+                t.stdin.take().unwrap().write_all(&all.stdout)?;
+                t.wait_with_output()
+            })
+            .unwrap();
+        let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+        assert!(names.contains(&format!("{vol}/dir/file.txt")), "{names}");
+    }
+    // Not onto a terminal, and an unknown volume is named: exit 2.
+    let unknown = volsnap(&[
+        "export",
+        "--repo",
+        chunked_repo.to_str().unwrap(),
+        "latest",
+        "nope",
+    ]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+}

@@ -4,6 +4,7 @@
 mod backup;
 mod daemon;
 mod drill;
+mod export;
 mod init;
 mod job;
 mod list;
@@ -29,6 +30,7 @@ pub fn run(command: Command) -> Result<i32> {
         Command::List(args) => list::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Restore(args) => restore::run(args),
+        Command::Export(args) => export::run(args),
         Command::Snapshot(args) => snapshot::take(args),
         Command::Snapshots { command } => snapshot::manage(command),
         Command::Rollback(args) => snapshot::rollback(args),

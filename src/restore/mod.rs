@@ -9,6 +9,7 @@
 //! the new content moved in, and the old content deleted, so a failed
 //! restore leaves the previous content as it was.
 
+pub mod export;
 pub mod verify;
 
 use crate::archive::{entry_path, entry_xattrs, link_target, ArchiveReader, EntryChecker};
@@ -747,14 +748,7 @@ fn extract_chunked(
             nix::sys::stat::major(line.rdev),
             nix::sys::stat::minor(line.rdev),
         );
-        let mut content = ChunkReader {
-            repo,
-            index,
-            chunks: &line.chunks,
-            next: 0,
-            current: Vec::new(),
-            position: 0,
-        };
+        let mut content = ChunkReader::new(repo, index, &line.chunks);
         let is_file = line.entry.kind == EntryKind::File;
         out.put(Incoming {
             raw,
@@ -776,13 +770,26 @@ fn extract_chunked(
 }
 
 /// A file's content, read chunk by chunk (each checked against its id).
-struct ChunkReader<'a> {
+pub(crate) struct ChunkReader<'a> {
     repo: &'a Repository,
     index: &'a Index,
     chunks: &'a [Id],
     next: usize,
     current: Vec<u8>,
     position: usize,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub(crate) fn new(repo: &'a Repository, index: &'a Index, chunks: &'a [Id]) -> Self {
+        Self {
+            repo,
+            index,
+            chunks,
+            next: 0,
+            current: Vec::new(),
+            position: 0,
+        }
+    }
 }
 
 impl Read for ChunkReader<'_> {
