@@ -263,7 +263,7 @@ fn export_pipes_into_gnu_tar_for_both_formats() {
         ))));
         let id = done["id"].as_str().unwrap();
         let out = p.tempdir();
-        let export = Command::new(env!("CARGO_BIN_EXE_volsnap"))
+        let mut export = Command::new(env!("CARGO_BIN_EXE_volsnap"))
             .args(["export", "--repo", repo.to_str().unwrap(), id, &vol])
             .env("VOLSNAP_STATE_DIR", state_dir())
             .stdout(Stdio::piped())
