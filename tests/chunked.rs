@@ -279,9 +279,10 @@ fn export_pipes_into_gnu_tar_for_both_formats() {
                 "-C",
             ])
             .arg(&out)
-            .stdin(export.stdout.unwrap())
+            .stdin(export.stdout.take().unwrap())
             .output()
             .unwrap();
+        assert!(export.wait().unwrap().success());
         assert!(
             tar.status.success(),
             "tar: {}",
