@@ -320,3 +320,103 @@ fn export_pipes_into_gnu_tar_for_both_formats() {
     ]);
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
 }
+
+/// Prune of a format-2 repository: retention deletes commit objects, then
+/// unreferenced packs are condemned by a mark and deleted by a later prune,
+/// never while a backup that started before the mark still holds its lock.
+#[test]
+fn prune_collects_garbage_in_two_marks_and_waits_for_running_backups() {
+    let mut p = Project::new("chunkprune");
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    ok(volsnap(&["init", "--repo", &repo_s]));
+    let vol = p.volume("data", &[]);
+    let src = volume_path(&vol);
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    let project = p.name.clone();
+    let mut ids = Vec::new();
+    for round in 0..3u64 {
+        // Each round a new incompressible file: new packs each time.
+        let mut bytes = vec![0u8; 2 << 20];
+        let mut x = 0x9e3779b97f4a7c15u64 ^ round;
+        for b in bytes.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(src.join("data.bin"), &bytes).unwrap();
+        let done = json(&ok(volsnap(&backup_args(
+            &project,
+            &repo,
+            &["--strategy", "online", "--json"],
+        ))));
+        ids.push(done["id"].as_str().unwrap().to_string());
+    }
+    let packs_before = objects(&repo, "data").len();
+    let env = [("VOLSNAP_TEST_MARK_AGE_SECS", "0")];
+    let prune = |extra_env: &[(&str, &str)]| {
+        let mut all = env.to_vec();
+        all.extend_from_slice(extra_env);
+        json(&ok(volsnap_env(
+            &["prune", "--repo", &repo_s, "--keep-last", "1", "--json"],
+            &all,
+        )))
+    };
+    // First prune: two backups go, their packs are only condemned.
+    let first = prune(&[]);
+    assert_eq!(first["deleted"].as_array().unwrap().len(), 2, "{first}");
+    assert!(
+        first["garbage"]["packs_condemned"].as_u64().unwrap() >= 2,
+        "{first}"
+    );
+    assert_eq!(first["garbage"]["packs_deleted"], 0, "{first}");
+    assert_eq!(objects(&repo, "data").len(), packs_before);
+
+    // A backup that started before the mark still runs (its lock is
+    // live): nothing is deleted.
+    let lock = serde_json::json!({
+        "kind": "shared", "host": "other", "pid": 1, "command": "backup",
+        "created": "2000-01-01T00:00:00Z", "refreshed": "2000-01-01T00:00:00Z"
+    });
+    let lock_path = repo.join("locks").join("a".repeat(64));
+    std::fs::create_dir_all(repo.join("locks")).unwrap();
+    std::fs::write(&lock_path, lock.to_string()).unwrap();
+    let waiting = prune(&[]);
+    assert_eq!(waiting["garbage"]["packs_deleted"], 0, "{waiting}");
+    assert_eq!(objects(&repo, "data").len(), packs_before);
+    std::fs::remove_file(&lock_path).unwrap();
+
+    // Then the condemned packs go, and the kept backup is whole.
+    let second = prune(&[]);
+    let deleted = second["garbage"]["packs_deleted"].as_u64().unwrap();
+    assert!(deleted >= 2, "{second}");
+    assert_eq!(
+        objects(&repo, "data").len(),
+        packs_before - deleted as usize
+    );
+    assert!(
+        objects(&repo, "marks").is_empty(),
+        "marks left: {:?}",
+        objects(&repo, "marks")
+    );
+    let last = ids.last().unwrap();
+    verify_deep(&repo, last);
+    let out = p.tempdir();
+    ok(volsnap(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        last,
+        "--target-dir",
+        out.to_str().unwrap(),
+    ]));
+    // And a new backup after all that still works and verifies.
+    let again = json(&ok(volsnap(&backup_args(
+        &project,
+        &repo,
+        &["--strategy", "online", "--json"],
+    ))));
+    verify_deep(&repo, again["id"].as_str().unwrap());
+}

@@ -3,7 +3,7 @@
 use crate::cli::{PolicyArgs, ProtectArgs, PruneArgs};
 use anyhow::Result;
 use volsnap::cancel::Cancel;
-use volsnap::jobs::prune::{prune, PruneReport};
+use volsnap::jobs::prune::{prune_at, PruneReport};
 use volsnap::repo::retention::Policy;
 use volsnap::repo::Repo;
 
@@ -21,17 +21,15 @@ impl PolicyArgs {
 }
 
 pub fn run(args: PruneArgs) -> Result<i32> {
-    let repo = Repo::open(&args.repo)?;
     let selection = args.only.selection()?;
     let cancel = Cancel::from_signals()?;
     let _lock = if args.dry_run {
         None
     } else {
-        repo.check_writable()?;
         Some(volsnap::jobs::begin_run(&args.state.state_dir)?)
     };
-    let report = prune(
-        &repo,
+    let (report, collected) = prune_at(
+        &args.repo,
         &args.policy.to_policy(),
         selection.as_deref(),
         args.host.as_deref(),
@@ -39,9 +37,24 @@ pub fn run(args: PruneArgs) -> Result<i32> {
         &cancel,
     )?;
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(c) = &collected {
+            value["garbage"] = serde_json::to_value(c)?;
+        }
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_report(&report);
+        if let Some(c) = &collected {
+            outln!(
+                "garbage: {} pack(s) deleted ({}), {} newly unreferenced pack(s) marked for a later prune",
+                c.packs_deleted,
+                volsnap::fsutil::human_bytes(c.bytes_freed),
+                c.packs_condemned
+            );
+            if let Some(why) = &c.postponed {
+                outln!("  deletion postponed: {why}");
+            }
+        }
     }
     Ok(0)
 }
@@ -81,6 +94,12 @@ pub fn print_report(report: &PruneReport) {
 }
 
 pub fn protect(args: ProtectArgs) -> Result<i32> {
+    if volsnap::repo::detect(&args.repo) == volsnap::repo::Format::Chunked {
+        return Err(volsnap::usage!(
+            "{} is a format-2 repository; protecting its backups is not available yet (prune keeps the newest backup that verifies; --keep-* rules keep the rest)",
+            args.repo.display()
+        ));
+    }
     let repo = Repo::open(&args.repo)?;
     let (id, _) = repo.resolve(&args.id)?;
     repo.set_protected(&id, !args.remove)?;

@@ -12,16 +12,16 @@
 
 use super::config::{Config, DEFAULT_DRILL_TIMEOUT_SECS};
 use super::runlog::{RunKind, RunRecord, RunStatus};
+use super::source::{open_backup, Source};
 use super::RunContext;
 use crate::cancel::Cancel;
 use crate::discovery::Stack;
 use crate::discovery::{discover, Selection};
 use crate::docker::{CopyMount, Docker, DRILL_LABEL};
 use crate::journal::{Journal, Undo};
-use crate::repo::manifest::MANIFEST_FILE;
 use crate::repo::manifest::{Manifest, VolumeKind};
-use crate::repo::{Repo, Scope};
-use crate::restore::{restore_volume, Payload, RestoreOptions};
+use crate::repo::Scope;
+use crate::restore::{restore_volume, RestoreOptions};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -79,15 +79,11 @@ pub fn perform(
     state_dir: &Path,
     cancel: &Cancel,
 ) -> Result<DrillReport> {
-    let repo = Repo::open(repo)?;
     let scope = Scope {
         host: host.to_string(),
         selection: Some(selection.to_string()),
     };
-    let (id, dir) = repo.resolve_in(id, &scope)?;
-    let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
-    let check =
-        crate::restore::verify::verify(&dir, crate::restore::verify::Level::Checksums, cancel)?;
+    let (id, source, manifest, check) = open_backup(repo, id, &scope, cancel)?;
     if !check.problems.is_empty() {
         anyhow::bail!(
             "backup {id} failed verification, not drilling it: {}",
@@ -103,12 +99,24 @@ pub fn perform(
         &super::command_line(),
     )?;
     eprintln!("volsnap: drilling backup {id} of {selection}");
-    let report = drill(&docker, &dir, &manifest, &stack, spec, cancel, &mut journal)?;
+    let report = drill(
+        &docker,
+        &source,
+        &manifest,
+        &stack,
+        spec,
+        cancel,
+        &mut journal,
+    )?;
     // A teardown that did not complete stays in the journal for recover.
     journal.finish_if_clean()?;
-    store_report(&dir, &report);
-    if report.passed {
-        crate::restore::verify::record_verified(&dir, false);
+    // Format 1 keeps the report beside the backup (format 2: in the run
+    // log only, until notes objects exist).
+    if let Source::Tar(dir, _) = &source {
+        store_report(dir, &report);
+        if report.passed {
+            crate::restore::verify::record_verified(dir, false);
+        }
     }
     Ok(report)
 }
@@ -170,10 +178,10 @@ pub fn run_job_drill(
     record
 }
 
-/// Runs a drill of the backup in `dir` for the live `stack`.
-pub fn drill(
+/// Runs a drill of the backup read from `source` for the live `stack`.
+pub(crate) fn drill(
     docker: &Docker,
-    dir: &Path,
+    source: &Source,
     manifest: &Manifest,
     stack: &Stack,
     spec: &DrillSpec,
@@ -207,7 +215,7 @@ pub fn drill(
     };
     let outcome = run_drill(
         docker,
-        dir,
+        source,
         manifest,
         stack,
         spec,
@@ -236,7 +244,7 @@ pub fn drill(
 #[allow(clippy::too_many_arguments)]
 fn run_drill(
     docker: &Docker,
-    dir: &Path,
+    source: &Source,
     manifest: &Manifest,
     stack: &Stack,
     spec: &DrillSpec,
@@ -256,11 +264,7 @@ fn run_drill(
         let name = format!("{prefix}-v{i}");
         let info = docker.create_volume(&name, "local", &BTreeMap::new(), labels)?;
         restore_volume(
-            Payload::Tar {
-                archive: dir.join(&v.archive),
-                compression: manifest.compression,
-                volume: v,
-            },
+            source.payload(v)?,
             Path::new(&info.mountpoint),
             RestoreOptions::default(),
             cancel,

@@ -12,6 +12,7 @@ pub mod run;
 pub mod runlog;
 pub mod schedule;
 pub mod snapshot;
+mod source;
 
 use crate::cancel::Cancel;
 use crate::execute::Observer;

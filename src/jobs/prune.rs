@@ -112,3 +112,252 @@ pub fn prune(
     }
     Ok(report)
 }
+
+/// What garbage collection of a format-2 repository did.
+#[derive(Debug, Default, Serialize)]
+pub struct Collected {
+    /// Packs no remaining backup references, newly condemned by a mark.
+    pub packs_condemned: usize,
+    /// Packs deleted: condemned by a mark old enough, and still unreferenced.
+    pub packs_deleted: usize,
+    pub bytes_freed: u64,
+    /// Why deletion waits for a later prune, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postponed: Option<String>,
+}
+
+/// A mark must be this old before its packs go: every backup that was
+/// running when it was written has refreshed its lock since (and so read
+/// the marks), or has ended. Tests shorten it (fault-injection builds only).
+fn mark_age() -> std::time::Duration {
+    #[cfg(feature = "fault-injection")]
+    if let Some(secs) = std::env::var("VOLSNAP_TEST_MARK_AGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return std::time::Duration::from_secs(secs);
+    }
+    crate::repo::v2::lock::REFRESH * 2
+}
+
+/// Applies `policy` to a format-2 repository as [`prune`] does to a
+/// format-1 one (per host and selection; the newest backup that verifies
+/// always stays), then collects garbage with two marks: packs no backup
+/// references are condemned now, and deleted by a later prune once their
+/// mark is older than [`mark_age`], if still unreferenced and no backup
+/// that started before the mark still holds its lock. Every step can be
+/// killed and run again.
+pub fn prune_chunked(
+    repo: &crate::repo::v2::Repository,
+    policy: &Policy,
+    selection: Option<&str>,
+    host: Option<&str>,
+    dry_run: bool,
+    cancel: &Cancel,
+) -> Result<(PruneReport, Collected)> {
+    use crate::restore::verify::{verify_chunked, Level};
+    if policy.is_empty() {
+        return Err(crate::usage!(
+            "no keep rule given, which would delete every backup; pass at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly"
+        ));
+    }
+    let commits = repo.commits()?;
+    let mut groups: Vec<(String, String)> = commits
+        .iter()
+        .map(|(_, c)| (c.host.clone(), c.selection.clone()))
+        .filter(|(h, s)| {
+            selection.is_none_or(|wanted| wanted == s) && host.is_none_or(|wanted| wanted == h)
+        })
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let mut report = PruneReport {
+        dry_run,
+        groups: Vec::new(),
+        deleted: Vec::new(),
+    };
+    for (group_host, group) in groups {
+        let members: Vec<_> = commits
+            .iter()
+            .filter(|(_, c)| c.selection == group && c.host == group_host)
+            .collect();
+        let candidates: Vec<Candidate> = members
+            .iter()
+            .map(|(_, c)| Candidate {
+                id: c.id.clone(),
+                time: c.started_at,
+                protected: false,
+            })
+            .collect();
+        let mut decisions = decide(policy, &candidates, &chrono::Local);
+        let mut damaged = Vec::new();
+        for decision in decisions.iter_mut() {
+            cancel.check()?;
+            let Some((_, commit)) = members.iter().find(|(_, c)| c.id == decision.id) else {
+                continue;
+            };
+            let check = verify_chunked(repo, commit, Level::Entries, cancel)?;
+            if check.problems.is_empty() {
+                decision.keep = true;
+                decision.reasons.push("newest backup that verifies".into());
+                break;
+            }
+            damaged.push((decision.id.clone(), check.problems.join("; ")));
+        }
+        if !dry_run {
+            for decision in decisions.iter().filter(|d| !d.keep) {
+                cancel.check()?;
+                if let Some((object, _)) = members.iter().find(|(_, c)| c.id == decision.id) {
+                    repo.delete_commit(object)?;
+                    report.deleted.push(decision.id.clone());
+                }
+            }
+        }
+        report.groups.push(GroupReport {
+            host: group_host,
+            selection: group,
+            decisions,
+            damaged,
+        });
+    }
+    let collected = if dry_run {
+        Collected::default()
+    } else {
+        collect_garbage(repo, cancel)?
+    };
+    Ok((report, collected))
+}
+
+/// The two-mark garbage collection of docs/FORMAT.md ("Prune and garbage
+/// collection"); packs only partly referenced stay whole.
+fn collect_garbage(repo: &crate::repo::v2::Repository, cancel: &Cancel) -> Result<Collected> {
+    use crate::repo::v2::id::Id;
+    use crate::repo::v2::lock::{acquire, live_locks, LockKind};
+    use std::collections::HashSet;
+    let mut collected = Collected::default();
+    let referenced: HashSet<Id> = repo
+        .commits()?
+        .into_iter()
+        .flat_map(|(_, c)| c.packs)
+        .collect();
+    let sizes: std::collections::HashMap<Id, u64> = repo
+        .backend()
+        .list("data")?
+        .into_iter()
+        .filter_map(|o| Some((Id::parse(o.name.rsplit('/').next()?).ok()?, o.size)))
+        .collect();
+    let unreferenced: HashSet<Id> = sizes
+        .keys()
+        .filter(|p| !referenced.contains(p))
+        .copied()
+        .collect();
+    let now = std::time::SystemTime::now();
+    let marks = repo.marks()?;
+    // Delete what old-enough marks condemned, under the exclusive lock.
+    let ripe: Vec<_> = marks
+        .iter()
+        .filter(|(_, written, _)| now.duration_since(*written).unwrap_or_default() >= mark_age())
+        .collect();
+    let mut still_condemned: HashSet<Id> = HashSet::new();
+    if !ripe.is_empty() {
+        match acquire(
+            repo.backend().clone(),
+            LockKind::Exclusive,
+            &crate::execute::this_host(),
+            "prune",
+        ) {
+            Err(e) => {
+                collected.postponed = Some(format!("{e:#}"));
+                still_condemned.extend(
+                    marks
+                        .iter()
+                        .flat_map(|(_, _, m)| m.condemned.iter().copied()),
+                );
+            }
+            Ok(lock) => {
+                let live = live_locks(&**repo.backend())?;
+                let mut gone: HashSet<Id> = HashSet::new();
+                for (mark_id, written, mark) in &ripe {
+                    cancel.check()?;
+                    let written_at: chrono::DateTime<chrono::Utc> = (*written).into();
+                    // A backup that started before this mark may not have
+                    // seen it: its packs wait.
+                    if live
+                        .iter()
+                        .any(|(_, l)| l.kind == LockKind::Shared && l.created < written_at)
+                    {
+                        still_condemned.extend(mark.condemned.iter().copied());
+                        continue;
+                    }
+                    for pack in mark.condemned.iter().filter(|p| unreferenced.contains(p)) {
+                        repo.backend()
+                            .delete(&crate::repo::v2::Repository::pack_name(pack))?;
+                        collected.packs_deleted += 1;
+                        collected.bytes_freed += sizes.get(pack).copied().unwrap_or(0);
+                        gone.insert(*pack);
+                    }
+                    repo.backend().delete(&format!("marks/{mark_id}"))?;
+                }
+                repo.drop_from_indexes(&gone)?;
+                lock.release()?;
+            }
+        }
+    }
+    for (_, written, mark) in &marks {
+        if now.duration_since(*written).unwrap_or_default() < mark_age() {
+            still_condemned.extend(mark.condemned.iter().copied());
+        }
+    }
+    // Condemn what is unreferenced now and not condemned yet.
+    let mut fresh: Vec<Id> = unreferenced
+        .iter()
+        .filter(|p| !still_condemned.contains(p) && sizes.contains_key(p))
+        .copied()
+        .collect();
+    // Deleted just now: not condemned again.
+    fresh.retain(|p| {
+        repo.backend()
+            .stat(&crate::repo::v2::Repository::pack_name(p))
+            .ok()
+            .flatten()
+            .is_some()
+    });
+    if !fresh.is_empty() {
+        fresh.sort();
+        collected.packs_condemned = fresh.len();
+        repo.save_mark(&crate::repo::v2::objects::Mark {
+            created: chrono::Utc::now(),
+            condemned: fresh,
+        })?;
+    }
+    Ok(collected)
+}
+
+/// Prune of the repository at `root`, whatever its format.
+pub fn prune_at(
+    root: &std::path::Path,
+    policy: &Policy,
+    selection: Option<&str>,
+    host: Option<&str>,
+    dry_run: bool,
+    cancel: &Cancel,
+) -> Result<(PruneReport, Option<Collected>)> {
+    match crate::repo::detect(root) {
+        crate::repo::Format::Tar => {
+            let repo = Repo::open(root)?;
+            if !dry_run {
+                repo.check_writable()?;
+            }
+            Ok((
+                prune(&repo, policy, selection, host, dry_run, cancel)?,
+                None,
+            ))
+        }
+        crate::repo::Format::Chunked => {
+            let repo = crate::repo::open_chunked(root)?;
+            let (report, collected) =
+                prune_chunked(&repo, policy, selection, host, dry_run, cancel)?;
+            Ok((report, Some(collected)))
+        }
+    }
+}

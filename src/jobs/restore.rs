@@ -3,56 +3,20 @@
 //! backup's word alone), the containers using them stopped and started
 //! again, every volume swapped in as one through the run's journal.
 
+use super::source::{open_backup, Source};
 use super::RunContext;
 use crate::cancel::Cancel;
 use crate::discovery::{start_order, volume_host_path, Container, Selection};
 use crate::docker::{ContainerInfo, Docker};
 use crate::journal::Journal;
-use crate::repo::manifest::{Manifest, VolumeKind, VolumeRecord, MANIFEST_FILE};
-use crate::repo::{Format, Repo, Scope};
-use crate::restore::{restore_volumes, Payload, RestoreOptions, VolumeRestore};
+use crate::repo::manifest::{Manifest, VolumeKind, VolumeRecord};
+use crate::repo::Scope;
+use crate::restore::{restore_volumes, RestoreOptions, VolumeRestore};
 use crate::snapshots::start_undo;
 use crate::usage;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Where the backup's content is read from.
-enum Source {
-    Tar(PathBuf, crate::repo::manifest::Compression),
-    Chunked {
-        repo: std::sync::Arc<crate::repo::v2::Repository>,
-        index: crate::repo::v2::index::Index,
-        commit: Box<crate::repo::v2::objects::Commit>,
-    },
-}
-
-impl Source {
-    fn payload<'s>(&'s self, volume: &'s VolumeRecord) -> Result<Payload<'s>> {
-        Ok(match self {
-            Source::Tar(dir, compression) => Payload::Tar {
-                archive: dir.join(&volume.archive),
-                compression: *compression,
-                volume,
-            },
-            Source::Chunked {
-                repo,
-                index,
-                commit,
-            } => Payload::Chunked {
-                repo,
-                index,
-                volume: commit
-                    .volumes
-                    .iter()
-                    .find(|v| v.name == volume.name)
-                    .with_context(|| {
-                        format!("backup {} has no volume {}", commit.id, volume.name)
-                    })?,
-            },
-        })
-    }
-}
 
 /// What to restore, and where.
 pub struct RestoreRequest {
@@ -108,42 +72,7 @@ pub fn perform(
 ) -> Result<RestoreDone> {
     let args = request;
     let cancel = run.cancel;
-    let (id, source, manifest, check) = match crate::repo::detect(&args.repo) {
-        Format::Tar => {
-            let repo = Repo::open(&args.repo)?;
-            let (id, dir) = repo.resolve_in(&args.id, &args.scope)?;
-            let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
-            let check = crate::restore::verify::verify(
-                &dir,
-                crate::restore::verify::Level::Checksums,
-                cancel,
-            )?;
-            (id, Source::Tar(dir, manifest.compression), manifest, check)
-        }
-        Format::Chunked => {
-            let repo = crate::repo::open_chunked(&args.repo)?;
-            let (_, commit) = crate::repo::resolve_chunked(&repo, &args.id, &args.scope)?;
-            let check = crate::restore::verify::verify_chunked(
-                &repo,
-                &commit,
-                crate::restore::verify::Level::Checksums,
-                cancel,
-            )?;
-            let index = repo.load_index()?;
-            let mut manifest = commit.summary();
-            manifest.volumes = repo.volume_records(&index, &commit)?;
-            (
-                commit.id.clone(),
-                Source::Chunked {
-                    repo,
-                    index,
-                    commit: Box::new(commit),
-                },
-                manifest,
-                check,
-            )
-        }
-    };
+    let (id, source, manifest, check) = open_backup(&args.repo, &args.id, &args.scope, cancel)?;
     if !check.problems.is_empty() {
         anyhow::bail!(
             "backup {id} failed verification, not restoring it: {}",

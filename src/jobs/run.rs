@@ -117,14 +117,13 @@ fn back_up(job: &Job, run: &RunContext<'_>, record: &mut RunRecord) {
     record.archive_bytes = m.archive_bytes();
     record.problems.extend(done.problems);
     if job.verify {
-        match crate::restore::verify::verify(
-            &done.dir,
+        match crate::restore::verify::verify_by_id(
+            &job.repo,
+            &m.id,
             crate::restore::verify::Level::Entries,
             run.cancel,
         ) {
-            Ok(report) if report.problems.is_empty() => {
-                crate::restore::verify::record_verified(&done.dir, false)
-            }
+            Ok(report) if report.problems.is_empty() => {}
             Ok(report) => record.problems.push(format!(
                 "the new backup does not verify: {}",
                 report.problems.join("; ")
@@ -135,16 +134,16 @@ fn back_up(job: &Job, run: &RunContext<'_>, record: &mut RunRecord) {
         }
     }
     if let (Some(policy), true) = (&job.retention, record.problems.is_empty()) {
-        let pruned = Repo::open(&job.repo).and_then(|repo| {
-            let _lock = super::begin_run(run.state_dir)?;
-            crate::jobs::prune::prune(
-                &repo,
+        let pruned = super::begin_run(run.state_dir).and_then(|_lock| {
+            crate::jobs::prune::prune_at(
+                &job.repo,
                 policy,
                 Some(&job.selection().to_string()),
                 Some(&crate::execute::this_host()),
                 false,
                 run.cancel,
             )
+            .map(|(report, _)| report)
         });
         match pruned {
             Ok(report) => record.pruned = report.deleted.len(),

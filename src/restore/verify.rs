@@ -325,3 +325,27 @@ pub fn verify_chunked(
     }
     Ok(report)
 }
+
+/// Verifies backup `id` (exactly that id) of the repository at `root`,
+/// whatever its format; marks a format-1 backup verified when it passes.
+pub fn verify_by_id(root: &Path, id: &str, level: Level, cancel: &Cancel) -> Result<VerifyReport> {
+    match crate::repo::detect(root) {
+        crate::repo::Format::Tar => {
+            let dir = crate::repo::Repo::open(root)?.backup_dir(id);
+            let report = verify(&dir, level, cancel)?;
+            if report.problems.is_empty() {
+                record_verified(&dir, level == Level::Deep);
+            }
+            Ok(report)
+        }
+        crate::repo::Format::Chunked => {
+            let repo = crate::repo::open_chunked(root)?;
+            let scope = crate::repo::Scope {
+                host: String::new(),
+                selection: None,
+            };
+            let (_, commit) = crate::repo::resolve_chunked(&repo, id, &scope)?;
+            verify_chunked(&repo, &commit, level, cancel)
+        }
+    }
+}

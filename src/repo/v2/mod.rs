@@ -199,6 +199,42 @@ impl Repository {
             .collect())
     }
 
+    /// Writes a mark (prune).
+    pub fn save_mark(&self, mark: &objects::Mark) -> Result<Id> {
+        self.write_json("marks", mark)
+    }
+
+    /// Takes deleted packs out of the indexes: an index left with none of
+    /// its packs is deleted; one left with some is replaced by a new index
+    /// that supersedes it (written first, so no reader ever misses a live
+    /// pack), then deleted.
+    pub fn drop_from_indexes(&self, gone: &std::collections::HashSet<Id>) -> Result<()> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for id in self.ids_in("index")? {
+            let bytes = self.read_checked(&format!("index/{id}"), &id)?;
+            let file: IndexFile = serde_json::from_slice(&bytes)
+                .with_context(|| format!("index {id} is not valid"))?;
+            if !file.packs.iter().any(|p| gone.contains(&p.id)) {
+                continue;
+            }
+            let kept: Vec<_> = file
+                .packs
+                .into_iter()
+                .filter(|p| !gone.contains(&p.id))
+                .collect();
+            if !kept.is_empty() {
+                self.save_index(&IndexFile {
+                    packs: kept,
+                    supersedes: vec![id],
+                })?;
+            }
+            self.backend.delete(&format!("index/{id}"))?;
+        }
+        Ok(())
+    }
+
     /// Deletes a commit object (prune; its packs go later).
     pub fn delete_commit(&self, id: &Id) -> Result<()> {
         self.backend.delete(&format!("snapshots/{id}"))
