@@ -420,3 +420,67 @@ fn prune_collects_garbage_in_two_marks_and_waits_for_running_backups() {
     ))));
     verify_deep(&repo, again["id"].as_str().unwrap());
 }
+
+/// A prune killed after taking packs out of the indexes but before
+/// deleting them, and a pack deleted by hand: the next prune finishes, and
+/// backups store what is missing again instead of failing.
+#[test]
+fn a_killed_prune_and_a_lost_pack_are_repaired_by_the_next_runs() {
+    let mut p = Project::new("chunkpk");
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    ok(volsnap(&["init", "--repo", &repo_s]));
+    let vol = p.volume("data", &[]);
+    let src = volume_path(&vol);
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    let project = p.name.clone();
+    let backup = || {
+        json(&ok(volsnap(&backup_args(
+            &project,
+            &repo,
+            &["--strategy", "online", "--json"],
+        ))))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    std::fs::write(src.join("a"), vec![1u8; 300_000]).unwrap();
+    backup();
+    std::fs::write(src.join("a"), vec![2u8; 300_000]).unwrap();
+    let kept = backup();
+    let env = [("VOLSNAP_TEST_MARK_AGE_SECS", "0")];
+    let prune = |extra: &[(&str, &str)]| {
+        let mut all = env.to_vec();
+        all.extend_from_slice(extra);
+        volsnap_env(
+            &["prune", "--repo", &repo_s, "--keep-last", "1", "--json"],
+            &all,
+        )
+    };
+    ok(prune(&[]));
+    let before = objects(&repo, "data").len();
+    let killed = prune(&[("VOLSNAP_FAULT_KILL_AT", "prune-before-pack-deletion")]);
+    assert!(!killed.status.success());
+    assert_eq!(
+        objects(&repo, "data").len(),
+        before,
+        "nothing deleted before the kill"
+    );
+    let finished = json(&ok(prune(&[])));
+    // What the killed prune condemned is gone now, at the latest one prune later.
+    let again = json(&ok(prune(&[])));
+    let deleted = finished["garbage"]["packs_deleted"].as_u64().unwrap()
+        + again["garbage"]["packs_deleted"].as_u64().unwrap();
+    assert!(deleted >= 1, "{finished} {again}");
+    verify_deep(&repo, &kept);
+
+    // A pack lost by hand: verify names the damage, the next backup stores
+    // the missing data again and verifies.
+    let packs = objects(&repo, "data");
+    std::fs::remove_file(repo.join(&packs[0])).unwrap();
+    let damaged = volsnap(&["verify", "--repo", &repo_s, &kept]);
+    assert_eq!(damaged.status.code(), Some(1), "{}", stdout(&damaged));
+    let healed = backup();
+    verify_deep(&repo, &healed);
+}

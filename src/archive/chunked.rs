@@ -302,7 +302,19 @@ impl ChunkedBackup {
             command,
         )?;
         let index = std::sync::Arc::new(repo.load_index()?);
-        let condemned = repo.condemned()?;
+        // Blobs count as absent in packs a mark condemns, and in packs an
+        // index lists but that are gone (a prune killed half way, a hand
+        // deletion): the backup then stores them again instead of failing
+        // at its commit check every time.
+        let mut condemned = repo.condemned()?;
+        let present = repo.pack_ids()?;
+        condemned.extend(
+            index
+                .packs
+                .iter()
+                .map(|(p, _)| *p)
+                .filter(|p| !present.contains(p)),
+        );
         let saver = BlobSaver::new(
             repo.clone(),
             index,

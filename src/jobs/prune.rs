@@ -276,9 +276,8 @@ fn collect_garbage(repo: &crate::repo::v2::Repository, cancel: &Cancel) -> Resul
             }
             Ok(lock) => {
                 let live = live_locks(&**repo.backend())?;
-                let mut gone: HashSet<Id> = HashSet::new();
+                let mut doomed: Vec<(&Id, Vec<Id>)> = Vec::new();
                 for (mark_id, written, mark) in &ripe {
-                    cancel.check()?;
                     let written_at: chrono::DateTime<chrono::Utc> = (*written).into();
                     // A backup that started before this mark may not have
                     // seen it: its packs wait.
@@ -289,16 +288,32 @@ fn collect_garbage(repo: &crate::repo::v2::Repository, cancel: &Cancel) -> Resul
                         still_condemned.extend(mark.condemned.iter().copied());
                         continue;
                     }
-                    for pack in mark.condemned.iter().filter(|p| unreferenced.contains(p)) {
+                    let packs = mark
+                        .condemned
+                        .iter()
+                        .filter(|p| unreferenced.contains(p))
+                        .copied()
+                        .collect();
+                    doomed.push((mark_id, packs));
+                }
+                // Out of the indexes first: a kill from here on leaves packs
+                // nothing lists (deleted by the next prune), never an index
+                // naming a pack that is gone.
+                let gone: HashSet<Id> =
+                    doomed.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+                repo.drop_from_indexes(&gone)?;
+                #[cfg(feature = "fault-injection")]
+                crate::fault::point("prune-before-pack-deletion");
+                for (mark_id, packs) in &doomed {
+                    for pack in packs {
+                        cancel.check()?;
                         repo.backend()
                             .delete(&crate::repo::v2::Repository::pack_name(pack))?;
                         collected.packs_deleted += 1;
                         collected.bytes_freed += sizes.get(pack).copied().unwrap_or(0);
-                        gone.insert(*pack);
                     }
                     repo.backend().delete(&format!("marks/{mark_id}"))?;
                 }
-                repo.drop_from_indexes(&gone)?;
                 lock.release()?;
             }
         }

@@ -32,6 +32,10 @@ pub enum LockKind {
 pub struct LockInfo {
     pub kind: LockKind,
     pub host: String,
+    /// This machine's /etc/machine-id: a dead holder is recognised at once
+    /// only on the very machine it ran on.
+    #[serde(default)]
+    pub machine: String,
     pub pid: u32,
     pub command: String,
     pub created: DateTime<Utc>,
@@ -57,6 +61,7 @@ pub fn acquire(
     let info = LockInfo {
         kind,
         host: host.to_string(),
+        machine: machine_id(),
         pid: std::process::id(),
         command: command.to_string(),
         created: now,
@@ -152,11 +157,27 @@ pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(ObjectInfo, LockInfo)>> 
         }
         let info = match backend.read(&object.name) {
             Ok(bytes) => match serde_json::from_slice::<LockInfo>(&bytes) {
+                // A lock of this host whose process is gone was left by a
+                // kill: it is dead now, not in 30 minutes.
+                Ok(info)
+                    if !info.machine.is_empty()
+                        && info.machine == machine_id()
+                        && !process_alive(info.pid) =>
+                {
+                    tracing::info!(
+                        "removing the lock {} left by pid {} of this host, which is gone",
+                        object.name,
+                        info.pid
+                    );
+                    let _ = backend.delete(&object.name);
+                    continue;
+                }
                 Ok(info) => info,
                 // An unreadable lock still counts: treat it as exclusive.
                 Err(_) => LockInfo {
                     kind: LockKind::Exclusive,
                     host: "?".into(),
+                    machine: String::new(),
                     pid: 0,
                     command: "(unreadable lock)".into(),
                     created: Utc::now(),
@@ -169,6 +190,26 @@ pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(ObjectInfo, LockInfo)>> 
         live.push((object, info));
     }
     Ok(live)
+}
+
+/// This machine's id: systemd's /etc/machine-id, or where there is none
+/// the kernel's id of this boot (a lock from an earlier boot then just
+/// waits to go stale).
+fn machine_id() -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+    };
+    read("/etc/machine-id")
+        .or_else(|| read("/proc/sys/kernel/random/boot_id").map(|b| format!("boot:{b}")))
+        .unwrap_or_default()
+}
+
+/// Whether a process of this pid runs here.
+fn process_alive(pid: u32) -> bool {
+    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn describe(object: &ObjectInfo, info: &LockInfo) -> String {
