@@ -11,7 +11,7 @@
 //! its size, mtime, ctime (both to the nanosecond) and inode match, and
 //! only if every chunk it lists is in a live pack of the repository now.
 
-use super::chunk::chunks;
+use super::chunk::Chunker;
 use super::{Content, Emit, Xattrs};
 use crate::repo::manifest::{encode_name, EntryKind, FileEntry};
 use crate::repo::v2::id::Id;
@@ -27,6 +27,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A parent stream being walked alongside the tree.
 pub struct ParentCursor {
@@ -81,11 +82,64 @@ pub struct ChunkStats {
     pub reused_bytes: u64,
 }
 
+/// Work for the file hasher thread.
+enum FileHash {
+    Data(Arc<Vec<u8>>),
+    /// The file ended: send its SHA-256, hex, and start the next.
+    End(std::sync::mpsc::Sender<String>),
+}
+
+/// A thread computing files' SHA-256 from their chunks, in order.
+struct Hasher {
+    sender: Option<std::sync::mpsc::SyncSender<FileHash>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hasher {
+    fn start() -> Result<Self> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<FileHash>(4);
+        let thread = std::thread::Builder::new()
+            .name("file-hash".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                for work in receiver {
+                    match work {
+                        FileHash::Data(bytes) => hasher.update(&*bytes),
+                        FileHash::End(reply) => {
+                            let digest = std::mem::take(&mut hasher).finalize();
+                            let _ = reply.send(hex::encode(digest));
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            sender: Some(sender),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, work: FileHash) -> Result<()> {
+        self.sender
+            .as_ref()
+            .and_then(|s| s.send(work).ok())
+            .ok_or_else(|| anyhow::anyhow!("the file hasher stopped"))
+    }
+}
+
+impl Drop for Hasher {
+    fn drop(&mut self) {
+        self.sender = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 pub struct ChunkEmitter<'s> {
     saver: &'s mut BlobSaver,
+    hasher: Hasher,
     tree: TreeWriter,
-    params: ChunkerParams,
-    seed: u64,
+    chunker: Chunker,
     parent: Option<ParentCursor>,
     /// This stream, kept for the next backup as its parent.
     keep: Option<zstd::stream::write::Encoder<'static, File>>,
@@ -104,9 +158,9 @@ impl<'s> ChunkEmitter<'s> {
     ) -> Result<Self> {
         Ok(Self {
             saver,
+            hasher: Hasher::start()?,
             tree: TreeWriter::new(tree_params, seed),
-            params,
-            seed,
+            chunker: Chunker::new(&params, seed),
             parent,
             keep: keep
                 .map(|f| zstd::stream::write::Encoder::new(f, 3))
@@ -122,6 +176,46 @@ impl<'s> ChunkEmitter<'s> {
             keep.finish()?.sync_all()?;
         }
         self.tree.finish(self.saver)
+    }
+
+    /// Chunks and saves one file's content; its chunk ids and SHA-256.
+    /// The file's own hash runs on a thread of its own, beside the chunk
+    /// ids on this one (both are SHA-256 over the same bytes); a file of
+    /// one chunk has the chunk's id as its hash and is not hashed twice.
+    fn read_file(&mut self, content: &mut Content<'_>) -> Result<(Vec<Id>, String)> {
+        let mut ids = Vec::new();
+        let mut first: Option<Arc<Vec<u8>>> = None;
+        let mut hashing = false;
+        let saver = &mut *self.saver;
+        let hasher = &self.hasher;
+        self.chunker.chunks(content, |chunk| {
+            let chunk = Arc::new(chunk);
+            match first.take() {
+                None if !hashing => first = Some(chunk.clone()),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        hasher.send(FileHash::Data(earlier))?;
+                    }
+                    hashing = true;
+                    hasher.send(FileHash::Data(chunk.clone()))?;
+                }
+            }
+            ids.push(saver.save_shared(BlobKind::Data, chunk)?);
+            Ok(())
+        })?;
+        let digest = if hashing {
+            let (reply, answer) = std::sync::mpsc::channel();
+            hasher.send(FileHash::End(reply))?;
+            answer
+                .recv()
+                .map_err(|_| anyhow::anyhow!("the file hasher stopped"))?
+        } else {
+            match ids.first() {
+                Some(id) => id.hex(),
+                None => hex::encode(Sha256::digest(b"")),
+            }
+        };
+        Ok((ids, digest))
     }
 
     fn push(&mut self, line: &TreeEntry) -> Result<()> {
@@ -203,16 +297,9 @@ impl Emit for ChunkEmitter<'_> {
         if line.entry.kind == EntryKind::File {
             match content {
                 Some(content) => {
-                    let mut file_hash = Sha256::new();
-                    let mut ids = Vec::new();
-                    let saver = &mut *self.saver;
-                    chunks(content, &self.params, self.seed, |chunk| {
-                        file_hash.update(&chunk);
-                        ids.push(saver.save(BlobKind::Data, chunk)?);
-                        Ok(())
-                    })?;
+                    let (ids, digest) = self.read_file(content)?;
                     line.chunks = ids;
-                    line.entry.sha256 = Some(hex::encode(file_hash.finalize()));
+                    line.entry.sha256 = Some(digest);
                 }
                 None => {
                     let parent = self

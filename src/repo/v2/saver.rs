@@ -16,6 +16,9 @@ use std::thread::JoinHandle;
 /// Blobs waiting for a worker (each at most the chunker's maximum).
 const QUEUE: usize = 8;
 
+/// A blob for a worker: its id, kind and plaintext.
+type Work = (Id, BlobKind, Arc<Vec<u8>>);
+
 /// What a finished saver leaves for the commit.
 pub struct Saved {
     /// The packs this run wrote (already in the repository), for its index.
@@ -41,7 +44,7 @@ pub struct BlobSaver {
     /// Blobs sent to the workers by this run.
     queued: HashSet<Id>,
     referenced: HashSet<Id>,
-    sender: Option<SyncSender<(Id, BlobKind, Vec<u8>)>>,
+    sender: Option<SyncSender<Work>>,
     workers: Vec<JoinHandle<Result<()>>>,
     shared: Arc<Shared>,
     new_blobs: u64,
@@ -93,13 +96,18 @@ impl BlobSaver {
 
     /// Saves one blob (unless the repository or this run has it); its id.
     pub fn save(&mut self, kind: BlobKind, plain: Vec<u8>) -> Result<Id> {
+        self.save_shared(kind, Arc::new(plain))
+    }
+
+    /// As [`BlobSaver::save`], for bytes someone else reads too.
+    pub fn save_shared(&mut self, kind: BlobKind, plain: Arc<Vec<u8>>) -> Result<Id> {
         let id = Id::digest(&plain);
         self.save_with_id(id, kind, plain)?;
         Ok(id)
     }
 
     /// As [`BlobSaver::save`], for a caller that hashed the blob already.
-    pub fn save_with_id(&mut self, id: Id, kind: BlobKind, plain: Vec<u8>) -> Result<()> {
+    pub fn save_with_id(&mut self, id: Id, kind: BlobKind, plain: Arc<Vec<u8>>) -> Result<()> {
         if self.queued.contains(&id) {
             return Ok(());
         }
@@ -207,7 +215,7 @@ impl Drop for BlobSaver {
 /// kind; whoever fills a pack stores it (outside the lock).
 fn work(
     shared: &Shared,
-    receiver: &Mutex<Receiver<(Id, BlobKind, Vec<u8>)>>,
+    receiver: &Mutex<Receiver<Work>>,
     level: i32,
 ) -> Result<()> {
     loop {
