@@ -716,6 +716,42 @@ fn extract_chunked(
     cancel: &Cancel,
     progress: &dyn Fn(u64),
 ) -> Result<(RestoreStats, Option<RootMeta>)> {
+    // A second reader of the same stream fetches, decompresses and checks
+    // the chunks ahead, in the order the files below consume them, while
+    // this thread writes and hashes files.
+    std::thread::scope(|scope| {
+        let (ahead, chunks) = std::sync::mpsc::sync_channel(8);
+        scope.spawn(move || {
+            let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
+            while let Ok(Some(line)) = lines.next_line::<TreeEntry>() {
+                for chunk in &line.chunks {
+                    let fetched = repo.read_blob(index, chunk).map_err(|e| format!("{e:#}"));
+                    let failed = fetched.is_err();
+                    if ahead.send(fetched).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        let done = materialize_chunked(
+            repo, index, volume, staging, options, cancel, progress, &chunks,
+        );
+        drop(chunks);
+        done
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn materialize_chunked(
+    repo: &Repository,
+    index: &Index,
+    volume: &CommitVolume,
+    staging: &Path,
+    options: RestoreOptions,
+    cancel: &Cancel,
+    progress: &dyn Fn(u64),
+    ahead: &std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, String>>,
+) -> Result<(RestoreStats, Option<RootMeta>)> {
     let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
     let mut out = Materializer::new(staging, &volume.name, options, progress)?;
     while let Some(line) = lines.next_line::<TreeEntry>()? {
@@ -748,7 +784,13 @@ fn extract_chunked(
             nix::sys::stat::major(line.rdev),
             nix::sys::stat::minor(line.rdev),
         );
-        let mut content = ChunkReader::new(repo, index, &line.chunks);
+        let mut content = ChunkReader {
+            fetch: Fetch::Ahead(ahead),
+            chunks: &line.chunks,
+            next: 0,
+            current: Vec::new(),
+            position: 0,
+        };
         let is_file = line.entry.kind == EntryKind::File;
         out.put(Incoming {
             raw,
@@ -769,10 +811,17 @@ fn extract_chunked(
     out.finish()
 }
 
+/// Where a [`ChunkReader`] gets its chunks.
+enum Fetch<'a> {
+    /// Reads each from its pack.
+    Direct(&'a Repository, &'a Index),
+    /// Takes each from a thread that fetches them ahead, in order.
+    Ahead(&'a std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, String>>),
+}
+
 /// A file's content, read chunk by chunk (each checked against its id).
 pub(crate) struct ChunkReader<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
+    fetch: Fetch<'a>,
     chunks: &'a [Id],
     next: usize,
     current: Vec<u8>,
@@ -782,8 +831,7 @@ pub(crate) struct ChunkReader<'a> {
 impl<'a> ChunkReader<'a> {
     pub(crate) fn new(repo: &'a Repository, index: &'a Index, chunks: &'a [Id]) -> Self {
         Self {
-            repo,
-            index,
+            fetch: Fetch::Direct(repo, index),
             chunks,
             next: 0,
             current: Vec::new(),
@@ -798,10 +846,15 @@ impl Read for ChunkReader<'_> {
             let Some(id) = self.chunks.get(self.next) else {
                 return Ok(0);
             };
-            self.current = self
-                .repo
-                .read_blob(self.index, id)
-                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            self.current = match &self.fetch {
+                Fetch::Direct(repo, index) => repo
+                    .read_blob(index, id)
+                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?,
+                Fetch::Ahead(ahead) => ahead
+                    .recv()
+                    .map_err(|_| std::io::Error::other("the chunk reader stopped"))?
+                    .map_err(std::io::Error::other)?,
+            };
             self.position = 0;
             self.next += 1;
         }

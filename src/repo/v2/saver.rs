@@ -213,11 +213,7 @@ impl Drop for BlobSaver {
 
 /// A worker: compresses blobs and adds them to the open pack of their
 /// kind; whoever fills a pack stores it (outside the lock).
-fn work(
-    shared: &Shared,
-    receiver: &Mutex<Receiver<Work>>,
-    level: i32,
-) -> Result<()> {
+fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result<()> {
     loop {
         let next = match receiver.lock() {
             Ok(r) => r.recv(),
