@@ -127,13 +127,17 @@ impl Repository {
         self.write_json("index", file)
     }
 
-    /// Every index object, checked, and their union.
+    /// Every index object, checked, and their union, leaving out packs
+    /// that are not in the repository: a blob stored again after its pack
+    /// was lost is then found in its new pack, never in the lost one.
     pub fn load_index(&self) -> Result<Index> {
+        let present = self.pack_ids()?;
         let mut files = Vec::new();
         for id in self.ids_in("index")? {
             let bytes = self.read_checked(&format!("index/{id}"), &id)?;
-            let file: IndexFile = serde_json::from_slice(&bytes)
+            let mut file: IndexFile = serde_json::from_slice(&bytes)
                 .with_context(|| format!("index {id} is not valid"))?;
+            file.packs.retain(|p| present.contains(&p.id));
             files.push((id, file));
         }
         Index::from_files(&files)
