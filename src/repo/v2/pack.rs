@@ -92,11 +92,33 @@ pub struct PackWriter {
 
 impl PackWriter {
     pub fn new(kind: BlobKind) -> Self {
+        Self::with_buffer(kind, Vec::new())
+    }
+
+    /// A pack writing into `buffer` (emptied first): writers reuse the
+    /// buffers of packs they stored, so memory is not faulted in anew.
+    pub fn with_buffer(kind: BlobKind, mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        buffer.reserve(PACK_TARGET + (MAX_BLOB as usize));
         Self {
             kind,
-            bytes: Vec::with_capacity(PACK_TARGET + (MAX_BLOB as usize)),
+            bytes: buffer,
             header: PackHeader::default(),
         }
+    }
+
+    /// Adds a blob already encoded: `payload` is zstd-compressed when
+    /// `zstd`, the plaintext otherwise.
+    pub fn add_encoded(&mut self, id: Id, zstd: bool, payload: &[u8], raw_length: u64) {
+        self.header.blobs.push(BlobEntry {
+            id,
+            kind: self.kind,
+            offset: self.bytes.len() as u64,
+            length: payload.len() as u64 + 1,
+            raw_length,
+        });
+        self.bytes.push(if zstd { FLAG_ZSTD } else { 0 });
+        self.bytes.extend_from_slice(payload);
     }
 
     pub fn kind(&self) -> BlobKind {

@@ -5,7 +5,7 @@
 
 use super::id::Id;
 use super::index::{Index, IndexFile, IndexedPack};
-use super::pack::{BlobKind, PackWriter, StoredBlob};
+use super::pack::{BlobKind, PackWriter};
 use super::Repository;
 use anyhow::{anyhow, Result};
 use std::collections::{HashMap, HashSet};
@@ -32,6 +32,8 @@ pub struct Saved {
 
 struct Shared {
     repo: Arc<Repository>,
+    /// Buffers of stored packs, for the next packs.
+    spare: Mutex<Vec<Vec<u8>>>,
     packs: Mutex<[Option<PackWriter>; 2]>,
     written: Mutex<Vec<IndexedPack>>,
     stored_bytes: Mutex<u64>,
@@ -67,6 +69,7 @@ impl BlobSaver {
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             repo,
+            spare: Mutex::new(Vec::new()),
             packs: Mutex::new([None, None]),
             written: Mutex::new(Vec::new()),
             stored_bytes: Mutex::new(0),
@@ -214,6 +217,9 @@ impl Drop for BlobSaver {
 /// A worker: compresses blobs and adds them to the open pack of their
 /// kind; whoever fills a pack stores it (outside the lock).
 fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result<()> {
+    // One compressor and one output buffer per worker, reused blob after blob.
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let next = match receiver.lock() {
             Ok(r) => r.recv(),
@@ -222,21 +228,35 @@ fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result
         let Ok((id, kind, plain)) = next else {
             return Ok(()); // the saver finished
         };
-        let blob = StoredBlob::new(id, kind, &plain, level)?;
-        drop(plain);
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+        compressor
+            .compress_to_buffer(&plain[..], &mut out)
+            .map_err(|e| anyhow!("zstd compression failed: {e}"))?;
+        let zstd = out.len() < plain.len();
+        let payload: &[u8] = if zstd { &out } else { &plain };
         let full = {
             let mut packs = shared
                 .packs
                 .lock()
                 .map_err(|_| anyhow!("pack state poisoned"))?;
-            let open = packs[slot(kind)].get_or_insert_with(|| PackWriter::new(kind));
-            open.add(blob);
+            let open = packs[slot(kind)].get_or_insert_with(|| {
+                let buffer = shared
+                    .spare
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.pop())
+                    .unwrap_or_default();
+                PackWriter::with_buffer(kind, buffer)
+            });
+            open.add_encoded(id, zstd, payload, plain.len() as u64);
             if open.is_full() {
                 packs[slot(kind)].take()
             } else {
                 None
             }
         };
+        drop(plain);
         if let Some(pack) = full {
             store(shared, pack)?;
         }
@@ -246,8 +266,14 @@ fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result
 fn store(shared: &Shared, pack: PackWriter) -> Result<()> {
     let (id, bytes, header) = pack.finish()?;
     shared.repo.save_pack(&id, &bytes)?;
+    let size = bytes.len() as u64;
+    if let Ok(mut spare) = shared.spare.lock() {
+        if spare.len() < 2 {
+            spare.push(bytes);
+        }
+    }
     if let Ok(mut total) = shared.stored_bytes.lock() {
-        *total += bytes.len() as u64;
+        *total += size;
     }
     shared
         .written
@@ -255,7 +281,7 @@ fn store(shared: &Shared, pack: PackWriter) -> Result<()> {
         .map_err(|_| anyhow!("pack state poisoned"))?
         .push(IndexedPack {
             id,
-            size: bytes.len() as u64,
+            size,
             blobs: header.blobs,
         });
     Ok(())
