@@ -786,4 +786,141 @@ mod tests {
         let third = back_up(&repo, &src, &parents, "three");
         assert_eq!(third.reused_files, 0);
     }
+
+    /// A backup is data: a stream crafted to be internally consistent
+    /// (every id right) but naming `../escape`, or a file beneath a
+    /// symlink it planted, is refused by restore and export, and nothing
+    /// is written outside the target.
+    #[test]
+    fn a_crafted_stream_never_writes_outside_the_target() {
+        use crate::repo::manifest::EntryKind;
+        use crate::repo::v2::objects::{Commit, CommitVolume, FORMAT};
+        let scratch = tempfile::tempdir().unwrap();
+        let outside = scratch.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let repo_dir = scratch.path().join("repo");
+        fs::create_dir(&repo_dir).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(&repo_dir).unwrap());
+        let repo = Arc::new(Repository::init(backend).unwrap());
+        let entry = |path: &str, kind: EntryKind, target: Option<String>| TreeEntry {
+            entry: FileEntry {
+                path: path.into(),
+                path_hex: None,
+                kind,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                size: 0,
+                sha256: None,
+                target,
+                target_hex: None,
+            },
+            mtime_ns: 0,
+            ctime: 0,
+            ctime_ns: 0,
+            ino: 0,
+            dev: 0,
+            rdev: 0,
+            xattrs: Vec::new(),
+            chunks: Vec::new(),
+        };
+        let attacks: Vec<(&str, Vec<TreeEntry>)> = vec![
+            (
+                "dotdot",
+                vec![
+                    entry(".", EntryKind::Dir, None),
+                    entry("../escape", EntryKind::File, None),
+                ],
+            ),
+            (
+                "through-symlink",
+                vec![
+                    entry(".", EntryKind::Dir, None),
+                    entry("s", EntryKind::Symlink, Some(outside.display().to_string())),
+                    entry("s/planted", EntryKind::File, None),
+                ],
+            ),
+        ];
+        for (name, lines) in attacks {
+            let index = Arc::new(repo.load_index().unwrap());
+            let mut saver = BlobSaver::new(repo.clone(), index, Default::default(), 1, 1).unwrap();
+            let evil = b"evil".to_vec();
+            let chunk = saver.save(BlobKind::Data, evil.clone()).unwrap();
+            let mut tree = TreeWriter::new(ChunkerParams::trees(), 0);
+            for mut line in lines {
+                if line.entry.kind == EntryKind::File {
+                    line.entry.size = 4;
+                    line.entry.sha256 = Some(hex::encode(Sha256::digest(&evil)));
+                    line.chunks = vec![chunk];
+                }
+                tree.push(&line, &mut saver).unwrap();
+            }
+            let (tree, tree_sha256) = tree.finish(&mut saver).unwrap();
+            let summary = super::super::ArchiveSummary::default();
+            let m = manifest(name, &summary);
+            let mut record = TreeWriter::new(ChunkerParams::trees(), 0);
+            record.push(&m.volumes[0], &mut saver).unwrap();
+            let (record, record_sha256) = record.finish(&mut saver).unwrap();
+            let saved = saver.finish().unwrap();
+            repo.save_index(&saved.index).unwrap();
+            let commit = Commit {
+                format: FORMAT,
+                id: name.into(),
+                host: m.host.clone(),
+                selection: m.selection.clone(),
+                strategy: m.strategy,
+                consistency: m.consistency,
+                reason: m.reason.clone(),
+                started_at: m.started_at,
+                completed_at: m.completed_at,
+                downtime_ms: 0,
+                duration_ms: 0,
+                volsnap_version: "test".into(),
+                containers: Vec::new(),
+                notes: Vec::new(),
+                volumes: vec![CommitVolume {
+                    name: "vol".into(),
+                    kind: VolumeKind::Volume,
+                    files: 1,
+                    bytes: 4,
+                    tree,
+                    tree_sha256,
+                    record,
+                    record_sha256,
+                }],
+                parent: None,
+                packs: saved.referenced.into_iter().collect(),
+            };
+            repo.save_commit(&commit).unwrap();
+            let index = repo.load_index().unwrap();
+            let target = scratch.path().join(format!("target-{name}"));
+            let payload = Payload::Chunked {
+                repo: &repo,
+                index: &index,
+                volume: &commit.volumes[0],
+            };
+            let refused =
+                restore_volume(payload, &target, RestoreOptions::default(), &Cancel::new());
+            assert!(refused.is_err(), "{name}: the crafted backup restored");
+            let mut sink = Vec::new();
+            let exported = crate::restore::export::export(
+                &[crate::restore::export::ExportVolume::Chunked {
+                    repo: &repo,
+                    index: &index,
+                    volume: &commit.volumes[0],
+                    prefix: String::new(),
+                }],
+                &mut sink,
+                &Cancel::new(),
+            );
+            if name == "dotdot" {
+                assert!(exported.is_err(), "export wrote a name leaving the tree");
+            }
+            assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{name}");
+            assert!(!scratch.path().join("escape").exists(), "{name}");
+            // Nothing was swapped in: the target holds no staged leftovers.
+            assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{name}");
+        }
+    }
 }

@@ -223,8 +223,15 @@ fn export_chunked<W: Write>(
     while let Some(line) = lines.next_line::<TreeEntry>()? {
         cancel.check()?;
         let raw = line.entry.raw_path()?.into_owned();
+        // What lands in the stream is what a tar extracting it writes:
+        // names that leave the tree are refused here, not left to the tar.
+        crate::restore::safe_relative(&raw)?;
         let link = match line.entry.kind {
-            EntryKind::Hardlink => line.entry.raw_target()?.map(|t| join(prefix, &t)),
+            EntryKind::Hardlink => line
+                .entry
+                .raw_target()?
+                .map(|t| crate::restore::safe_relative(&t).map(|_| join(prefix, &t)))
+                .transpose()?,
             EntryKind::Symlink => line.entry.raw_target()?.map(|t| t.into_owned()),
             _ => None,
         };
