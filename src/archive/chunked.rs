@@ -179,9 +179,9 @@ impl<'s> ChunkEmitter<'s> {
     }
 
     /// Chunks and saves one file's content; its chunk ids and SHA-256.
-    /// The file's own hash runs on a thread of its own, beside the chunk
-    /// ids on this one (both are SHA-256 over the same bytes); a file of
-    /// one chunk has the chunk's id as its hash and is not hashed twice.
+    /// The SHA-256 of a file of several chunks runs on a thread of its own,
+    /// beside chunking and the chunk ids on this one; a file of one chunk
+    /// (every small file) is hashed here, sparing the round trip.
     fn read_file(&mut self, content: &mut Content<'_>) -> Result<(Vec<Id>, String)> {
         let mut ids = Vec::new();
         let mut first: Option<Arc<Vec<u8>>> = None;
@@ -210,10 +210,7 @@ impl<'s> ChunkEmitter<'s> {
                 .recv()
                 .map_err(|_| anyhow::anyhow!("the file hasher stopped"))?
         } else {
-            match ids.first() {
-                Some(id) => id.hex(),
-                None => hex::encode(Sha256::digest(b"")),
-            }
+            hex::encode(Sha256::digest(first.as_deref().map_or(&[][..], |c| &c[..])))
         };
         Ok((ids, digest))
     }

@@ -16,7 +16,7 @@ use crate::backend::Backend;
 use anyhow::{bail, Context, Result};
 use id::Id;
 use index::{Index, IndexFile};
-use objects::{ChunkerParams, Commit, Config, FORMAT};
+use objects::{ChunkerParams, Commit, Config, FORMAT, ID_HASH};
 use pack::{open_blob, BlobEntry, PackHeader};
 use std::sync::Arc;
 
@@ -36,6 +36,7 @@ impl Repository {
         let config = Config {
             format: FORMAT,
             id: hex::encode(random),
+            ids: ID_HASH.into(),
             chunker: ChunkerParams::contents(),
             tree_chunker: ChunkerParams::trees(),
             compression: "zstd".into(),
@@ -69,6 +70,14 @@ impl Repository {
         }
         let config: Config = serde_json::from_value(probe)
             .with_context(|| format!("the config of {} is not valid", backend.location()))?;
+        if config.ids != ID_HASH {
+            bail!(
+                "{} names its objects by {} hashes, which only a development build of volsnap wrote; \
+                 initialise a new repository (volsnap init) and back up into it",
+                backend.location(),
+                config.ids
+            );
+        }
         if config.encryption.is_some() {
             bail!(
                 "{} is encrypted; this volsnap cannot use encrypted repositories yet",

@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: u32 = 2;
+/// The hash `config.ids` names; the only one this volsnap reads or writes.
+pub const ID_HASH: &str = "blake3";
 
 /// Content-defined chunking parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,12 +41,20 @@ impl ChunkerParams {
     }
 }
 
+fn unnamed_id_hash() -> String {
+    "sha256".into()
+}
+
 /// The `config` object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub format: u32,
     /// 32 random bytes, hex.
     pub id: String,
+    /// The hash that names objects and blobs: `"blake3"`. Configs written
+    /// before it was settled lack the field (their names were SHA-256).
+    #[serde(default = "unnamed_id_hash")]
+    pub ids: String,
     pub chunker: ChunkerParams,
     pub tree_chunker: ChunkerParams,
     pub compression: String,
