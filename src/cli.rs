@@ -523,6 +523,15 @@ pub struct ListArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  volsnap verify --repo /backups                      # this host's newest backup: structure
+  volsnap verify --repo /backups latest --deep        # and every file's SHA-256
+  volsnap verify --repo /backups --all                # every backup, every index and pack
+  volsnap verify --repo /backups --all --read-data-subset 5   # and 5% of the packs read whole
+
+Exit status: 0 intact, 1 a problem found (each named, with the backups and files it
+affects), 2 bad usage.")]
 pub struct VerifyArgs {
     /// Backup repository (a directory).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
@@ -538,6 +547,28 @@ pub struct VerifyArgs {
     /// Also read every archive and check every file's SHA-256.
     #[arg(long)]
     pub deep: bool,
+    /// Check the whole repository: every backup (format 1: each as above;
+    /// format 2: every index, every pack present at its size, every
+    /// backup's manifests and chunk lists).
+    #[arg(long, conflicts_with = "id")]
+    pub all: bool,
+    /// With --all on format 2: also read this share of the packs in full,
+    /// chosen at random each run (each blob decompressed and checked).
+    /// 100 reads everything; a nightly 5 checks all data in about 20 days.
+    #[arg(long, value_name = "PERCENT", requires = "all", value_parser = parse_percent)]
+    pub read_data_subset: Option<f64>,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage"))?;
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{text} is not between 0 and 100"))
+    }
 }
 
 #[derive(Args, Debug)]

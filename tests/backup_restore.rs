@@ -22,7 +22,7 @@ fn time_of(container: &str, field: &str) -> chrono::DateTime<chrono::Utc> {
 #[test]
 fn cold_backup_restores_byte_identical_and_verifies() {
     let mut p = Project::new("cold");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     // etcd-like: a writer of checksummed records on a named volume.
     let etcd_vol = p.volume("etcd", &[]);
     // minio-like: a local volume bound onto a host directory (driver_opts).
@@ -266,7 +266,7 @@ fn cold_backup_restores_byte_identical_and_verifies() {
 #[test]
 fn online_backup_lists_files_changed_while_read() {
     let mut p = Project::new("online");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let path = volume_path(&vol);
     // A large file that a busy writer keeps appending to, and a quiet one.
@@ -319,7 +319,7 @@ fn online_backup_lists_files_changed_while_read() {
 #[test]
 fn restore_in_place_refuses_while_in_use_and_force_restarts() {
     let mut p = Project::new("inplace");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let repo_s = repo.to_str().unwrap();
     let vol = p.volume("data", &[]);
     let path = volume_path(&vol);

@@ -132,7 +132,7 @@ fn btrfs_stack(prefix: &str) -> BtrfsStack {
 #[test]
 fn snapshot_backup_resumes_services_before_archiving_and_leaves_nothing() {
     let mut s = btrfs_stack("snap");
-    let repo = s.p.tempdir();
+    let repo = s.p.tar_repo();
     let repo_s = repo.to_str().unwrap().to_string();
     let name = s.p.name.clone();
 
@@ -394,15 +394,13 @@ fn failed_snapshot_backup_drops_snapshots_and_restarts_services() {
             repo.to_str().unwrap(),
         ],
     );
+    init_tar(&repo);
     let out = volsnap(&backup_args(
         &s.p.name,
         &repo,
         &["--compression", "none", "--skip-space-check"],
     ));
-    let leftovers: Vec<_> = std::fs::read_dir(&repo)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let leftovers = entries_besides_marker(&repo);
     let _ = Command::new("umount").arg(&repo).status();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
@@ -444,7 +442,7 @@ fn a_nested_subvolume_is_never_a_silent_gap_in_a_consistent_backup() {
     let m = format!("{vol}:/data");
     let app = p.service("app", &[], &["-v", &m], &["idle"]);
     wait_until("app to run", 30, || is_running(&app));
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     for strategy in ["snapshot", "cold"] {
         let report = json(&ok(volsnap(&backup_args(
             &p.name,

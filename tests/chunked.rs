@@ -167,6 +167,23 @@ fn backups_cost_what_changed_and_restore_byte_for_byte() {
         big
     );
 
+    // The whole repository: structure, then every pack read in full.
+    let all = ok(volsnap(&["verify", "--repo", &repo_s, "--all"]));
+    assert!(
+        all.contains("3 backup(s)") && all.contains("intact"),
+        "{all}"
+    );
+    let all = ok(volsnap(&[
+        "verify",
+        "--repo",
+        &repo_s,
+        "--all",
+        "--read-data-subset",
+        "100",
+    ]));
+    let packs_now = objects(&repo, "data").len();
+    assert!(all.contains(&format!("{packs_now} read in full")), "{all}");
+
     // A flipped byte in a data pack: verify --deep names the file, the
     // restore refuses and leaves its target as it was.
     let pack = packs_first
@@ -200,6 +217,42 @@ fn backups_cost_what_changed_and_restore_byte_for_byte() {
     ]);
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"precious");
+
+    // verify --all: sizes still match, so only reading the pack finds the
+    // flip; it names the pack, and each backup and file that needs it.
+    ok(volsnap(&["verify", "--repo", &repo_s, "--all"]));
+    let read = volsnap(&[
+        "verify",
+        "--repo",
+        &repo_s,
+        "--all",
+        "--read-data-subset",
+        "100",
+    ]);
+    assert_eq!(read.status.code(), Some(1), "{}", stdout(&read));
+    let said = stderr(&read);
+    let pack_id = pack.rsplit('/').next().unwrap();
+    assert!(
+        said.contains(&format!("pack {pack_id} is damaged")),
+        "{said}"
+    );
+    assert!(
+        said.lines()
+            .any(|l| l.contains(&format!("backup {first_id}: "))
+                && l.contains(": file objects.bin: ")
+                && l.contains(pack_id)),
+        "{said}"
+    );
+    // The pack gone: plain verify --all names it missing, with its files.
+    std::fs::remove_file(&path).unwrap();
+    let gone = volsnap(&["verify", "--repo", &repo_s, "--all"]);
+    assert_eq!(gone.status.code(), Some(1));
+    let said = stderr(&gone);
+    assert!(
+        said.contains(&format!("pack {pack_id} (in index"))
+            && said.contains(&format!("pack {pack_id} is missing")),
+        "{said}"
+    );
 }
 
 #[test]
@@ -483,4 +536,72 @@ fn a_killed_prune_and_a_lost_pack_are_repaired_by_the_next_runs() {
     assert_eq!(damaged.status.code(), Some(1), "{}", stdout(&damaged));
     let healed = backup();
     verify_deep(&repo, &healed);
+}
+
+/// Which format a backup writes is decided by what the directory holds: an
+/// empty one (or only `lost+found`) becomes format 2, `init --format tar`
+/// and earlier format-1 backups keep format 1, anything else is refused
+/// with exit 2 and left untouched.
+#[test]
+fn the_first_backup_initialises_format_2_and_format_1_repositories_stay_format_1() {
+    let mut p = Project::new("detect");
+    let vol = p.volume("data", &[]);
+    std::fs::write(volume_path(&vol).join("state"), b"one\n").unwrap();
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    let project = p.name.clone();
+    let online = ["--strategy", "online", "--json"];
+
+    // Empty but for lost+found: format 2, initialised by the backup.
+    let fresh = p.tempdir();
+    std::fs::create_dir(fresh.join("lost+found")).unwrap();
+    let backup = json(&ok(volsnap(&backup_args(&project, &fresh, &online))));
+    assert!(fresh.join("config").is_file(), "no config object");
+    assert_eq!(objects(&fresh, "snapshots").len(), 1);
+    assert!(!fresh.join(backup["id"].as_str().unwrap()).exists());
+    verify_deep(&fresh, "latest");
+
+    // init --format tar: format 1, with its marker, before and after a backup.
+    let tar = p.tar_repo();
+    assert!(tar.join("volsnap-format-1").is_file());
+    let backup = json(&ok(volsnap(&backup_args(&project, &tar, &online))));
+    let id = backup["id"].as_str().unwrap();
+    assert!(tar.join(id).join("manifest.json").is_file());
+    assert!(!tar.join("config").exists());
+    let again = volsnap(&["init", "--repo", tar.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("format-1 repository already"),
+        "{}",
+        stderr(&again)
+    );
+
+    // A format-1 repository from before the marker: still format 1, and marked now.
+    std::fs::remove_file(tar.join("volsnap-format-1")).unwrap();
+    ok(volsnap(&backup_args(&project, &tar, &online)));
+    assert!(tar.join("volsnap-format-1").is_file());
+    assert!(!tar.join("config").exists());
+
+    // Someone else's files: refused, exit 2, named, nothing written.
+    let foreign = p.tempdir();
+    std::fs::write(foreign.join("notes.txt"), b"mine\n").unwrap();
+    let refused = volsnap(&backup_args(&project, &foreign, &online));
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("notes.txt"),
+        "{}",
+        stderr(&refused)
+    );
+    let left: Vec<_> = std::fs::read_dir(&foreign).unwrap().collect();
+    assert_eq!(left.len(), 1, "the refusal wrote into the directory");
+
+    // A directory that does not exist: refused, exit 2, pointing at init.
+    let missing = foreign.join("nope");
+    let refused = volsnap(&backup_args(&project, &missing, &online));
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("volsnap init"),
+        "{}",
+        stderr(&refused)
+    );
 }

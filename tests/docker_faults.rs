@@ -102,7 +102,7 @@ fn stack(p: &mut Project) -> (String, String, PathBuf) {
 fn dockerd_restarting_while_services_are_down_does_not_leave_them_down() {
     let _turn = private_daemon();
     let mut p = Project::new("dkrestart");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let (db, app, _) = stack(&mut p);
     let held = hold_cold_backup(&mut p, &repo, &[]);
     assert!(!is_running(&db) && !is_running(&app), "cold: both stopped");
@@ -139,7 +139,7 @@ fn journals() -> usize {
 fn a_daemon_down_for_too_long_leaves_the_restarts_to_recover() {
     let _turn = private_daemon();
     let mut p = Project::new("dkdown");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let (db, app, _) = stack(&mut p);
     let held = hold_cold_backup(&mut p, &repo, &[("VOLSNAP_DOCKER_RETRY_SECS", "2")]);
 
@@ -171,7 +171,7 @@ fn a_daemon_down_for_too_long_leaves_the_restarts_to_recover() {
 fn a_container_recreated_by_compose_during_the_run_is_started_by_its_service() {
     let _turn = private_daemon();
     let mut p = Project::new("dkrecreate");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let (db, app, _) = stack(&mut p);
     let old_id = inspect(&app, "{{.Id}}");
     let held = hold_cold_backup(&mut p, &repo, &[]);

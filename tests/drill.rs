@@ -64,7 +64,7 @@ fn backup(p: &Project, repo: &Path) -> String {
 #[test]
 fn a_drill_of_a_good_backup_passes_and_leaves_nothing() {
     let mut p = Project::new("drillok");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = stack(&mut p, "ok\n");
     let id = backup(&p, &repo);
     // The live data changes afterwards: the drill must see the backup's.
@@ -105,7 +105,7 @@ fn a_drill_of_a_good_backup_passes_and_leaves_nothing() {
 #[test]
 fn a_drill_whose_restored_data_fails_its_check_fails_and_leaves_nothing() {
     let mut p = Project::new("drillbad");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     stack(&mut p, "bad\n");
     let id = backup(&p, &repo);
     let out = volsnap(&[
@@ -130,7 +130,7 @@ fn a_drill_whose_restored_data_fails_its_check_fails_and_leaves_nothing() {
 #[test]
 fn a_job_drill_is_recorded_for_status_and_metrics() {
     let mut p = Project::new("drilljob");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     stack(&mut p, "ok\n");
     backup(&p, &repo);
     let dir = p.tempdir();
@@ -160,7 +160,7 @@ fn a_job_drill_is_recorded_for_status_and_metrics() {
 #[test]
 fn a_drill_killed_midway_is_cleaned_up_by_recover() {
     let mut p = Project::new("drillkill");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     stack(&mut p, "bad\n");
     let id = backup(&p, &repo);
     // A check that never passes keeps the drill copies up for a minute.

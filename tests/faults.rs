@@ -154,7 +154,7 @@ fn kill_before_every_step(
 #[test]
 fn sigkill_at_every_step_of_cold_and_online_runs_is_recovered() {
     let mut p = Project::new("kill");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let path = volume_path(&vol);
     make_fixture(&path);
@@ -206,7 +206,7 @@ fn sigkill_at_every_step_of_a_btrfs_snapshot_run_is_recovered() {
     let vol = p.volume("db", &["type=none", "o=bind", &dev]);
     let m = format!("{vol}:/data:ro");
     let db = p.service("db", &[], &["-v", &m], &["idle"]);
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let check = || {
         assert_clean(&repo, &[&db], &[(&sub, &pristine)]);
         let subvols = sh("btrfs", &["subvolume", "list", mnt.to_str().unwrap()]);
@@ -229,7 +229,7 @@ fn sigterm_or_sighup_during_archive_aborts_cleanly() {
 
 fn signal_during_archive_aborts_cleanly(signal: nix::sys::signal::Signal) {
     let mut p = Project::new("term");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let path = volume_path(&vol);
     // Enough data that gzip takes seconds.
@@ -273,7 +273,7 @@ fn signal_during_archive_aborts_cleanly(signal: nix::sys::signal::Signal) {
 #[test]
 fn a_second_run_is_refused_while_one_holds_the_lock() {
     let mut p = Project::new("lock");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let path = volume_path(&vol);
     let data = noise(64 << 20);
@@ -326,12 +326,13 @@ fn enospc_during_a_cold_backup_removes_the_partial_backup_and_restarts() {
     let app = p.service("app", &[], &["-v", &m], &["idle"]);
     let repo = p.tempdir();
     mount_tiny_tmpfs(&repo);
+    init_tar(&repo);
     let out = volsnap(&backup_args(
         &p.name,
         &repo,
         &["--compression", "none", "--skip-space-check"],
     ));
-    let clean = std::fs::read_dir(&repo).unwrap().count() == 0;
+    let clean = entries_besides_marker(&repo).is_empty();
     let _ = Command::new("umount").arg(&repo).status();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
@@ -349,8 +350,9 @@ fn a_repository_too_small_is_refused_before_anything_stops() {
     let started = inspect(&app, "{{.State.StartedAt}}");
     let repo = p.tempdir();
     mount_tiny_tmpfs(&repo);
+    init_tar(&repo);
     let out = volsnap(&backup_args(&p.name, &repo, &["--strategy", "cold"]));
-    let empty = std::fs::read_dir(&repo).unwrap().count() == 0;
+    let empty = entries_besides_marker(&repo).is_empty();
     let _ = Command::new("umount").arg(&repo).status();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -369,7 +371,7 @@ fn a_repository_too_small_is_refused_before_anything_stops() {
 #[test]
 fn a_service_that_does_not_come_back_is_reported_and_the_backup_kept() {
     let mut p = Project::new("noback");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let m = format!("{vol}:/data");
     // Runs the first time; exits with an error on any later start.

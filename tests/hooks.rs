@@ -20,6 +20,7 @@ fn backups_in(repo: &Path) -> usize {
                 .file_name()
                 .to_string_lossy()
                 .starts_with('.')
+                && e.as_ref().unwrap().file_name() != "volsnap-format-1"
         })
         .count()
 }
@@ -27,7 +28,7 @@ fn backups_in(repo: &Path) -> usize {
 #[test]
 fn hooks_run_in_order_pre_before_the_archive_post_after_the_restart() {
     let mut p = Project::new("hookorder");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let m = format!("{vol}:/data");
     let log = volume_path(&vol).join("hooks.log");
@@ -96,7 +97,7 @@ fn hooks_run_in_order_pre_before_the_archive_post_after_the_restart() {
 #[test]
 fn a_hook_that_times_out_or_fails_stops_the_backup_before_anything_is_stopped() {
     let mut p = Project::new("hookfail");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let m = format!("{vol}:/data");
     let slow = p.service(
@@ -138,7 +139,7 @@ fn a_hook_that_times_out_or_fails_stops_the_backup_before_anything_is_stopped() 
 #[test]
 fn a_hook_that_prints_without_end_does_not_grow_volsnaps_memory() {
     let mut p = Project::new("hookchatty");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let m = format!("{vol}:/data");
     // 400 MB of output, then a failure: only the end is shown.
@@ -175,7 +176,7 @@ fn a_hook_that_prints_without_end_does_not_grow_volsnaps_memory() {
 #[test]
 fn on_error_continue_warns_and_fail_runs_the_post_hook_during_cleanup() {
     let mut p = Project::new("hookerr");
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let vol = p.volume("data", &[]);
     let m = format!("{vol}:/data");
     let tolerant = p.service(
@@ -220,7 +221,7 @@ fn on_error_continue_warns_and_fail_runs_the_post_hook_during_cleanup() {
         &["idle"],
     );
     wait_until("strict to run", 30, || is_running(&strict));
-    let repo = q.tempdir();
+    let repo = q.tar_repo();
     let out = backup(&q, &repo);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(

@@ -29,7 +29,7 @@ fn stack(p: &mut Project, setup: &str) -> (String, PathBuf) {
 /// inside the container there, and lets the backup go on. Returns the
 /// backup's JSON report and its manifest.
 fn backup_with_swap(p: &mut Project, app: &str, entry: &str, swap: &str) -> (Value, Value) {
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let hold = p.tempdir().join("hold");
     let args = backup_args(&p.name, &repo, &["--strategy", "online", "--json"]);
     let mut child = spawn_volsnap_env(
@@ -180,7 +180,7 @@ fn names_that_are_not_utf8_survive_backup_verify_and_restore_through_a_container
          && mkdir /data/caf$(printf '\\351') && printf three > /data/caf$(printf '\\351')/x \
          && ln -s $(printf '\\377') /data/link",
     );
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let repo_s = repo.to_str().unwrap();
     let report: Value = serde_json::from_str(&ok(volsnap(&backup_args(
         &p.name,

@@ -23,7 +23,7 @@ struct Setup {
 
 fn setup(prefix: &str) -> Setup {
     let mut p = Project::new(prefix);
-    let repo = p.tempdir();
+    let repo = p.tar_repo();
     let mut volumes = Vec::new();
     let mut args: Vec<String> = Vec::new();
     for short in ["a", "b"] {

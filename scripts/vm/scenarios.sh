@@ -17,7 +17,9 @@ IMAGE=volsnap-test/busybox:1
 REPO=/var/tmp/volsnap-repo
 STATE=/var/tmp/volsnap-state
 export VOLSNAP_STATE_DIR=$STATE
+# Format 1: the fault checks below look for its .partial-* directories.
 mkdir -p "$REPO"
+[ -e "$REPO/volsnap-format-1" ] || volsnap init --repo "$REPO" --format tar >/dev/null
 failures=0
 pass() { echo "PASS $*"; }
 fail() { echo "FAIL $*"; failures=$((failures + 1)); }

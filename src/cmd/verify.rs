@@ -13,6 +13,9 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
     } else {
         Level::Entries
     };
+    if args.all {
+        return verify_all(&args, level, &cancel);
+    }
     let scope = args.only.scope(&args.host)?;
     let (id, dir, report) = match volsnap::repo::detect(&args.repo) {
         Format::Chunked => {
@@ -54,6 +57,82 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
     }
     eprintln!("volsnap: backup {id} FAILED verification:");
     for p in &report.problems {
+        eprintln!("  - {p}");
+    }
+    Ok(1)
+}
+
+/// `verify --all`: every backup of the repository.
+fn verify_all(args: &VerifyArgs, level: Level, cancel: &Cancel) -> Result<i32> {
+    let (problems, summary) = match volsnap::repo::detect(&args.repo) {
+        Format::Chunked => {
+            if args.deep {
+                return Err(volsnap::usage!(
+                    "--all --deep reads every backup's files one by one; on a format-2 repository use --all --read-data-subset 100, which reads every pack once"
+                ));
+            }
+            let repo = volsnap::repo::open_chunked(&args.repo)?;
+            let percent = args.read_data_subset.unwrap_or(0.0);
+            let r = volsnap::restore::verify::verify_repository(&repo, percent, cancel)?;
+            let summary = format!(
+                "{} backup(s), {} files; {} packs present at their sizes, {} read in full ({}, {percent}%){}",
+                r.backups,
+                r.files,
+                r.packs,
+                r.packs_read,
+                volsnap::fsutil::human_bytes(r.bytes_read),
+                if r.unindexed > 0 {
+                    format!("; {} pack(s) of killed backups no index names (prune collects them)", r.unindexed)
+                } else {
+                    String::new()
+                }
+            );
+            (r.problems, summary)
+        }
+        Format::Tar => {
+            if args.read_data_subset.is_some() {
+                return Err(volsnap::usage!(
+                    "{} is a format-1 repository, which has no packs; use --all --deep to read every archive",
+                    args.repo.display()
+                ));
+            }
+            let (backups, warnings) = volsnap::repo::list_any(&args.repo)?;
+            let mut problems = warnings;
+            let mut files = 0;
+            for backup in &backups {
+                let report =
+                    volsnap::restore::verify::verify_by_id(&args.repo, &backup.id, level, cancel)?;
+                files += report.files_checked;
+                problems.extend(
+                    report
+                        .problems
+                        .into_iter()
+                        .map(|p| format!("backup {}: {p}", backup.id)),
+                );
+            }
+            (
+                problems,
+                format!(
+                    "{} backup(s){}",
+                    backups.len(),
+                    if args.deep {
+                        format!(", {files} files checked one by one")
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
+        }
+    };
+    if problems.is_empty() {
+        outln!("repository {} is intact: {summary}", args.repo.display());
+        return Ok(0);
+    }
+    eprintln!(
+        "volsnap: repository {} FAILED verification ({summary}):",
+        args.repo.display()
+    );
+    for p in &problems {
         eprintln!("  - {p}");
     }
     Ok(1)

@@ -49,36 +49,23 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
     if request.io_nice {
         lower_priority();
     }
-    let destination = match crate::repo::detect(&request.repo) {
-        Format::Chunked => {
-            if request.archive.compression != Compression::Zstd {
-                return Err(crate::usage!(
-                    "{} is a format-2 repository, whose chunks are always zstd; --compression {:?} is for format-1 (tar) repositories",
-                    request.repo.display(),
-                    request.archive.compression
-                ));
-            }
-            let repo = crate::repo::open_chunked(&request.repo)?;
-            let parents = parent_dir(
-                run.state_dir,
-                &repo.config.id,
-                &request.host,
-                &request.selection.to_string(),
-            );
-            Destination::Chunked {
-                repo,
-                options: ChunkedOptions {
-                    level: request.archive.level,
-                    threads: request.archive.threads.max(1) as usize,
-                    parents: Some(parents),
-                    force_read: request.force_read,
-                },
-            }
+    // The repository is only looked at here; it is written to (initialised,
+    // marked) once the stack is known and the plan built.
+    let (format, initialise) = crate::repo::backup_format(&request.repo)?;
+    let tar_repo = match format {
+        Format::Chunked if request.archive.compression != Compression::Zstd => {
+            return Err(crate::usage!(
+                "{} is a format-2 repository{}, whose chunks are always zstd; --compression {:?} is for format-1 (tar) repositories (volsnap init --format tar)",
+                request.repo.display(),
+                if initialise { " (as an empty directory becomes)" } else { "" },
+                request.archive.compression
+            ));
         }
+        Format::Chunked => None,
         Format::Tar => {
             let repo = Repo::open(&request.repo)?;
             repo.check_writable()?;
-            Destination::Tar(repo)
+            Some(repo)
         }
     };
     let _lock = begin_run(run.state_dir)?;
@@ -90,7 +77,7 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
     if request.plan.max_downtime.is_some() {
         stack.measure()?;
     }
-    if let (Destination::Tar(repo), false) = (&destination, request.skip_space_check) {
+    if let (Some(repo), false) = (&tar_repo, request.skip_space_check) {
         let free = repo.free_bytes()?;
         if !stack.measured && stack.used_space_bound()? > free {
             stack.measure()?;
@@ -111,6 +98,33 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
         }
     }
     let mut plan = build(&stack, &storage, &request.plan)?;
+    let destination = match tar_repo {
+        Some(repo) => {
+            repo.mark_format1()?;
+            Destination::Tar(repo)
+        }
+        None => {
+            if initialise {
+                crate::repo::init_for_backup(&request.repo)?;
+            }
+            let repo = crate::repo::open_chunked(&request.repo)?;
+            let parents = parent_dir(
+                run.state_dir,
+                &repo.config.id,
+                &request.host,
+                &request.selection.to_string(),
+            );
+            Destination::Chunked {
+                repo,
+                options: ChunkedOptions {
+                    level: request.archive.level,
+                    threads: request.archive.threads.max(1) as usize,
+                    parents: Some(parents),
+                    force_read: request.force_read,
+                },
+            }
+        }
+    };
     let id = new_backup_id();
     set_label(&mut plan.steps, &snapshot_label(&id));
     let job = Job {

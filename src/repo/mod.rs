@@ -13,7 +13,7 @@ use crate::repo::manifest::{Manifest, MANIFEST_FILE};
 use crate::usage;
 use anyhow::{Context, Result};
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Prefix of backups being written.
@@ -39,13 +39,97 @@ pub enum Format {
     Chunked,
 }
 
-/// The format of the repository at `root`: a `config` object means format
-/// 2; anything else is left to format 1's own checks.
+/// The file `init --format tar` leaves in a format-1 repository (and every
+/// format-1 backup adds when missing), so that an empty format-1
+/// repository is not taken for a directory to initialise as format 2.
+pub const FORMAT1_MARKER: &str = "volsnap-format-1";
+
+/// The format of the repository at `root`, for reading: a `config` object
+/// means format 2; anything else is left to format 1's own checks (an
+/// empty directory then holds no backup).
 pub fn detect(root: &Path) -> Format {
     if root.join(v2::CONFIG).is_file() {
         Format::Chunked
     } else {
         Format::Tar
+    }
+}
+
+/// The format a backup into `root` writes, and whether `root` is an empty
+/// directory the backup initialises first ([`init_for_backup`]): format 2
+/// when `root` has a `config`; format 1 when it holds format-1 backups (or
+/// the marker); format 2, to initialise, when it is empty (or holds only
+/// `lost+found`). Anything else is refused (exit status 2): a backup never
+/// scatters objects into a directory of someone else's files. Looks only.
+pub fn backup_format(root: &Path) -> Result<(Format, bool)> {
+    if root.join(v2::CONFIG).is_file() {
+        return Ok((Format::Chunked, false));
+    }
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(usage!(
+                "repository {} does not exist; create it with volsnap init --repo {} (or mkdir it)",
+                root.display(),
+                root.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(usage!("repository {} is not a directory", root.display()))
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read repository {}", root.display()))
+        }
+    };
+    let mut foreign = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", root.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let format1 = name == FORMAT1_MARKER
+            || name.starts_with(PARTIAL_PREFIX)
+            || name.starts_with(DELETING_PREFIX)
+            || entry.path().join(MANIFEST_FILE).is_file();
+        if format1 {
+            return Ok((Format::Tar, false));
+        }
+        if name != "lost+found" {
+            foreign.push(name);
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        let shown = foreign
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(usage!(
+            "{} is neither empty nor a volsnap repository (it holds {shown}{}); back up into an empty directory or one made by volsnap init",
+            root.display(),
+            if foreign.len() > 5 { ", …" } else { "" }
+        ));
+    }
+    Ok((Format::Chunked, true))
+}
+
+/// Initialises the empty directory `root` as a format-2 repository for the
+/// backup about to write into it; a backup beside this one may have done so
+/// first, which is as good.
+pub fn init_for_backup(root: &Path) -> Result<()> {
+    Repo::open(root)?.check_writable()?;
+    let backend = std::sync::Arc::new(crate::backend::LocalBackend::open(root)?);
+    match v2::Repository::init(backend) {
+        Ok(repo) => {
+            tracing::info!(
+                "initialised {} as a format-2 repository (id {})",
+                root.display(),
+                &repo.config.id[..16]
+            );
+            Ok(())
+        }
+        Err(_) if root.join(v2::CONFIG).is_file() => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -65,6 +149,8 @@ pub fn init(root: &Path, format: Format) -> Result<String> {
                 held.sort();
                 let what = if detect(root) == Format::Chunked {
                     "is a format-2 repository already".to_string()
+                } else if held.iter().any(|n| n == FORMAT1_MARKER) {
+                    "is a format-1 repository already".to_string()
                 } else {
                     format!("is not empty (it holds {})", held.join(", "))
                 };
@@ -86,10 +172,13 @@ pub fn init(root: &Path, format: Format) -> Result<String> {
         }
     }
     Ok(match format {
-        Format::Tar => format!(
-            "{} is ready for format-1 backups (one tar archive per volume)",
-            root.display()
-        ),
+        Format::Tar => {
+            Repo::open(root)?.mark_format1()?;
+            format!(
+                "{} is ready for format-1 backups (one tar archive per volume, read by GNU tar)",
+                root.display()
+            )
+        }
         Format::Chunked => {
             let backend = crate::backend::LocalBackend::open(root)?;
             let repo = v2::Repository::init(std::sync::Arc::new(backend))?;
@@ -153,6 +242,28 @@ impl Repo {
                     self.root.display()
                 )
             })
+    }
+
+    /// Leaves [`FORMAT1_MARKER`] unless it is there already.
+    pub fn mark_format1(&self) -> Result<()> {
+        let path = self.root.join(FORMAT1_MARKER);
+        let created = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match created {
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(
+                    b"volsnap repository, format 1: one tar archive per volume and backup (docs/FORMAT.md)\n",
+                )
+                .and_then(|_| file.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
     }
 
     /// The directory a backup is written to while in progress.

@@ -6,7 +6,13 @@ use crate::archive::{entry_path, hash_content, link_target, ArchiveReader, Entry
 use crate::cancel::Cancel;
 use crate::hashing::sha256_file;
 use crate::repo::manifest::{parse_sums, EntryKind, Manifest, MANIFEST_FILE, SUMS_FILE};
+use crate::repo::v2::id::Id;
+use crate::repo::v2::index::Index;
+use crate::repo::v2::objects::Commit;
+use crate::repo::v2::pack::BlobEntry;
+use crate::repo::v2::Repository;
 use anyhow::Result;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// Marker file: when the backup last verified (written by whoever checked).
@@ -205,6 +211,52 @@ fn entries_check(
     Ok(files)
 }
 
+/// What a format-2 check knows of the packs: the sizes a listing of `data/`
+/// gives, those found damaged when read whole, and (cached) whether each
+/// pack a backup needs is usable.
+pub(crate) struct PackFacts {
+    pub listed: HashMap<Id, u64>,
+    pub damaged: HashMap<Id, String>,
+    /// Blobs of packs the indexes name but the listing lacks, by pack
+    /// (filled by the whole-repository check, to name the lost pack).
+    pub lost: HashMap<Id, Id>,
+    usable: HashMap<Id, Option<String>>,
+}
+
+impl PackFacts {
+    pub fn list(repo: &Repository) -> Result<Self> {
+        let listed = repo
+            .backend()
+            .list("data")?
+            .into_iter()
+            .filter_map(|o| Some((Id::parse(o.name.rsplit('/').next()?).ok()?, o.size)))
+            .collect();
+        Ok(Self {
+            listed,
+            damaged: HashMap::new(),
+            lost: HashMap::new(),
+            usable: HashMap::new(),
+        })
+    }
+
+    /// Why the pack of `pack` (whose index entry is `(id, size)`) cannot
+    /// serve its blobs, if it cannot.
+    fn problem(&mut self, pack: Id, size: u64) -> Option<String> {
+        let (listed, damaged) = (&self.listed, &self.damaged);
+        self.usable
+            .entry(pack)
+            .or_insert_with(|| match (listed.get(&pack), damaged.get(&pack)) {
+                (_, Some(why)) => Some(format!("pack {pack} is damaged ({why})")),
+                (Some(&listed), None) if listed == size => None,
+                (Some(&listed), None) => Some(format!(
+                    "pack {pack} holds {listed} bytes, its index says {size}"
+                )),
+                (None, None) => Some(format!("pack {pack} is missing")),
+            })
+            .clone()
+    }
+}
+
 /// Verifies a format-2 backup. Every level reads the volume records and
 /// manifest streams (each tree blob checked against its id, each stream
 /// against its SHA-256) and checks that every chunk a file lists is in the
@@ -212,27 +264,35 @@ fn entries_check(
 /// reads every chunk and checks each file's SHA-256. Problems name the
 /// volume and file, and go on to the next file.
 pub fn verify_chunked(
-    repo: &crate::repo::v2::Repository,
-    commit: &crate::repo::v2::objects::Commit,
+    repo: &Repository,
+    commit: &Commit,
     level: Level,
     cancel: &Cancel,
 ) -> Result<VerifyReport> {
+    let index = repo.load_index()?;
+    let mut facts = PackFacts::list(repo)?;
+    let mut report = VerifyReport::default();
+    check_commit(repo, &index, &mut facts, commit, level, cancel, &mut report)?;
+    Ok(report)
+}
+
+/// Checks one commit into `report` (see [`verify_chunked`]).
+pub(crate) fn check_commit(
+    repo: &Repository,
+    index: &Index,
+    facts: &mut PackFacts,
+    commit: &Commit,
+    level: Level,
+    cancel: &Cancel,
+    report: &mut VerifyReport,
+) -> Result<()> {
     use crate::repo::manifest::VolumeRecord;
     use crate::repo::v2::tree::{TreeEntry, TreeReader};
     use sha2::{Digest, Sha256};
-    let mut report = VerifyReport::default();
-    let index = repo.load_index()?;
-    let present: std::collections::HashMap<String, u64> = repo
-        .backend()
-        .list("data")?
-        .into_iter()
-        .map(|o| (o.name, o.size))
-        .collect();
-    let mut pack_ok: std::collections::HashMap<crate::repo::v2::id::Id, bool> = Default::default();
     for volume in &commit.volumes {
         cancel.check()?;
         report.archives_checked += 1;
-        let mut record = TreeReader::new(repo, &index, &volume.record, volume.record_sha256);
+        let mut record = TreeReader::new(repo, index, &volume.record, volume.record_sha256);
         match record.next_line::<VolumeRecord>().and_then(|r| {
             record.next_line::<VolumeRecord>()?;
             Ok(r)
@@ -247,7 +307,7 @@ pub fn verify_chunked(
                 volume.name
             )),
         }
-        let mut lines = TreeReader::new(repo, &index, &volume.tree, volume.tree_sha256);
+        let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
         loop {
             cancel.check()?;
             let line = match lines.next_line::<TreeEntry>() {
@@ -268,16 +328,15 @@ pub fn verify_chunked(
             let mut missing = None;
             for chunk in &line.chunks {
                 let Some(at) = index.get(chunk) else {
-                    missing = Some(format!("chunk {chunk} is in no pack"));
+                    missing = Some(match facts.lost.get(chunk) {
+                        Some(pack) => format!("pack {pack} is missing"),
+                        None => format!("chunk {chunk} is in no pack"),
+                    });
                     break;
                 };
-                let pack = index.pack_id(&at);
-                let ok = *pack_ok.entry(pack).or_insert_with(|| {
-                    let size = index.packs[at.pack as usize].1;
-                    present.get(&crate::repo::v2::Repository::pack_name(&pack)) == Some(&size)
-                });
-                if !ok {
-                    missing = Some(format!("pack {pack} is missing or has the wrong size"));
+                let (pack, size) = index.packs[at.pack as usize];
+                if let Some(why) = facts.problem(pack, size) {
+                    missing = Some(why);
                     break;
                 }
             }
@@ -292,7 +351,7 @@ pub fn verify_chunked(
                 let mut size = 0u64;
                 let mut failed = None;
                 for chunk in &line.chunks {
-                    match repo.read_blob(&index, chunk) {
+                    match repo.read_blob(index, chunk) {
                         Ok(bytes) => {
                             size += bytes.len() as u64;
                             hasher.update(&bytes);
@@ -323,7 +382,136 @@ pub fn verify_chunked(
             }
         }
     }
+    Ok(())
+}
+
+/// What `verify --all` found in a format-2 repository.
+#[derive(Debug, Default)]
+pub struct RepositoryReport {
+    pub backups: usize,
+    pub files: u64,
+    /// Packs the indexes name.
+    pub packs: usize,
+    pub packs_read: usize,
+    pub bytes_read: u64,
+    /// Packs no index names: left by killed backups; the next prune
+    /// collects them. Not a problem.
+    pub unindexed: usize,
+    pub problems: Vec<String>,
+}
+
+/// `verify --all`: every index (checked against its name), every pack it
+/// names present at its size, `read_percent` of those packs read whole (a
+/// random sample: each blob decompressed and checked against its id, the
+/// header against the index), then every backup's structure, so that a
+/// damaged or missing pack is named with the backups and files it affects.
+pub fn verify_repository(
+    repo: &Repository,
+    read_percent: f64,
+    cancel: &Cancel,
+) -> Result<RepositoryReport> {
+    let mut report = RepositoryReport::default();
+    let mut facts = PackFacts::list(repo)?;
+    let mut files = Vec::new();
+    for id in repo.index_ids()? {
+        match repo.read_index(&id) {
+            Ok(file) => files.push((id, file)),
+            Err(e) => report.problems.push(format!("index {id}: {e:#}")),
+        }
+    }
+    let superseded: HashSet<Id> = files
+        .iter()
+        .flat_map(|(_, f)| f.supersedes.iter().copied())
+        .collect();
+    let mut indexed: HashMap<Id, (u64, Vec<BlobEntry>)> = HashMap::new();
+    for (id, file) in files.into_iter().filter(|(id, _)| !superseded.contains(id)) {
+        for pack in file.packs {
+            match facts.listed.get(&pack.id) {
+                None => {
+                    report
+                        .problems
+                        .push(format!("pack {} (in index {id}) is missing", pack.id));
+                    for blob in &pack.blobs {
+                        facts.lost.insert(blob.id, pack.id);
+                    }
+                }
+                Some(&size) if size != pack.size => report.problems.push(format!(
+                    "pack {} holds {size} bytes, index {id} says {}",
+                    pack.id, pack.size
+                )),
+                Some(_) => {}
+            }
+            indexed.insert(pack.id, (pack.size, pack.blobs));
+        }
+    }
+    report.packs = indexed.len();
+    report.unindexed = facts
+        .listed
+        .keys()
+        .filter(|p| !indexed.contains_key(p))
+        .count();
+
+    // The sample: packs in the order of a keyed hash under a fresh key.
+    let mut key = [0u8; 32];
+    crate::repo::v2::getrandom(&mut key)?;
+    let mut sample: Vec<Id> = indexed
+        .keys()
+        .filter(|p| facts.listed.contains_key(p))
+        .copied()
+        .collect();
+    sample.sort_by_key(|p| *blake3::keyed_hash(&key, &p.0).as_bytes());
+    let take = ((sample.len() as f64) * read_percent / 100.0).ceil() as usize;
+    for pack in sample.into_iter().take(take) {
+        cancel.check()?;
+        let blobs = &indexed[&pack].1;
+        match read_whole_pack(repo, &pack, blobs) {
+            Ok(bytes) => report.bytes_read += bytes,
+            Err(e) => {
+                let why = format!("{e:#}");
+                report
+                    .problems
+                    .push(format!("pack {pack} is damaged: {why}"));
+                facts.damaged.insert(pack, why);
+            }
+        }
+        report.packs_read += 1;
+    }
+
+    let index = repo.load_index()?;
+    for (_, commit) in repo.commits()? {
+        let mut one = VerifyReport::default();
+        check_commit(
+            repo,
+            &index,
+            &mut facts,
+            &commit,
+            Level::Entries,
+            cancel,
+            &mut one,
+        )?;
+        report.backups += 1;
+        report.files += one.files_checked;
+        report.problems.extend(
+            one.problems
+                .into_iter()
+                .map(|p| format!("backup {}: {p}", commit.id)),
+        );
+    }
     Ok(report)
+}
+
+/// Reads a pack whole and checks it: its bytes against its name, its header
+/// against its index entry, every blob against its id. Its size.
+fn read_whole_pack(repo: &Repository, pack: &Id, indexed: &[BlobEntry]) -> Result<u64> {
+    let (bytes, header) = repo.read_pack(pack)?;
+    if header.blobs != indexed {
+        anyhow::bail!("its header and its index entry list different blobs");
+    }
+    for blob in &header.blobs {
+        let stored = &bytes[blob.offset as usize..(blob.offset + blob.length) as usize];
+        crate::repo::v2::pack::open_blob(blob, stored)?;
+    }
+    Ok(bytes.len() as u64)
 }
 
 /// Verifies backup `id` (exactly that id) of the repository at `root`,

@@ -76,6 +76,26 @@ pub fn step_number(project: &str, strategy: &str, name: &str) -> usize {
         + 1
 }
 
+/// Makes `dir` (empty) a format-1 repository: `volsnap init --format tar`.
+pub fn init_tar(dir: &Path) {
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        dir.to_str().expect("test paths are UTF-8"),
+        "--format",
+        "tar",
+    ]));
+}
+
+/// What `dir` holds besides the format-1 marker.
+pub fn entries_besides_marker(dir: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "volsnap-format-1")
+        .collect()
+}
+
 /// The arguments of `volsnap backup --project PROJECT --repo REPO`, then `extra`.
 pub fn backup_args<'a>(project: &'a str, repo: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let repo = repo.to_str().expect("test paths are UTF-8");
@@ -221,6 +241,14 @@ impl Project {
         docker(&args);
         self.containers.push(cname.clone());
         cname
+    }
+
+    /// A format-1 repository (`volsnap init --format tar`): the format these
+    /// tests read the files of; format 2 has tests/chunked.rs.
+    pub fn tar_repo(&mut self) -> PathBuf {
+        let dir = self.tempdir();
+        init_tar(&dir);
+        dir
     }
 
     pub fn tempdir(&mut self) -> PathBuf {

@@ -142,14 +142,23 @@ impl Repository {
     pub fn load_index(&self) -> Result<Index> {
         let present = self.pack_ids()?;
         let mut files = Vec::new();
-        for id in self.ids_in("index")? {
-            let bytes = self.read_checked(&format!("index/{id}"), &id)?;
-            let mut file: IndexFile = serde_json::from_slice(&bytes)
-                .with_context(|| format!("index {id} is not valid"))?;
+        for id in self.index_ids()? {
+            let mut file = self.read_index(&id)?;
             file.packs.retain(|p| present.contains(&p.id));
             files.push((id, file));
         }
         Index::from_files(&files)
+    }
+
+    /// The ids of the index objects, from a listing of `index/`.
+    pub fn index_ids(&self) -> Result<Vec<Id>> {
+        self.ids_in("index")
+    }
+
+    /// One index object, checked against its name.
+    pub fn read_index(&self, id: &Id) -> Result<IndexFile> {
+        let bytes = self.read_checked(&format!("index/{id}"), id)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("index {id} is not valid"))
     }
 
     /// The ids of the packs present, from a listing of `data/`.
@@ -308,7 +317,7 @@ impl Repository {
 }
 
 /// Random bytes from the kernel.
-fn getrandom(buf: &mut [u8]) -> Result<()> {
+pub(crate) fn getrandom(buf: &mut [u8]) -> Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buf))
