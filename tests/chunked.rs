@@ -605,3 +605,62 @@ fn the_first_backup_initialises_format_2_and_format_1_repositories_stay_format_1
         stderr(&refused)
     );
 }
+
+/// Notes beside format-2 backups: protect keeps a backup from prune, the
+/// backup prune found verifying is marked verified, and notes go with
+/// their backup.
+#[test]
+fn protect_and_verified_notes_live_beside_format_2_backups() {
+    let mut p = Project::new("chunknotes");
+    let repo = p.tempdir();
+    let repo_s = repo.to_str().unwrap().to_string();
+    let vol = p.volume("data", &[]);
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    let project = p.name.clone();
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        std::fs::write(volume_path(&vol).join("state"), format!("round {round}\n")).unwrap();
+        let done = json(&ok(volsnap(&backup_args(
+            &project,
+            &repo,
+            &["--strategy", "online", "--json"],
+        ))));
+        ids.push(done["id"].as_str().unwrap().to_string());
+    }
+    let said = ok(volsnap(&["protect", "--repo", &repo_s, &ids[0]]));
+    assert!(said.contains("protected"), "{said}");
+    assert_eq!(objects(&repo, "notes").len(), 1, "one protected note");
+
+    ok(volsnap(&["prune", "--repo", &repo_s, "--keep-last", "1"]));
+    let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+    let rows = listed.as_array().unwrap();
+    let kept: Vec<&str> = rows.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(kept, vec![ids[0].as_str(), ids[2].as_str()], "{listed}");
+    assert_eq!(rows[0]["protected"], true, "{listed}");
+    assert_eq!(rows[1]["protected"], false, "{listed}");
+    assert!(
+        rows[1]["verified_at"].is_string(),
+        "prune verified the newest: {listed}"
+    );
+    let human = ok(volsnap(&["list", "--repo", &repo_s]));
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains(&ids[0]) && l.contains('P')),
+        "{human}"
+    );
+
+    // Unprotected, the oldest goes, and its note with it.
+    ok(volsnap(&[
+        "protect", "--repo", &repo_s, &ids[0], "--remove",
+    ]));
+    ok(volsnap(&["prune", "--repo", &repo_s, "--keep-last", "1"]));
+    let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let notes = objects(&repo, "notes");
+    assert!(
+        notes.iter().all(|n| n.contains("/verified-")),
+        "only the survivor's verified note is left: {notes:?}"
+    );
+}

@@ -64,7 +64,8 @@ fn backup(p: &Project, repo: &Path) -> String {
 #[test]
 fn a_drill_of_a_good_backup_passes_and_leaves_nothing() {
     let mut p = Project::new("drillok");
-    let repo = p.tar_repo();
+    // Format 2 (an empty directory): the report is a note object.
+    let repo = p.tempdir();
     let vol = stack(&mut p, "ok\n");
     let id = backup(&p, &repo);
     // The live data changes afterwards: the drill must see the backup's.
@@ -105,7 +106,8 @@ fn a_drill_of_a_good_backup_passes_and_leaves_nothing() {
 #[test]
 fn a_drill_whose_restored_data_fails_its_check_fails_and_leaves_nothing() {
     let mut p = Project::new("drillbad");
-    let repo = p.tar_repo();
+    // Format 2 (an empty directory): the report is a note object.
+    let repo = p.tempdir();
     stack(&mut p, "bad\n");
     let id = backup(&p, &repo);
     let out = volsnap(&[

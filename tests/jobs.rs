@@ -26,11 +26,10 @@ fn setup(prefix: &str, job_extra: &str, file_extra: &str) -> Setup {
     std::fs::write(volume_path(&vol).join("state"), "ok\n").unwrap();
     let db = p.service("db", &[], &["-v", &format!("{vol}:/data")], &["idle"]);
     wait_until("db to run", 30, || is_running(&db));
-    // Format 1: the verified-backup metric reads its VERIFIED notes
-    // (format 2 keeps no notes yet).
+    // An empty directory: the first backup makes it a format-2 repository,
+    // as it would for an operator.
     let repo = p.tempdir().join("repo");
     std::fs::create_dir(&repo).unwrap();
-    init_tar(&repo);
     let dir = p.tempdir();
     let config = dir.join("volsnap.toml");
     let text = format!(
@@ -246,17 +245,30 @@ fn the_daemon_runs_a_job_on_its_schedule_and_stops_cleanly() {
             >= 3
     });
     stop_daemon(daemon);
-    let backups = entries_besides_marker(&s.repo);
+    let listed: serde_json::Value = serde_json::from_str(&ok(volsnap(&[
+        "list",
+        "--repo",
+        s.repo.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    let backups: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
     assert!(
         backups.len() <= 2,
         "retention ran after each backup: {backups:?}"
     );
-    assert!(
-        backups
-            .iter()
-            .all(|b| !b.to_string_lossy().starts_with('.')),
-        "nothing partial: {backups:?}"
-    );
+    // What the daemon left is whole: every index, pack and backup checks.
+    ok(volsnap(&[
+        "verify",
+        "--repo",
+        s.repo.to_str().unwrap(),
+        "--all",
+    ]));
     let metrics = std::fs::read_to_string(s.dir.join("volsnap.prom")).unwrap();
     assert!(metrics.contains("volsnap_last_run_success{job=\"nightly\"}"));
 }

@@ -34,8 +34,8 @@ pub fn run(args: ListArgs) -> Result<i32> {
                     "archive_bytes": m.archive_bytes(),
                     "volumes": m.volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
                     "protected": b.protected(),
-                    "verified_at": volsnap::restore::verify::verified_at(&b.dir),
-                    "drill": volsnap::jobs::drill::load_report(&b.dir).map(|d| json!({
+                    "verified_at": b.notes().ok().and_then(|n| volsnap::restore::verify::verified_at(&n)),
+                    "drill": b.notes().ok().and_then(|n| volsnap::jobs::drill::load_report(&n)).map(|d| json!({
                         "passed": d.passed,
                         "drilled_at": d.drilled_at,
                         "restore_ms": d.restore_ms,
@@ -97,10 +97,15 @@ fn flags(b: &volsnap::repo::BackupEntry) -> String {
     if b.protected() {
         flags.push('P');
     }
-    if volsnap::restore::verify::verified_at(&b.dir).is_some() {
+    let notes = b.notes().ok();
+    if notes
+        .as_ref()
+        .and_then(volsnap::restore::verify::verified_at)
+        .is_some()
+    {
         flags.push('V');
     }
-    match volsnap::jobs::drill::load_report(&b.dir) {
+    match notes.as_ref().and_then(volsnap::jobs::drill::load_report) {
         Some(d) if d.passed => flags.push('D'),
         Some(_) => flags.push('d'),
         None => {}

@@ -5,7 +5,6 @@ use anyhow::Result;
 use volsnap::cancel::Cancel;
 use volsnap::jobs::prune::{prune_at, PruneReport};
 use volsnap::repo::retention::Policy;
-use volsnap::repo::Repo;
 
 impl PolicyArgs {
     pub fn to_policy(&self) -> Policy {
@@ -94,15 +93,7 @@ pub fn print_report(report: &PruneReport) {
 }
 
 pub fn protect(args: ProtectArgs) -> Result<i32> {
-    if volsnap::repo::detect(&args.repo) == volsnap::repo::Format::Chunked {
-        return Err(volsnap::usage!(
-            "{} is a format-2 repository; protecting its backups is not available yet (prune keeps the newest backup that verifies; --keep-* rules keep the rest)",
-            args.repo.display()
-        ));
-    }
-    let repo = Repo::open(&args.repo)?;
-    let (id, _) = repo.resolve(&args.id)?;
-    repo.set_protected(&id, !args.remove)?;
+    let id = volsnap::repo::protect(&args.repo, &args.id, args.remove)?;
     outln!(
         "backup {id} is {}",
         if args.remove {

@@ -3,6 +3,7 @@
 use crate::cli::VerifyArgs;
 use anyhow::Result;
 use volsnap::cancel::Cancel;
+use volsnap::repo::notes::NotesAt;
 use volsnap::repo::{Format, Repo};
 use volsnap::restore::verify::Level;
 
@@ -17,30 +18,32 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         return verify_all(&args, level, &cancel);
     }
     let scope = args.only.scope(&args.host)?;
-    let (id, dir, report) = match volsnap::repo::detect(&args.repo) {
+    let (id, notes, report) = match volsnap::repo::detect(&args.repo) {
         Format::Chunked => {
             let repo = volsnap::repo::open_chunked(&args.repo)?;
-            let (_, commit) = volsnap::repo::resolve_chunked(&repo, &args.id, &scope)?;
+            let (object, commit) = volsnap::repo::resolve_chunked(&repo, &args.id, &scope)?;
             let report = volsnap::restore::verify::verify_chunked(&repo, &commit, level, &cancel)?;
-            (commit.id, None, report)
+            let notes = NotesAt::Objects {
+                backend: repo.backend().clone(),
+                commit: object,
+            };
+            (commit.id, notes, report)
         }
         Format::Tar => {
             let repo = Repo::open(&args.repo)?;
             let (id, dir) = repo.resolve_in(&args.id, &scope)?;
             let report = volsnap::restore::verify::verify(&dir, level, &cancel)?;
-            (id, Some(dir), report)
+            (id, NotesAt::Dir(dir), report)
         }
     };
     if report.problems.is_empty() {
-        if let Some(dir) = &dir {
-            volsnap::restore::verify::record_verified(dir, args.deep);
-        }
+        volsnap::restore::verify::record_verified(&notes, args.deep);
         let depth = if args.deep {
             format!(", {} files checked one by one", report.files_checked)
         } else {
             ", entry lists match the manifest".to_string()
         };
-        if dir.is_some() {
+        if let NotesAt::Dir(_) = notes {
             outln!(
                 "backup {id} is intact: {} checksums match{depth}",
                 report.archives_checked

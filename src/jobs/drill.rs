@@ -20,6 +20,7 @@ use crate::discovery::{discover, Selection};
 use crate::docker::{CopyMount, Docker, DRILL_LABEL};
 use crate::journal::{Journal, Undo};
 use crate::repo::manifest::{Manifest, VolumeKind};
+use crate::repo::notes::{Note, NotesAt};
 use crate::repo::Scope;
 use crate::restore::{restore_volume, RestoreOptions};
 use anyhow::{Context, Result};
@@ -30,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The drill report, stored beside the backup.
-pub const DRILL_FILE: &str = "drill.json";
 
 /// What to check and how long to wait.
 #[derive(Debug, Clone)]
@@ -110,13 +110,11 @@ pub fn perform(
     )?;
     // A teardown that did not complete stays in the journal for recover.
     journal.finish_if_clean()?;
-    // Format 1 keeps the report beside the backup (format 2: in the run
-    // log only, until notes objects exist).
-    if let Source::Tar(dir, _) = &source {
-        store_report(dir, &report);
-        if report.passed {
-            crate::restore::verify::record_verified(dir, false);
-        }
+    // The report is kept beside the backup, as a note.
+    let notes = source.notes();
+    store_report(&notes, &report);
+    if report.passed {
+        crate::restore::verify::record_verified(&notes, false);
     }
     Ok(report)
 }
@@ -388,16 +386,16 @@ fn run_drill(
 
 /// Stores the report beside the backup (best effort: a read-only
 /// repository can be drilled, it just cannot remember it).
-pub fn store_report(dir: &Path, report: &DrillReport) {
+pub fn store_report(at: &NotesAt, report: &DrillReport) {
     let written = serde_json::to_vec_pretty(report)
         .map_err(anyhow::Error::from)
-        .and_then(|text| crate::fsutil::replace_file(&dir.join(DRILL_FILE), &text));
+        .and_then(|text| at.write(Note::Drill, &text));
     if let Err(e) = written {
-        tracing::warn!("cannot store the drill report in {}: {e:#}", dir.display());
+        tracing::warn!("cannot store the drill report: {e:#}");
     }
 }
 
 /// The stored drill report of a backup, if it was drilled.
-pub fn load_report(dir: &Path) -> Option<DrillReport> {
-    serde_json::from_slice(&std::fs::read(dir.join(DRILL_FILE)).ok()?).ok()
+pub fn load_report(at: &NotesAt) -> Option<DrillReport> {
+    serde_json::from_slice(&at.read(Note::Drill)?).ok()
 }

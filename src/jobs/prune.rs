@@ -4,6 +4,7 @@
 //! a repository never prune each other's backups.
 
 use crate::cancel::Cancel;
+use crate::repo::notes::Note;
 use crate::repo::retention::{decide, Candidate, Decision, Policy};
 use crate::repo::Repo;
 use anyhow::Result;
@@ -88,7 +89,10 @@ pub fn prune(
             )?;
             if check.problems.is_empty() {
                 if !dry_run {
-                    crate::restore::verify::record_verified(&dir, false);
+                    crate::restore::verify::record_verified(
+                        &crate::repo::notes::NotesAt::Dir(dir),
+                        false,
+                    );
                 }
                 decision.keep = true;
                 decision.reasons.push("newest backup that verifies".into());
@@ -183,21 +187,24 @@ pub fn prune_chunked(
             .collect();
         let candidates: Vec<Candidate> = members
             .iter()
-            .map(|(_, c)| Candidate {
+            .map(|(object, c)| Candidate {
                 id: c.id.clone(),
                 time: c.started_at,
-                protected: false,
+                protected: notes_of(repo, object).read(Note::Protected).is_some(),
             })
             .collect();
         let mut decisions = decide(policy, &candidates, &chrono::Local);
         let mut damaged = Vec::new();
         for decision in decisions.iter_mut() {
             cancel.check()?;
-            let Some((_, commit)) = members.iter().find(|(_, c)| c.id == decision.id) else {
+            let Some((object, commit)) = members.iter().find(|(_, c)| c.id == decision.id) else {
                 continue;
             };
             let check = verify_chunked(repo, commit, Level::Entries, cancel)?;
             if check.problems.is_empty() {
+                if !dry_run {
+                    crate::restore::verify::record_verified(&notes_of(repo, object), false);
+                }
                 decision.keep = true;
                 decision.reasons.push("newest backup that verifies".into());
                 break;
@@ -209,6 +216,8 @@ pub fn prune_chunked(
                 cancel.check()?;
                 if let Some((object, _)) = members.iter().find(|(_, c)| c.id == decision.id) {
                     repo.delete_commit(object)?;
+                    // Notes outlive nothing: gone with their backup.
+                    crate::repo::notes::remove_all(repo.backend().as_ref(), object)?;
                     report.deleted.push(decision.id.clone());
                 }
             }
@@ -226,6 +235,16 @@ pub fn prune_chunked(
         collect_garbage(repo, cancel)?
     };
     Ok((report, collected))
+}
+
+fn notes_of(
+    repo: &crate::repo::v2::Repository,
+    object: &crate::repo::v2::id::Id,
+) -> crate::repo::notes::NotesAt {
+    crate::repo::notes::NotesAt::Objects {
+        backend: repo.backend().clone(),
+        commit: *object,
+    }
 }
 
 /// The two-mark garbage collection of docs/FORMAT.md ("Prune and garbage

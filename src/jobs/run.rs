@@ -10,7 +10,6 @@ use super::notify::{post_webhook, redact, run_shell};
 use super::runlog::{self, RunKind, RunRecord, RunStatus};
 use super::RunContext;
 use crate::archive::ArchiveOptions;
-use crate::repo::Repo;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use std::path::Path;
@@ -231,14 +230,18 @@ fn notify(job: &Job, record: &RunRecord, env: &[(String, String)]) {
 
 /// The time of the newest backup of the job's stack that verified.
 pub fn newest_verified(job: &Job) -> Option<(String, DateTime<Utc>)> {
-    let repo = Repo::open(&job.repo).ok()?;
-    let (backups, _) = repo.list().ok()?;
+    let (backups, _) = crate::repo::list_any(&job.repo).ok()?;
     let selection = job.selection().to_string();
     backups
         .iter()
         .rev()
         .filter(|b| b.manifest.selection == selection)
-        .find(|b| crate::restore::verify::verified_at(&b.dir).is_some())
+        .find(|b| {
+            b.notes()
+                .ok()
+                .and_then(|n| crate::restore::verify::verified_at(&n))
+                .is_some()
+        })
         .map(|b| (b.id.clone(), b.manifest.started_at))
 }
 

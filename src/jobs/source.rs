@@ -15,11 +15,25 @@ pub(crate) enum Source {
     Chunked {
         repo: std::sync::Arc<crate::repo::v2::Repository>,
         index: crate::repo::v2::index::Index,
+        /// The commit object's id (where its notes are kept) and content.
+        object: crate::repo::v2::id::Id,
         commit: Box<crate::repo::v2::objects::Commit>,
     },
 }
 
 impl Source {
+    /// Where the backup's notes are kept.
+    pub(crate) fn notes(&self) -> crate::repo::notes::NotesAt {
+        use crate::repo::notes::NotesAt;
+        match self {
+            Source::Tar(dir, _) => NotesAt::Dir(dir.clone()),
+            Source::Chunked { repo, object, .. } => NotesAt::Objects {
+                backend: repo.backend().clone(),
+                commit: *object,
+            },
+        }
+    }
+
     pub(crate) fn payload<'s>(&'s self, volume: &'s VolumeRecord) -> Result<Payload<'s>> {
         Ok(match self {
             Source::Tar(dir, compression) => Payload::Tar {
@@ -31,6 +45,7 @@ impl Source {
                 repo,
                 index,
                 commit,
+                ..
             } => Payload::Chunked {
                 repo,
                 index,
@@ -69,7 +84,7 @@ pub(crate) fn open_backup(
         }
         Format::Chunked => {
             let repo = crate::repo::open_chunked(root)?;
-            let (_, commit) = crate::repo::resolve_chunked(&repo, id, scope)?;
+            let (object, commit) = crate::repo::resolve_chunked(&repo, id, scope)?;
             let check = crate::restore::verify::verify_chunked(
                 &repo,
                 &commit,
@@ -84,6 +99,7 @@ pub(crate) fn open_backup(
                 Source::Chunked {
                     repo,
                     index,
+                    object,
                     commit: Box::new(commit),
                 },
                 manifest,

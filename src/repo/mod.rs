@@ -6,6 +6,7 @@
 //! that looks like a backup.
 
 pub mod manifest;
+pub mod notes;
 pub mod retention;
 pub mod v2;
 
@@ -22,7 +23,6 @@ pub const PARTIAL_PREFIX: &str = ".partial-";
 /// complete while half gone.
 pub const DELETING_PREFIX: &str = ".deleting-";
 /// Marker file: `prune` never deletes this backup.
-pub const PROTECTED_FILE: &str = "PROTECTED";
 
 /// An existing, usable repository directory.
 #[derive(Debug, Clone)]
@@ -202,6 +202,7 @@ pub fn open_chunked(root: &Path) -> Result<std::sync::Arc<v2::Repository>> {
 /// A backup found in the repository.
 #[derive(Debug, Clone)]
 pub struct BackupEntry {
+    pub format: Format,
     pub id: String,
     pub dir: PathBuf,
     pub manifest: Manifest,
@@ -295,6 +296,7 @@ impl Repo {
             }
             match Manifest::load(&manifest_path) {
                 Ok(manifest) => backups.push(BackupEntry {
+                    format: Format::Tar,
                     id: name,
                     dir: entry.path(),
                     manifest,
@@ -417,6 +419,7 @@ pub fn list_any(root: &Path) -> Result<(Vec<BackupEntry>, Vec<String>)> {
                 commits
                     .into_iter()
                     .map(|(object, commit)| BackupEntry {
+                        format: Format::Chunked,
                         id: commit.id.clone(),
                         dir: root.join("snapshots").join(object.hex()),
                         manifest: commit.summary(),
@@ -426,6 +429,34 @@ pub fn list_any(root: &Path) -> Result<(Vec<BackupEntry>, Vec<String>)> {
             ))
         }
     }
+}
+
+/// Protects backup `id` of the repository at `root` from `prune`, or lifts
+/// the protection (`remove`); its id.
+pub fn protect(root: &Path, id: &str, remove: bool) -> Result<String> {
+    use notes::Note;
+    let (backups, _) = list_any(root)?;
+    let entry = match id {
+        "latest" => backups.last(),
+        _ => backups
+            .iter()
+            .find(|b| b.id == id || b.dir.file_name().is_some_and(|n| n == id)),
+    }
+    .ok_or_else(|| {
+        usage!(
+            "no backup {id} in {}; 'volsnap list --repo {}' shows the backups there",
+            root.display(),
+            root.display()
+        )
+    })?;
+    let at = entry.notes()?;
+    if remove {
+        at.remove(Note::Protected)?;
+    } else if at.read(Note::Protected).is_none() {
+        let when = format!("protected at {}\n", chrono::Utc::now().to_rfc3339());
+        at.write(Note::Protected, when.as_bytes())?;
+    }
+    Ok(entry.id.clone())
 }
 
 /// A format-2 backup by id (its `YYYYMMDD…` id, or its commit object's
@@ -441,6 +472,7 @@ pub fn resolve_chunked(
         let entries: Vec<BackupEntry> = commits
             .iter()
             .map(|(object, c)| BackupEntry {
+                format: Format::Chunked,
                 id: object.hex(),
                 dir: PathBuf::new(),
                 manifest: c.summary(),
@@ -462,36 +494,7 @@ pub fn resolve_chunked(
     Ok(commits.swap_remove(position))
 }
 
-impl BackupEntry {
-    pub fn protected(&self) -> bool {
-        self.dir.join(PROTECTED_FILE).exists()
-    }
-}
-
 impl Repo {
-    /// Protects a backup from `prune`, or lifts the protection.
-    pub fn set_protected(&self, id: &str, protect: bool) -> Result<()> {
-        let (_, dir) = self.resolve(id)?;
-        let marker = dir.join(PROTECTED_FILE);
-        if protect && marker.exists() {
-            Ok(())
-        } else if protect {
-            let when = format!("protected at {}\n", chrono::Utc::now().to_rfc3339());
-            crate::fsutil::create_private(&marker)
-                .and_then(|mut f| {
-                    std::io::Write::write_all(&mut f, when.as_bytes()).map_err(Into::into)
-                })
-                .with_context(|| format!("cannot write {}", marker.display()))
-        } else {
-            match fs::remove_file(&marker) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("cannot remove {}", marker.display()))
-                }
-                _ => Ok(()),
-            }
-        }
-    }
-
     /// Deletes a backup: renamed out of sight first, then removed.
     pub fn delete(&self, id: &str) -> Result<()> {
         let (id, dir) = self.resolve(id)?;

@@ -6,6 +6,7 @@ use crate::archive::{entry_path, hash_content, link_target, ArchiveReader, Entry
 use crate::cancel::Cancel;
 use crate::hashing::sha256_file;
 use crate::repo::manifest::{parse_sums, EntryKind, Manifest, MANIFEST_FILE, SUMS_FILE};
+use crate::repo::notes::{Note, NotesAt};
 use crate::repo::v2::id::Id;
 use crate::repo::v2::index::Index;
 use crate::repo::v2::objects::Commit;
@@ -15,37 +16,30 @@ use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-/// Marker file: when the backup last verified (written by whoever checked).
-pub const VERIFIED_FILE: &str = "VERIFIED";
-
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct VerifiedMarker {
     verified_at: chrono::DateTime<chrono::Utc>,
     deep: bool,
 }
 
-/// Notes that the backup in `dir` just verified. Best effort: a read-only
-/// repository can still be verified, it just cannot remember it.
-pub fn record_verified(dir: &Path, deep: bool) {
+/// Notes that a backup just verified. Best effort: a read-only repository
+/// can still be verified, it just cannot remember it.
+pub fn record_verified(at: &NotesAt, deep: bool) {
     let marker = VerifiedMarker {
         verified_at: chrono::Utc::now(),
         deep,
     };
-    let path = dir.join(VERIFIED_FILE);
     let written = serde_json::to_vec(&marker)
         .map_err(anyhow::Error::from)
-        .and_then(|text| crate::fsutil::replace_file(&path, &text));
+        .and_then(|text| at.write(Note::Verified, &text));
     if let Err(e) = written {
-        tracing::info!(
-            "cannot record the verification in {}: {e:#}",
-            path.display()
-        );
+        tracing::info!("cannot record the verification: {e:#}");
     }
 }
 
-/// When the backup in `dir` last verified, if it ever did.
-pub fn verified_at(dir: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
-    let text = std::fs::read(dir.join(VERIFIED_FILE)).ok()?;
+/// When a backup last verified, if it ever did.
+pub fn verified_at(at: &NotesAt) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = at.read(Note::Verified)?;
     serde_json::from_slice::<VerifiedMarker>(&text)
         .ok()
         .map(|m| m.verified_at)
@@ -522,7 +516,7 @@ pub fn verify_by_id(root: &Path, id: &str, level: Level, cancel: &Cancel) -> Res
             let dir = crate::repo::Repo::open(root)?.backup_dir(id);
             let report = verify(&dir, level, cancel)?;
             if report.problems.is_empty() {
-                record_verified(&dir, level == Level::Deep);
+                record_verified(&NotesAt::Dir(dir), level == Level::Deep);
             }
             Ok(report)
         }
@@ -532,8 +526,16 @@ pub fn verify_by_id(root: &Path, id: &str, level: Level, cancel: &Cancel) -> Res
                 host: String::new(),
                 selection: None,
             };
-            let (_, commit) = crate::repo::resolve_chunked(&repo, id, &scope)?;
-            verify_chunked(&repo, &commit, level, cancel)
+            let (object, commit) = crate::repo::resolve_chunked(&repo, id, &scope)?;
+            let report = verify_chunked(&repo, &commit, level, cancel)?;
+            if report.problems.is_empty() {
+                let at = NotesAt::Objects {
+                    backend: repo.backend().clone(),
+                    commit: object,
+                };
+                record_verified(&at, level == Level::Deep);
+            }
+            Ok(report)
         }
     }
 }

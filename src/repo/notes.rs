@@ -1,0 +1,158 @@
+//! Notes about a backup: protected from prune, last verified, last drill.
+//! They live beside a backup, never in it (docs/FORMAT.md, "Notes about a
+//! backup"): files in a format-1 backup's directory; objects
+//! `notes/<commit object>/<kind>-<id>` in format 2, where objects are
+//! immutable, so a newer note is a new object and the newest counts.
+
+use super::v2::id::Id;
+use super::{BackupEntry, Format};
+use crate::backend::{Backend, LocalBackend};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The kinds of notes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// `protect`: prune never deletes the backup.
+    Protected,
+    /// `{"verified_at", "deep"}` of the last passing verification.
+    Verified,
+    /// The report of the last recovery drill.
+    Drill,
+}
+
+impl Note {
+    /// The file name in a format-1 backup.
+    pub fn file(self) -> &'static str {
+        match self {
+            Note::Protected => "PROTECTED",
+            Note::Verified => "VERIFIED",
+            Note::Drill => "drill.json",
+        }
+    }
+
+    /// The object name prefix in format 2.
+    fn prefix(self) -> &'static str {
+        match self {
+            Note::Protected => "protected-",
+            Note::Verified => "verified-",
+            Note::Drill => "drill-",
+        }
+    }
+}
+
+/// Where one backup's notes are kept.
+pub enum NotesAt {
+    Dir(PathBuf),
+    Objects {
+        backend: Arc<dyn Backend>,
+        commit: Id,
+    },
+}
+
+impl BackupEntry {
+    /// Where this backup's notes are kept.
+    pub fn notes(&self) -> Result<NotesAt> {
+        Ok(match self.format {
+            Format::Tar => NotesAt::Dir(self.dir.clone()),
+            Format::Chunked => {
+                // A format-2 entry's `dir` is `<root>/snapshots/<commit>`.
+                let root = self
+                    .dir
+                    .parent()
+                    .and_then(Path::parent)
+                    .context("internal error: a format-2 backup without its repository")?;
+                let commit = self
+                    .dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("internal error: a format-2 backup without its commit")?;
+                NotesAt::Objects {
+                    backend: Arc::new(LocalBackend::open(root)?),
+                    commit: Id::parse(commit)?,
+                }
+            }
+        })
+    }
+
+    pub fn protected(&self) -> bool {
+        self.notes()
+            .is_ok_and(|at| at.read(Note::Protected).is_some())
+    }
+}
+
+impl NotesAt {
+    fn objects(
+        backend: &Arc<dyn Backend>,
+        commit: &Id,
+        note: Note,
+    ) -> Result<Vec<crate::backend::ObjectInfo>> {
+        let dir = format!("notes/{commit}");
+        let mut found: Vec<_> = backend
+            .list(&dir)?
+            .into_iter()
+            .filter(|o| {
+                o.name
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with(note.prefix()))
+            })
+            .collect();
+        found.sort_by_key(|o| o.modified);
+        Ok(found)
+    }
+
+    /// The note's content (the newest, in format 2), if there is one. A
+    /// note that cannot be read counts as absent.
+    pub fn read(&self, note: Note) -> Option<Vec<u8>> {
+        match self {
+            NotesAt::Dir(dir) => std::fs::read(dir.join(note.file())).ok(),
+            NotesAt::Objects { backend, commit } => {
+                let newest = Self::objects(backend, commit, note).ok()?.pop()?;
+                backend.read(&newest.name).ok()
+            }
+        }
+    }
+
+    /// Writes the note (replacing an older one of its kind).
+    pub fn write(&self, note: Note, bytes: &[u8]) -> Result<()> {
+        match self {
+            NotesAt::Dir(dir) => crate::fsutil::replace_file(&dir.join(note.file()), bytes),
+            NotesAt::Objects { backend, commit } => {
+                let older = Self::objects(backend, commit, note)?;
+                let name = format!("notes/{commit}/{}{}", note.prefix(), Id::digest(bytes));
+                backend.write(&name, bytes)?;
+                for o in older.into_iter().filter(|o| o.name != name) {
+                    backend.delete(&o.name)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes every note of this kind.
+    pub fn remove(&self, note: Note) -> Result<()> {
+        match self {
+            NotesAt::Dir(dir) => match std::fs::remove_file(dir.join(note.file())) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
+                    .with_context(|| format!("cannot remove {}", dir.join(note.file()).display())),
+                _ => Ok(()),
+            },
+            NotesAt::Objects { backend, commit } => {
+                for o in Self::objects(backend, commit, note)? {
+                    backend.delete(&o.name)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Removes every note of a deleted format-2 backup.
+pub fn remove_all(backend: &dyn Backend, commit: &Id) -> Result<()> {
+    for o in backend.list(&format!("notes/{commit}"))? {
+        backend.delete(&o.name)?;
+    }
+    Ok(())
+}
