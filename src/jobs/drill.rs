@@ -30,8 +30,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The drill report, stored beside the backup.
-
 /// What to check and how long to wait.
 #[derive(Debug, Clone)]
 pub struct DrillSpec {

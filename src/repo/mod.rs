@@ -22,8 +22,6 @@ pub const PARTIAL_PREFIX: &str = ".partial-";
 /// A backup being deleted is renamed to this first, so it never looks
 /// complete while half gone.
 pub const DELETING_PREFIX: &str = ".deleting-";
-/// Marker file: `prune` never deletes this backup.
-
 /// An existing, usable repository directory.
 #[derive(Debug, Clone)]
 pub struct Repo {
