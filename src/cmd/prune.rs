@@ -45,11 +45,18 @@ pub fn run(args: PruneArgs) -> Result<i32> {
         print_report(&report);
         if let Some(c) = &collected {
             outln!(
-                "garbage: {} pack(s) deleted ({}), {} newly unreferenced pack(s) marked for a later prune",
+                "garbage: {} pack(s) deleted ({}), {} pack(s) no backup needs marked for a later prune",
                 c.packs_deleted,
                 volsnap::fsutil::human_bytes(c.bytes_freed),
                 c.packs_condemned
             );
+            if c.packs_rewritten > 0 {
+                outln!(
+                    "  {} pack(s) mostly garbage rewritten: {} of used blobs copied into new packs (the old ones are among those marked)",
+                    c.packs_rewritten,
+                    volsnap::fsutil::human_bytes(c.bytes_rewritten)
+                );
+            }
             if let Some(why) = &c.postponed {
                 outln!("  deletion postponed: {why}");
             }

@@ -117,40 +117,13 @@ pub fn prune(
     Ok(report)
 }
 
-/// What garbage collection of a format-2 repository did.
-#[derive(Debug, Default, Serialize)]
-pub struct Collected {
-    /// Packs no remaining backup references, newly condemned by a mark.
-    pub packs_condemned: usize,
-    /// Packs deleted: condemned by a mark old enough, and still unreferenced.
-    pub packs_deleted: usize,
-    pub bytes_freed: u64,
-    /// Why deletion waits for a later prune, when it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub postponed: Option<String>,
-}
-
-/// A mark must be this old before its packs go: every backup that was
-/// running when it was written has refreshed its lock since (and so read
-/// the marks), or has ended. Tests shorten it (fault-injection builds only).
-fn mark_age() -> std::time::Duration {
-    #[cfg(feature = "fault-injection")]
-    if let Some(secs) = std::env::var("VOLSNAP_TEST_MARK_AGE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return std::time::Duration::from_secs(secs);
-    }
-    crate::repo::v2::lock::REFRESH * 2
-}
+pub use crate::repo::v2::gc::Collected;
 
 /// Applies `policy` to a format-2 repository as [`prune`] does to a
 /// format-1 one (per host and selection; the newest backup that verifies
-/// always stays), then collects garbage with two marks: packs no backup
-/// references are condemned now, and deleted by a later prune once their
-/// mark is older than [`mark_age`], if still unreferenced and no backup
-/// that started before the mark still holds its lock. Every step can be
-/// killed and run again.
+/// always stays), then collects garbage with two marks
+/// ([`crate::repo::v2::gc::collect_garbage`]). Every step can be killed and
+/// run again.
 pub fn prune_chunked(
     repo: &crate::repo::v2::Repository,
     policy: &Policy,
@@ -232,7 +205,7 @@ pub fn prune_chunked(
     let collected = if dry_run {
         Collected::default()
     } else {
-        collect_garbage(repo, cancel)?
+        crate::repo::v2::gc::collect_garbage(repo, &crate::execute::this_host(), cancel)?
     };
     Ok((report, collected))
 }
@@ -245,126 +218,6 @@ fn notes_of(
         backend: repo.backend().clone(),
         commit: *object,
     }
-}
-
-/// The two-mark garbage collection of docs/FORMAT.md ("Prune and garbage
-/// collection"); packs only partly referenced stay whole.
-fn collect_garbage(repo: &crate::repo::v2::Repository, cancel: &Cancel) -> Result<Collected> {
-    use crate::repo::v2::id::Id;
-    use crate::repo::v2::lock::{acquire, live_locks, LockKind};
-    use std::collections::HashSet;
-    let mut collected = Collected::default();
-    let referenced: HashSet<Id> = repo
-        .commits()?
-        .into_iter()
-        .flat_map(|(_, c)| c.packs)
-        .collect();
-    let sizes: std::collections::HashMap<Id, u64> = repo
-        .backend()
-        .list("data")?
-        .into_iter()
-        .filter_map(|o| Some((Id::parse(o.name.rsplit('/').next()?).ok()?, o.size)))
-        .collect();
-    let unreferenced: HashSet<Id> = sizes
-        .keys()
-        .filter(|p| !referenced.contains(p))
-        .copied()
-        .collect();
-    let now = std::time::SystemTime::now();
-    let marks = repo.marks()?;
-    // Delete what old-enough marks condemned, under the exclusive lock.
-    let ripe: Vec<_> = marks
-        .iter()
-        .filter(|(_, written, _)| now.duration_since(*written).unwrap_or_default() >= mark_age())
-        .collect();
-    let mut still_condemned: HashSet<Id> = HashSet::new();
-    if !ripe.is_empty() {
-        match acquire(
-            repo.backend().clone(),
-            LockKind::Exclusive,
-            &crate::execute::this_host(),
-            "prune",
-        ) {
-            Err(e) => {
-                collected.postponed = Some(format!("{e:#}"));
-                still_condemned.extend(
-                    marks
-                        .iter()
-                        .flat_map(|(_, _, m)| m.condemned.iter().copied()),
-                );
-            }
-            Ok(lock) => {
-                let live = live_locks(&**repo.backend())?;
-                let mut doomed: Vec<(&Id, Vec<Id>)> = Vec::new();
-                for (mark_id, written, mark) in &ripe {
-                    let written_at: chrono::DateTime<chrono::Utc> = (*written).into();
-                    // A backup that started before this mark may not have
-                    // seen it: its packs wait.
-                    if live
-                        .iter()
-                        .any(|(_, l)| l.kind == LockKind::Shared && l.created < written_at)
-                    {
-                        still_condemned.extend(mark.condemned.iter().copied());
-                        continue;
-                    }
-                    let packs = mark
-                        .condemned
-                        .iter()
-                        .filter(|p| unreferenced.contains(p))
-                        .copied()
-                        .collect();
-                    doomed.push((mark_id, packs));
-                }
-                // Out of the indexes first: a kill from here on leaves packs
-                // nothing lists (deleted by the next prune), never an index
-                // naming a pack that is gone.
-                let gone: HashSet<Id> =
-                    doomed.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-                repo.drop_from_indexes(&gone)?;
-                #[cfg(feature = "fault-injection")]
-                crate::fault::point("prune-before-pack-deletion");
-                for (mark_id, packs) in &doomed {
-                    for pack in packs {
-                        cancel.check()?;
-                        repo.backend()
-                            .delete(&crate::repo::v2::Repository::pack_name(pack))?;
-                        collected.packs_deleted += 1;
-                        collected.bytes_freed += sizes.get(pack).copied().unwrap_or(0);
-                    }
-                    repo.backend().delete(&format!("marks/{mark_id}"))?;
-                }
-                lock.release()?;
-            }
-        }
-    }
-    for (_, written, mark) in &marks {
-        if now.duration_since(*written).unwrap_or_default() < mark_age() {
-            still_condemned.extend(mark.condemned.iter().copied());
-        }
-    }
-    // Condemn what is unreferenced now and not condemned yet.
-    let mut fresh: Vec<Id> = unreferenced
-        .iter()
-        .filter(|p| !still_condemned.contains(p) && sizes.contains_key(p))
-        .copied()
-        .collect();
-    // Deleted just now: not condemned again.
-    fresh.retain(|p| {
-        repo.backend()
-            .stat(&crate::repo::v2::Repository::pack_name(p))
-            .ok()
-            .flatten()
-            .is_some()
-    });
-    if !fresh.is_empty() {
-        fresh.sort();
-        collected.packs_condemned = fresh.len();
-        repo.save_mark(&crate::repo::v2::objects::Mark {
-            created: chrono::Utc::now(),
-            condemned: fresh,
-        })?;
-    }
-    Ok(collected)
 }
 
 /// Prune of the repository at `root`, whatever its format.

@@ -4,6 +4,7 @@
 //! This module reads and writes the objects and checks each one against its
 //! name before use; the archiver decides what goes into them.
 
+pub mod gc;
 pub mod id;
 pub mod index;
 pub mod lock;

@@ -1,0 +1,420 @@
+//! Garbage collection after retention (docs/FORMAT.md, "Prune and garbage
+//! collection"): which blobs the remaining backups use, which packs are
+//! needed for them, rewriting packs that are mostly garbage, and the two
+//! marks that keep a prune from deleting what a running backup is about
+//! to reference.
+
+use super::id::Id;
+use super::index::{IndexFile, IndexedPack};
+use super::lock::{acquire, live_locks, LockKind};
+use super::objects::Mark;
+use super::pack::{open_blob, BlobEntry, BlobKind, PackWriter};
+use super::tree::{TreeEntry, TreeReader};
+use super::Repository;
+use crate::cancel::Cancel;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+/// A pack still needed whose unused bytes reach this share of it is
+/// rewritten: its used blobs are copied into new packs and it is condemned.
+pub const REPACK_UNUSED_SHARE: f64 = 0.25;
+
+/// What garbage collection did.
+#[derive(Debug, Default, Serialize)]
+pub struct Collected {
+    /// Packs no remaining backup needs, newly condemned by a mark
+    /// (rewritten ones included).
+    pub packs_condemned: usize,
+    /// Packs partly used, whose used blobs were copied into new packs.
+    pub packs_rewritten: usize,
+    pub bytes_rewritten: u64,
+    /// Packs deleted: condemned by a mark old enough, and needed by nothing.
+    pub packs_deleted: usize,
+    pub bytes_freed: u64,
+    /// Why deletion waits for a later prune, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postponed: Option<String>,
+}
+
+/// A mark must be this old before its packs go: every backup that was
+/// running when it was written has refreshed its lock since (and so read
+/// the marks), or has ended. Tests shorten it (fault-injection builds only).
+fn mark_age() -> Duration {
+    #[cfg(feature = "fault-injection")]
+    if let Some(secs) = std::env::var("VOLSNAP_TEST_MARK_AGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return Duration::from_secs(secs);
+    }
+    super::lock::REFRESH * 2
+}
+
+/// The repository's packs as the indexes and the listing describe them.
+struct Packs {
+    /// Every pack present, with its size.
+    listed: HashMap<Id, u64>,
+    /// The blobs of every present pack an index describes.
+    blobs: HashMap<Id, Vec<BlobEntry>>,
+    /// Where each blob is: every present pack holding it.
+    places: HashMap<Id, Vec<Id>>,
+}
+
+impl Packs {
+    fn read(repo: &Repository) -> Result<Self> {
+        let listed: HashMap<Id, u64> = repo
+            .backend()
+            .list("data")?
+            .into_iter()
+            .filter_map(|o| Some((Id::parse(o.name.rsplit('/').next()?).ok()?, o.size)))
+            .collect();
+        let mut files = Vec::new();
+        for id in repo.index_ids()? {
+            files.push((id, repo.read_index(&id)?));
+        }
+        let superseded: HashSet<Id> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
+        let mut blobs: HashMap<Id, Vec<BlobEntry>> = HashMap::new();
+        for (_, file) in files.into_iter().filter(|(id, _)| !superseded.contains(id)) {
+            for pack in file.packs {
+                if listed.get(&pack.id) == Some(&pack.size) {
+                    blobs.insert(pack.id, pack.blobs);
+                }
+            }
+        }
+        let mut places: HashMap<Id, Vec<Id>> = HashMap::new();
+        for (pack, entries) in &blobs {
+            for blob in entries {
+                places.entry(blob.id).or_default().push(*pack);
+            }
+        }
+        Ok(Self {
+            listed,
+            blobs,
+            places,
+        })
+    }
+
+    /// (used bytes, all blob bytes) of a pack.
+    fn usage(&self, pack: &Id, used: &HashSet<Id>) -> (u64, u64) {
+        self.blobs.get(pack).map_or((0, 0), |entries| {
+            entries.iter().fold((0, 0), |(u, t), b| {
+                (
+                    u + if used.contains(&b.id) { b.length } else { 0 },
+                    t + b.length,
+                )
+            })
+        })
+    }
+
+    /// The packs that keep every used blob, chosen fullest first (so a
+    /// copy made by a rewrite is kept over the pack it was copied from);
+    /// ties go by id, so the choice is the same run after run.
+    fn needed(&self, used: &HashSet<Id>) -> HashSet<Id> {
+        let mut order: Vec<(f64, Id)> = self
+            .blobs
+            .keys()
+            .map(|p| {
+                let (u, t) = self.usage(p, used);
+                (if t == 0 { 0.0 } else { u as f64 / t as f64 }, *p)
+            })
+            .filter(|(share, _)| *share > 0.0)
+            .collect();
+        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut covered: HashSet<Id> = HashSet::new();
+        let mut needed = HashSet::new();
+        for (_, pack) in order {
+            let mut adds = false;
+            for blob in &self.blobs[&pack] {
+                if used.contains(&blob.id) && covered.insert(blob.id) {
+                    adds = true;
+                }
+            }
+            if adds {
+                needed.insert(pack);
+            }
+        }
+        needed
+    }
+
+    /// The packs of `doomed` that may go: each used blob they hold is also
+    /// in a present pack outside `doomed`. The rest stay (for now).
+    fn deletable(&self, doomed: &HashSet<Id>, used: &HashSet<Id>) -> HashSet<Id> {
+        let mut out = doomed.clone();
+        loop {
+            let keep: Vec<Id> = out
+                .iter()
+                .filter(|p| {
+                    self.blobs.get(p).is_some_and(|entries| {
+                        entries.iter().any(|b| {
+                            used.contains(&b.id)
+                                && !self.places[&b.id].iter().any(|q| !out.contains(q))
+                        })
+                    })
+                })
+                .copied()
+                .collect();
+            if keep.is_empty() {
+                return out;
+            }
+            for p in keep {
+                out.remove(&p);
+            }
+        }
+    }
+}
+
+/// Every blob the remaining backups use: their manifests' tree blobs,
+/// volume records, and every file's chunks. A manifest that cannot be read
+/// stops the collection: its chunks could be anywhere.
+fn used_blobs(repo: &Repository, cancel: &Cancel) -> Result<HashSet<Id>> {
+    let index = repo.load_index()?;
+    let mut used = HashSet::new();
+    for (_, commit) in repo.commits()? {
+        for volume in &commit.volumes {
+            used.extend(volume.tree.iter().copied());
+            used.extend(volume.record.iter().copied());
+            let mut lines = TreeReader::new(repo, &index, &volume.tree, volume.tree_sha256);
+            while let Some(line) = lines.next_line::<TreeEntry>().with_context(|| {
+                format!(
+                    "cannot read the manifest of backup {} (volume {}); nothing was collected (volsnap verify --all names the damage)",
+                    commit.id, volume.name
+                )
+            })? {
+                cancel.check()?;
+                used.extend(line.chunks);
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Copies the used blobs of `packs` into new packs (stored as they are,
+/// each checked against its id first) and indexes them; bytes copied.
+fn rewrite(repo: &Repository, packs: &[Id], used: &HashSet<Id>, cancel: &Cancel) -> Result<u64> {
+    let mut writers: HashMap<BlobKind, PackWriter> = HashMap::new();
+    let mut written: Vec<IndexedPack> = Vec::new();
+    let mut copied = 0;
+    let store = |writer: PackWriter, written: &mut Vec<IndexedPack>| -> Result<()> {
+        let (id, bytes, header) = writer.finish()?;
+        repo.save_pack(&id, &bytes)?;
+        written.push(IndexedPack {
+            id,
+            size: bytes.len() as u64,
+            blobs: header.blobs,
+        });
+        Ok(())
+    };
+    let mut done: HashSet<Id> = HashSet::new();
+    for pack in packs {
+        cancel.check()?;
+        let (bytes, header) = repo.read_pack(pack)?;
+        for blob in header.blobs.iter().filter(|b| used.contains(&b.id)) {
+            if !done.insert(blob.id) {
+                continue;
+            }
+            let stored = &bytes[blob.offset as usize..(blob.offset + blob.length) as usize];
+            open_blob(blob, stored).with_context(|| format!("rewriting pack {pack}"))?;
+            let writer = writers
+                .entry(blob.kind)
+                .or_insert_with(|| PackWriter::new(blob.kind));
+            writer.add_encoded(blob.id, stored[0] != 0, &stored[1..], blob.raw_length);
+            copied += blob.length;
+            if writer.is_full() {
+                let full = writers.remove(&blob.kind).expect("just used");
+                store(full, &mut written)?;
+            }
+        }
+    }
+    for (_, writer) in writers.into_iter().filter(|(_, w)| !w.is_empty()) {
+        store(writer, &mut written)?;
+    }
+    if !written.is_empty() {
+        repo.save_index(&IndexFile {
+            packs: written,
+            supersedes: Vec::new(),
+        })?;
+    }
+    Ok(copied)
+}
+
+/// Garbage collection, after retention deleted commit objects. Deletes
+/// what old-enough marks condemned and nothing needs (under the exclusive
+/// lock, postponed while a backup that started before the mark runs);
+/// rewrites needed packs that are mostly garbage; condemns, in a new mark,
+/// every pack nothing needs now. Every step can be killed and run again.
+pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result<Collected> {
+    let mut collected = Collected::default();
+    let used = used_blobs(repo, cancel)?;
+    let packs = Packs::read(repo)?;
+    let needed = packs.needed(&used);
+    let unneeded: HashSet<Id> = packs
+        .listed
+        .keys()
+        .filter(|p| !needed.contains(p))
+        .copied()
+        .collect();
+
+    let now = SystemTime::now();
+    let marks = repo.marks()?;
+    let ripe: Vec<_> = marks
+        .iter()
+        .filter(|(_, written, _)| now.duration_since(*written).unwrap_or_default() >= mark_age())
+        .collect();
+    let mut still_condemned: HashSet<Id> = marks
+        .iter()
+        .filter(|(_, written, _)| now.duration_since(*written).unwrap_or_default() < mark_age())
+        .flat_map(|(_, _, m)| m.condemned.iter().copied())
+        .collect();
+    let mut deleted: HashSet<Id> = HashSet::new();
+    if !ripe.is_empty() {
+        match acquire(repo.backend().clone(), LockKind::Exclusive, host, "prune") {
+            Err(e) => {
+                collected.postponed = Some(format!("{e:#}"));
+                still_condemned.extend(
+                    ripe.iter()
+                        .flat_map(|(_, _, m)| m.condemned.iter().copied()),
+                );
+            }
+            Ok(lock) => {
+                let live = live_locks(&**repo.backend())?;
+                let mut doomed: HashSet<Id> = HashSet::new();
+                let mut done_marks = Vec::new();
+                for (mark_id, written, mark) in &ripe {
+                    let written_at: chrono::DateTime<chrono::Utc> = (*written).into();
+                    // A backup that started before this mark may not have
+                    // seen it: its packs wait.
+                    if live
+                        .iter()
+                        .any(|(_, l)| l.kind == LockKind::Shared && l.created < written_at)
+                    {
+                        still_condemned.extend(mark.condemned.iter().copied());
+                        continue;
+                    }
+                    doomed.extend(
+                        mark.condemned
+                            .iter()
+                            .filter(|p| unneeded.contains(p))
+                            .copied(),
+                    );
+                    done_marks.push(*mark_id);
+                }
+                let gone = packs.deletable(&doomed, &used);
+                // Out of the indexes first: a kill from here on leaves packs
+                // nothing lists (deleted by the next prune), never an index
+                // naming a pack that is gone.
+                repo.drop_from_indexes(&gone)?;
+                #[cfg(feature = "fault-injection")]
+                crate::fault::point("prune-before-pack-deletion");
+                for pack in &gone {
+                    cancel.check()?;
+                    repo.backend().delete(&Repository::pack_name(pack))?;
+                    collected.packs_deleted += 1;
+                    collected.bytes_freed += packs.listed.get(pack).copied().unwrap_or(0);
+                }
+                deleted = gone;
+                for mark_id in done_marks {
+                    repo.backend().delete(&format!("marks/{mark_id}"))?;
+                }
+                lock.release()?;
+            }
+        }
+    }
+
+    // Needed packs mostly garbage, not condemned already: their used blobs
+    // are copied, then they are condemned like the rest.
+    let mut rewritten: Vec<Id> = needed
+        .iter()
+        .filter(|p| !still_condemned.contains(p))
+        .filter(|p| {
+            let (u, t) = packs.usage(p, &used);
+            t > 0 && (t - u) as f64 >= REPACK_UNUSED_SHARE * t as f64
+        })
+        .copied()
+        .collect();
+    rewritten.sort();
+    if !rewritten.is_empty() {
+        collected.bytes_rewritten = rewrite(repo, &rewritten, &used, cancel)?;
+        collected.packs_rewritten = rewritten.len();
+        #[cfg(feature = "fault-injection")]
+        crate::fault::point("prune-after-rewrite");
+    }
+
+    let mut fresh: Vec<Id> = unneeded
+        .iter()
+        .chain(rewritten.iter())
+        .filter(|p| !still_condemned.contains(p) && !deleted.contains(p))
+        .copied()
+        .collect();
+    if !fresh.is_empty() {
+        fresh.sort();
+        fresh.dedup();
+        collected.packs_condemned = fresh.len();
+        repo.save_mark(&Mark {
+            created: chrono::Utc::now(),
+            condemned: fresh,
+        })?;
+    }
+    Ok(collected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(id: Id, length: u64) -> BlobEntry {
+        BlobEntry {
+            id,
+            kind: BlobKind::Data,
+            offset: 0,
+            length,
+            raw_length: length,
+        }
+    }
+
+    fn packs(layout: &[(Id, Vec<BlobEntry>)]) -> Packs {
+        let mut places: HashMap<Id, Vec<Id>> = HashMap::new();
+        for (pack, entries) in layout {
+            for b in entries {
+                places.entry(b.id).or_default().push(*pack);
+            }
+        }
+        Packs {
+            listed: layout.iter().map(|(p, _)| (*p, 1)).collect(),
+            blobs: layout.iter().cloned().collect(),
+            places,
+        }
+    }
+
+    #[test]
+    fn a_copy_is_kept_over_the_half_used_pack_it_came_from_and_no_only_copy_goes() {
+        let (x, y, z) = (Id::digest(b"x"), Id::digest(b"y"), Id::digest(b"z"));
+        let (old, copy, other) = (
+            Id::digest(b"old"),
+            Id::digest(b"copy"),
+            Id::digest(b"other"),
+        );
+        // `old` holds x (used) and y (garbage); `copy` holds x alone.
+        let p = packs(&[
+            (old, vec![blob(x, 10), blob(y, 10)]),
+            (copy, vec![blob(x, 10)]),
+            (other, vec![blob(z, 10)]),
+        ]);
+        let used: HashSet<Id> = [x, z].into_iter().collect();
+        let needed = p.needed(&used);
+        assert_eq!(needed, [copy, other].into_iter().collect());
+        // Deleting old is safe (x lives on in copy); deleting both copies
+        // of x at once is not: both stay.
+        let doomed: HashSet<Id> = [old].into_iter().collect();
+        assert_eq!(p.deletable(&doomed, &used), doomed);
+        let both: HashSet<Id> = [old, copy].into_iter().collect();
+        assert!(p.deletable(&both, &used).is_empty());
+        // A pack of garbage only may always go.
+        let used_z: HashSet<Id> = [z].into_iter().collect();
+        assert_eq!(p.deletable(&both, &used_z), both);
+    }
+}
