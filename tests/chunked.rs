@@ -255,14 +255,18 @@ fn backups_cost_what_changed_and_restore_byte_for_byte() {
     );
 }
 
+/// A kill at each step of a backup and of a prune: the backup exists only
+/// if its commit object was written, `recover` restarts what a cold backup
+/// stopped, the whole repository verifies after each, and the next run
+/// finishes the work.
 #[test]
-fn a_backup_killed_before_its_commit_leaves_no_backup_and_gzip_is_refused() {
+fn kills_at_every_step_of_a_backup_and_a_prune_leave_a_whole_repository() {
     let mut p = Project::new("chunkkill");
     let repo = p.tempdir().join("repo");
     let repo_s = repo.to_str().unwrap().to_string();
     ok(volsnap(&["init", "--repo", &repo_s]));
     let vol = p.volume("data", &[]);
-    std::fs::write(volume_path(&vol).join("f"), b"content").unwrap();
+    let src = volume_path(&vol);
     let mount = format!("{vol}:/data");
     let app = p.service("app", &[], &["-v", &mount], &["idle"]);
     let project = p.name.clone();
@@ -271,26 +275,117 @@ fn a_backup_killed_before_its_commit_leaves_no_backup_and_gzip_is_refused() {
     assert_eq!(gzip.status.code(), Some(2), "{}", stderr(&gzip));
     assert!(stderr(&gzip).contains("format-2"), "{}", stderr(&gzip));
 
-    let killed = volsnap_env(
-        &backup_args(&project, &repo, &["--strategy", "cold"]),
-        &[("VOLSNAP_FAULT_KILL_AT", "v2-before-commit")],
-    );
-    assert!(!killed.status.success());
-    // Packs may be there; no backup is.
-    assert!(objects(&repo, "snapshots").is_empty());
-    let listed = ok(volsnap(&["list", "--repo", &repo_s]));
-    assert!(listed.contains("no backups"), "{listed}");
-    // recover starts the service the killed cold backup stopped.
-    ok(volsnap(&["recover"]));
-    assert!(is_running(&app));
-    // And the next backup works and restores.
-    let done = ok(volsnap(&backup_args(
-        &project,
-        &repo,
-        &["--strategy", "cold"],
-    )));
-    assert!(done.contains("backup"), "{done}");
-    assert_eq!(objects(&repo, "snapshots").len(), 1);
+    let mut round = 0u64;
+    let mut change = || {
+        round += 1;
+        let mut bytes = vec![0u8; 1 << 20];
+        let mut x = 0x9e3779b97f4a7c15u64 ^ round;
+        for b in bytes.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(src.join("data.bin"), &bytes).unwrap();
+        std::fs::write(src.join("round"), round.to_string()).unwrap();
+    };
+    let backups = || objects(&repo, "snapshots").len();
+    let whole = |after: &str| {
+        let out = volsnap(&[
+            "verify",
+            "--repo",
+            &repo_s,
+            "--all",
+            "--read-data-subset",
+            "100",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "after a kill at {after}: {}",
+            stderr(&out)
+        );
+    };
+    let killed_at = |out: &std::process::Output, point: &str| {
+        assert!(
+            !out.status.success(),
+            "not killed at {point}: {}",
+            stdout(out)
+        );
+        assert!(
+            stderr(out).contains(&format!("killing myself at {point}")),
+            "{point} was not reached: {}",
+            stderr(out)
+        );
+    };
+
+    for point in [
+        "v2-locked",
+        "v2-pack-stored",
+        "v2-index-stored",
+        "v2-before-commit",
+        "v2-after-commit",
+    ] {
+        change();
+        let before = backups();
+        let out = volsnap_env(
+            &backup_args(&project, &repo, &["--strategy", "cold"]),
+            &[("VOLSNAP_FAULT_KILL_AT", point)],
+        );
+        killed_at(&out, point);
+        let committed = point == "v2-after-commit";
+        assert_eq!(backups(), before + usize::from(committed), "at {point}");
+        // recover starts the service the killed cold backup stopped.
+        ok(volsnap(&["recover"]));
+        assert!(is_running(&app), "at {point}");
+        whole(point);
+        // The next backup works, despite the dead run's lock.
+        ok(volsnap(&backup_args(
+            &project,
+            &repo,
+            &["--strategy", "cold"],
+        )));
+        verify_deep(&repo, "latest");
+    }
+
+    let env = [("VOLSNAP_TEST_MARK_AGE_SECS", "0")];
+    let prune = |kill: Option<&str>| {
+        let mut all = env.to_vec();
+        if let Some(point) = kill {
+            all.push(("VOLSNAP_FAULT_KILL_AT", point));
+        }
+        volsnap_env(&["prune", "--repo", &repo_s, "--keep-last", "1"], &all)
+    };
+    // A first complete prune leaves a mark for the next to act on.
+    ok(prune(None));
+    for point in [
+        "prune-after-retention",
+        "prune-before-mark",
+        "prune-before-pack-deletion",
+        "prune-mid-deletion",
+        "prune-before-mark-deletion",
+    ] {
+        for _ in 0..2 {
+            change();
+            ok(volsnap(&backup_args(
+                &project,
+                &repo,
+                &["--strategy", "online"],
+            )));
+        }
+        killed_at(&prune(Some(point)), point);
+        whole(point);
+        verify_deep(&repo, "latest");
+        // The next prune finishes the work, leaving a mark again.
+        ok(prune(None));
+        whole(point);
+        assert_eq!(backups(), 1, "after {point}");
+    }
+    // Garbage does not pile up: what is left is about one backup's data.
+    ok(prune(None));
+    ok(prune(None));
+    let stored = stored_bytes(&repo);
+    assert!(stored < 3 << 20, "{stored} bytes left for a 1 MiB backup");
 }
 
 /// `volsnap export REPO ID VOLUME | tar -x` gives back the volume, from a
@@ -305,7 +400,7 @@ fn export_pipes_into_gnu_tar_for_both_formats() {
     let mount = format!("{vol}:/data");
     p.service("app", &[], &["-v", &mount], &["idle"]);
     let project = p.name.clone();
-    let tar_repo = p.tempdir();
+    let tar_repo = p.tar_repo();
     let chunked_repo = p.tempdir().join("repo");
     ok(volsnap(&["init", "--repo", chunked_repo.to_str().unwrap()]));
     for repo in [&tar_repo, &chunked_repo] {

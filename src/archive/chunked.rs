@@ -385,6 +385,8 @@ impl ChunkedBackup {
             host,
             command,
         )?;
+        #[cfg(feature = "fault-injection")]
+        crate::fault::point("v2-locked");
         let index = std::sync::Arc::new(repo.load_index()?);
         // Blobs count as absent in packs a mark condemns, and in packs an
         // index lists but that are gone (a prune killed half way, a hand
@@ -525,6 +527,9 @@ impl ChunkedBackup {
         if !saved.index.packs.is_empty() {
             self.repo.save_index(&saved.index)?;
         }
+        #[cfg(feature = "fault-injection")]
+        crate::fault::point("v2-index-stored");
+
         // A prune may have deleted a pack this backup deduplicated against
         // since the index was read: then nothing is committed, and the next
         // run writes those blobs again.
@@ -566,6 +571,9 @@ impl ChunkedBackup {
         #[cfg(feature = "fault-injection")]
         crate::fault::point("v2-before-commit");
         let id = self.repo.save_commit(&commit)?;
+        #[cfg(feature = "fault-injection")]
+        crate::fault::point("v2-after-commit");
+
         // Only a committed backup becomes the next one's parent.
         for (temp, path) in std::mem::take(&mut self.new_parents) {
             if let Err(e) = fs::rename(&temp, &path) {

@@ -202,6 +202,8 @@ pub fn prune_chunked(
             damaged,
         });
     }
+    #[cfg(feature = "fault-injection")]
+    crate::fault::point("prune-after-retention");
     let collected = if dry_run {
         Collected::default()
     } else {

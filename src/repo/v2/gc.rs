@@ -315,8 +315,12 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
                     repo.backend().delete(&Repository::pack_name(pack))?;
                     collected.packs_deleted += 1;
                     collected.bytes_freed += packs.listed.get(pack).copied().unwrap_or(0);
+                    #[cfg(feature = "fault-injection")]
+                    crate::fault::point("prune-mid-deletion");
                 }
                 deleted = gone;
+                #[cfg(feature = "fault-injection")]
+                crate::fault::point("prune-before-mark-deletion");
                 for mark_id in done_marks {
                     repo.backend().delete(&format!("marks/{mark_id}"))?;
                 }
@@ -354,6 +358,8 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
         fresh.sort();
         fresh.dedup();
         collected.packs_condemned = fresh.len();
+        #[cfg(feature = "fault-injection")]
+        crate::fault::point("prune-before-mark");
         repo.save_mark(&Mark {
             created: chrono::Utc::now(),
             condemned: fresh,

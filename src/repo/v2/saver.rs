@@ -266,6 +266,8 @@ fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result
 fn store(shared: &Shared, pack: PackWriter) -> Result<()> {
     let (id, bytes, header) = pack.finish()?;
     shared.repo.save_pack(&id, &bytes)?;
+    #[cfg(feature = "fault-injection")]
+    crate::fault::point("v2-pack-stored");
     let size = bytes.len() as u64;
     if let Ok(mut spare) = shared.spare.lock() {
         if spare.len() < 2 {
