@@ -54,9 +54,66 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
+/// A set of ids that grows to millions in little memory: a sorted table
+/// (32 bytes an id) plus a small hash set of recent ones, merged into the
+/// table when it fills. A hash set alone costs twice that and more while
+/// it grows.
+#[derive(Default)]
+pub struct IdSet {
+    sorted: Vec<Id>,
+    recent: std::collections::HashSet<Id>,
+}
+
+impl IdSet {
+    const RECENT: usize = 1 << 16;
+
+    pub fn contains(&self, id: &Id) -> bool {
+        self.recent.contains(id) || self.sorted.binary_search(id).is_ok()
+    }
+
+    /// Adds `id`; whether it was new.
+    pub fn insert(&mut self, id: Id) -> bool {
+        if self.contains(&id) {
+            return false;
+        }
+        self.recent.insert(id);
+        if self.recent.len() >= Self::RECENT {
+            let mut run: Vec<Id> = self.recent.drain().collect();
+            run.sort_unstable();
+            self.sorted.extend(run);
+            // Two sorted runs: the stable sort merges them in one pass.
+            self.sorted.sort();
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.sorted.len() + self.recent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_set_keeps_every_id_across_merges() {
+        let mut set = IdSet::default();
+        let ids: Vec<Id> = (0u32..(IdSet::RECENT as u32 * 2 + 17))
+            .map(|n| Id::digest(&n.to_le_bytes()))
+            .collect();
+        for id in &ids {
+            assert!(set.insert(*id));
+        }
+        assert_eq!(set.len(), ids.len());
+        assert!(ids.iter().all(|id| set.contains(id)));
+        assert!(ids.iter().all(|id| !set.insert(*id)), "no id twice");
+        assert!(!set.contains(&Id::digest(b"never added")));
+    }
 
     #[test]
     fn ids_parse_only_their_own_form() {

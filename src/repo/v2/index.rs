@@ -1,7 +1,7 @@
 //! Indexes: which blobs each pack holds (docs/FORMAT.md, "Index").
 //!
 //! Readers take the union of every index object not superseded by another;
-//! in memory that is one map from blob id to its pack and place.
+//! in memory that is one table of blob ids, sorted, with their packs and places.
 
 use super::id::Id;
 use super::pack::{check_bounds, BlobEntry, BlobKind, PackHeader};
@@ -35,64 +35,125 @@ pub struct Location {
     pub raw_length: u64,
 }
 
-/// The union of a repository's indexes.
+/// Where one blob is, as the index keeps it: 24 bytes beside the id, so a
+/// million blobs cost about 56 MB (a blob is at most 4 MiB, so its lengths
+/// fit in 32 bits).
+#[derive(Debug, Clone, Copy)]
+struct Compact {
+    offset: u64,
+    pack: u32,
+    length: u32,
+    raw_length: u32,
+    kind: BlobKind,
+}
+
+/// The union of a repository's indexes: a table sorted by blob id.
 #[derive(Debug, Default)]
 pub struct Index {
     /// (pack id, pack size), in the order first seen.
     pub packs: Vec<(Id, u64)>,
+    blobs: Vec<(Id, Compact)>,
+}
+
+/// Builds an [`Index`] from index objects read one at a time, so only one
+/// object's text is in memory at once.
+#[derive(Default)]
+pub struct IndexBuilder {
+    packs: Vec<(Id, u64)>,
     pack_slots: HashMap<Id, u32>,
-    blobs: HashMap<Id, Location>,
+    /// Blob, place, and the index object that described it.
+    blobs: Vec<(Id, Compact, u32)>,
+    files: Vec<Id>,
+    superseded: HashSet<Id>,
+}
+
+impl IndexBuilder {
+    /// Adds index object `id`. Every pack's blob list is bounds-checked.
+    pub fn add(&mut self, id: Id, file: IndexFile) -> Result<()> {
+        let file_no = self.files.len() as u32;
+        self.files.push(id);
+        self.superseded.extend(file.supersedes.iter().copied());
+        for pack in file.packs {
+            let header = PackHeader {
+                blobs: pack.blobs,
+                content_key: None,
+            };
+            check_bounds(&header, pack.size)
+                .with_context(|| format!("index {id} describes pack {} wrongly", pack.id))?;
+            let slot = *self.pack_slots.entry(pack.id).or_insert_with(|| {
+                self.packs.push((pack.id, pack.size));
+                (self.packs.len() - 1) as u32
+            });
+            for blob in header.blobs {
+                self.blobs.push((
+                    blob.id,
+                    Compact {
+                        offset: blob.offset,
+                        pack: slot,
+                        // check_bounds keeps both below MAX_BLOB + 1.
+                        length: blob.length as u32,
+                        raw_length: blob.raw_length as u32,
+                        kind: blob.kind,
+                    },
+                    file_no,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The union of what was added, leaving out every object another one
+    /// supersedes; a blob described twice keeps its first place (either
+    /// copy serves).
+    pub fn finish(self) -> Index {
+        let superseded: HashSet<u32> = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| self.superseded.contains(id))
+            .map(|(n, _)| n as u32)
+            .collect();
+        let mut blobs: Vec<(Id, Compact)> = self
+            .blobs
+            .into_iter()
+            .filter(|(_, _, file)| !superseded.contains(file))
+            .map(|(id, place, _)| (id, place))
+            .collect();
+        // Stable: of equal ids the first described stays first.
+        blobs.sort_by(|a, b| a.0.cmp(&b.0));
+        blobs.dedup_by(|later, first| later.0 == first.0);
+        blobs.shrink_to_fit();
+        Index {
+            packs: self.packs,
+            blobs,
+        }
+    }
 }
 
 impl Index {
-    /// Builds the union of `files` (id and content), leaving out every file
-    /// another one supersedes. Every pack's blob list is bounds-checked.
-    pub fn from_files(files: &[(Id, IndexFile)]) -> Result<Self> {
-        let superseded: HashSet<Id> = files
-            .iter()
-            .flat_map(|(_, f)| f.supersedes.iter().copied())
-            .collect();
-        let mut index = Index::default();
-        for (id, file) in files.iter().filter(|(id, _)| !superseded.contains(id)) {
-            for pack in &file.packs {
-                check_bounds(
-                    &PackHeader {
-                        blobs: pack.blobs.clone(),
-                        content_key: None,
-                    },
-                    pack.size,
-                )
-                .with_context(|| format!("index {id} describes pack {} wrongly", pack.id))?;
-                index.add_pack(pack.id, pack.size, &pack.blobs);
-            }
+    /// The union of `files` (id and content); see [`IndexBuilder`].
+    pub fn from_files(files: Vec<(Id, IndexFile)>) -> Result<Self> {
+        let mut builder = IndexBuilder::default();
+        for (id, file) in files {
+            builder.add(id, file)?;
         }
-        Ok(index)
-    }
-
-    /// Records a pack and its blobs (a blob already known keeps its first
-    /// place: either copy serves).
-    pub fn add_pack(&mut self, id: Id, size: u64, blobs: &[BlobEntry]) {
-        let slot = *self.pack_slots.entry(id).or_insert_with(|| {
-            self.packs.push((id, size));
-            (self.packs.len() - 1) as u32
-        });
-        for blob in blobs {
-            self.blobs.entry(blob.id).or_insert(Location {
-                pack: slot,
-                kind: blob.kind,
-                offset: blob.offset,
-                length: blob.length,
-                raw_length: blob.raw_length,
-            });
-        }
+        Ok(builder.finish())
     }
 
     pub fn get(&self, blob: &Id) -> Option<Location> {
-        self.blobs.get(blob).copied()
+        let at = self.blobs.binary_search_by(|(id, _)| id.cmp(blob)).ok()?;
+        let place = self.blobs[at].1;
+        Some(Location {
+            pack: place.pack,
+            kind: place.kind,
+            offset: place.offset,
+            length: u64::from(place.length),
+            raw_length: u64::from(place.raw_length),
+        })
     }
 
     pub fn contains(&self, blob: &Id) -> bool {
-        self.blobs.contains_key(blob)
+        self.get(blob).is_some()
     }
 
     pub fn pack_id(&self, location: &Location) -> Id {

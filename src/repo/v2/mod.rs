@@ -142,13 +142,13 @@ impl Repository {
     /// was lost is then found in its new pack, never in the lost one.
     pub fn load_index(&self) -> Result<Index> {
         let present = self.pack_ids()?;
-        let mut files = Vec::new();
+        let mut builder = index::IndexBuilder::default();
         for id in self.index_ids()? {
             let mut file = self.read_index(&id)?;
             file.packs.retain(|p| present.contains(&p.id));
-            files.push((id, file));
+            builder.add(id, file)?;
         }
-        Index::from_files(&files)
+        Ok(builder.finish())
     }
 
     /// The ids of the index objects, from a listing of `index/`.

@@ -13,6 +13,9 @@ use std::io::Read;
 
 /// A pack is closed once it holds this much.
 pub const PACK_TARGET: usize = 32 << 20;
+/// A pack is also closed at this many blobs: a volume of tiny files would
+/// otherwise make headers (and index objects) of hundreds of megabytes.
+pub const PACK_MAX_BLOBS: usize = 20_000;
 /// No header may claim more (a pack of small blobs at 32 MiB has a header
 /// of a few MiB at most).
 const MAX_HEADER: u64 = 64 << 20;
@@ -146,7 +149,7 @@ impl PackWriter {
     }
 
     pub fn is_full(&self) -> bool {
-        self.bytes.len() >= PACK_TARGET
+        self.bytes.len() >= PACK_TARGET || self.header.blobs.len() >= PACK_MAX_BLOBS
     }
 
     /// The finished pack: its id (SHA-256 of its bytes), bytes and header.
@@ -260,6 +263,20 @@ mod tests {
         let e = &parsed.blobs[2];
         let stored = &damaged[e.offset as usize..(e.offset + e.length) as usize];
         assert!(open_blob(e, stored).is_err());
+    }
+
+    #[test]
+    fn a_pack_of_tiny_blobs_closes_at_its_blob_count_with_a_readable_header() {
+        let mut writer = PackWriter::new(BlobKind::Data);
+        let mut n = 0u32;
+        while !writer.is_full() {
+            let text = n.to_le_bytes();
+            writer.add_encoded(Id::digest(&text), false, &text, 4);
+            n += 1;
+        }
+        assert_eq!(n as usize, PACK_MAX_BLOBS);
+        let (_, bytes, _) = writer.finish().unwrap();
+        assert_eq!(parse_header(&bytes).unwrap().blobs.len(), PACK_MAX_BLOBS);
     }
 
     #[test]

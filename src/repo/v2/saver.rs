@@ -3,7 +3,7 @@
 //! soon as it is full. What a backup saved is described by one index
 //! object written at the end ([`BlobSaver::finish`]), after its packs.
 
-use super::id::Id;
+use super::id::{Id, IdSet};
 use super::index::{Index, IndexFile, IndexedPack};
 use super::pack::{BlobKind, PackWriter};
 use super::Repository;
@@ -16,12 +16,18 @@ use std::thread::JoinHandle;
 /// Blobs waiting for a worker (each at most the chunker's maximum).
 const QUEUE: usize = 8;
 
+/// An index object is written as soon as the packs stored since the last
+/// one hold this many blobs (about 6 MB of JSON), so a backup of millions
+/// of files never holds its whole index in memory.
+const INDEX_BLOBS: usize = 40_000;
+
 /// A blob for a worker: its id, kind and plaintext.
 type Work = (Id, BlobKind, Arc<Vec<u8>>);
 
 /// What a finished saver leaves for the commit.
 pub struct Saved {
-    /// The packs this run wrote (already in the repository), for its index.
+    /// The packs this run wrote that no index object written during the
+    /// run describes yet (the caller writes it).
     pub index: IndexFile,
     /// Every pack the saved blobs live in: new ones and those deduplicated
     /// against.
@@ -35,7 +41,10 @@ struct Shared {
     /// Buffers of stored packs, for the next packs.
     spare: Mutex<Vec<Vec<u8>>>,
     packs: Mutex<[Option<PackWriter>; 2]>,
+    /// Packs stored and not yet in an index object.
     written: Mutex<Vec<IndexedPack>>,
+    /// Every pack this run stored.
+    stored: Mutex<Vec<Id>>,
     stored_bytes: Mutex<u64>,
 }
 
@@ -44,7 +53,7 @@ pub struct BlobSaver {
     /// Packs condemned by a prune's mark: their blobs count as absent.
     condemned: HashSet<Id>,
     /// Blobs sent to the workers by this run.
-    queued: HashSet<Id>,
+    queued: IdSet,
     referenced: HashSet<Id>,
     sender: Option<SyncSender<Work>>,
     workers: Vec<JoinHandle<Result<()>>>,
@@ -72,6 +81,7 @@ impl BlobSaver {
             spare: Mutex::new(Vec::new()),
             packs: Mutex::new([None, None]),
             written: Mutex::new(Vec::new()),
+            stored: Mutex::new(Vec::new()),
             stored_bytes: Mutex::new(0),
         });
         let (sender, receiver) = sync_channel(QUEUE);
@@ -88,7 +98,7 @@ impl BlobSaver {
         Ok(Self {
             index,
             condemned,
-            queued: HashSet::new(),
+            queued: IdSet::default(),
             referenced: HashSet::new(),
             sender: Some(sender),
             workers,
@@ -190,7 +200,14 @@ impl BlobSaver {
                 .map_err(|_| anyhow!("pack state poisoned"))?,
         );
         let mut referenced = std::mem::take(&mut self.referenced);
-        referenced.extend(written.iter().map(|p| p.id));
+        referenced.extend(
+            self.shared
+                .stored
+                .lock()
+                .map_err(|_| anyhow!("pack state poisoned"))?
+                .iter()
+                .copied(),
+        );
         let new_bytes = *self
             .shared
             .stored_bytes
@@ -270,7 +287,7 @@ fn store(shared: &Shared, pack: PackWriter) -> Result<()> {
     crate::fault::point("v2-pack-stored");
     let size = bytes.len() as u64;
     if let Ok(mut spare) = shared.spare.lock() {
-        if spare.len() < 2 {
+        if spare.is_empty() {
             spare.push(bytes);
         }
     }
@@ -278,14 +295,29 @@ fn store(shared: &Shared, pack: PackWriter) -> Result<()> {
         *total += size;
     }
     shared
-        .written
+        .stored
         .lock()
         .map_err(|_| anyhow!("pack state poisoned"))?
-        .push(IndexedPack {
+        .push(id);
+    let full = {
+        let mut written = shared
+            .written
+            .lock()
+            .map_err(|_| anyhow!("pack state poisoned"))?;
+        written.push(IndexedPack {
             id,
             size,
             blobs: header.blobs,
         });
+        let blobs: usize = written.iter().map(|p| p.blobs.len()).sum();
+        (blobs >= INDEX_BLOBS).then(|| std::mem::take(&mut *written))
+    };
+    if let Some(packs) = full {
+        shared.repo.save_index(&IndexFile {
+            packs,
+            supersedes: Vec::new(),
+        })?;
+    }
     Ok(())
 }
 
