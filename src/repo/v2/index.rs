@@ -120,7 +120,7 @@ impl IndexBuilder {
             .map(|(id, place, _)| (id, place))
             .collect();
         // Stable: of equal ids the first described stays first.
-        blobs.sort_by(|a, b| a.0.cmp(&b.0));
+        blobs.sort_by_key(|b| b.0);
         blobs.dedup_by(|later, first| later.0 == first.0);
         blobs.shrink_to_fit();
         Index {
