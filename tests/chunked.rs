@@ -894,3 +894,115 @@ fn prune_rewrites_a_pack_that_is_mostly_garbage_even_when_killed_midway() {
     assert_eq!(std::fs::read(restored.join("a.bin")).unwrap(), kept);
     assert!(!restored.join("b.bin").exists());
 }
+
+/// A prune racing a real backup (prune runs from another host's state, as
+/// it would from a second machine): the backup deduplicates against a pack
+/// the prune condemns meanwhile; deletion waits for the backup's lock, the
+/// backup commits, and nothing it references is ever deleted.
+#[test]
+fn a_prune_racing_a_backup_never_deletes_what_the_backup_references() {
+    let mut p = Project::new("chunkrace");
+    let repo = p.tempdir();
+    let repo_s = repo.to_str().unwrap().to_string();
+    let other_state = p.tempdir();
+    let vol = p.volume("data", &[]);
+    let src = volume_path(&vol);
+    let noise = |len: usize, seed: u64| {
+        let mut bytes = vec![0u8; len];
+        let mut x = 0x853c49e6748fea9bu64 ^ seed;
+        for b in bytes.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        bytes
+    };
+    let shared = noise(4 << 20, 1);
+    std::fs::write(src.join("a.bin"), &shared).unwrap();
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    let project = p.name.clone();
+    let online = ["--strategy", "online", "--json"];
+    ok(volsnap(&backup_args(&project, &repo, &online)));
+    // Backup 2 lacks a.bin: its chunks are then only backup 1's.
+    std::fs::remove_file(src.join("a.bin")).unwrap();
+    std::fs::write(src.join("b.bin"), noise(1 << 20, 2)).unwrap();
+    ok(volsnap(&backup_args(&project, &repo, &online)));
+
+    // a.bin is back; backup 3 deduplicates it against backup 1's pack, then
+    // holds before opening z.bin while the prunes run.
+    std::fs::write(src.join("a.bin"), &shared).unwrap();
+    std::fs::write(src.join("z.bin"), noise(1 << 20, 3)).unwrap();
+    let hold = p.tempdir().join("hold");
+    let mut backup = spawn_volsnap_env(
+        &backup_args(&project, &repo, &online),
+        &[
+            ("VOLSNAP_FAULT_HOLD_BEFORE_OPEN", "z.bin"),
+            ("VOLSNAP_FAULT_HOLD_FILE", hold.to_str().unwrap()),
+        ],
+    );
+    wait_until("backup 3 to reach z.bin", 60, || hold.exists());
+
+    let other = other_state.to_str().unwrap();
+    let prune = || {
+        json(&ok(volsnap_env(
+            &["prune", "--repo", &repo_s, "--keep-last", "1", "--json"],
+            &[
+                ("VOLSNAP_TEST_MARK_AGE_SECS", "0"),
+                ("VOLSNAP_STATE_DIR", other),
+            ],
+        )))
+    };
+    // Backup 1 goes; its pack (a.bin) is condemned, though backup 3 is
+    // about to reference it.
+    let first = prune();
+    assert_eq!(first["deleted"].as_array().unwrap().len(), 1, "{first}");
+    assert!(
+        first["garbage"]["packs_condemned"].as_u64().unwrap() >= 1,
+        "{first}"
+    );
+    // The mark is ripe, but backup 3 started before it: nothing goes.
+    let second = prune();
+    assert!(backup.try_wait().unwrap().is_none(), "backup 3 still holds");
+    assert_eq!(second["garbage"]["packs_deleted"], 0, "{second}");
+    assert!(second["garbage"]["postponed"].is_string(), "{second}");
+    std::fs::remove_file(&hold).unwrap();
+
+    let out = backup.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "backup 3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third: Value = json(&String::from_utf8_lossy(&out.stdout));
+    let third_id = third["id"].as_str().unwrap().to_string();
+    verify_deep(&repo, &third_id);
+    // Once backup 3 is the one kept, the packs it needs stay; the rest go.
+    prune();
+    prune();
+    ok(volsnap(&[
+        "verify",
+        "--repo",
+        &repo_s,
+        "--all",
+        "--read-data-subset",
+        "100",
+    ]));
+    let restored = p.tempdir();
+    ok(volsnap(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        &third_id,
+        "--target-dir",
+        restored.to_str().unwrap(),
+    ]));
+    let dir = std::fs::read_dir(&restored)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(std::fs::read(dir.join("a.bin")).unwrap(), shared);
+}
