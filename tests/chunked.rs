@@ -55,14 +55,7 @@ fn backups_cost_what_changed_and_restore_byte_for_byte() {
     let src = volume_path(&vol);
     make_fixture(&src);
     // 8 MiB of incompressible data, in chunks, and a log.
-    let mut big = vec![0u8; 8 << 20];
-    let mut x: u64 = 0x2545f4914f6cdd1d;
-    for b in big.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let big = pseudo_random(8 << 20, 0x2545f4914f6cdd1d);
     std::fs::write(src.join("objects.bin"), &big).unwrap();
     std::fs::write(src.join("app.log"), b"a log line\n".repeat(50_000)).unwrap();
     let mount = format!("{vol}:/data");
@@ -278,14 +271,7 @@ fn kills_at_every_step_of_a_backup_and_a_prune_leave_a_whole_repository() {
     let mut round = 0u64;
     let mut change = || {
         round += 1;
-        let mut bytes = vec![0u8; 1 << 20];
-        let mut x = 0x9e3779b97f4a7c15u64 ^ round;
-        for b in bytes.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        let bytes = pseudo_random(1 << 20, 0x9e3779b97f4a7c15 ^ round);
         std::fs::write(src.join("data.bin"), &bytes).unwrap();
         std::fs::write(src.join("round"), round.to_string()).unwrap();
     };
@@ -486,14 +472,7 @@ fn prune_collects_garbage_in_two_marks_and_waits_for_running_backups() {
     let mut ids = Vec::new();
     for round in 0..3u64 {
         // Each round a new incompressible file: new packs each time.
-        let mut bytes = vec![0u8; 2 << 20];
-        let mut x = 0x9e3779b97f4a7c15u64 ^ round;
-        for b in bytes.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        let bytes = pseudo_random(2 << 20, 0x9e3779b97f4a7c15 ^ round);
         std::fs::write(src.join("data.bin"), &bytes).unwrap();
         let done = json(&ok(volsnap(&backup_args(
             &project,
@@ -779,17 +758,7 @@ fn prune_rewrites_a_pack_that_is_mostly_garbage_even_when_killed_midway() {
     let repo_s = repo.to_str().unwrap().to_string();
     let vol = p.volume("data", &[]);
     let src = volume_path(&vol);
-    let noise = |seed: u64| {
-        let mut bytes = vec![0u8; 3 << 20];
-        let mut x = 0x2545f4914f6cdd1du64 ^ seed;
-        for b in bytes.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-        bytes
-    };
+    let noise = |seed: u64| pseudo_random(3 << 20, 0x2545f4914f6cdd1d ^ seed);
     let kept = noise(1);
     std::fs::write(src.join("a.bin"), &kept).unwrap();
     std::fs::write(src.join("b.bin"), noise(2)).unwrap();
@@ -907,17 +876,7 @@ fn a_prune_racing_a_backup_never_deletes_what_the_backup_references() {
     let other_state = p.tempdir();
     let vol = p.volume("data", &[]);
     let src = volume_path(&vol);
-    let noise = |len: usize, seed: u64| {
-        let mut bytes = vec![0u8; len];
-        let mut x = 0x853c49e6748fea9bu64 ^ seed;
-        for b in bytes.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-        bytes
-    };
+    let noise = |len: usize, seed: u64| pseudo_random(len, 0x853c49e6748fea9b ^ seed);
     let shared = noise(4 << 20, 1);
     std::fs::write(src.join("a.bin"), &shared).unwrap();
     let mount = format!("{vol}:/data");

@@ -93,17 +93,9 @@ fn pristine_copy(p: &mut Project, source: &Path) -> PathBuf {
     copy
 }
 
-/// Incompressible bytes (xorshift), so compressing them takes real time.
+/// Incompressible bytes, so compressing them takes real time.
 fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545F4914F6CDD1D;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pseudo_random(len, 0x2545F4914F6CDD1D)
 }
 
 fn kill_before_every_step(

@@ -321,15 +321,7 @@ pub fn make_fixture(root: &Path) {
     fs::set_permissions(p("deep/a/b"), fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::chown(p("deep/a"), Some(999), Some(999)).unwrap();
     // Incompressible content.
-    let mut blob = vec![0u8; 300 * 1024];
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    for b in blob.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    fs::write(p("blob.bin"), &blob).unwrap();
+    fs::write(p("blob.bin"), pseudo_random(300 * 1024, 0x9e3779b97f4a7c15)).unwrap();
     // Sparse: 8 MiB with a little data in the middle.
     {
         use std::io::{Seek, SeekFrom, Write};
@@ -488,4 +480,17 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
 /// Allocated size of a file (to check sparse files stay sparse).
 pub fn allocated_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// `len` incompressible bytes, the same for the same `seed` (xorshift).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = if seed == 0 { 1 } else { seed };
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
