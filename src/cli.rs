@@ -121,8 +121,9 @@ pub struct InitArgs {
     /// exist yet.
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
-    /// chunked: format 2, every backup after the first costs what changed;
-    /// tar: format 1, archives GNU tar reads directly.
+    /// chunked: format 2, every backup after the first costs what changed
+    /// (what a first backup into an empty directory creates too); tar:
+    /// format 1, archives GNU tar reads directly.
     #[arg(long, value_enum, default_value = "chunked")]
     pub format: FormatArg,
 }
@@ -452,7 +453,9 @@ pub struct PlanArgs {
 pub struct BackupArgs {
     #[command(flatten)]
     pub selection: SelectionArgs,
-    /// Backup repository (a directory).
+    /// Backup repository (a directory). An empty one becomes a format-2
+    /// (deduplicating) repository; `volsnap init --format tar` makes one
+    /// of tar archives instead.
     #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     #[command(flatten)]

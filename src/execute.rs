@@ -547,6 +547,17 @@ impl<'a> Run<'a> {
             }
         }
         let summary = summary?;
+        if let Some(chunked) = &self.chunked {
+            let reused = chunked.reused(volume);
+            if reused.reused_files > 0 {
+                tracing::info!(
+                    "{}: {} file(s), {}, unchanged since this host's last backup: not read again",
+                    v.name,
+                    reused.reused_files,
+                    crate::fsutil::human_bytes(reused.reused_bytes)
+                );
+            }
+        }
         if watch_changes && !summary.changed_during_read.is_empty() {
             job.observer.warning(&format!(
                 "{}: {} file(s) changed while being read",

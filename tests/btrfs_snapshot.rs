@@ -514,3 +514,63 @@ fn a_rollback_killed_with_the_subvolume_moved_aside_is_put_right_by_recover() {
     );
     ok(volsnap(&["snapshots", "drop", "pre", "--state-dir", st]));
 }
+
+/// Format 2 from btrfs snapshots: the parent rule holds on snapshot mounts
+/// (inodes and change times survive a snapshot, the device number does not
+/// count), so the second backup reads no unchanged file again; the backup
+/// verifies whole and restores byte for byte.
+#[test]
+fn format_2_backups_from_btrfs_snapshots_skip_unchanged_files_and_restore() {
+    let mut s = btrfs_stack("snapv2");
+    let repo = s.p.tempdir(); // empty: the first backup makes it format 2
+    let repo_s = repo.to_str().unwrap().to_string();
+    let name = s.p.name.clone();
+    let backup = |verbose: bool| {
+        let mut args = vec![];
+        if verbose {
+            args.push("-v");
+        }
+        args.extend([
+            "backup",
+            "--project",
+            &name,
+            "--repo",
+            &repo_s,
+            "--strategy",
+            "snapshot",
+            "--json",
+        ]);
+        let out = volsnap(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        (json(&stdout(&out)), stderr(&out))
+    };
+    let (first, _) = backup(false);
+    assert_eq!(first["consistency"], "consistent");
+    assert!(repo.join("config").is_file(), "format 2");
+    let (second, log) = backup(true);
+    assert_eq!(second["consistency"], "consistent");
+    let minio_vol = format!("{name}_minio");
+    assert!(
+        log.lines().any(|l| l.contains(&minio_vol)
+            && l.contains("unchanged since this host's last backup: not read again")),
+        "the unchanged files of {minio_vol} were read again: {log}"
+    );
+    assert!(s.fs.volsnap_subvolumes().is_empty());
+    ok(volsnap(&[
+        "verify",
+        "--repo",
+        &repo_s,
+        "--all",
+        "--read-data-subset",
+        "100",
+    ]));
+    let id = second["id"].as_str().unwrap();
+    verify_deep(&repo, id);
+    let new_minio = format!("{name}_minio_r2");
+    s.p.adopt_volume(&new_minio);
+    let mapping = format!("{minio_vol}={new_minio}");
+    ok(volsnap(&[
+        "restore", "--repo", &repo_s, id, "--volume", &mapping,
+    ]));
+    assert_same_tree(&s.minio_dir, &volume_path(&new_minio));
+}
