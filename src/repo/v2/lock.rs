@@ -12,7 +12,6 @@ use crate::backend::{Backend, ObjectInfo};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -46,7 +45,8 @@ pub struct LockInfo {
 pub struct RepoLock {
     backend: Arc<dyn Backend>,
     name: Arc<Mutex<String>>,
-    stop: Arc<AtomicBool>,
+    /// Dropped (or sent to) to stop the refresher at once.
+    stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -95,18 +95,18 @@ pub fn acquire(
         );
     }
     let name = Arc::new(Mutex::new(name));
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = std::sync::mpsc::channel();
     let refresher = {
-        let (backend, name, stop) = (backend.clone(), name.clone(), stop.clone());
+        let (backend, name) = (backend.clone(), name.clone());
         std::thread::Builder::new()
             .name("lock-refresh".into())
-            .spawn(move || refresh_until(&*backend, &name, &stop, info))
+            .spawn(move || refresh_until(&*backend, &name, &stopped, info))
             .context("cannot start the lock refresher")?
     };
     Ok(RepoLock {
         backend,
         name,
-        stop,
+        stop: Some(stop),
         refresher: Some(refresher),
     })
 }
@@ -114,16 +114,11 @@ pub fn acquire(
 fn refresh_until(
     backend: &dyn Backend,
     name: &Mutex<String>,
-    stop: &AtomicBool,
+    stopped: &std::sync::mpsc::Receiver<()>,
     mut info: LockInfo,
 ) {
-    let mut since = std::time::Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-        if since.elapsed() < REFRESH {
-            continue;
-        }
-        since = std::time::Instant::now();
+    // Waits REFRESH between refreshes, and not a moment once told to stop.
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(REFRESH) {
         info.refreshed = Utc::now();
         // The new lock is written before the old one goes: never a moment
         // without one.
@@ -235,7 +230,7 @@ impl RepoLock {
     }
 
     fn stop_refresher(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop = None;
         if let Some(handle) = self.refresher.take() {
             let _ = handle.join();
         }
