@@ -556,14 +556,7 @@ fn format_2_backups_from_btrfs_snapshots_skip_unchanged_files_and_restore() {
         "the unchanged files of {minio_vol} were read again: {log}"
     );
     assert!(s.fs.volsnap_subvolumes().is_empty());
-    ok(volsnap(&[
-        "verify",
-        "--repo",
-        &repo_s,
-        "--all",
-        "--read-data-subset",
-        "100",
-    ]));
+    verify_all_packs(&repo);
     let id = second["id"].as_str().unwrap();
     verify_deep(&repo, id);
     let new_minio = format!("{name}_minio_r2");

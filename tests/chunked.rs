@@ -166,14 +166,7 @@ fn backups_cost_what_changed_and_restore_byte_for_byte() {
         all.contains("3 backup(s)") && all.contains("intact"),
         "{all}"
     );
-    let all = ok(volsnap(&[
-        "verify",
-        "--repo",
-        &repo_s,
-        "--all",
-        "--read-data-subset",
-        "100",
-    ]));
+    let all = verify_all_packs(&repo);
     let packs_now = objects(&repo, "data").len();
     assert!(all.contains(&format!("{packs_now} read in full")), "{all}");
 
@@ -570,16 +563,7 @@ fn a_killed_prune_and_a_lost_pack_are_repaired_by_the_next_runs() {
     let mount = format!("{vol}:/data");
     p.service("app", &[], &["-v", &mount], &["idle"]);
     let project = p.name.clone();
-    let backup = || {
-        json(&ok(volsnap(&backup_args(
-            &project,
-            &repo,
-            &["--strategy", "online", "--json"],
-        ))))["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let backup = || online_backup_id(&project, &repo);
     std::fs::write(src.join("a"), vec![1u8; 300_000]).unwrap();
     backup();
     std::fs::write(src.join("a"), vec![2u8; 300_000]).unwrap();
@@ -765,16 +749,7 @@ fn prune_rewrites_a_pack_that_is_mostly_garbage_even_when_killed_midway() {
     let mount = format!("{vol}:/data");
     p.service("app", &[], &["-v", &mount], &["idle"]);
     let project = p.name.clone();
-    let backup = || {
-        json(&ok(volsnap(&backup_args(
-            &project,
-            &repo,
-            &["--strategy", "online", "--json"],
-        ))))["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let backup = || online_backup_id(&project, &repo);
     backup();
     let data_packs: Vec<String> = objects(&repo, "data");
     std::fs::remove_file(src.join("b.bin")).unwrap();
@@ -803,14 +778,7 @@ fn prune_rewrites_a_pack_that_is_mostly_garbage_even_when_killed_midway() {
         "{}",
         stderr(&killed)
     );
-    ok(volsnap(&[
-        "verify",
-        "--repo",
-        &repo_s,
-        "--all",
-        "--read-data-subset",
-        "100",
-    ]));
+    verify_all_packs(&repo);
 
     // The next prune does not copy again: the copy is kept, the old pack
     // and the deleted backup's tree pack are condemned.
@@ -837,14 +805,7 @@ fn prune_rewrites_a_pack_that_is_mostly_garbage_even_when_killed_midway() {
             "{pack} was rewritten and deleted"
         );
     }
-    ok(volsnap(&[
-        "verify",
-        "--repo",
-        &repo_s,
-        "--all",
-        "--read-data-subset",
-        "100",
-    ]));
+    verify_all_packs(&repo);
     let out = p.tempdir();
     ok(volsnap(&[
         "restore",
@@ -940,14 +901,7 @@ fn a_prune_racing_a_backup_never_deletes_what_the_backup_references() {
     // Once backup 3 is the one kept, the packs it needs stay; the rest go.
     prune();
     prune();
-    ok(volsnap(&[
-        "verify",
-        "--repo",
-        &repo_s,
-        "--all",
-        "--read-data-subset",
-        "100",
-    ]));
+    verify_all_packs(&repo);
     let restored = p.tempdir();
     ok(volsnap(&[
         "restore",

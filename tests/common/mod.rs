@@ -104,6 +104,31 @@ pub fn backup_args<'a>(project: &'a str, repo: &'a Path, extra: &[&'a str]) -> V
     args
 }
 
+/// `volsnap verify --repo REPO --all --read-data-subset 100` (format 2:
+/// every index, pack and backup, every pack read whole), which must pass.
+pub fn verify_all_packs(repo: &Path) -> String {
+    ok(volsnap(&[
+        "verify",
+        "--repo",
+        repo.to_str().expect("test paths are UTF-8"),
+        "--all",
+        "--read-data-subset",
+        "100",
+    ]))
+}
+
+/// An online backup of `project` into `repo`, which must succeed; its id.
+pub fn online_backup_id(project: &str, repo: &Path) -> String {
+    let out = ok(volsnap(&backup_args(
+        project,
+        repo,
+        &["--strategy", "online", "--json"],
+    )));
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    report["id"].as_str().expect("a backup id").to_string()
+}
+
 /// `volsnap verify --repo REPO ID --deep`, which must pass.
 pub fn verify_deep(repo: &Path, id: &str) -> String {
     ok(volsnap(&[
