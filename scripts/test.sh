@@ -3,7 +3,8 @@
 # btrfs tools), runs the whole suite against the real daemon, then the LVM
 # and ZFS scenarios in a qemu guest (the VM lane). Run as root.
 #
-# It leaves the host alone: test binaries (built with fault injection) go to
+# scripts/setup-servers.sh installs the S3 and SFTP servers the remote
+# tests start on 127.0.0.1. It leaves the host alone: test binaries (built with fault injection) go to
 # target/test, never over target/release/volsnap, and the tests that stop
 # and restart dockerd use a private daemon (scripts/test-dockerd), removed
 # at the end. The closing tally is printed whether the run passes or fails.
@@ -26,6 +27,10 @@ finish() {
 }
 trap finish EXIT
 scripts/setup-host.sh || { failed=1; exit 1; }
+# S3 and SFTP servers for tests/remote.rs; with them installed, a missing
+# server fails its test instead of skipping it.
+scripts/setup-servers.sh || { failed=1; exit 1; }
+export VOLSNAP_REQUIRE_SERVERS=1
 cargo fmt --all -- --check || { echo "cargo fmt: the code is not formatted (run cargo fmt --all)" >&2; failed=1; exit 1; }
 
 set +e

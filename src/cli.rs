@@ -99,8 +99,9 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// Backup repository (a directory).
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (the newest from this host, of the stack
     /// when one is named).
@@ -118,8 +119,10 @@ pub struct ExportArgs {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Where the repository goes: a directory that is empty or does not
-    /// exist yet.
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// exist yet, or an empty s3://BUCKET/PREFIX or sftp://USER@HOST/PATH.
+    /// S3 credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or
+    /// ~/.aws, the endpoint from AWS_ENDPOINT_URL or ?endpoint=URL.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// chunked: format 2, every backup after the first costs what changed
     /// (what a first backup into an empty directory creates too); tar:
@@ -198,8 +201,9 @@ Examples:
   volsnap drill --repo /backups --project milvus --check etcd='etcdctl endpoint health'
   volsnap run nightly --drill     # the drill settings of a configured job")]
 pub struct DrillArgs {
-    /// Backup repository (a directory).
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (of the selection).
     #[arg(default_value = "latest")]
@@ -232,8 +236,9 @@ Examples:
   volsnap prune --repo /backups --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
   volsnap prune --repo /backups --project milvus --keep-last 3")]
 pub struct PruneArgs {
-    /// Backup repository (a directory).
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     #[command(flatten)]
     pub only: StackFilterArgs,
@@ -277,8 +282,9 @@ pub struct PolicyArgs {
 
 #[derive(Args, Debug)]
 pub struct ProtectArgs {
-    /// Backup repository (a directory).
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest".
     pub id: String,
@@ -455,8 +461,9 @@ pub struct BackupArgs {
     pub selection: SelectionArgs,
     /// Backup repository (a directory). An empty one becomes a format-2
     /// (deduplicating) repository; `volsnap init --format tar` makes one
-    /// of tar archives instead.
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// of tar archives instead. Also s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH (format 2 only).
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     #[command(flatten)]
     pub strategy: StrategyArgs,
@@ -473,6 +480,10 @@ pub struct BackupArgs {
     /// Read at most RATE bytes per second, e.g. 50M (gentle on a busy host).
     #[arg(long, value_name = "RATE", value_parser = volsnap::fsutil::parse_size)]
     pub bwlimit: Option<u64>,
+    /// Upload at most RATE bytes per second to an s3:// or sftp://
+    /// repository, e.g. 20M (spares the uplink; --bwlimit is for reading).
+    #[arg(long, value_name = "RATE", value_parser = volsnap::fsutil::parse_size)]
+    pub upload_limit: Option<u64>,
     /// Run at the lowest CPU and I/O priority.
     #[arg(long)]
     pub io_nice: bool,
@@ -512,8 +523,9 @@ impl From<CompressionArg> for Compression {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    /// Backup repository (a directory).
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     #[command(flatten)]
     pub only: StackFilterArgs,
@@ -536,8 +548,9 @@ Examples:
 Exit status: 0 intact, 1 a problem found (each named, with the backups and files it
 affects), 2 bad usage.")]
 pub struct VerifyArgs {
-    /// Backup repository (a directory).
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (the newest from this host, of the stack
     /// when one is named).
@@ -587,8 +600,9 @@ Examples:
   volsnap restore --repo /backups --project milvus --force         # in place, this host's latest
   volsnap restore --repo /backups --host old-server --target-dir /tmp/inspect")]
 pub struct RestoreArgs {
-    /// Backup repository (a directory).
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "DIR")]
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (the newest from this host, of the stack
     /// when one is named).

@@ -176,6 +176,15 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Random bytes from the kernel.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("cannot read random bytes from /dev/urandom")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

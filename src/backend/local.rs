@@ -260,6 +260,19 @@ impl Backend for LocalBackend {
                 .context(format!("cannot delete {name} in {}", self.location()))),
         }
     }
+
+    fn top_level(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.root)
+            .with_context(|| format!("cannot list {}", self.root.display()))?
+        {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name != "lost+found" {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
 }
 
 #[cfg(test)]

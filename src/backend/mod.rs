@@ -5,15 +5,53 @@
 //! (the repository format relies on that; see docs/FORMAT.md, "Repository
 //! format 2"). Names are relative, `/`-separated, made of plain components
 //! (`data/3f/3f…`); a backend refuses any other name, so a name read from a
-//! repository can never reach outside it. Object storage and SFTP backends
-//! implement the same trait later; the local directory is the first.
+//! repository can never reach outside it. A local directory
+//! ([`LocalBackend`]) and S3 or SFTP servers ([`RemoteBackend`]) implement
+//! the same trait; [`open`] picks one from the repository's address.
 
 mod local;
+pub mod location;
+mod remote;
 
 pub use local::LocalBackend;
+pub use location::Location;
+pub use remote::RemoteBackend;
 
 use anyhow::Result;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
+
+/// The backend of the repository at `address` (a path or an `s3://` or
+/// `sftp://` address). A server is reached once per process and address:
+/// the first open checks that it answers and the credentials work (one
+/// cheap listing), before a backup stops anything.
+pub fn open(address: &Path) -> Result<Arc<dyn Backend>> {
+    match Location::parse(address)? {
+        Location::Local(root) => Ok(Arc::new(LocalBackend::open(&root)?)),
+        Location::Remote(remote) => {
+            static OPEN: OnceLock<Mutex<HashMap<String, Arc<dyn Backend>>>> = OnceLock::new();
+            let key = address.to_string_lossy().into_owned();
+            let open = OPEN.get_or_init(Default::default);
+            if let Some(backend) = open.lock().ok().and_then(|m| m.get(&key).cloned()) {
+                return Ok(backend);
+            }
+            let backend = RemoteBackend::open(&remote)?;
+            backend.check()?;
+            let backend: Arc<dyn Backend> = Arc::new(backend);
+            if let Ok(mut map) = open.lock() {
+                map.insert(key, backend.clone());
+            }
+            Ok(backend)
+        }
+    }
+}
+
+/// Whether `address` names a repository on a server.
+pub fn is_remote(address: &Path) -> bool {
+    Location::parse(address).is_ok_and(|l| l.is_remote())
+}
 
 /// One stored object, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +103,22 @@ pub trait Backend: Send + Sync {
 
     /// Deletes the object; deleting a missing object is not an error.
     fn delete(&self, name: &str) -> Result<()>;
+
+    /// The storage's clock now: lock and mark ages are judged by it, so
+    /// hosts with wrong clocks still agree on them.
+    fn now(&self) -> Result<SystemTime> {
+        Ok(SystemTime::now())
+    }
+
+    /// Whether the storage refuses a create-if-absent of a name that
+    /// exists (some S3 servers ignore `If-None-Match` and overwrite).
+    fn refuses_second_create(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// Up to a few names at the top level (objects and prefixes alike),
+    /// to tell an empty place from one holding something.
+    fn top_level(&self) -> Result<Vec<String>>;
 }
 
 /// Checks that `name` is a plain relative object name: components of ASCII

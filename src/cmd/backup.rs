@@ -43,7 +43,7 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
     archive.bwlimit = args.bwlimit;
     Ok(BackupRequest {
         selection: args.selection.to_selection()?,
-        repo: args.repo.clone(),
+        repo: volsnap::backend::location::with_upload_limit(&args.repo, args.upload_limit)?,
         plan: args.strategy.to_options(),
         snapshot_size: args.strategy.snapshot_size,
         archive,

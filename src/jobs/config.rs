@@ -52,6 +52,8 @@ pub struct Job {
     pub level: Option<i32>,
     pub threads: Option<u32>,
     pub bwlimit: Option<String>,
+    /// Upload cap to a server repository, e.g. "20M".
+    pub upload_limit: Option<String>,
     #[serde(default)]
     pub io_nice: bool,
     /// Cron expression in local time: 5 fields, or 6 with seconds first.
@@ -214,14 +216,20 @@ impl Job {
                 problem("label", format!("label takes \"KEY=VALUE\", not {label:?}"));
             }
         }
-        if !self.repo.is_absolute() {
-            problem(
+        match crate::backend::Location::parse(&self.repo) {
+            Err(e) => problem("repo", format!("repo: {e}")),
+            Ok(crate::backend::Location::Local(_)) if !self.repo.is_absolute() => problem(
                 "repo",
-                format!("repo must be an absolute path, not {:?}", self.repo),
-            );
+                format!(
+                    "repo must be an absolute path, s3://BUCKET/PREFIX or sftp://USER@HOST/PATH, not {:?}",
+                    self.repo
+                ),
+            ),
+            Ok(_) => {}
         }
         for (key, size) in [
             ("bwlimit", &self.bwlimit),
+            ("upload_limit", &self.upload_limit),
             ("snapshot_size", &self.snapshot_size),
         ] {
             if let Some(Err(e)) = size.as_deref().map(crate::fsutil::parse_size) {

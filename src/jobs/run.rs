@@ -30,7 +30,7 @@ pub fn backup_request(job: &Job) -> Result<BackupRequest> {
     archive.bwlimit = size(&job.bwlimit)?;
     Ok(BackupRequest {
         selection: job.selection(),
-        repo: job.repo.clone(),
+        repo: crate::backend::location::with_upload_limit(&job.repo, size(&job.upload_limit)?)?,
         plan: crate::plan::PlanOptions {
             strategy: job.strategy,
             quiesce: job.quiesce,

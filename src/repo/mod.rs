@@ -46,7 +46,8 @@ pub const FORMAT1_MARKER: &str = "volsnap-format-1";
 /// means format 2; anything else is left to format 1's own checks (an
 /// empty directory then holds no backup).
 pub fn detect(root: &Path) -> Format {
-    if root.join(v2::CONFIG).is_file() {
+    // Format 1 needs a directory's rename: a server holds format 2 only.
+    if crate::backend::is_remote(root) || root.join(v2::CONFIG).is_file() {
         Format::Chunked
     } else {
         Format::Tar
@@ -60,6 +61,14 @@ pub fn detect(root: &Path) -> Format {
 /// `lost+found`). Anything else is refused (exit status 2): a backup never
 /// scatters objects into a directory of someone else's files. Looks only.
 pub fn backup_format(root: &Path) -> Result<(Format, bool)> {
+    if crate::backend::is_remote(root) {
+        let backend = crate::backend::open(root)?;
+        if backend.stat(v2::CONFIG)?.is_some() {
+            return Ok((Format::Chunked, false));
+        }
+        refuse_foreign(root, backend.top_level()?)?;
+        return Ok((Format::Chunked, true));
+    }
     if root.join(v2::CONFIG).is_file() {
         return Ok((Format::Chunked, false));
     }
@@ -94,30 +103,46 @@ pub fn backup_format(root: &Path) -> Result<(Format, bool)> {
             foreign.push(name);
         }
     }
-    if !foreign.is_empty() {
-        foreign.sort();
-        let shown = foreign
-            .iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(usage!(
-            "{} is neither empty nor a volsnap repository (it holds {shown}{}); back up into an empty directory or one made by volsnap init",
-            root.display(),
-            if foreign.len() > 5 { ", …" } else { "" }
-        ));
-    }
+    refuse_foreign(root, foreign)?;
     Ok((Format::Chunked, true))
+}
+
+/// Refuses (exit status 2) a place that holds `foreign` names.
+fn refuse_foreign(root: &Path, mut foreign: Vec<String>) -> Result<()> {
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let shown = foreign
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(usage!(
+        "{} is neither empty nor a volsnap repository (it holds {shown}{}); back up into an empty place or one made by volsnap init",
+        root.display(),
+        if foreign.len() > 5 { ", …" } else { "" }
+    ))
 }
 
 /// Initialises the empty directory `root` as a format-2 repository for the
 /// backup about to write into it; a backup beside this one may have done so
 /// first, which is as good.
 pub fn init_for_backup(root: &Path) -> Result<()> {
-    Repo::open(root)?.check_writable()?;
-    let backend = std::sync::Arc::new(crate::backend::LocalBackend::open(root)?);
-    match v2::Repository::init(backend) {
+    if !crate::backend::is_remote(root) {
+        Repo::open(root)?.check_writable()?;
+    }
+    let backend = crate::backend::open(root)?;
+    if !backend.refuses_second_create()? {
+        // Two first backups racing could each write a config there.
+        return Err(usage!(
+            "{} ignores conditional creates (If-None-Match), so a first backup cannot safely create the repository; create it once with volsnap init --repo {}",
+            root.display(),
+            root.display()
+        ));
+    }
+    match v2::Repository::init(backend.clone()) {
         Ok(repo) => {
             tracing::info!(
                 "initialised {} as a format-2 repository (id {})",
@@ -126,7 +151,7 @@ pub fn init_for_backup(root: &Path) -> Result<()> {
             );
             Ok(())
         }
-        Err(_) if root.join(v2::CONFIG).is_file() => Ok(()),
+        Err(_) if matches!(backend.stat(v2::CONFIG), Ok(Some(_))) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -134,6 +159,9 @@ pub fn init_for_backup(root: &Path) -> Result<()> {
 /// Creates a repository at `root` (a directory that is empty, holds only
 /// `lost+found`, or does not exist yet); says what was created.
 pub fn init(root: &Path, format: Format) -> Result<String> {
+    if crate::backend::is_remote(root) {
+        return init_remote(root, format);
+    }
     match fs::read_dir(root) {
         Ok(entries) => {
             let mut held: Vec<String> = Vec::new();
@@ -189,12 +217,47 @@ pub fn init(root: &Path, format: Format) -> Result<String> {
     })
 }
 
-/// Opens the format-2 repository in the local directory `root`.
+fn init_remote(root: &Path, format: Format) -> Result<String> {
+    if format == Format::Tar {
+        return Err(usage!(
+            "{}: format 1 (tar) repositories live in local directories only (they rename directories, which object storage cannot); leave out --format for format 2",
+            root.display()
+        ));
+    }
+    let backend = crate::backend::open(root)?;
+    if backend.stat(v2::CONFIG)?.is_some() {
+        return Err(usage!(
+            "{} is a format-2 repository already; initialise an empty place",
+            root.display()
+        ));
+    }
+    refuse_foreign(root, backend.top_level()?)?;
+    let conditional = backend.refuses_second_create()?;
+    let repo = v2::Repository::init(backend)?;
+    Ok(format!(
+        "created format-2 repository {} (id {}): chunked, deduplicated, zstd{}",
+        root.display(),
+        &repo.config.id[..16],
+        if conditional {
+            ""
+        } else {
+            "\nnote: this server ignores conditional creates (If-None-Match); locks and prune stay safe (docs/FORMAT.md, \"Conditional creates\"), but never run two inits on one place at once"
+        }
+    ))
+}
+
+/// Opens the format-2 repository at `root` (a directory or a server).
 pub fn open_chunked(root: &Path) -> Result<std::sync::Arc<v2::Repository>> {
-    let backend = crate::backend::LocalBackend::open(root)?;
-    Ok(std::sync::Arc::new(v2::Repository::open(
-        std::sync::Arc::new(backend),
-    )?))
+    let backend = crate::backend::open(root)?;
+    match v2::Repository::open(backend) {
+        Ok(repo) => Ok(std::sync::Arc::new(repo)),
+        Err(e) if crate::backend::is_missing(&e) && crate::backend::is_remote(root) => Err(usage!(
+            "{} holds no volsnap repository; create one with volsnap init --repo {}",
+            root.display(),
+            root.display()
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// A backup found in the repository.
@@ -209,6 +272,12 @@ pub struct BackupEntry {
 impl Repo {
     /// Opens a repository that must exist and be a directory.
     pub fn open(root: &Path) -> Result<Repo> {
+        if crate::backend::is_remote(root) {
+            return Err(usage!(
+                "{}: format 1 (tar) repositories live in local directories only; a server holds format 2",
+                root.display()
+            ));
+        }
         match fs::metadata(root) {
             Ok(m) if m.is_dir() => Ok(Repo {
                 root: root.to_path_buf(),

@@ -6,7 +6,7 @@
 
 use super::v2::id::Id;
 use super::{BackupEntry, Format};
-use crate::backend::{Backend, LocalBackend};
+use crate::backend::Backend;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,7 +69,7 @@ impl BackupEntry {
                     .and_then(|n| n.to_str())
                     .context("internal error: a format-2 backup without its commit")?;
                 NotesAt::Objects {
-                    backend: Arc::new(LocalBackend::open(root)?),
+                    backend: crate::backend::open(root)?,
                     commit: Id::parse(commit)?,
                 }
             }

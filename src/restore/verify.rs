@@ -447,7 +447,7 @@ pub fn verify_repository(
 
     // The sample: packs in the order of a keyed hash under a fresh key.
     let mut key = [0u8; 32];
-    crate::repo::v2::getrandom(&mut key)?;
+    crate::fsutil::random_bytes(&mut key)?;
     let mut sample: Vec<Id> = indexed
         .keys()
         .filter(|p| facts.listed.contains_key(p))

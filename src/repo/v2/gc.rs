@@ -15,7 +15,7 @@ use crate::cancel::Cancel;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// A pack still needed whose unused bytes reach this share of it is
 /// rewritten: its used blobs are copied into new packs and it is condemned.
@@ -259,7 +259,7 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
         .copied()
         .collect();
 
-    let now = SystemTime::now();
+    let now = repo.backend().now()?;
     let marks = repo.marks()?;
     let ripe: Vec<_> = marks
         .iter()

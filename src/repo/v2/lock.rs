@@ -57,7 +57,8 @@ pub fn acquire(
     host: &str,
     command: &str,
 ) -> Result<RepoLock> {
-    let now = Utc::now();
+    // The storage's clock, so that lock times compare with marks' times.
+    let now: DateTime<Utc> = backend.now()?.into();
     let info = LockInfo {
         kind,
         host: host.to_string(),
@@ -85,7 +86,7 @@ pub fn acquire(
         let _ = backend.delete(&name);
         let holders: Vec<String> = conflicts
             .iter()
-            .map(|(object, other)| describe(object, other))
+            .map(|(object, other)| describe(object, other, now.into()))
             .collect();
         bail!(
             "the repository {} is locked: {}. Wait for that run to end; a lock its holder stopped refreshing is ignored after {} minutes",
@@ -119,7 +120,7 @@ fn refresh_until(
 ) {
     // Waits REFRESH between refreshes, and not a moment once told to stop.
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(REFRESH) {
-        info.refreshed = Utc::now();
+        info.refreshed = backend.now().map_or_else(|_| Utc::now(), Into::into);
         // The new lock is written before the old one goes: never a moment
         // without one.
         match write_lock(backend, &info) {
@@ -143,7 +144,7 @@ fn write_lock(backend: &dyn Backend, info: &LockInfo) -> Result<String> {
 
 /// Every lock not stale, with its object (its time is the storage's).
 pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(ObjectInfo, LockInfo)>> {
-    let now = SystemTime::now();
+    let now = backend.now()?;
     let mut live = Vec::new();
     for object in backend.list("locks")? {
         let age = now.duration_since(object.modified).unwrap_or_default();
@@ -175,8 +176,8 @@ pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(ObjectInfo, LockInfo)>> 
                     machine: String::new(),
                     pid: 0,
                     command: "(unreadable lock)".into(),
-                    created: Utc::now(),
-                    refreshed: Utc::now(),
+                    created: now.into(),
+                    refreshed: now.into(),
                 },
             },
             Err(e) if crate::backend::is_missing(&e) => continue, // released meanwhile
@@ -207,8 +208,8 @@ fn process_alive(pid: u32) -> bool {
     pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn describe(object: &ObjectInfo, info: &LockInfo) -> String {
-    let age = SystemTime::now()
+fn describe(object: &ObjectInfo, info: &LockInfo, now: SystemTime) -> String {
+    let age = now
         .duration_since(object.modified)
         .unwrap_or_default()
         .as_secs();

@@ -33,7 +33,7 @@ impl Repository {
     /// Creates a repository in `backend` (which must hold no `config`).
     pub fn init(backend: Arc<dyn Backend>) -> Result<Self> {
         let mut random = [0u8; 32];
-        getrandom(&mut random)?;
+        crate::fsutil::random_bytes(&mut random)?;
         let config = Config {
             format: FORMAT,
             id: hex::encode(random),
@@ -315,14 +315,6 @@ impl Repository {
         let header = pack::parse_header(&bytes).with_context(|| format!("pack {id}"))?;
         Ok((bytes, header))
     }
-}
-
-/// Random bytes from the kernel.
-pub(crate) fn getrandom(buf: &mut [u8]) -> Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .context("cannot read random bytes from /dev/urandom")
 }
 
 #[cfg(test)]
