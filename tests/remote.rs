@@ -452,3 +452,38 @@ fn conditional_creates_are_checked_and_a_server_ignoring_them_is_named() {
         &env,
     );
 }
+
+#[test]
+fn transient_server_errors_are_retried() {
+    let Some(server) = S3Server::start(S3Kind::S3sFs, "transient_server_errors_are_retried") else {
+        return;
+    };
+    // Every third connection is answered 503 Slow Down.
+    let proxy = FlakyProxy::start(server.port, 3);
+    let mut p = Project::new("flaky");
+    let (vol, _app, src) = stack(&mut p, 40);
+    let project = p.name.clone();
+    let repo = server.repo("f");
+    let mut env = server.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push((
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", proxy.port),
+    ));
+    run_ok(&["init", "--repo", &repo], &env);
+    run_ok(&["backup", "--project", &project, "--repo", &repo], &env);
+    let copy = format!("{vol}_copy");
+    p.adopt_volume(&copy);
+    let mapping = format!("{vol}={copy}");
+    run_ok(
+        &["restore", "--repo", &repo, "latest", "--volume", &mapping],
+        &env,
+    );
+    assert_same_tree(&src, &volume_path(&copy));
+    let refused = proxy.refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        refused > 0,
+        "the proxy never answered 503: the test proved nothing"
+    );
+    eprintln!("{refused} requests were answered 503 and retried");
+}

@@ -261,6 +261,38 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn sweep_temporaries(&self, age: Duration) -> Result<usize> {
+        // Temporary files sit beside the objects they were to become; the
+        // walk never follows a symlink (a planted one leads nowhere).
+        let now = SystemTime::now();
+        let mut swept = 0;
+        let mut pending = vec![self.root.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if kind.is_dir() && name != "lost+found" {
+                    pending.push(entry.path());
+                } else if kind.is_file() && name.starts_with(TEMP_PREFIX) {
+                    let old = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age);
+                    if old && std::fs::remove_file(entry.path()).is_ok() {
+                        swept += 1;
+                    }
+                }
+            }
+        }
+        Ok(swept)
+    }
+
     fn top_level(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.root)
@@ -278,6 +310,38 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweeping_removes_only_old_temporaries_and_never_follows_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::open(dir.path()).unwrap();
+        backend.write("data/ab/abcd", b"pack").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        let stale = dir.path().join("data/ab/.tmp-1-2-3");
+        let fresh = dir.path().join("data/ab/.tmp-4-5-6");
+        let beyond = outside.path().join(".tmp-7-8-9");
+        for path in [&stale, &fresh, &beyond] {
+            std::fs::write(path, b"half").unwrap();
+        }
+        for path in [&stale, &beyond] {
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("data/cd")).unwrap();
+        assert_eq!(
+            backend
+                .sweep_temporaries(Duration::from_secs(3600))
+                .unwrap(),
+            1
+        );
+        assert!(!stale.exists() && fresh.exists() && beyond.exists());
+        assert_eq!(backend.read("data/ab/abcd").unwrap(), b"pack");
+    }
 
     #[test]
     fn objects_round_trip_and_create_new_is_exclusive() {

@@ -116,6 +116,18 @@ pub trait Backend: Send + Sync {
         Ok(true)
     }
 
+    /// Whether each request costs a round trip over a network: readers
+    /// then fetch larger ranges and fewer of them.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    /// Deletes what writes killed half way left (temporary objects older
+    /// than `age`; a live write finishes long before); how many went.
+    fn sweep_temporaries(&self, _age: std::time::Duration) -> Result<usize> {
+        Ok(0)
+    }
+
     /// Up to a few names at the top level (objects and prefixes alike),
     /// to tell an empty place from one holding something.
     fn top_level(&self) -> Result<Vec<String>>;

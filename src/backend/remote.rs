@@ -419,6 +419,38 @@ impl Backend for RemoteBackend {
         })
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn sweep_temporaries(&self, age: Duration) -> Result<usize> {
+        if !self.sftp {
+            return Ok(0); // S3 writes leave no temporary objects
+        }
+        let entries = self
+            .block(self.op.list_with("/").recursive(true).into_future())
+            .map_err(|e| self.error("list", "", e))?;
+        let now = SystemTime::now();
+        let mut swept = 0;
+        for entry in entries {
+            let (path, meta) = entry.into_parts();
+            let name = path.trim_start_matches('/');
+            let base = name.rsplit('/').next().unwrap_or("");
+            let old = meta
+                .last_modified()
+                .map(SystemTime::from)
+                .is_some_and(|t| now.duration_since(t).unwrap_or_default() > age);
+            if base.starts_with(TEMP_PREFIX) && old {
+                match self.block(self.op.delete(name)) {
+                    Ok(()) => swept += 1,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.error("delete", name, e)),
+                }
+            }
+        }
+        Ok(swept)
+    }
+
     fn refuses_second_create(&self) -> Result<bool> {
         Ok(self.probe()?.refuses_second_create)
     }

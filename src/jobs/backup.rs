@@ -108,6 +108,14 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
                 crate::repo::init_for_backup(&request.repo)?;
             }
             let repo = crate::repo::open_chunked(&request.repo)?;
+            if crate::backend::is_remote(&request.repo) {
+                repo.cache_indexes_in(
+                    run.state_dir
+                        .join("cache")
+                        .join(&repo.config.id[..16])
+                        .join("index"),
+                );
+            }
             let parents = parent_dir(
                 run.state_dir,
                 &repo.config.id,

@@ -219,6 +219,8 @@ fn export_chunked<W: Write>(
     cancel: &Cancel,
 ) -> Result<u64> {
     let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
+    let mut blobs = repo.blob_reader(index)?;
+    let mut read = |id: &crate::repo::v2::id::Id| blobs.read(id);
     let mut count = 0;
     while let Some(line) = lines.next_line::<TreeEntry>()? {
         cancel.check()?;
@@ -247,7 +249,7 @@ fn export_chunked<W: Write>(
             nix::sys::stat::major(line.rdev),
             nix::sys::stat::minor(line.rdev),
         );
-        let mut content = crate::restore::ChunkReader::new(repo, index, &line.chunks);
+        let mut content = crate::restore::ChunkReader::new(&mut read, &line.chunks);
         let is_file = line.entry.kind == EntryKind::File;
         append(
             builder,

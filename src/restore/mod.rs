@@ -723,9 +723,16 @@ fn extract_chunked(
         let (ahead, chunks) = std::sync::mpsc::sync_channel(8);
         scope.spawn(move || {
             let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
+            let mut blobs = match repo.blob_reader(index) {
+                Ok(blobs) => blobs,
+                Err(e) => {
+                    let _ = ahead.send(Err(format!("{e:#}")));
+                    return;
+                }
+            };
             while let Ok(Some(line)) = lines.next_line::<TreeEntry>() {
                 for chunk in &line.chunks {
-                    let fetched = repo.read_blob(index, chunk).map_err(|e| format!("{e:#}"));
+                    let fetched = blobs.read(chunk).map_err(|e| format!("{e:#}"));
                     let failed = fetched.is_err();
                     if ahead.send(fetched).is_err() || failed {
                         return;
@@ -813,8 +820,8 @@ fn materialize_chunked(
 
 /// Where a [`ChunkReader`] gets its chunks.
 enum Fetch<'a> {
-    /// Reads each from its pack.
-    Direct(&'a Repository, &'a Index),
+    /// Reads each as it is needed (through a [`crate::repo::v2::BlobReader`]).
+    Direct(&'a mut dyn FnMut(&Id) -> Result<Vec<u8>>),
     /// Takes each from a thread that fetches them ahead, in order.
     Ahead(&'a std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, String>>),
 }
@@ -829,9 +836,9 @@ pub(crate) struct ChunkReader<'a> {
 }
 
 impl<'a> ChunkReader<'a> {
-    pub(crate) fn new(repo: &'a Repository, index: &'a Index, chunks: &'a [Id]) -> Self {
+    pub(crate) fn new(read: &'a mut dyn FnMut(&Id) -> Result<Vec<u8>>, chunks: &'a [Id]) -> Self {
         Self {
-            fetch: Fetch::Direct(repo, index),
+            fetch: Fetch::Direct(read),
             chunks,
             next: 0,
             current: Vec::new(),
@@ -846,10 +853,10 @@ impl Read for ChunkReader<'_> {
             let Some(id) = self.chunks.get(self.next) else {
                 return Ok(0);
             };
-            self.current = match &self.fetch {
-                Fetch::Direct(repo, index) => repo
-                    .read_blob(index, id)
-                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?,
+            self.current = match &mut self.fetch {
+                Fetch::Direct(read) => {
+                    read(id).map_err(|e| std::io::Error::other(format!("{e:#}")))?
+                }
                 Fetch::Ahead(ahead) => ahead
                     .recv()
                     .map_err(|_| std::io::Error::other("the chunk reader stopped"))?

@@ -302,6 +302,7 @@ pub(crate) fn check_commit(
             )),
         }
         let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
+        let mut blobs = repo.blob_reader(index)?;
         loop {
             cancel.check()?;
             let line = match lines.next_line::<TreeEntry>() {
@@ -345,7 +346,7 @@ pub(crate) fn check_commit(
                 let mut size = 0u64;
                 let mut failed = None;
                 for chunk in &line.chunks {
-                    match repo.read_blob(index, chunk) {
+                    match blobs.read(chunk) {
                         Ok(bytes) => {
                             size += bytes.len() as u64;
                             hasher.update(&bytes);

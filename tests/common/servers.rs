@@ -301,3 +301,61 @@ pub fn files_under(dir: &Path, prefix: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A TCP proxy in front of a real server that answers the first request
+/// of every `every`-th connection with `503 Slow Down` and closes it, and
+/// forwards the other connections both ways: transient server errors on
+/// demand, in front of a real S3 server.
+pub struct FlakyProxy {
+    pub port: u16,
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FlakyProxy {
+    pub fn start(target: u16, every: usize) -> FlakyProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().unwrap().port();
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = refused.clone();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut client) = conn else { continue };
+                if n % every == every - 1 {
+                    let counter = counter.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        let _ = client.read(&mut buf);
+                        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                        let _ = write!(
+                            client,
+                            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = client.shutdown(std::net::Shutdown::Write);
+                        // Drain what the client still sends, then close.
+                        let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
+                        while matches!(client.read(&mut buf), Ok(k) if k > 0) {}
+                    });
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut client, mut server) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut server);
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        FlakyProxy { port, refused }
+    }
+}

@@ -38,6 +38,9 @@ pub struct Collected {
     pub postponed: Option<String>,
 }
 
+/// A temporary object this old belongs to a write that was killed.
+const TEMPORARY_AGE: Duration = Duration::from_secs(3600);
+
 /// A mark must be this old before its packs go: every backup that was
 /// running when it was written has refreshed its lock since (and so read
 /// the marks), or has ended. Tests shorten it (fault-injection builds only).
@@ -249,6 +252,11 @@ fn rewrite(repo: &Repository, packs: &[Id], used: &HashSet<Id>, cancel: &Cancel)
 /// every pack nothing needs now. Every step can be killed and run again.
 pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result<Collected> {
     let mut collected = Collected::default();
+    match repo.backend().sweep_temporaries(TEMPORARY_AGE) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} temporary object(s) of writes killed half way"),
+        Err(e) => tracing::warn!("cannot remove the temporary objects of killed writes: {e:#}"),
+    }
     let used = used_blobs(repo, cancel)?;
     let packs = Packs::read(repo)?;
     let needed = packs.needed(&used);

@@ -19,6 +19,7 @@ use id::Id;
 use index::{Index, IndexFile};
 use objects::{ChunkerParams, Commit, Config, FORMAT, ID_HASH};
 use pack::{open_blob, BlobEntry, PackHeader};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub const CONFIG: &str = "config";
@@ -27,6 +28,8 @@ pub const CONFIG: &str = "config";
 pub struct Repository {
     backend: Arc<dyn Backend>,
     pub config: Config,
+    /// A local directory of index objects read before ([`Self::cache_indexes_in`]).
+    index_cache: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Repository {
@@ -52,7 +55,11 @@ impl Repository {
                 backend.location()
             );
         }
-        Ok(Self { backend, config })
+        Ok(Self {
+            backend,
+            config,
+            index_cache: std::sync::OnceLock::new(),
+        })
     }
 
     /// Opens the repository in `backend`, refusing a format this volsnap
@@ -85,7 +92,11 @@ impl Repository {
                 backend.location()
             );
         }
-        Ok(Self { backend, config })
+        Ok(Self {
+            backend,
+            config,
+            index_cache: std::sync::OnceLock::new(),
+        })
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -143,7 +154,11 @@ impl Repository {
     pub fn load_index(&self) -> Result<Index> {
         let present = self.pack_ids()?;
         let mut builder = index::IndexBuilder::default();
-        for id in self.index_ids()? {
+        let ids = self.index_ids()?;
+        if let Some(dir) = self.index_cache.get() {
+            forget_unlisted(dir, &ids);
+        }
+        for id in ids {
             let mut file = self.read_index(&id)?;
             file.packs.retain(|p| present.contains(&p.id));
             builder.add(id, file)?;
@@ -156,9 +171,34 @@ impl Repository {
         self.ids_in("index")
     }
 
+    /// Keeps the index objects this process reads in `dir` and reads them
+    /// from there next time (a repository on a server: an unchanged backup
+    /// then fetches only listings and new indexes). Safe because an index
+    /// never changes under its name, and a cached copy is used only if it
+    /// hashes to its id and the listing of `index/` still names it.
+    pub fn cache_indexes_in(&self, dir: std::path::PathBuf) {
+        let _ = self.index_cache.set(dir);
+    }
+
     /// One index object, checked against its name.
     pub fn read_index(&self, id: &Id) -> Result<IndexFile> {
-        let bytes = self.read_checked(&format!("index/{id}"), id)?;
+        let name = format!("index/{id}");
+        let bytes = match self.index_cache.get() {
+            Some(dir) => {
+                let path = dir.join(id.hex());
+                match std::fs::read(&path) {
+                    Ok(bytes) if Id::digest(&bytes) == *id => bytes,
+                    _ => {
+                        let bytes = self.read_checked(&name, id)?;
+                        if let Err(e) = crate::fsutil::replace_file(&path, &bytes) {
+                            tracing::debug!("cannot cache index {id}: {e:#}");
+                        }
+                        bytes
+                    }
+                }
+            }
+            None => self.read_checked(&name, id)?,
+        };
         serde_json::from_slice(&bytes).with_context(|| format!("index {id} is not valid"))
     }
 
@@ -263,6 +303,26 @@ impl Repository {
         self.backend.delete(&format!("snapshots/{id}"))
     }
 
+    /// A reader of many blobs in about the order they were stored (a
+    /// restore): on a server, one request fetches a window of the pack.
+    pub fn blob_reader<'r>(&'r self, index: &'r Index) -> Result<BlobReader<'r>> {
+        let sizes = if self.backend.is_remote() {
+            self.backend
+                .list("data")?
+                .into_iter()
+                .filter_map(|o| Some((Id::parse(o.name.rsplit('/').next()?).ok()?, o.size)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Ok(BlobReader {
+            repo: self,
+            index,
+            sizes,
+            windows: std::collections::VecDeque::new(),
+        })
+    }
+
     /// The plaintext of a blob, fetched from its pack and checked.
     pub fn read_blob(&self, index: &Index, blob: &Id) -> Result<Vec<u8>> {
         let at = index
@@ -314,6 +374,81 @@ impl Repository {
         let bytes = self.read_checked(&Self::pack_name(id), id)?;
         let header = pack::parse_header(&bytes).with_context(|| format!("pack {id}"))?;
         Ok((bytes, header))
+    }
+}
+
+/// How much of a pack one read fetches on a server, and how many such
+/// windows a reader keeps (restores read blobs mostly in stored order).
+const WINDOW: u64 = 8 << 20;
+const WINDOWS: usize = 4;
+
+/// See [`Repository::blob_reader`].
+pub struct BlobReader<'r> {
+    repo: &'r Repository,
+    index: &'r Index,
+    /// Pack sizes from a listing (servers only; locally every read is direct).
+    sizes: HashMap<Id, u64>,
+    /// Recently fetched windows: pack, offset, bytes.
+    windows: std::collections::VecDeque<(Id, u64, Vec<u8>)>,
+}
+
+impl BlobReader<'_> {
+    pub fn read(&mut self, blob: &Id) -> Result<Vec<u8>> {
+        let at = self
+            .index
+            .get(blob)
+            .with_context(|| format!("blob {blob} is in no pack of the index"))?;
+        let pack = self.index.pack_id(&at);
+        let Some(&size) = self.sizes.get(&pack) else {
+            return self.repo.read_blob(self.index, blob);
+        };
+        let (start, end) = (at.offset, at.offset + at.length);
+        let cached = self
+            .windows
+            .iter()
+            .position(|(p, o, b)| *p == pack && *o <= start && end <= o + b.len() as u64);
+        let slot = match cached {
+            Some(slot) => slot,
+            None => {
+                let until = size.min(start + WINDOW.max(at.length)).max(end);
+                let bytes = self
+                    .repo
+                    .backend
+                    .read_range(&Repository::pack_name(&pack), start, until - start)
+                    .with_context(|| format!("cannot read blob {blob} from pack {pack}"))?;
+                if self.windows.len() == WINDOWS {
+                    self.windows.pop_front();
+                }
+                self.windows.push_back((pack, start, bytes));
+                self.windows.len() - 1
+            }
+        };
+        let (_, offset, bytes) = &self.windows[slot];
+        let from = (start - offset) as usize;
+        let entry = BlobEntry {
+            id: *blob,
+            kind: at.kind,
+            offset: at.offset,
+            length: at.length,
+            raw_length: at.raw_length,
+        };
+        open_blob(&entry, &bytes[from..from + at.length as usize])
+            .with_context(|| format!("in pack {pack}"))
+    }
+}
+
+/// Removes cached index objects the repository no longer lists (a prune
+/// superseded them).
+fn forget_unlisted(dir: &std::path::Path, listed: &[Id]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let listed: std::collections::HashSet<String> = listed.iter().map(Id::hex).collect();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !listed.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
