@@ -30,6 +30,23 @@ fn started_at(container: &str) -> String {
     inspect(container, "{{.State.StartedAt}}")
 }
 
+/// Restores `id` of `repo` into a new volume beside `vol` and checks it
+/// against `src` byte for byte.
+fn restore_matches(
+    p: &mut Project,
+    repo: &str,
+    env: &[(&'static str, String)],
+    id: &str,
+    vol: &str,
+    src: &Path,
+) {
+    let copy = format!("{vol}_copy");
+    p.adopt_volume(&copy);
+    let mapping = format!("{vol}={copy}");
+    run_ok(&["restore", "--repo", repo, id, "--volume", &mapping], env);
+    assert_same_tree(src, &volume_path(&copy));
+}
+
 /// A stack with one volume of `mib` MiB of incompressible data and a
 /// little text, and a service using it.
 fn stack(p: &mut Project, mib: usize) -> (String, String, std::path::PathBuf) {
@@ -110,14 +127,7 @@ fn every_command(
     assert!(all.contains("intact"), "{all}");
 
     // Restore into a new volume: byte for byte.
-    let copy = format!("{vol}_copy");
-    p.adopt_volume(&copy);
-    let mapping = format!("{vol}={copy}");
-    run_ok(
-        &["restore", "--repo", repo, &first_id, "--volume", &mapping],
-        env,
-    );
-    assert_same_tree(&src, &volume_path(&copy));
+    restore_matches(&mut p, repo, env, &first_id, &vol, &src);
 
     // Export into GNU tar.
     let out = p.tempdir();
@@ -307,14 +317,7 @@ fn a_server_restarting_during_a_backup_is_ridden_out() {
     server.restart();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let copy = format!("{vol}_copy");
-    p.adopt_volume(&copy);
-    let mapping = format!("{vol}={copy}");
-    run_ok(
-        &["restore", "--repo", &repo, "latest", "--volume", &mapping],
-        &env,
-    );
-    assert_same_tree(&src, &volume_path(&copy));
+    restore_matches(&mut p, &repo, &env, "latest", &vol, &src);
 }
 
 #[test]
@@ -472,14 +475,7 @@ fn transient_server_errors_are_retried() {
     ));
     run_ok(&["init", "--repo", &repo], &env);
     run_ok(&["backup", "--project", &project, "--repo", &repo], &env);
-    let copy = format!("{vol}_copy");
-    p.adopt_volume(&copy);
-    let mapping = format!("{vol}={copy}");
-    run_ok(
-        &["restore", "--repo", &repo, "latest", "--volume", &mapping],
-        &env,
-    );
-    assert_same_tree(&src, &volume_path(&copy));
+    restore_matches(&mut p, &repo, &env, "latest", &vol, &src);
     let refused = proxy.refused.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         refused > 0,

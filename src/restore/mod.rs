@@ -723,22 +723,21 @@ fn extract_chunked(
         let (ahead, chunks) = std::sync::mpsc::sync_channel(8);
         scope.spawn(move || {
             let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
-            let mut blobs = match repo.blob_reader(index) {
-                Ok(blobs) => blobs,
-                Err(e) => {
-                    let _ = ahead.send(Err(format!("{e:#}")));
-                    return;
+            let mut chunks = Vec::new().into_iter();
+            // A manifest that cannot be read ends the chunks here; the
+            // reader below meets the same error and reports it.
+            let ids = std::iter::from_fn(move || loop {
+                if let Some(id) = chunks.next() {
+                    return Some(id);
                 }
-            };
-            while let Ok(Some(line)) = lines.next_line::<TreeEntry>() {
-                for chunk in &line.chunks {
-                    let fetched = blobs.read(chunk).map_err(|e| format!("{e:#}"));
-                    let failed = fetched.is_err();
-                    if ahead.send(fetched).is_err() || failed {
-                        return;
-                    }
+                match lines.next_line::<TreeEntry>() {
+                    Ok(Some(line)) => chunks = line.chunks.into_iter(),
+                    _ => return None,
                 }
-            }
+            });
+            repo.read_blobs_in_order(index, ids, &mut |fetched| {
+                ahead.send(fetched.map_err(|e| format!("{e:#}"))).is_ok()
+            });
         });
         let done = materialize_chunked(
             repo, index, volume, staging, options, cancel, progress, &chunks,

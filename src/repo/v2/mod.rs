@@ -333,14 +333,7 @@ impl Repository {
             .backend
             .read_range(&Self::pack_name(&pack), at.offset, at.length)
             .with_context(|| format!("cannot read blob {blob} from pack {pack}"))?;
-        let entry = BlobEntry {
-            id: *blob,
-            kind: at.kind,
-            offset: at.offset,
-            length: at.length,
-            raw_length: at.raw_length,
-        };
-        open_blob(&entry, &stored).with_context(|| format!("in pack {pack}"))
+        open_stored(blob, &at, &pack, &stored)
     }
 
     /// The volume records of a backup (format 1's, without entries).
@@ -425,16 +418,158 @@ impl BlobReader<'_> {
         };
         let (_, offset, bytes) = &self.windows[slot];
         let from = (start - offset) as usize;
-        let entry = BlobEntry {
-            id: *blob,
-            kind: at.kind,
-            offset: at.offset,
-            length: at.length,
-            raw_length: at.raw_length,
-        };
-        open_blob(&entry, &bytes[from..from + at.length as usize])
-            .with_context(|| format!("in pack {pack}"))
+        open_stored(blob, &at, &pack, &bytes[from..from + at.length as usize])
     }
+}
+
+/// A range of one pack holding consecutive blobs of a reading.
+struct Window {
+    pack: Id,
+    start: u64,
+    end: u64,
+    blobs: Vec<(Id, index::Location)>,
+}
+
+/// Blobs a window may skip between two it holds before a new one starts.
+const WINDOW_GAP: u64 = 1 << 20;
+
+/// What the planner of [`Repository::read_blobs_in_order`] queues, in order.
+enum Planned {
+    Window(Window, std::sync::mpsc::Receiver<Result<Vec<u8>>>),
+    Failed(anyhow::Error),
+}
+
+impl Repository {
+    /// Reads the blobs `ids` yields, in that order, handing each (checked)
+    /// to `sink` until it returns false or a read fails (handed over too).
+    /// Consecutive blobs of one pack are fetched as one range of at most
+    /// [`WINDOW`], several ranges at once (six on a server, where each
+    /// request waits a round trip; two locally), with bounded memory.
+    pub fn read_blobs_in_order(
+        &self,
+        index: &Index,
+        ids: impl Iterator<Item = Id> + Send,
+        sink: &mut dyn FnMut(Result<Vec<u8>>) -> bool,
+    ) {
+        use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+        let parallel = if self.backend.is_remote() { 6 } else { 2 };
+        let (jobs, work) = sync_channel::<(Id, u64, u64, SyncSender<Result<Vec<u8>>>)>(parallel);
+        let work = std::sync::Mutex::new(work);
+        let work = &work;
+        std::thread::scope(|scope| {
+            for _ in 0..parallel {
+                scope.spawn(move || loop {
+                    let job = match work.lock() {
+                        Ok(work) => work.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((pack, start, end, done)) = job else {
+                        return;
+                    };
+                    let bytes = self
+                        .backend
+                        .read_range(&Self::pack_name(&pack), start, end - start)
+                        .with_context(|| format!("cannot read pack {pack}"));
+                    let _ = done.send(bytes);
+                });
+            }
+            let (queue, planned): (SyncSender<Planned>, Receiver<Planned>) =
+                sync_channel(parallel * 2);
+            scope.spawn(move || {
+                let dispatch = |w: Window| -> bool {
+                    let (done, result) = sync_channel(1);
+                    jobs.send((w.pack, w.start, w.end, done)).is_ok()
+                        && queue.send(Planned::Window(w, result)).is_ok()
+                };
+                let mut open: Option<Window> = None;
+                for id in ids {
+                    let Some(at) = index.get(&id) else {
+                        if let Some(w) = open.take() {
+                            dispatch(w);
+                        }
+                        let _ = queue.send(Planned::Failed(anyhow::anyhow!(
+                            "blob {id} is in no pack of the index"
+                        )));
+                        return;
+                    };
+                    let pack = index.pack_id(&at);
+                    let (start, end) = (at.offset, at.offset + at.length);
+                    match &mut open {
+                        Some(w)
+                            if w.pack == pack
+                                && start >= w.end
+                                && start <= w.end + WINDOW_GAP
+                                && end <= w.start + WINDOW.max(at.length) =>
+                        {
+                            w.end = end;
+                            w.blobs.push((id, at));
+                        }
+                        _ => {
+                            let next = Window {
+                                pack,
+                                start,
+                                end,
+                                blobs: vec![(id, at)],
+                            };
+                            if let Some(w) = open.replace(next) {
+                                if !dispatch(w) {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Some(w) = open.take() {
+                    dispatch(w);
+                }
+            });
+            'windows: for item in planned.iter() {
+                let (window, result) = match item {
+                    Planned::Failed(e) => {
+                        sink(Err(e));
+                        break;
+                    }
+                    Planned::Window(window, result) => (window, result),
+                };
+                let bytes = match result.recv() {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(e)) => {
+                        sink(Err(e));
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                for (blob, at) in &window.blobs {
+                    let from = (at.offset - window.start) as usize;
+                    let plain = match bytes.get(from..from + at.length as usize) {
+                        Some(stored) => open_stored(blob, at, &window.pack, stored),
+                        None => Err(anyhow::anyhow!(
+                            "pack {} is shorter than its index says",
+                            window.pack
+                        )),
+                    };
+                    let failed = plain.is_err();
+                    if !sink(plain) || failed {
+                        break 'windows;
+                    }
+                }
+            }
+            // The planner and the fetchers stop once nobody takes their work.
+            drop(planned);
+        });
+    }
+}
+
+/// The plaintext of `blob`, from its `stored` bytes, checked.
+fn open_stored(blob: &Id, at: &index::Location, pack: &Id, stored: &[u8]) -> Result<Vec<u8>> {
+    let entry = BlobEntry {
+        id: *blob,
+        kind: at.kind,
+        offset: at.offset,
+        length: at.length,
+        raw_length: at.raw_length,
+    };
+    open_blob(&entry, stored).with_context(|| format!("in pack {pack}"))
 }
 
 /// Removes cached index objects the repository no longer lists (a prune
