@@ -494,14 +494,17 @@ impl Repository {
                     };
                     let pack = index.pack_id(&at);
                     let (start, end) = (at.offset, at.offset + at.length);
+                    // Workers fill packs in the order they finish compressing,
+                    // so neighbours in a tree may sit in either order nearby.
                     match &mut open {
                         Some(w)
                             if w.pack == pack
-                                && start >= w.end
                                 && start <= w.end + WINDOW_GAP
-                                && end <= w.start + WINDOW.max(at.length) =>
+                                && end + WINDOW_GAP >= w.start
+                                && end.max(w.end) - start.min(w.start) <= WINDOW.max(at.length) =>
                         {
-                            w.end = end;
+                            w.start = w.start.min(start);
+                            w.end = w.end.max(end);
                             w.blobs.push((id, at));
                         }
                         _ => {
