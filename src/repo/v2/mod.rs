@@ -422,29 +422,94 @@ impl BlobReader<'_> {
     }
 }
 
-/// A range of one pack holding consecutive blobs of a reading.
+/// A range of one pack holding blobs a reading needs next.
 struct Window {
     pack: Id,
     start: u64,
     end: u64,
+    /// Their plaintext size: bounds what a fetched window holds in memory.
+    raw: u64,
     blobs: Vec<(Id, index::Location)>,
 }
 
 /// Blobs a window may skip between two it holds before a new one starts.
 const WINDOW_GAP: u64 = 1 << 20;
+/// The plaintext a window may hold.
+const WINDOW_RAW: u64 = 16 << 20;
 
-/// What the planner of [`Repository::read_blobs_in_order`] queues, in order.
-enum Planned {
-    Window(Window, std::sync::mpsc::Receiver<Result<Vec<u8>>>),
-    Failed(anyhow::Error),
+impl Window {
+    fn start(pack: Id, id: Id, at: index::Location) -> Self {
+        Window {
+            pack,
+            start: at.offset,
+            end: at.offset + at.length,
+            raw: at.raw_length,
+            blobs: vec![(id, at)],
+        }
+    }
+
+    /// Takes the blob if it lies near: workers fill packs in the order
+    /// they finish compressing, so neighbours in a tree may sit in either
+    /// order within a pack.
+    fn take(&mut self, pack: Id, id: Id, at: index::Location) -> bool {
+        let (start, end) = (at.offset, at.offset + at.length);
+        let near = self.pack == pack
+            && start <= self.end + WINDOW_GAP
+            && end + WINDOW_GAP >= self.start
+            && end.max(self.end) - start.min(self.start) <= WINDOW.max(at.length)
+            && self.raw + at.raw_length <= WINDOW_RAW;
+        if near {
+            self.start = self.start.min(start);
+            self.end = self.end.max(end);
+            self.raw += at.raw_length;
+            self.blobs.push((id, at));
+        }
+        near
+    }
+
+    /// Fetches the range and opens every blob in it, in order; a failure
+    /// ends the list.
+    fn fetch(&self, backend: &dyn Backend) -> Vec<Result<Vec<u8>>> {
+        let stored = match backend
+            .read_range(
+                &Repository::pack_name(&self.pack),
+                self.start,
+                self.end - self.start,
+            )
+            .with_context(|| format!("cannot read pack {}", self.pack))
+        {
+            Ok(stored) => stored,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut out = Vec::with_capacity(self.blobs.len());
+        for (blob, at) in &self.blobs {
+            let from = (at.offset - self.start) as usize;
+            let plain = match stored.get(from..from + at.length as usize) {
+                Some(bytes) => open_stored(blob, at, &self.pack, bytes),
+                None => Err(anyhow::anyhow!(
+                    "pack {} is shorter than its index says",
+                    self.pack
+                )),
+            };
+            let failed = plain.is_err();
+            out.push(plain);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
 }
+
+type Opened = Vec<Result<Vec<u8>>>;
 
 impl Repository {
     /// Reads the blobs `ids` yields, in that order, handing each (checked)
     /// to `sink` until it returns false or a read fails (handed over too).
-    /// Consecutive blobs of one pack are fetched as one range of at most
-    /// [`WINDOW`], several ranges at once (six on a server, where each
-    /// request waits a round trip; two locally), with bounded memory.
+    /// Nearby blobs of one pack are fetched as one range of at most
+    /// [`WINDOW`], and fetched, decompressed and checked on several threads
+    /// at once (six on a server, where each request waits a round trip;
+    /// two locally); memory stays bounded by the windows in flight.
     pub fn read_blobs_in_order(
         &self,
         index: &Index,
@@ -453,7 +518,7 @@ impl Repository {
     ) {
         use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
         let parallel = if self.backend.is_remote() { 6 } else { 2 };
-        let (jobs, work) = sync_channel::<(Id, u64, u64, SyncSender<Result<Vec<u8>>>)>(parallel);
+        let (jobs, work) = sync_channel::<(Window, SyncSender<Opened>)>(parallel);
         let work = std::sync::Mutex::new(work);
         let work = &work;
         std::thread::scope(|scope| {
@@ -463,23 +528,18 @@ impl Repository {
                         Ok(work) => work.recv(),
                         Err(_) => return,
                     };
-                    let Ok((pack, start, end, done)) = job else {
+                    let Ok((window, done)) = job else {
                         return;
                     };
-                    let bytes = self
-                        .backend
-                        .read_range(&Self::pack_name(&pack), start, end - start)
-                        .with_context(|| format!("cannot read pack {pack}"));
-                    let _ = done.send(bytes);
+                    let _ = done.send(window.fetch(&*self.backend));
                 });
             }
-            let (queue, planned): (SyncSender<Planned>, Receiver<Planned>) =
-                sync_channel(parallel * 2);
+            let (queue, planned): (SyncSender<Receiver<Opened>>, Receiver<Receiver<Opened>>) =
+                sync_channel(parallel + 2);
             scope.spawn(move || {
                 let dispatch = |w: Window| -> bool {
                     let (done, result) = sync_channel(1);
-                    jobs.send((w.pack, w.start, w.end, done)).is_ok()
-                        && queue.send(Planned::Window(w, result)).is_ok()
+                    jobs.send((w, done)).is_ok() && queue.send(result).is_ok()
                 };
                 let mut open: Option<Window> = None;
                 for id in ids {
@@ -487,38 +547,20 @@ impl Repository {
                         if let Some(w) = open.take() {
                             dispatch(w);
                         }
-                        let _ = queue.send(Planned::Failed(anyhow::anyhow!(
+                        let (done, result) = sync_channel(1);
+                        let _ = done.send(vec![Err(anyhow::anyhow!(
                             "blob {id} is in no pack of the index"
-                        )));
+                        ))]);
+                        let _ = queue.send(result);
                         return;
                     };
                     let pack = index.pack_id(&at);
-                    let (start, end) = (at.offset, at.offset + at.length);
-                    // Workers fill packs in the order they finish compressing,
-                    // so neighbours in a tree may sit in either order nearby.
-                    match &mut open {
-                        Some(w)
-                            if w.pack == pack
-                                && start <= w.end + WINDOW_GAP
-                                && end + WINDOW_GAP >= w.start
-                                && end.max(w.end) - start.min(w.start) <= WINDOW.max(at.length) =>
-                        {
-                            w.start = w.start.min(start);
-                            w.end = w.end.max(end);
-                            w.blobs.push((id, at));
-                        }
-                        _ => {
-                            let next = Window {
-                                pack,
-                                start,
-                                end,
-                                blobs: vec![(id, at)],
-                            };
-                            if let Some(w) = open.replace(next) {
-                                if !dispatch(w) {
-                                    return;
-                                }
-                            }
+                    if open.as_mut().is_some_and(|w| w.take(pack, id, at)) {
+                        continue;
+                    }
+                    if let Some(w) = open.replace(Window::start(pack, id, at)) {
+                        if !dispatch(w) {
+                            return;
                         }
                     }
                 }
@@ -526,31 +568,11 @@ impl Repository {
                     dispatch(w);
                 }
             });
-            'windows: for item in planned.iter() {
-                let (window, result) = match item {
-                    Planned::Failed(e) => {
-                        sink(Err(e));
-                        break;
-                    }
-                    Planned::Window(window, result) => (window, result),
+            'windows: for result in planned.iter() {
+                let Ok(opened) = result.recv() else {
+                    break;
                 };
-                let bytes = match result.recv() {
-                    Ok(Ok(bytes)) => bytes,
-                    Ok(Err(e)) => {
-                        sink(Err(e));
-                        break;
-                    }
-                    Err(_) => break,
-                };
-                for (blob, at) in &window.blobs {
-                    let from = (at.offset - window.start) as usize;
-                    let plain = match bytes.get(from..from + at.length as usize) {
-                        Some(stored) => open_stored(blob, at, &window.pack, stored),
-                        None => Err(anyhow::anyhow!(
-                            "pack {} is shorter than its index says",
-                            window.pack
-                        )),
-                    };
+                for plain in opened {
                     let failed = plain.is_err();
                     if !sink(plain) || failed {
                         break 'windows;
