@@ -461,8 +461,9 @@ fn transient_server_errors_are_retried() {
     let Some(server) = S3Server::start(S3Kind::S3sFs, "transient_server_errors_are_retried") else {
         return;
     };
-    // Every third connection is answered 503 Slow Down.
-    let proxy = FlakyProxy::start(server.port, 3);
+    // Every fifth connection is answered 503 Slow Down (a request would
+    // have to meet seven of them in a row to fail).
+    let proxy = FlakyProxy::start(server.port, 5);
     let mut p = Project::new("flaky");
     let (vol, _app, src) = stack(&mut p, 40);
     let project = p.name.clone();

@@ -406,6 +406,22 @@ post = "logger volsnap done"
             "{problems:?}"
         );
 
+        // Server repositories pass; a bad address and a relative path do not.
+        let remote = GOOD.replace(
+            "repo = \"/backups/milvus\"",
+            "repo = \"s3://backups/milvus?region=eu-west-1\"\nupload_limit = \"20M\"",
+        );
+        assert!(Config::parse(&remote).is_ok());
+        for bad in ["s3://Bad_Bucket/x", "backups/milvus", "s3://b/x?secret=abc"] {
+            let config = GOOD.replace("/backups/milvus", bad);
+            let problems = Config::parse(&config).unwrap_err();
+            assert!(
+                problems[0].starts_with("line 6: job milvus: repo"),
+                "{bad}: {problems:?}"
+            );
+            assert!(!problems[0].contains("abc"), "{problems:?}");
+        }
+
         let strategy = GOOD.replace("\"cold\"", "\"freezing\"");
         let problems = Config::parse(&strategy).unwrap_err();
         assert!(
