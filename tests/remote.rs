@@ -484,3 +484,55 @@ fn transient_server_errors_are_retried() {
     );
     eprintln!("{refused} requests were answered 503 and retried");
 }
+
+#[test]
+fn the_upload_limit_caps_the_rate_and_is_for_servers_only() {
+    let Some(server) = S3Server::start(
+        S3Kind::S3sFs,
+        "the_upload_limit_caps_the_rate_and_is_for_servers_only",
+    ) else {
+        return;
+    };
+    let mut p = Project::new("limit");
+    let (_vol, _app, _src) = stack(&mut p, 24);
+    let project = p.name.clone();
+    let repo = server.repo("l");
+    let env = server.env();
+    run_ok(&["init", "--repo", &repo], &env);
+    // About 25 MiB of incompressible data at 4 MiB/s, of which at most one
+    // part (9 MiB) passes as a burst: at least 4 s, however fast the machine.
+    let started = std::time::Instant::now();
+    run_ok(
+        &[
+            "backup",
+            "--project",
+            &project,
+            "--repo",
+            &repo,
+            "--upload-limit",
+            "4M",
+        ],
+        &env,
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(3),
+        "25 MiB went up in {took:?} under a 4 MiB/s limit"
+    );
+    eprintln!("25 MiB under --upload-limit 4M took {took:?}");
+    let local = p.tempdir();
+    let out = run(
+        &[
+            "backup",
+            "--project",
+            &project,
+            "--repo",
+            local.to_str().unwrap(),
+            "--upload-limit",
+            "4M",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--bwlimit"), "{}", stderr(&out));
+}
