@@ -211,21 +211,53 @@ fn every_command_works_over_sftp() {
     });
 }
 
+/// An s3s-fs server and a stack with `mib` MiB of data, for `test`; `None`
+/// (said loudly) where the server is not installed.
+struct S3Case {
+    server: S3Server,
+    p: Project,
+    project: String,
+    vol: String,
+    app: String,
+    src: std::path::PathBuf,
+}
+
+fn s3_case(test: &str, short: &str, mib: usize) -> Option<S3Case> {
+    let server = S3Server::start(S3Kind::S3sFs, test)?;
+    let mut p = Project::new(short);
+    let (vol, app, src) = stack(&mut p, mib);
+    let project = p.name.clone();
+    Some(S3Case {
+        server,
+        p,
+        project,
+        vol,
+        app,
+        src,
+    })
+}
+
 fn commits(root: &Path) -> usize {
     files_under(root, "snapshots/").len()
 }
 
 #[test]
 fn a_server_killed_mid_backup_leaves_no_backup_and_the_next_one_succeeds() {
-    let Some(mut server) = S3Server::start(
-        S3Kind::S3sFs,
+    let Some(S3Case {
+        mut server,
+        p: _p,
+        project,
+        vol: _vol,
+        app,
+        src,
+    }) = s3_case(
         "a_server_killed_mid_backup_leaves_no_backup_and_the_next_one_succeeds",
-    ) else {
+        "kill",
+        8,
+    )
+    else {
         return;
     };
-    let mut p = Project::new("kill");
-    let (_vol, app, src) = stack(&mut p, 8);
-    let project = p.name.clone();
     let repo = server.repo("k");
     let root = server.bucket_dir().join("k");
     let mut env = server.env();
@@ -243,7 +275,7 @@ fn a_server_killed_mid_backup_leaves_no_backup_and_the_next_one_succeeds() {
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let packs_before = files_under(&root, "data/").len();
     let child = spawn_volsnap_env(&args, &env_refs);
-    wait_until("the backup uploads a pack", 60, || {
+    wait_until("the backup uploads a pack", 300, || {
         files_under(&root, "data/").len() > packs_before
     });
     server.kill();
@@ -282,15 +314,21 @@ fn a_server_killed_mid_backup_leaves_no_backup_and_the_next_one_succeeds() {
 
 #[test]
 fn a_server_restarting_during_a_backup_is_ridden_out() {
-    let Some(mut server) = S3Server::start(
-        S3Kind::S3sFs,
+    let Some(S3Case {
+        mut server,
+        mut p,
+        project,
+        vol,
+        app: _app,
+        src,
+    }) = s3_case(
         "a_server_restarting_during_a_backup_is_ridden_out",
-    ) else {
+        "blip",
+        48,
+    )
+    else {
         return;
     };
-    let mut p = Project::new("blip");
-    let (vol, _app, src) = stack(&mut p, 48);
-    let project = p.name.clone();
     let repo = server.repo("b");
     let env = server.env();
     run_ok(&["init", "--repo", &repo], &env);
@@ -308,7 +346,7 @@ fn a_server_restarting_during_a_backup_is_ridden_out() {
         &env_refs,
     );
     let root = server.bucket_dir().join("b");
-    wait_until("the backup uploads a pack", 60, || {
+    wait_until("the backup uploads a pack", 300, || {
         !files_under(&root, "data/").is_empty()
     });
     // Down for two seconds: refused connections are retried with backoff.
@@ -322,15 +360,21 @@ fn a_server_restarting_during_a_backup_is_ridden_out() {
 
 #[test]
 fn bad_credentials_a_missing_bucket_and_no_server_fail_before_anything_stops() {
-    let Some(server) = S3Server::start(
-        S3Kind::S3sFs,
+    let Some(S3Case {
+        server,
+        p: _p,
+        project,
+        vol: _vol,
+        app,
+        src: _src,
+    }) = s3_case(
         "bad_credentials_a_missing_bucket_and_no_server_fail_before_anything_stops",
-    ) else {
+        "cred",
+        1,
+    )
+    else {
         return;
     };
-    let mut p = Project::new("cred");
-    let (_vol, app, _src) = stack(&mut p, 1);
-    let project = p.name.clone();
     let started = started_at(&app);
     let wrong_secret = "wrong-secret-do-not-print-9876";
     let mut wrong = server.env();
@@ -458,15 +502,20 @@ fn conditional_creates_are_checked_and_a_server_ignoring_them_is_named() {
 
 #[test]
 fn transient_server_errors_are_retried() {
-    let Some(server) = S3Server::start(S3Kind::S3sFs, "transient_server_errors_are_retried") else {
+    let Some(S3Case {
+        server,
+        mut p,
+        project,
+        vol,
+        app: _app,
+        src,
+    }) = s3_case("transient_server_errors_are_retried", "flaky", 40)
+    else {
         return;
     };
     // Every fifth connection is answered 503 Slow Down (a request would
     // have to meet seven of them in a row to fail).
     let proxy = FlakyProxy::start(server.port, 5);
-    let mut p = Project::new("flaky");
-    let (vol, _app, src) = stack(&mut p, 40);
-    let project = p.name.clone();
     let repo = server.repo("f");
     let mut env = server.env();
     env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
@@ -487,15 +536,21 @@ fn transient_server_errors_are_retried() {
 
 #[test]
 fn the_upload_limit_caps_the_rate_and_is_for_servers_only() {
-    let Some(server) = S3Server::start(
-        S3Kind::S3sFs,
+    let Some(S3Case {
+        server,
+        mut p,
+        project,
+        vol: _vol,
+        app: _app,
+        src: _src,
+    }) = s3_case(
         "the_upload_limit_caps_the_rate_and_is_for_servers_only",
-    ) else {
+        "limit",
+        24,
+    )
+    else {
         return;
     };
-    let mut p = Project::new("limit");
-    let (_vol, _app, _src) = stack(&mut p, 24);
-    let project = p.name.clone();
     let repo = server.repo("l");
     let env = server.env();
     run_ok(&["init", "--repo", &repo], &env);
