@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts everything volsnap's tests and demo need on a fresh
 # Debian machine (run as root): Docker (Debian's docker.io), busybox-static
-# for the local test image, btrfs-progs, zstd; starts dockerd when it is not
+# for the local test image, btrfs-progs, zstd, age (the encryption tests
+# open volsnap's key objects with Debian's age); starts dockerd when it is not
 # running; builds the local test image (no registry is needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v mkfs.btrfs >/dev/null 2>&1 || need+=(btrfs-progs)
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v age-keygen >/dev/null 2>&1 || need+=(age)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   apt-get update -qq

@@ -13,8 +13,44 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The keys of encrypted repositories (README, "Encryption and keys").
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Age identity file (age-keygen's) that reads an encrypted
+    /// repository's contents: restore, export, verify --deep, drill. Keep
+    /// it off the hosts that only back up.
+    #[arg(
+        long,
+        global = true,
+        env = "VOLSNAP_IDENTITY_FILE",
+        value_name = "FILE"
+    )]
+    pub identity: Option<PathBuf>,
+    /// Write key file of an encrypted repository: backs up, lists, prunes
+    /// and checks structure, reads nothing. Default: <state dir>/keys/<key
+    /// id>.key, where init writes it.
+    #[arg(
+        long,
+        global = true,
+        env = "VOLSNAP_WRITE_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub write_key: Option<PathBuf>,
+    /// File whose first line is the passphrase of a passphrase repository
+    /// (with init: create one, restic's model: the passphrase reads and writes).
+    #[arg(
+        long,
+        global = true,
+        env = "VOLSNAP_PASSPHRASE_FILE",
+        value_name = "FILE"
+    )]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 const EXAMPLES: &str = "\
@@ -129,6 +165,17 @@ pub struct InitArgs {
     /// format 1, archives GNU tar reads directly.
     #[arg(long, value_enum, default_value = "chunked")]
     pub format: FormatArg,
+    /// Encrypt to this age recipient (age1…, from age-keygen -y); repeat
+    /// for several. Hosts that back up get a write key file and can read
+    /// nothing; an identity of a recipient reads (--identity).
+    #[arg(long, value_name = "AGE_RECIPIENT")]
+    pub recipient: Vec<String>,
+    /// Encrypt to the recipients in FILE, one per line (# comments), as
+    /// age -R takes them.
+    #[arg(long, value_name = "FILE")]
+    pub recipients_file: Vec<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 /// clap's view of the repository formats.

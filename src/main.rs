@@ -17,7 +17,7 @@ fn main() {
         }
     };
     init_logging(cli.verbose);
-    let status = match cmd::run(cli.command) {
+    let status = match cmd::run(cli.command, &cli.keys) {
         Ok(status) => status,
         Err(err) => {
             eprintln!("volsnap: error: {}", volsnap::error::error_chain(&err));

@@ -18,7 +18,7 @@ use crate::repo::v2::id::Id;
 use crate::repo::v2::objects::ChunkerParams;
 use crate::repo::v2::pack::BlobKind;
 use crate::repo::v2::saver::BlobSaver;
-use crate::repo::v2::tree::{walk_order, TreeEntry, TreeWriter, XattrRecord};
+use crate::repo::v2::tree::{walk_order, RefsWriter, TreeEntry, TreeWriter, XattrRecord};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
@@ -139,6 +139,8 @@ pub struct ChunkEmitter<'s> {
     saver: &'s mut BlobSaver,
     hasher: Hasher,
     tree: TreeWriter,
+    /// The data blobs the files use (encrypted repositories).
+    refs: Option<RefsWriter>,
     chunker: Chunker,
     parent: Option<ParentCursor>,
     /// This stream, kept for the next backup as its parent.
@@ -153,6 +155,7 @@ impl<'s> ChunkEmitter<'s> {
         params: ChunkerParams,
         tree_params: ChunkerParams,
         seed: u64,
+        refs: bool,
         parent: Option<ParentCursor>,
         keep: Option<File>,
     ) -> Result<Self> {
@@ -160,6 +163,7 @@ impl<'s> ChunkEmitter<'s> {
             saver,
             hasher: Hasher::start()?,
             tree: TreeWriter::new(tree_params, seed),
+            refs: refs.then(RefsWriter::new),
             chunker: Chunker::new(&params, seed),
             parent,
             keep: keep
@@ -170,12 +174,15 @@ impl<'s> ChunkEmitter<'s> {
         })
     }
 
-    /// The stream's tree blobs and SHA-256; the parent copy flushed.
-    pub fn finish(self) -> Result<(Vec<Id>, Id)> {
+    /// The stream's tree blobs and SHA-256, and its refs blobs when
+    /// encrypted; the parent copy flushed.
+    pub fn finish(self) -> Result<(Vec<Id>, Id, Option<Vec<Id>>)> {
         if let Some(keep) = self.keep {
             keep.finish()?.sync_all()?;
         }
-        self.tree.finish(self.saver)
+        let (tree, sha) = self.tree.finish(self.saver)?;
+        let refs = self.refs.map(|r| r.finish(self.saver)).transpose()?;
+        Ok((tree, sha, refs))
     }
 
     /// Chunks and saves one file's content; its chunk ids and SHA-256.
@@ -217,6 +224,11 @@ impl<'s> ChunkEmitter<'s> {
 
     fn push(&mut self, line: &TreeEntry) -> Result<()> {
         self.tree.push(line, self.saver)?;
+        if let Some(refs) = &mut self.refs {
+            for chunk in &line.chunks {
+                refs.push(chunk, self.saver)?;
+            }
+        }
         if let Some(keep) = &mut self.keep {
             serde_json::to_writer(&mut *keep, line)?;
             keep.write_all(b"\n")?;
@@ -347,12 +359,22 @@ pub struct ChunkedBackup {
     saver: Option<BlobSaver>,
     parents: Option<std::path::PathBuf>,
     force_read: bool,
-    /// Per volume: tree blobs, stream SHA-256, what the parent saved.
-    volumes: Vec<Option<(Vec<Id>, Id, ChunkStats)>>,
+    /// Per volume: tree blobs, stream SHA-256, refs blobs, what the
+    /// parent saved.
+    volumes: Vec<Option<Walked>>,
     /// Parent copies written by this run, renamed into place at commit.
     new_parents: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// The backup the parent copies came from.
     parent_id: Option<String>,
+}
+
+/// What reading one volume produced.
+#[derive(Clone)]
+struct Walked {
+    tree: Vec<Id>,
+    tree_sha256: Id,
+    refs: Option<Vec<Id>>,
+    stats: ChunkStats,
 }
 
 /// Names the backup the parent copies in a parent directory belong to.
@@ -473,14 +495,20 @@ impl ChunkedBackup {
             saver,
             config.chunker.clone(),
             config.tree_chunker.clone(),
-            0,
+            self.repo.chunker_seed(),
+            self.repo.keys().is_some(),
             parent,
             keep,
         )?;
         let summary = super::walk(source, &mut emitter, bwlimit, cancel, progress)?;
         let stats = emitter.stats;
-        let (tree, sha) = emitter.finish()?;
-        self.volumes[index] = Some((tree, sha, stats));
+        let (tree, tree_sha256, refs) = emitter.finish()?;
+        self.volumes[index] = Some(Walked {
+            tree,
+            tree_sha256,
+            refs,
+            stats,
+        });
         Ok(summary)
     }
 
@@ -489,7 +517,7 @@ impl ChunkedBackup {
         self.volumes
             .get(index)
             .and_then(|v| v.as_ref())
-            .map(|(_, _, s)| *s)
+            .map(|w| w.stats)
             .unwrap_or_default()
     }
 
@@ -506,10 +534,15 @@ impl ChunkedBackup {
             .context("internal error: committed twice")?;
         let mut volumes = Vec::new();
         for (record, walked) in manifest.volumes.iter().zip(&self.volumes) {
-            let (tree, tree_sha256, _) = walked
+            let Walked {
+                tree,
+                tree_sha256,
+                refs,
+                ..
+            } = walked
                 .clone()
                 .with_context(|| format!("internal error: volume {} was not read", record.name))?;
-            let mut writer = TreeWriter::new(config.tree_chunker.clone(), 0);
+            let mut writer = TreeWriter::new(config.tree_chunker.clone(), self.repo.chunker_seed());
             writer.push(record, &mut saver)?;
             let (record_blobs, record_sha256) = writer.finish(&mut saver)?;
             volumes.push(CommitVolume {
@@ -521,6 +554,7 @@ impl ChunkedBackup {
                 tree_sha256,
                 record: record_blobs,
                 record_sha256,
+                refs,
             });
         }
         let saved = saver.finish()?;
@@ -893,6 +927,7 @@ mod tests {
                     tree_sha256,
                     record,
                     record_sha256,
+                    refs: None,
                 }],
                 parent: None,
                 packs: saved.referenced.into_iter().collect(),

@@ -22,27 +22,48 @@ use volsnap::plan::PlanOptions;
 use volsnap::repo::Scope;
 use volsnap::usage;
 
-pub fn run(command: Command) -> Result<i32> {
+pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
+    volsnap::repo::keys::set_default(volsnap::repo::keys::KeySources {
+        identity: keys.identity.clone(),
+        write_key: keys.write_key.clone(),
+        passphrase: keys.passphrase_file.clone(),
+        key_dir: None,
+    });
     match command {
-        Command::Init(args) => init::run(args),
+        Command::Init(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            init::run(args, keys)
+        }
         Command::Plan(args) => plan::run(args),
-        Command::Backup(args) => backup::run(args),
+        Command::Backup(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            backup::run(args)
+        }
         Command::List(args) => list::run(args),
         Command::Verify(args) => verify::run(args),
-        Command::Restore(args) => restore::run(args),
+        Command::Restore(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            restore::run(args)
+        }
         Command::Export(args) => export::run(args),
         Command::Snapshot(args) => snapshot::take(args),
         Command::Snapshots { command } => snapshot::manage(command),
         Command::Rollback(args) => snapshot::rollback(args),
         Command::Recover(args) => recover::run(args),
-        Command::Prune(args) => prune::run(args),
+        Command::Prune(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            prune::run(args)
+        }
         Command::Protect(args) => prune::protect(args),
         Command::Run(args) => job::run(args),
         Command::Daemon(args) => daemon::run(args),
         Command::Status(args) => job::status(args),
         Command::Config { command } => job::config(command),
         Command::Systemd(args) => job::systemd(args),
-        Command::Drill(args) => drill::run(args),
+        Command::Drill(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            drill::run(args)
+        }
     }
 }
 

@@ -43,7 +43,13 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         } else {
             ", entry lists match the manifest".to_string()
         };
-        if let NotesAt::Dir(_) = notes {
+        if report.chunks_checked > 0 && report.files_checked == 0 {
+            outln!(
+                "backup {id} is intact as far as the write key shows: {} volume(s), {} chunk(s), each in a pack that exists; file contents and names need an identity (--identity FILE)",
+                report.archives_checked,
+                report.chunks_checked
+            );
+        } else if let NotesAt::Dir(_) = notes {
             outln!(
                 "backup {id} is intact: {} checksums match{depth}",
                 report.archives_checked
@@ -77,10 +83,17 @@ fn verify_all(args: &VerifyArgs, level: Level, cancel: &Cancel) -> Result<i32> {
             let repo = volsnap::repo::open_chunked(&args.repo)?;
             let percent = args.read_data_subset.unwrap_or(0.0);
             let r = volsnap::restore::verify::verify_repository(&repo, percent, cancel)?;
+            let what = if r.files == 0 && r.chunks > 0 {
+                format!(
+                    "{} chunks (write key only: files need an identity)",
+                    r.chunks
+                )
+            } else {
+                format!("{} files", r.files)
+            };
             let summary = format!(
-                "{} backup(s), {} files; {} packs present at their sizes, {} read in full ({}, {percent}%){}",
+                "{} backup(s), {what}; {} packs present at their sizes, {} read in full ({}, {percent}%){}",
                 r.backups,
-                r.files,
                 r.packs,
                 r.packs_read,
                 volsnap::fsutil::human_bytes(r.bytes_read),

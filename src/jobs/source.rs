@@ -84,6 +84,7 @@ pub(crate) fn open_backup(
         }
         Format::Chunked => {
             let repo = crate::repo::open_chunked(root)?;
+            repo.require_contents()?;
             let (object, commit) = crate::repo::resolve_chunked(&repo, id, scope)?;
             let check = crate::restore::verify::verify_chunked(
                 &repo,

@@ -5,6 +5,7 @@
 //! complete and fsynced, so a failed or killed run never leaves something
 //! that looks like a backup.
 
+pub mod keys;
 pub mod manifest;
 pub mod notes;
 pub mod retention;
@@ -158,9 +159,14 @@ pub fn init_for_backup(root: &Path) -> Result<()> {
 
 /// Creates a repository at `root` (a directory that is empty, holds only
 /// `lost+found`, or does not exist yet); says what was created.
-pub fn init(root: &Path, format: Format) -> Result<String> {
+pub fn init(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> Result<String> {
+    if format == Format::Tar && encryption.is_some() {
+        return Err(usage!(
+            "format 1 (tar) repositories are not encrypted; leave out --format tar to create an encrypted format-2 repository"
+        ));
+    }
     if crate::backend::is_remote(root) {
-        return init_remote(root, format);
+        return init_remote(root, format, encryption);
     }
     match fs::read_dir(root) {
         Ok(entries) => {
@@ -206,10 +212,10 @@ pub fn init(root: &Path, format: Format) -> Result<String> {
             )
         }
         Format::Chunked => {
-            let backend = crate::backend::LocalBackend::open(root)?;
-            let repo = v2::Repository::init(std::sync::Arc::new(backend))?;
+            let backend = std::sync::Arc::new(crate::backend::LocalBackend::open(root)?);
+            let (repo, keys) = init_chunked(backend, encryption)?;
             format!(
-                "created format-2 repository {} (id {}): chunked, deduplicated, zstd",
+                "created format-2 repository {} (id {}): chunked, deduplicated, zstd{keys}",
                 root.display(),
                 &repo.config.id[..16]
             )
@@ -217,7 +223,22 @@ pub fn init(root: &Path, format: Format) -> Result<String> {
     })
 }
 
-fn init_remote(root: &Path, format: Format) -> Result<String> {
+/// Creates a format-2 repository, encrypted when asked; what the
+/// encryption means for the operator, as a sentence to append.
+fn init_chunked(
+    backend: std::sync::Arc<dyn crate::backend::Backend>,
+    encryption: Option<keys::NewKeys>,
+) -> Result<(v2::Repository, String)> {
+    match encryption {
+        None => Ok((v2::Repository::init(backend)?, String::new())),
+        Some(how) => {
+            let (repo, said) = keys::init_encrypted(backend, how)?;
+            Ok((repo, format!(", {said}")))
+        }
+    }
+}
+
+fn init_remote(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> Result<String> {
     if format == Format::Tar {
         return Err(usage!(
             "{}: format 1 (tar) repositories live in local directories only (they rename directories, which object storage cannot); leave out --format for format 2",
@@ -233,9 +254,9 @@ fn init_remote(root: &Path, format: Format) -> Result<String> {
     }
     refuse_foreign(root, backend.top_level()?)?;
     let conditional = backend.refuses_second_create()?;
-    let repo = v2::Repository::init(backend)?;
+    let (repo, keys) = init_chunked(backend, encryption)?;
     Ok(format!(
-        "created format-2 repository {} (id {}): chunked, deduplicated, zstd{}",
+        "created format-2 repository {} (id {}): chunked, deduplicated, zstd{keys}{}",
         root.display(),
         &repo.config.id[..16],
         if conditional {
@@ -249,7 +270,7 @@ fn init_remote(root: &Path, format: Format) -> Result<String> {
 /// Opens the format-2 repository at `root` (a directory or a server).
 pub fn open_chunked(root: &Path) -> Result<std::sync::Arc<v2::Repository>> {
     let backend = crate::backend::open(root)?;
-    match v2::Repository::open(backend) {
+    match keys::open(backend, root) {
         Ok(repo) => Ok(std::sync::Arc::new(repo)),
         Err(e) if crate::backend::is_missing(&e) && crate::backend::is_remote(root) => Err(usage!(
             "{} holds no volsnap repository; create one with volsnap init --repo {}",

@@ -327,6 +327,7 @@ pub fn export_backup(
         }
         crate::repo::Format::Chunked => {
             let repo = crate::repo::open_chunked(root)?;
+            repo.require_contents()?;
             let (_, commit) = crate::repo::resolve_chunked(&repo, id, scope)?;
             let index = repo.load_index()?;
             let records = repo.volume_records(&index, &commit)?;

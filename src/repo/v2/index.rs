@@ -22,6 +22,10 @@ pub struct IndexedPack {
     pub id: Id,
     pub size: u64,
     pub blobs: Vec<BlobEntry>,
+    /// The pack's wrapped content keys (its header's `keys`), so that a
+    /// reader opens blobs without fetching headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
 }
 
 /// Where one blob is.
@@ -33,6 +37,8 @@ pub struct Location {
     pub offset: u64,
     pub length: u64,
     pub raw_length: u64,
+    /// Which of its pack's content keys seals it.
+    pub key: u16,
 }
 
 /// Where one blob is, as the index keeps it: 24 bytes beside the id, so a
@@ -44,6 +50,7 @@ struct Compact {
     pack: u32,
     length: u32,
     raw_length: u32,
+    key: u16,
     kind: BlobKind,
 }
 
@@ -52,6 +59,8 @@ struct Compact {
 pub struct Index {
     /// (pack id, pack size), in the order first seen.
     pub packs: Vec<(Id, u64)>,
+    /// Each pack's wrapped content keys (empty lists when not encrypted).
+    pack_keys: Vec<Vec<std::sync::Arc<str>>>,
     blobs: Vec<(Id, Compact)>,
 }
 
@@ -60,6 +69,7 @@ pub struct Index {
 #[derive(Default)]
 pub struct IndexBuilder {
     packs: Vec<(Id, u64)>,
+    pack_keys: Vec<Vec<std::sync::Arc<str>>>,
     pack_slots: HashMap<Id, u32>,
     /// Blob, place, and the index object that described it.
     blobs: Vec<(Id, Compact, u32)>,
@@ -76,12 +86,14 @@ impl IndexBuilder {
         for pack in file.packs {
             let header = PackHeader {
                 blobs: pack.blobs,
-                content_key: None,
+                keys: pack.keys,
             };
             check_bounds(&header, pack.size)
                 .with_context(|| format!("index {id} describes pack {} wrongly", pack.id))?;
             let slot = *self.pack_slots.entry(pack.id).or_insert_with(|| {
                 self.packs.push((pack.id, pack.size));
+                self.pack_keys
+                    .push(header.keys.iter().map(|k| k.as_str().into()).collect());
                 (self.packs.len() - 1) as u32
             });
             for blob in header.blobs {
@@ -93,6 +105,7 @@ impl IndexBuilder {
                         // check_bounds keeps both below MAX_BLOB + 1.
                         length: blob.length as u32,
                         raw_length: blob.raw_length as u32,
+                        key: blob.key,
                         kind: blob.kind,
                     },
                     file_no,
@@ -125,6 +138,7 @@ impl IndexBuilder {
         blobs.shrink_to_fit();
         Index {
             packs: self.packs,
+            pack_keys: self.pack_keys,
             blobs,
         }
     }
@@ -149,7 +163,16 @@ impl Index {
             offset: place.offset,
             length: u64::from(place.length),
             raw_length: u64::from(place.raw_length),
+            key: place.key,
         })
+    }
+
+    /// The wrapped content key that opens the blob at `location`, in an
+    /// encrypted repository.
+    pub fn content_key(&self, location: &Location) -> Option<&std::sync::Arc<str>> {
+        self.pack_keys
+            .get(location.pack as usize)?
+            .get(usize::from(location.key))
     }
 
     pub fn contains(&self, blob: &Id) -> bool {

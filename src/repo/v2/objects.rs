@@ -78,6 +78,11 @@ pub struct CommitVolume {
     /// the volume was read: a stream of one line, in tree blobs.
     pub record: Vec<Id>,
     pub record_sha256: Id,
+    /// Encrypted repositories: the refs blobs listing every data blob the
+    /// volume's files use, readable with the write key (garbage collection
+    /// and structural checks on hosts without an identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refs: Option<Vec<Id>>,
 }
 
 /// A `snapshots/<id>` object: a backup exists once this does.

@@ -6,6 +6,7 @@
 //! against the pack's size, every blob's plaintext against its id, and a
 //! decompression never produces more than the header's `raw_length`.
 
+use super::crypto::WriteKey;
 use super::id::Id;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,8 @@ pub const PACK_MAX_BLOBS: usize = 20_000;
 const MAX_HEADER: u64 = 64 << 20;
 /// No blob is larger than the content chunker's maximum (4 MiB) plus room.
 pub const MAX_BLOB: u64 = 8 << 20;
+/// What storing may add to a blob: the flag byte, and sealing's nonce and tag.
+const MAX_STORED_EXTRA: u64 = 1 + 64;
 const FLAG_ZSTD: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -30,6 +33,10 @@ pub enum BlobKind {
     Data,
     /// A chunk of a manifest stream.
     Tree,
+    /// A piece of the list of data blobs a backup's volume uses, sealed
+    /// with the write key (encrypted repositories: garbage collection on a
+    /// host without an identity reads these instead of the manifests).
+    Refs,
 }
 
 /// Where a blob lies in its pack.
@@ -43,14 +50,23 @@ pub struct BlobEntry {
     pub length: u64,
     /// Plaintext length.
     pub raw_length: u64,
+    /// Which of the pack's content keys seals it (encrypted repositories).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PackHeader {
     pub blobs: Vec<BlobEntry>,
-    /// The pack's wrapped content key in an encrypted repository.
-    #[serde(default)]
-    pub content_key: Option<serde_json::Value>,
+    /// The content keys sealing the pack's data and tree blobs, each a
+    /// standard age file (base64) wrapped to the recipients; empty when
+    /// the repository is not encrypted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
 }
 
 /// A blob ready to go into a pack: compressed when that is smaller.
@@ -119,9 +135,35 @@ impl PackWriter {
             offset: self.bytes.len() as u64,
             length: payload.len() as u64 + 1,
             raw_length,
+            key: 0,
         });
         self.bytes.push(if zstd { FLAG_ZSTD } else { 0 });
         self.bytes.extend_from_slice(payload);
+    }
+
+    /// Adds a blob sealed already (encrypted repositories), with the
+    /// wrapped content key that opens it (none for refs blobs, which the
+    /// write key opens).
+    pub fn add_sealed(&mut self, id: Id, stored: &[u8], raw_length: u64, key: Option<&str>) {
+        let key = match key {
+            None => 0,
+            Some(key) => match self.header.keys.iter().position(|k| k == key) {
+                Some(n) => n,
+                None => {
+                    self.header.keys.push(key.to_string());
+                    self.header.keys.len() - 1
+                }
+            },
+        };
+        self.header.blobs.push(BlobEntry {
+            id,
+            kind: self.kind,
+            offset: self.bytes.len() as u64,
+            length: stored.len() as u64,
+            raw_length,
+            key: key as u16,
+        });
+        self.bytes.extend_from_slice(stored);
     }
 
     pub fn kind(&self) -> BlobKind {
@@ -136,6 +178,7 @@ impl PackWriter {
             offset: self.bytes.len() as u64,
             length: blob.bytes.len() as u64,
             raw_length: blob.raw_length,
+            key: 0,
         });
         self.bytes.extend_from_slice(&blob.bytes);
     }
@@ -149,21 +192,35 @@ impl PackWriter {
     }
 
     pub fn is_full(&self) -> bool {
-        self.bytes.len() >= PACK_TARGET || self.header.blobs.len() >= PACK_MAX_BLOBS
+        self.bytes.len() >= PACK_TARGET
+            || self.header.blobs.len() >= PACK_MAX_BLOBS
+            || self.header.keys.len() >= MAX_KEYS
     }
 
-    /// The finished pack: its id (SHA-256 of its bytes), bytes and header.
-    pub fn finish(self) -> Result<(Id, Vec<u8>, PackHeader)> {
+    /// The finished pack: its id (BLAKE3 of its bytes), bytes and header;
+    /// the header sealed with `seal` in an encrypted repository.
+    pub fn finish(self, seal: Option<&WriteKey>) -> Result<(Id, Vec<u8>, PackHeader)> {
         let mut bytes = self.bytes;
         let header = serde_json::to_vec(&self.header).context("cannot encode a pack header")?;
+        let header = match seal {
+            Some(key) => key.seal(HEADER_KIND, &header)?,
+            None => header,
+        };
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
         Ok((Id::digest(&bytes), bytes, self.header))
     }
 }
 
-/// Reads the header from a whole pack's bytes, checking every bound.
-pub fn parse_header(pack: &[u8]) -> Result<PackHeader> {
+/// A pack closes once its blobs use this many content keys (a rewrite
+/// gathers blobs of many packs).
+const MAX_KEYS: usize = 1024;
+/// The kind a sealed pack header is authenticated as.
+const HEADER_KIND: &str = "pack-header";
+
+/// Reads the header from a whole pack's bytes, checking every bound;
+/// `open` opens a sealed one (encrypted repositories).
+pub fn parse_header(pack: &[u8], open: Option<&WriteKey>) -> Result<PackHeader> {
     let size = pack.len() as u64;
     if size < 4 {
         bail!("the pack is {size} bytes long, too short for a header");
@@ -174,8 +231,19 @@ pub fn parse_header(pack: &[u8]) -> Result<PackHeader> {
         bail!("the pack claims a header of {header_len} bytes in {size}");
     }
     let start = (size - 4 - header_len) as usize;
-    let header: PackHeader = serde_json::from_slice(&pack[start..pack.len() - 4])
-        .context("the pack header is not valid")?;
+    let text = &pack[start..pack.len() - 4];
+    let opened;
+    let text = match open {
+        Some(key) => {
+            opened = key
+                .open(HEADER_KIND, text)
+                .context("its header cannot be opened")?;
+            &opened[..]
+        }
+        None => text,
+    };
+    let header: PackHeader =
+        serde_json::from_slice(text).context("the pack header is not valid")?;
     check_bounds(&header, start as u64)?;
     Ok(header)
 }
@@ -187,9 +255,10 @@ pub fn check_bounds(header: &PackHeader, blob_area: u64) -> Result<()> {
     for blob in &header.blobs {
         if blob.offset < end
             || blob.length == 0
-            || blob.length > MAX_BLOB + 1
+            || blob.length > MAX_BLOB + MAX_STORED_EXTRA
             || blob.raw_length > MAX_BLOB
             || blob.offset + blob.length > blob_area
+            || (blob.key as usize >= header.keys.len() && blob.key != 0)
         {
             bail!(
                 "blob {} claims bytes {}..{} of a {blob_area}-byte blob area",
@@ -203,8 +272,9 @@ pub fn check_bounds(header: &PackHeader, blob_area: u64) -> Result<()> {
     Ok(())
 }
 
-/// The plaintext of a stored blob, checked against its id.
-pub fn open_blob(entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
+/// The plaintext of a stored blob (`flag | payload`, opened already in an
+/// encrypted repository), checked against its id as `id_of` computes ids.
+pub fn open_blob(entry: &BlobEntry, stored: &[u8], id_of: &dyn Fn(&[u8]) -> Id) -> Result<Vec<u8>> {
     let (flag, payload) = stored
         .split_first()
         .with_context(|| format!("blob {} is empty", entry.id))?;
@@ -229,7 +299,7 @@ pub fn open_blob(entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
             entry.raw_length
         );
     }
-    if Id::digest(&plain) != entry.id {
+    if id_of(&plain) != entry.id {
         bail!("blob {} does not match its id (damaged)", entry.id);
     }
     Ok(plain)
@@ -246,13 +316,13 @@ mod tests {
         for t in texts {
             writer.add(StoredBlob::new(Id::digest(t), BlobKind::Data, t, 1).unwrap());
         }
-        let (id, bytes, header) = writer.finish().unwrap();
+        let (id, bytes, header) = writer.finish(None).unwrap();
         assert_eq!(id, Id::digest(&bytes));
-        let parsed = parse_header(&bytes).unwrap();
+        let parsed = parse_header(&bytes, None).unwrap();
         assert_eq!(parsed.blobs, header.blobs);
         for (t, entry) in texts.iter().zip(&parsed.blobs) {
             let stored = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
-            assert_eq!(open_blob(entry, stored).unwrap(), *t);
+            assert_eq!(open_blob(entry, stored, &Id::digest).unwrap(), *t);
         }
         // The long run of a's was compressed, the single byte was not.
         assert_eq!(bytes[parsed.blobs[0].offset as usize], FLAG_ZSTD);
@@ -262,7 +332,7 @@ mod tests {
         damaged[parsed.blobs[2].offset as usize + 2] ^= 1;
         let e = &parsed.blobs[2];
         let stored = &damaged[e.offset as usize..(e.offset + e.length) as usize];
-        assert!(open_blob(e, stored).is_err());
+        assert!(open_blob(e, stored, &Id::digest).is_err());
     }
 
     #[test]
@@ -275,14 +345,17 @@ mod tests {
             n += 1;
         }
         assert_eq!(n as usize, PACK_MAX_BLOBS);
-        let (_, bytes, _) = writer.finish().unwrap();
-        assert_eq!(parse_header(&bytes).unwrap().blobs.len(), PACK_MAX_BLOBS);
+        let (_, bytes, _) = writer.finish(None).unwrap();
+        assert_eq!(
+            parse_header(&bytes, None).unwrap().blobs.len(),
+            PACK_MAX_BLOBS
+        );
     }
 
     #[test]
     fn hostile_headers_are_refused() {
-        assert!(parse_header(b"").is_err());
-        assert!(parse_header(&u32::MAX.to_le_bytes()).is_err());
+        assert!(parse_header(b"", None).is_err());
+        assert!(parse_header(&u32::MAX.to_le_bytes(), None).is_err());
         let lie = PackHeader {
             blobs: vec![BlobEntry {
                 id: Id::digest(b"x"),
@@ -290,14 +363,15 @@ mod tests {
                 offset: 0,
                 length: 1000,
                 raw_length: 1,
+                key: 0,
             }],
-            content_key: None,
+            keys: Vec::new(),
         };
         let mut bytes = vec![0u8; 10];
         let header = serde_json::to_vec(&lie).unwrap();
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        assert!(parse_header(&bytes).is_err());
+        assert!(parse_header(&bytes, None).is_err());
         // A blob that decompresses to more than it claims is refused.
         let big = vec![7u8; 100_000];
         let blob = StoredBlob::new(Id::digest(&big), BlobKind::Data, &big, 1).unwrap();
@@ -307,7 +381,8 @@ mod tests {
             offset: 0,
             length: blob.bytes.len() as u64,
             raw_length: 10,
+            key: 0,
         };
-        assert!(open_blob(&entry, &blob.bytes).is_err());
+        assert!(open_blob(&entry, &blob.bytes, &Id::digest).is_err());
     }
 }

@@ -40,7 +40,7 @@ struct Shared {
     repo: Arc<Repository>,
     /// Buffers of stored packs, for the next packs.
     spare: Mutex<Vec<Vec<u8>>>,
-    packs: Mutex<[Option<PackWriter>; 2]>,
+    packs: Mutex<[Option<PackWriter>; 3]>,
     /// Packs stored and not yet in an index object.
     written: Mutex<Vec<IndexedPack>>,
     /// Every pack this run stored.
@@ -65,6 +65,7 @@ fn slot(kind: BlobKind) -> usize {
     match kind {
         BlobKind::Data => 0,
         BlobKind::Tree => 1,
+        BlobKind::Refs => 2,
     }
 }
 
@@ -79,7 +80,7 @@ impl BlobSaver {
         let shared = Arc::new(Shared {
             repo,
             spare: Mutex::new(Vec::new()),
-            packs: Mutex::new([None, None]),
+            packs: Mutex::new([None, None, None]),
             written: Mutex::new(Vec::new()),
             stored: Mutex::new(Vec::new()),
             stored_bytes: Mutex::new(0),
@@ -114,7 +115,7 @@ impl BlobSaver {
 
     /// As [`BlobSaver::save`], for bytes someone else reads too.
     pub fn save_shared(&mut self, kind: BlobKind, plain: Arc<Vec<u8>>) -> Result<Id> {
-        let id = Id::digest(&plain);
+        let id = self.shared.repo.blob_id(&plain);
         self.save_with_id(id, kind, plain)?;
         Ok(id)
     }
@@ -237,6 +238,10 @@ fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result
     // One compressor and one output buffer per worker, reused blob after blob.
     let mut compressor = zstd::bulk::Compressor::new(level)?;
     let mut out: Vec<u8> = Vec::new();
+    // This worker's content key (encrypted repositories): a fresh one
+    // every few thousand blobs, so workers never contend for one.
+    let mut content_key = None;
+    let keys = shared.repo.keys();
     loop {
         let next = match receiver.lock() {
             Ok(r) => r.recv(),
@@ -252,6 +257,13 @@ fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result
             .map_err(|e| anyhow!("zstd compression failed: {e}"))?;
         let zstd = out.len() < plain.len();
         let payload: &[u8] = if zstd { &out } else { &plain };
+        let sealed = match keys {
+            Some(keys) => {
+                let flag = [u8::from(zstd)];
+                Some(keys.seal_blob(kind, &id, &[&flag, payload], &mut content_key)?)
+            }
+            None => None,
+        };
         let full = {
             let mut packs = shared
                 .packs
@@ -266,7 +278,12 @@ fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result
                     .unwrap_or_default();
                 PackWriter::with_buffer(kind, buffer)
             });
-            open.add_encoded(id, zstd, payload, plain.len() as u64);
+            match &sealed {
+                Some((stored, key)) => {
+                    open.add_sealed(id, stored, plain.len() as u64, key.as_deref())
+                }
+                None => open.add_encoded(id, zstd, payload, plain.len() as u64),
+            }
             if open.is_full() {
                 packs[slot(kind)].take()
             } else {
@@ -281,7 +298,7 @@ fn work(shared: &Shared, receiver: &Mutex<Receiver<Work>>, level: i32) -> Result
 }
 
 fn store(shared: &Shared, pack: PackWriter) -> Result<()> {
-    let (id, bytes, header) = pack.finish()?;
+    let (id, bytes, header) = pack.finish(shared.repo.sealing())?;
     shared.repo.save_pack(&id, &bytes)?;
     #[cfg(feature = "fault-injection")]
     crate::fault::point("v2-pack-stored");
@@ -308,6 +325,7 @@ fn store(shared: &Shared, pack: PackWriter) -> Result<()> {
             id,
             size,
             blobs: header.blobs,
+            keys: header.keys,
         });
         let blobs: usize = written.iter().map(|p| p.blobs.len()).sum();
         (blobs >= INDEX_BLOBS).then(|| std::mem::take(&mut *written))

@@ -141,6 +141,66 @@ impl TreeWriter {
     }
 }
 
+/// Writes the list of data blobs a volume's files use into refs blobs
+/// (encrypted repositories): 32 bytes an id, in manifest order, cut after
+/// an id whose first 12 bits are zero (one in 4,096; ids are keyed hashes,
+/// so the cuts depend on content only) or at 16,384 ids. An unchanged
+/// stretch of a volume gives the same pieces, stored once.
+pub struct RefsWriter {
+    buffer: Vec<u8>,
+    blobs: Vec<Id>,
+}
+
+const REFS_MAX_IDS: usize = 16_384;
+
+impl RefsWriter {
+    pub fn new() -> Self {
+        Self {
+            buffer: Vec::new(),
+            blobs: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, id: &Id, saver: &mut BlobSaver) -> Result<()> {
+        self.buffer.extend_from_slice(&id.0);
+        if (id.0[0] == 0 && id.0[1] < 16) || self.buffer.len() >= REFS_MAX_IDS * 32 {
+            self.cut(saver)?;
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self, saver: &mut BlobSaver) -> Result<()> {
+        if !self.buffer.is_empty() {
+            let piece = std::mem::take(&mut self.buffer);
+            self.blobs.push(saver.save(BlobKind::Refs, piece)?);
+        }
+        Ok(())
+    }
+
+    /// The refs blobs, in order.
+    pub fn finish(mut self, saver: &mut BlobSaver) -> Result<Vec<Id>> {
+        self.cut(saver)?;
+        Ok(self.blobs)
+    }
+}
+
+impl Default for RefsWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The data blob ids a refs blob lists.
+pub fn parse_refs(bytes: &[u8]) -> Result<Vec<Id>> {
+    if !bytes.len().is_multiple_of(32) {
+        bail!("a refs blob of {} bytes is not a list of ids", bytes.len());
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| Id(c.try_into().expect("32 bytes")))
+        .collect())
+}
+
 /// Reads a stream back line by line, fetching one tree blob at a time,
 /// and checks the stream's SHA-256 at its end.
 pub struct TreeReader<'r> {

@@ -1,0 +1,648 @@
+//! Encrypted repositories end to end, with a real Docker daemon and Debian's
+//! `age` tools: a host holding only the write key backs up, deduplicates,
+//! lists, prunes and checks structure, and can read nothing; planted
+//! markers appear nowhere in the stored bytes; restores without an
+//! identity or with a wrong one change nothing; the right identity
+//! restores byte for byte; tampering is named; a recipient planted in the
+//! repository is never used; a passphrase repository; the same on S3.
+
+mod common;
+
+use common::servers::*;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// A new age identity from Debian's age-keygen: its file and recipient.
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let file = dir.join(format!("{name}.txt"));
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&file)
+        .output()
+        .expect("age-keygen is needed (Debian package age; scripts/setup-host.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8(public.stdout).unwrap().trim().to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    (file, recipient)
+}
+
+/// Whether `needle` occurs in any file under `root`.
+fn found_in_files(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(path);
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// The one directory a restore into `target` made.
+fn restored(target: &Path) -> PathBuf {
+    let entries: Vec<_> = std::fs::read_dir(target)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].clone()
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+fn files_in(root: &Path, dir: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.join(dir)];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                pending.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+const MARKER: &str = "VOLSNAP-SECRET-MARKER-7f3a";
+
+/// A stack whose volume holds the marker in a file's content, a file's
+/// name and a directory's name, beside compressible and random data.
+fn marked_stack(p: &mut Project) -> (String, PathBuf) {
+    let vol = p.volume("data", &[]);
+    let src = volume_path(&vol);
+    make_fixture(&src);
+    let dir = src.join(format!("dir-{MARKER}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{MARKER}.txt")),
+        format!("{MARKER} in a small file\n"),
+    )
+    .unwrap();
+    let mut log = Vec::new();
+    for n in 0..40_000 {
+        log.extend_from_slice(format!("line {n} {MARKER}\n").as_bytes());
+    }
+    std::fs::write(src.join("app.log"), &log).unwrap();
+    std::fs::write(src.join("objects.bin"), pseudo_random(6 << 20, 0xe1c)).unwrap();
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    (vol, src)
+}
+
+#[test]
+fn a_write_only_host_backs_up_lists_prunes_and_verifies_but_reads_nothing() {
+    let mut p = Project::new("enc");
+    let keys = p.tempdir();
+    let (identity, recipient) = keygen(&keys, "reader");
+    let (wrong, _) = keygen(&keys, "stranger");
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let (vol, src) = marked_stack(&mut p);
+    let project = p.name.clone();
+
+    let init = ok(volsnap(&[
+        "init",
+        "--repo",
+        &repo_s,
+        "--recipient",
+        &recipient,
+    ]));
+    assert!(
+        init.contains("encrypted") && init.contains("write key file"),
+        "{init}"
+    );
+    let key_files = files_in(&state_dir(), "keys");
+    assert_eq!(key_files.len(), 1, "init keeps one write key file");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_files[0])
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the write key file is private");
+
+    // Backups with the write key alone (found in the state directory).
+    let backup = || {
+        json(&ok(volsnap(&backup_args(
+            &project,
+            &repo,
+            &["--strategy", "cold", "--json"],
+        ))))
+    };
+    let first = backup();
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let packs_first = files_in(&repo, "data").len();
+    let bytes_first: u64 = files_in(&repo, "data")
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    let second = backup();
+    let second_id = second["id"].as_str().unwrap().to_string();
+    let bytes_second: u64 = files_in(&repo, "data")
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(
+        bytes_second - bytes_first < bytes_first / 20,
+        "an unchanged backup stored {} bytes after {bytes_first} ({packs_first} packs)",
+        bytes_second - bytes_first
+    );
+
+    // Nothing of the content, and no name, is readable in the repository.
+    let hits = found_in_files(&repo, MARKER.as_bytes());
+    assert!(hits.is_empty(), "the marker is readable in {hits:?}");
+    for name in ["app.log", "objects.bin", &vol] {
+        let hits = found_in_files(&repo, name.as_bytes());
+        assert!(hits.is_empty(), "{name} is readable in {hits:?}");
+    }
+
+    // List and structure checks need no identity.
+    let list = ok(volsnap(&["list", "--repo", &repo_s]));
+    assert!(
+        list.contains(&first_id) && list.contains(&second_id),
+        "{list}"
+    );
+    let structure = ok(volsnap(&["verify", "--repo", &repo_s, &second_id]));
+    assert!(
+        structure.contains("as far as the write key shows"),
+        "{structure}"
+    );
+    let all = verify_all_packs(&repo);
+    assert!(all.contains("intact"), "{all}");
+
+    // Reading needs an identity: refused with exit 2, nothing written.
+    let target = p.tempdir();
+    let target_s = target.to_str().unwrap();
+    let refused = volsnap(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        &second_id,
+        "--target-dir",
+        target_s,
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("--identity"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        is_empty_dir(&target),
+        "a refused restore wrote into its target"
+    );
+    let deep = volsnap(&["verify", "--repo", &repo_s, &second_id, "--deep"]);
+    assert_eq!(deep.status.code(), Some(2), "{}", stderr(&deep));
+    let export = volsnap(&["export", "--repo", &repo_s, &second_id]);
+    assert_eq!(export.status.code(), Some(2), "{}", stderr(&export));
+    assert!(export.stdout.is_empty(), "export wrote without an identity");
+
+    // A wrong identity: a clear failure, nothing written.
+    let identity_s = identity.to_str().unwrap();
+    let wrong_s = wrong.to_str().unwrap();
+    let stranger = volsnap(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        &second_id,
+        "--target-dir",
+        target_s,
+        "--identity",
+        wrong_s,
+    ]);
+    assert_eq!(stranger.status.code(), Some(1), "{}", stderr(&stranger));
+    assert!(
+        stderr(&stranger).contains("no identity"),
+        "{}",
+        stderr(&stranger)
+    );
+    assert!(
+        is_empty_dir(&target),
+        "a restore with a wrong identity wrote into its target"
+    );
+
+    // The right identity restores byte for byte and checks deeply.
+    ok(volsnap(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        &second_id,
+        "--target-dir",
+        target_s,
+        "--identity",
+        identity_s,
+    ]));
+    assert_same_tree(&src, &restored(&target));
+    let deep = ok(volsnap(&[
+        "verify",
+        "--repo",
+        &repo_s,
+        &first_id,
+        "--deep",
+        "--identity",
+        identity_s,
+    ]));
+    assert!(deep.contains("content read and checked"), "{deep}");
+
+    // The wrapped write key is a standard age file: Debian's age opens it.
+    let wrapped = files_in(&repo, "keys");
+    assert_eq!(wrapped.len(), 1, "{wrapped:?}");
+    let opened = Command::new("age")
+        .args(["-d", "-i", identity_s])
+        .arg(&wrapped[0])
+        .output()
+        .unwrap();
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    let material: Value = serde_json::from_slice(&opened.stdout).unwrap();
+    assert_eq!(material["recipients"][0], recipient.as_str());
+
+    // Retention and garbage collection with the write key alone.
+    let pruned = ok(volsnap(&["prune", "--repo", &repo_s, "--keep-last", "1"]));
+    assert!(pruned.contains(&first_id), "{pruned}");
+    let list = ok(volsnap(&["list", "--repo", &repo_s]));
+    assert!(
+        !list.contains(&first_id) && list.contains(&second_id),
+        "{list}"
+    );
+    verify_all_packs(&repo);
+}
+
+#[test]
+fn tampered_truncated_and_swapped_objects_are_named() {
+    let mut p = Project::new("enctamper");
+    let keys = p.tempdir();
+    let (identity, recipient) = keygen(&keys, "reader");
+    let identity_s = identity.to_str().unwrap().to_string();
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let (_vol, _src) = marked_stack(&mut p);
+    let project = p.name.clone();
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        &repo_s,
+        "--recipient",
+        &recipient,
+    ]));
+    let id = |out: String| json(&out)["id"].as_str().unwrap().to_string();
+    let a = id(ok(volsnap(&backup_args(
+        &project,
+        &repo,
+        &["--strategy", "online", "--json"],
+    ))));
+    std::fs::write(volume_path(&_vol).join("new.txt"), b"more").unwrap();
+    let b = id(ok(volsnap(&backup_args(
+        &project,
+        &repo,
+        &["--strategy", "online", "--json"],
+    ))));
+    let check_all = |with_identity: bool| {
+        let mut args = vec![
+            "verify",
+            "--repo",
+            &repo_s,
+            "--all",
+            "--read-data-subset",
+            "100",
+        ];
+        if with_identity {
+            args.extend(["--identity", &identity_s]);
+        }
+        volsnap(&args)
+    };
+    assert!(check_all(true).status.success());
+
+    // One flipped bit in a data pack: named, with and without an identity.
+    let packs = files_in(&repo, "data");
+    let biggest = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    let original = std::fs::read(&biggest).unwrap();
+    let mut flipped = original.clone();
+    flipped[original.len() / 3] ^= 0x08;
+    std::fs::write(&biggest, &flipped).unwrap();
+    let pack_name = biggest.file_name().unwrap().to_str().unwrap().to_string();
+    for with_identity in [false, true] {
+        let out = check_all(with_identity);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains(&pack_name), "{}", stderr(&out));
+    }
+    std::fs::write(&biggest, &original).unwrap();
+
+    // A truncated index object: named.
+    let index = files_in(&repo, "index")[0].clone();
+    let whole = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &whole[..whole.len() - 7]).unwrap();
+    let out = check_all(false);
+    assert_eq!(out.status.code(), Some(1));
+    let index_name = index.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(stderr(&out).contains(&index_name), "{}", stderr(&out));
+    std::fs::write(&index, &whole).unwrap();
+
+    // Two backups' commit objects swapped: each refused for its name.
+    let commits = files_in(&repo, "snapshots");
+    assert_eq!(commits.len(), 2);
+    let (x, y) = (
+        std::fs::read(&commits[0]).unwrap(),
+        std::fs::read(&commits[1]).unwrap(),
+    );
+    std::fs::write(&commits[0], &y).unwrap();
+    std::fs::write(&commits[1], &x).unwrap();
+    let out = volsnap(&["list", "--repo", &repo_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not match its name"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&commits[0], &x).unwrap();
+    std::fs::write(&commits[1], &y).unwrap();
+
+    // A commit object sealed for another place (an index object's bytes
+    // under a commit's name, renamed to match): its kind does not open.
+    let index_bytes = std::fs::read(&index).unwrap();
+    let name = blake3_hex(&index_bytes);
+    std::fs::write(repo.join("snapshots").join(&name), &index_bytes).unwrap();
+    let out = volsnap(&["list", "--repo", &repo_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot be opened"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(repo.join("snapshots").join(&name)).unwrap();
+
+    // Intact again: both backups verify deeply.
+    for id in [&a, &b] {
+        ok(volsnap(&[
+            "verify",
+            "--repo",
+            &repo_s,
+            id,
+            "--deep",
+            "--identity",
+            &identity_s,
+        ]));
+    }
+}
+
+/// BLAKE3 of `bytes`, hex, as the repository names objects.
+fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+#[test]
+fn a_recipient_planted_in_the_repository_is_never_used() {
+    let mut p = Project::new("encplant");
+    let keys = p.tempdir();
+    let (identity, recipient) = keygen(&keys, "owner");
+    let (attacker, attacker_recipient) = keygen(&keys, "attacker");
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let (_vol, src) = marked_stack(&mut p);
+    let project = p.name.clone();
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        &repo_s,
+        "--recipient",
+        &recipient,
+    ]));
+    ok(volsnap(&backup_args(
+        &project,
+        &repo,
+        &["--strategy", "online"],
+    )));
+
+    // Whoever holds the storage adds their recipient everywhere it could
+    // be taken from: a recipients object, and a wrapped write key of
+    // their own making.
+    std::fs::write(
+        repo.join("keys/recipients"),
+        format!("{attacker_recipient}\n"),
+    )
+    .unwrap();
+    let fake = Command::new("age")
+        .args(["-r", &attacker_recipient, "-o"])
+        .arg(repo.join(format!("keys/write-{}", "0".repeat(64))))
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(fake.success());
+    std::fs::write(
+        src.join("after.txt"),
+        format!("{MARKER} written after the plant\n"),
+    )
+    .unwrap();
+    let out = json(&ok(volsnap(&backup_args(
+        &project,
+        &repo,
+        &["--strategy", "online", "--json"],
+    ))));
+    let id = out["id"].as_str().unwrap().to_string();
+
+    // Even holding a host's write key file, the attacker's identity opens
+    // nothing of the new backup.
+    let key_file = files_in(&state_dir(), "keys")[0].clone();
+    let target = p.tempdir();
+    let out = volsnap(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        &id,
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--identity",
+        attacker.to_str().unwrap(),
+        "--write-key",
+        key_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no identity"), "{}", stderr(&out));
+    assert!(is_empty_dir(&target));
+    // The owner reads it, the planted file included.
+    ok(volsnap(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        &id,
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--identity",
+        identity.to_str().unwrap(),
+    ]));
+    assert_same_tree(&src, &restored(&target));
+}
+
+#[test]
+fn a_passphrase_repository_reads_and_writes_with_the_passphrase_alone() {
+    let mut p = Project::new("encpass");
+    let dir = p.tempdir();
+    let pass = dir.join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "incorrect horse\n").unwrap();
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let (_vol, src) = marked_stack(&mut p);
+    let project = p.name.clone();
+    let pass_s = pass.to_str().unwrap();
+    let init = ok(volsnap(&[
+        "init",
+        "--repo",
+        &repo_s,
+        "--passphrase-file",
+        pass_s,
+    ]));
+    assert!(init.contains("passphrase"), "{init}");
+    assert!(
+        files_in(&state_dir(), "keys").is_empty(),
+        "no key file needed"
+    );
+
+    // Without the passphrase nothing opens; with a wrong one it is named.
+    let out = volsnap(&backup_args(&project, &repo, &[]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = volsnap_env(
+        &backup_args(&project, &repo, &[]),
+        &[("VOLSNAP_PASSPHRASE_FILE", wrong.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("passphrase is wrong"),
+        "{}",
+        stderr(&out)
+    );
+
+    let env = [("VOLSNAP_PASSPHRASE_FILE", pass_s)];
+    let out = json(&ok(volsnap_env(
+        &backup_args(&project, &repo, &["--strategy", "online", "--json"]),
+        &env,
+    )));
+    let id = out["id"].as_str().unwrap().to_string();
+    assert!(found_in_files(&repo, MARKER.as_bytes()).is_empty());
+    let target = p.tempdir();
+    ok(volsnap_env(
+        &[
+            "restore",
+            "--repo",
+            &repo_s,
+            &id,
+            "--target-dir",
+            target.to_str().unwrap(),
+        ],
+        &env,
+    ));
+    assert_same_tree(&src, &restored(&target));
+}
+
+#[test]
+fn an_encrypted_repository_on_s3_hides_its_content_from_the_bucket() {
+    let Some(server) = S3Server::start(S3Kind::S3sFs, "encrypted_s3") else {
+        return;
+    };
+    let mut p = Project::new("encs3");
+    let keys = p.tempdir();
+    let (identity, recipient) = keygen(&keys, "reader");
+    let (_vol, src) = marked_stack(&mut p);
+    let project = p.name.clone();
+    let repo = server.repo("enc");
+    let env: Vec<(&str, String)> = server.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ok(volsnap_env(
+        &["init", "--repo", &repo, "--recipient", &recipient],
+        &env,
+    ));
+    let backup = |env: &[(&str, &str)]| {
+        json(&ok(volsnap_env(
+            &[
+                "backup",
+                "--project",
+                &project,
+                "--repo",
+                &repo,
+                "--strategy",
+                "online",
+                "--json",
+            ],
+            env,
+        )))
+    };
+    let first = backup(&env);
+    let id = first["id"].as_str().unwrap().to_string();
+    let root = server.bucket_dir().join("enc");
+    let packs = files_in(&root, "data").len();
+    backup(&env);
+    assert_eq!(
+        files_in(&root, "data").len(),
+        packs,
+        "an unchanged backup stored data"
+    );
+    assert!(found_in_files(&root, MARKER.as_bytes()).is_empty());
+    let list = ok(volsnap_env(&["list", "--repo", &repo], &env));
+    assert!(list.contains(&id), "{list}");
+    let target = p.tempdir();
+    let out = volsnap_env(
+        &[
+            "restore",
+            "--repo",
+            &repo,
+            &id,
+            "--target-dir",
+            target.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let mut with_identity = env.clone();
+    with_identity.push(("VOLSNAP_IDENTITY_FILE", identity.to_str().unwrap()));
+    ok(volsnap_env(
+        &[
+            "restore",
+            "--repo",
+            &repo,
+            &id,
+            "--target-dir",
+            target.to_str().unwrap(),
+        ],
+        &with_identity,
+    ));
+    assert_same_tree(&src, &restored(&target));
+}
