@@ -646,3 +646,57 @@ fn an_encrypted_repository_on_s3_hides_its_content_from_the_bucket() {
     ));
     assert_same_tree(&src, &restored(&target));
 }
+
+#[test]
+fn a_write_only_job_backs_up_and_prunes_and_its_drill_asks_for_an_identity() {
+    let mut p = Project::new("encjob");
+    let keys = p.tempdir();
+    let (identity, recipient) = keygen(&keys, "reader");
+    let vol = p.volume("data", &[]);
+    std::fs::write(volume_path(&vol).join("state"), "ok\n").unwrap();
+    let db = p.service("db", &[], &["-v", &format!("{vol}:/data")], &["idle"]);
+    wait_until("db to run", 30, || is_running(&db));
+    let repo = p.tempdir().join("repo");
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--recipient",
+        &recipient,
+    ]));
+    let dir = p.tempdir();
+    let config = dir.join("volsnap.toml");
+    let job = |extra: &str| {
+        format!(
+            "run_log = \"{d}/runs.jsonl\"\n[jobs.stack]\nproject = \"{}\"\nrepo = \"{}\"\nstrategy = \"online\"\n{extra}[jobs.stack.retention]\nkeep_last = 1\n[jobs.stack.drill]\ntimeout = 60\nchecks = {{ db = \"grep -qx ok /data/state\" }}\n",
+            p.name,
+            repo.display(),
+            d = dir.display()
+        )
+    };
+    std::fs::write(&config, job("")).unwrap();
+    let config_s = config.to_str().unwrap();
+    for _ in 0..2 {
+        ok(volsnap(&["run", "stack", "--config", config_s]));
+    }
+    let log = std::fs::read_to_string(dir.join("runs.jsonl")).unwrap();
+    let records: Vec<Value> = log.lines().map(json).collect();
+    assert!(records.iter().all(|r| r["status"] == "success"), "{log}");
+    assert_eq!(
+        records[1]["pruned"], 1,
+        "retention ran with the write key alone"
+    );
+
+    // The drill needs to read: without an identity it says so.
+    let drill = volsnap(&["run", "stack", "--drill", "--config", config_s]);
+    assert!(!drill.status.success());
+    let said = format!("{}{}", stdout(&drill), stderr(&drill));
+    assert!(said.contains("identity"), "{said}");
+
+    // With the identity in the job's configuration it passes.
+    let line = format!("identity = \"{}\"\n", identity.display());
+    std::fs::write(&config, job(&line)).unwrap();
+    ok(volsnap(&["run", "stack", "--drill", "--config", config_s]));
+    let status = ok(volsnap(&["status", "--config", config_s]));
+    assert!(status.contains("last drill:       success"), "{status}");
+}

@@ -81,6 +81,7 @@ pub fn status(args: StatusArgs) -> Result<i32> {
     };
     let mut rows = Vec::new();
     for (name, job) in &config.jobs {
+        volsnap::jobs::run::register_keys(job, &args.state.state_dir);
         let summary = runlog::summarize(name, &records);
         let verified = newest_verified(job);
         if args.json {

@@ -54,6 +54,14 @@ pub struct Job {
     pub bwlimit: Option<String>,
     /// Upload cap to a server repository, e.g. "20M".
     pub upload_limit: Option<String>,
+    /// Encrypted repository: its write key file (default: the state
+    /// directory's keys/<key id>.key, where volsnap init writes it).
+    pub write_key: Option<PathBuf>,
+    /// Encrypted repository: an age identity file, for drills and deep
+    /// verification (leave it out on hosts that must not read backups).
+    pub identity: Option<PathBuf>,
+    /// Passphrase repository: the file holding its passphrase.
+    pub passphrase_file: Option<PathBuf>,
     #[serde(default)]
     pub io_nice: bool,
     /// Cron expression in local time: 5 fields, or 6 with seconds first.
@@ -226,6 +234,21 @@ impl Job {
                 ),
             ),
             Ok(_) => {}
+        }
+        for (key, file) in [
+            ("write_key", &self.write_key),
+            ("identity", &self.identity),
+            ("passphrase_file", &self.passphrase_file),
+        ] {
+            if file.as_ref().is_some_and(|f| !f.is_absolute()) {
+                problem(key, format!("{key} must be an absolute path"));
+            }
+        }
+        if self.passphrase_file.is_some() && (self.write_key.is_some() || self.identity.is_some()) {
+            problem(
+                "passphrase_file",
+                "passphrase_file is the one key of a passphrase repository; leave out write_key and identity".into(),
+            );
         }
         for (key, size) in [
             ("bwlimit", &self.bwlimit),

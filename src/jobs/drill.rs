@@ -125,6 +125,7 @@ pub fn run_job_drill(
     show: &dyn Fn(&DrillReport),
 ) -> RunRecord {
     let job = config.jobs.get(name).expect("job checked by the caller");
+    super::run::register_keys(job, run.state_dir);
     let settings = job.drill.clone().unwrap_or_default();
     let spec = DrillSpec {
         checks: settings.checks.into_iter().collect(),

@@ -48,6 +48,26 @@ pub fn backup_request(job: &Job) -> Result<BackupRequest> {
     })
 }
 
+/// Tells the repository layer which keys this job's repository opens with
+/// (its own settings over the command line's).
+pub fn register_keys(job: &Job, state_dir: &Path) {
+    let sources = crate::repo::keys::KeySources {
+        identity: job.identity.clone(),
+        write_key: job.write_key.clone(),
+        passphrase: job.passphrase_file.clone(),
+        key_dir: Some(crate::repo::keys::key_dir(state_dir)),
+    };
+    crate::repo::keys::set_for_repo(&job.repo, sources.clone());
+    let limited = job
+        .upload_limit
+        .as_deref()
+        .and_then(|s| crate::fsutil::parse_size(s).ok())
+        .and_then(|n| crate::backend::location::with_upload_limit(&job.repo, Some(n)).ok());
+    if let Some(limited) = limited {
+        crate::repo::keys::set_for_repo(&limited, sources);
+    }
+}
+
 /// Environment of host hooks and notification commands.
 pub fn hook_env(name: &str, job: &Job, kind: &str) -> Vec<(String, String)> {
     vec![
@@ -62,6 +82,7 @@ pub fn hook_env(name: &str, job: &Job, kind: &str) -> Vec<(String, String)> {
 /// wrong is in the record (also appended to the run log).
 pub fn run_job(config: &Config, name: &str, run: &RunContext<'_>) -> RunRecord {
     let job = config.jobs.get(name).expect("job checked by the caller");
+    register_keys(job, run.state_dir);
     let clock = Instant::now();
     let mut record = RunRecord::start(name, RunKind::Backup);
     eprintln!(
