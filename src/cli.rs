@@ -131,6 +131,12 @@ pub enum Command {
     /// start a copy of the stack on an isolated network, wait until healthy,
     /// tear it all down, record the result.
     Drill(DrillArgs),
+    /// Manage an encrypted repository's keys: who can read new backups,
+    /// and the write key hosts back up with (README, "Encryption and keys").
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -388,6 +394,46 @@ pub enum SnapshotsCommand {
         #[command(flatten)]
         state: StateArgs,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Show the encryption, this host's write key file and its recipients,
+    /// and the key objects in the repository.
+    List(KeyRepoArgs),
+    /// Make backups written from now on readable by another age identity
+    /// (earlier ones stay readable only by the identities they were
+    /// written for).
+    AddRecipient {
+        #[command(flatten)]
+        repo: KeyRepoArgs,
+        /// age1… recipients to add.
+        #[arg(required = true, value_name = "AGE_RECIPIENT")]
+        recipients: Vec<String>,
+    },
+    /// Stop making new backups readable by a recipient (what it could read
+    /// stays readable to it).
+    RemoveRecipient {
+        #[command(flatten)]
+        repo: KeyRepoArgs,
+        #[arg(required = true, value_name = "AGE_RECIPIENT")]
+        recipients: Vec<String>,
+    },
+    /// New write key for everything sealed from now on (after a host's key
+    /// file leaked): a copy of the old file no longer reads new indexes
+    /// and backup records. Nothing already written is rewritten.
+    Rotate(KeyRepoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyRepoArgs {
+    /// The encrypted repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH. The command changes this host's write key
+    /// file (--write-key, or the one init wrote under --state-dir).
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Args, Debug)]

@@ -700,3 +700,172 @@ fn a_write_only_job_backs_up_and_prunes_and_its_drill_asks_for_an_identity() {
     let status = ok(volsnap(&["status", "--config", config_s]));
     assert!(status.contains("last drill:       success"), "{status}");
 }
+
+#[test]
+fn recipients_added_and_removed_and_a_rotated_write_key_behave_as_documented() {
+    let mut p = Project::new("enckeys");
+    let keys = p.tempdir();
+    let (a, a_recipient) = keygen(&keys, "a");
+    let (b, b_recipient) = keygen(&keys, "b");
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let (_vol, src) = marked_stack(&mut p);
+    let project = p.name.clone();
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        &repo_s,
+        "--recipient",
+        &a_recipient,
+    ]));
+    let backup = || {
+        let out = ok(volsnap(&backup_args(
+            &project,
+            &repo,
+            &["--strategy", "online", "--json"],
+        )));
+        json(&out)["id"].as_str().unwrap().to_string()
+    };
+    // Restores `id` with `identity`: whether it could, and the file names
+    // at the top of the restored volume.
+    let restores = |id: &str, identity: &Path| -> Option<Vec<String>> {
+        let scratch = tempfile::tempdir().unwrap();
+        let target = scratch.path();
+        let out = volsnap(&[
+            "restore",
+            "--repo",
+            &repo_s,
+            id,
+            "--target-dir",
+            target.to_str().unwrap(),
+            "--identity",
+            identity.to_str().unwrap(),
+        ]);
+        if !out.status.success() {
+            assert!(stderr(&out).contains("no identity"), "{}", stderr(&out));
+            return None;
+        }
+        let mut names: Vec<String> = std::fs::read_dir(restored(target))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Some(names)
+    };
+    std::fs::write(src.join("only-first.txt"), "gone after the first backup\n").unwrap();
+    let first = backup();
+    std::fs::remove_file(src.join("only-first.txt")).unwrap();
+
+    // Adding b: backups from now on are b's to read too, whole; the one
+    // written before stays a's alone.
+    let added = ok(volsnap(&[
+        "key",
+        "add-recipient",
+        "--repo",
+        &repo_s,
+        &b_recipient,
+    ]));
+    assert!(added.contains("from now on"), "{added}");
+    let again = volsnap(&["key", "add-recipient", "--repo", &repo_s, &b_recipient]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    let second = backup();
+    let packs = files_in(&repo, "data").len();
+    backup();
+    assert_eq!(
+        files_in(&repo, "data").len(),
+        packs,
+        "the backup after the one that re-stored everything for the new set deduplicates"
+    );
+    let seen = restores(&second, &b).expect("b reads a backup written for it");
+    assert!(!seen.contains(&"only-first.txt".to_string()), "{seen:?}");
+    assert!(restores(&second, &a).is_some());
+    assert!(
+        restores(&first, &b).is_none(),
+        "b reads a backup written before it was added"
+    );
+    assert!(restores(&first, &a)
+        .unwrap()
+        .contains(&"only-first.txt".to_string()));
+
+    // Removing a: what is new in later backups is not a's to read; what a
+    // could read stays so.
+    ok(volsnap(&[
+        "key",
+        "remove-recipient",
+        "--repo",
+        &repo_s,
+        &a_recipient,
+    ]));
+    std::fs::write(
+        src.join("after-removal.txt"),
+        format!("{MARKER} for b only\n"),
+    )
+    .unwrap();
+    let third = backup();
+    let seen = restores(&third, &b).expect("b reads the newest backup");
+    assert!(seen.contains(&"after-removal.txt".to_string()), "{seen:?}");
+    assert!(
+        restores(&third, &a).is_none(),
+        "a removed recipient reads a new backup"
+    );
+    assert!(restores(&second, &a).is_some());
+    let last = volsnap(&["key", "remove-recipient", "--repo", &repo_s, &b_recipient]);
+    assert_eq!(last.status.code(), Some(2), "{}", stderr(&last));
+
+    // key list names the recipients, and an object planted under keys/.
+    std::fs::write(repo.join("keys/recipients"), format!("{a_recipient}\n")).unwrap();
+    let listed = ok(volsnap(&["key", "list", "--repo", &repo_s]));
+    assert!(
+        listed.contains(&b_recipient) && !listed.contains(&a_recipient),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("keys/recipients") && listed.contains("never used"),
+        "{listed}"
+    );
+
+    // Rotation: an old copy of the key file no longer reads new records;
+    // deduplication goes on (an unchanged backup stores no data).
+    let key_file = files_in(&state_dir(), "keys")[0].clone();
+    let old_copy = keys.join("old.key");
+    std::fs::copy(&key_file, &old_copy).unwrap();
+    let packs = files_in(&repo, "data").len();
+    let rotated = ok(volsnap(&["key", "rotate", "--repo", &repo_s]));
+    assert!(rotated.contains("rotated"), "{rotated}");
+    let fourth = backup();
+    assert_eq!(
+        files_in(&repo, "data").len(),
+        packs,
+        "rotation broke deduplication"
+    );
+    let old = volsnap(&[
+        "list",
+        "--repo",
+        &repo_s,
+        "--write-key",
+        old_copy.to_str().unwrap(),
+    ]);
+    assert!(!old.status.success());
+    assert!(
+        stderr(&old).contains("another write key"),
+        "{}",
+        stderr(&old)
+    );
+    let list = ok(volsnap(&["list", "--repo", &repo_s]));
+    for id in [&first, &second, &third, &fourth] {
+        assert!(list.contains(id.as_str()), "{list}");
+    }
+    assert!(restores(&fourth, &b).is_some());
+    // An identity alone (no key file on this host) finds the newest
+    // wrapped key, whose earlier generation reads what was sealed before.
+    let elsewhere = keys.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let env = [("VOLSNAP_STATE_DIR", elsewhere.to_str().unwrap())];
+    let b_s = b.to_str().unwrap();
+    for id in [&third, &fourth] {
+        ok(volsnap_env(
+            &["verify", "--repo", &repo_s, id, "--deep", "--identity", b_s],
+            &env,
+        ));
+    }
+}

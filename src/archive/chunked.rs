@@ -415,6 +415,16 @@ impl ChunkedBackup {
         // deletion): the backup then stores them again instead of failing
         // at its commit check every time.
         let mut condemned = repo.condemned()?;
+        // Encrypted: blobs whose content keys were wrapped to another
+        // recipient set are stored again, so that every current recipient
+        // reads the whole backup (a recipient change costs one full backup).
+        if let Some(set) = repo
+            .keys()
+            .and_then(|k| k.recipients.as_ref())
+            .map(|r| r.digest())
+        {
+            condemned.extend(index.packs_for_other_recipients(&set));
+        }
         let present = repo.pack_ids()?;
         condemned.extend(
             index

@@ -7,6 +7,7 @@ mod drill;
 mod export;
 mod init;
 mod job;
+mod key;
 mod list;
 mod plan;
 mod prune;
@@ -60,6 +61,7 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
         Command::Status(args) => job::status(args),
         Command::Config { command } => job::config(command),
         Command::Systemd(args) => job::systemd(args),
+        Command::Key { command } => key::run(command),
         Command::Drill(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             drill::run(args)

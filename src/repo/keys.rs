@@ -8,8 +8,10 @@
 //! names. An *identity file* (age's) opens contents. A *passphrase file*
 //! opens a passphrase repository, whose identity is sealed in it.
 
-use super::v2::crypto::{Aead, Identities, PassphraseObject, Recipients, WriteKey, WriterKeys};
-use super::v2::{passphrase_object, write_key_object, Keys, Repository};
+use super::v2::crypto::{
+    Aead, Identities, KeyRing, PassphraseObject, Recipients, WriteKey, WriterKeys,
+};
+use super::v2::{passphrase_object, store_wrapped_material, Keys, Repository, WRITE_KEY_PREFIX};
 use crate::backend::Backend;
 use crate::repo::v2::crypto::EncryptionParams;
 use anyhow::{Context, Result};
@@ -136,7 +138,7 @@ fn unlock(sources: &KeySources, params: &EncryptionParams, backend: &dyn Backend
     let (write, recipients) = match (key_file, &identities) {
         (Some(file), _) => {
             let writer = read_key_file(&file)?;
-            if writer.write.id() != id {
+            if !writer.write.ids().contains(&id) {
                 return Err(crate::usage!(
                     "the write key file {} belongs to another repository (key {}, while {} uses key {})",
                     file.display(),
@@ -148,11 +150,7 @@ fn unlock(sources: &KeySources, params: &EncryptionParams, backend: &dyn Backend
             (writer.write, Some(writer.recipients))
         }
         (None, Some(identities)) => {
-            let wrapped = backend.read(&write_key_object(&id)).with_context(|| {
-                format!("cannot read the wrapped write key of {}", backend.location())
-            })?;
-            let writer = WriterKeys::unwrap_material(identities, &wrapped)
-                .with_context(|| format!("cannot open the write key of {}", backend.location()))?;
+            let writer = unwrap_material(backend, identities, &id)?;
             // The recipients an object of the repository names are never
             // used: whoever holds the storage could have put their own
             // there. A passphrase's identity is its own recipient.
@@ -173,6 +171,50 @@ fn unlock(sources: &KeySources, params: &EncryptionParams, backend: &dyn Backend
         }
     };
     Ok(Keys::new(params.clone(), write, recipients, identities))
+}
+
+/// The write key material an identity opens: of the `keys/write-*`
+/// objects that open and hold the repository's key, the one with the most
+/// generations (the newest rotation).
+fn unwrap_material(
+    backend: &dyn Backend,
+    identities: &Identities,
+    id: &crate::repo::v2::id::Id,
+) -> Result<WriterKeys> {
+    let mut best: Option<WriterKeys> = None;
+    let mut last_error = None;
+    for object in backend.list("keys")? {
+        if !object.name.starts_with(WRITE_KEY_PREFIX) {
+            continue;
+        }
+        let opened = backend
+            .read(&object.name)
+            .and_then(|bytes| WriterKeys::unwrap_material(identities, &bytes));
+        match opened {
+            Ok(writer) if writer.write.ids().contains(id) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| b.write.ids().len() < writer.write.ids().len())
+                {
+                    best = Some(writer);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (best, last_error) {
+        (Some(writer), _) => Ok(writer),
+        (None, Some(e)) => Err(e.context(format!(
+            "cannot open the write key of {}",
+            backend.location()
+        ))),
+        (None, None) => anyhow::bail!(
+            "{} holds no wrapped write key (keys/write-…) for its key {}",
+            backend.location(),
+            &id.hex()[..16]
+        ),
+    }
 }
 
 fn read_key_file(file: &Path) -> Result<WriterKeys> {
@@ -197,7 +239,7 @@ pub enum NewKeys {
 /// Creates an encrypted repository in `backend`; what to tell the operator.
 pub fn init_encrypted(backend: Arc<dyn Backend>, how: NewKeys) -> Result<(Repository, String)> {
     let aead = Aead::for_this_cpu();
-    let write = WriteKey::generate(aead);
+    let write = KeyRing::new(WriteKey::generate(aead));
     let id = write.id();
     match how {
         NewKeys::Recipients {
@@ -268,4 +310,227 @@ fn write_key_file(file: &Path, writer: &WriterKeys) -> Result<()> {
     out.write_all(writer.to_file_text()?.as_bytes())?;
     out.sync_all()?;
     Ok(())
+}
+
+/// An encrypted repository and this host's write key file for it: what
+/// the key commands change.
+struct KeyedRepository {
+    backend: Arc<dyn Backend>,
+    params: EncryptionParams,
+    file: PathBuf,
+    writer: WriterKeys,
+}
+
+fn keyed(root: &Path) -> Result<KeyedRepository> {
+    let backend = crate::backend::open(root)?;
+    let config: crate::repo::v2::objects::Config =
+        serde_json::from_slice(&backend.read(crate::repo::v2::CONFIG).map_err(|e| {
+            if crate::backend::is_missing(&e) {
+                crate::usage!("{} holds no volsnap repository", root.display())
+            } else {
+                e
+            }
+        })?)
+        .with_context(|| format!("the config of {} is not valid", root.display()))?;
+    let Some(encryption) = config.encryption else {
+        return Err(crate::usage!(
+            "{} is not encrypted: it has no keys to manage (volsnap init --recipient creates an encrypted repository)",
+            root.display()
+        ));
+    };
+    let params: EncryptionParams = serde_json::from_value(encryption).with_context(|| {
+        format!(
+            "{} is encrypted with a scheme this volsnap does not know",
+            root.display()
+        )
+    })?;
+    let sources = sources_for(root);
+    if sources.passphrase.is_some() {
+        return Err(crate::usage!(
+            "{} has a passphrase as its one key; the key commands manage the recipients of repositories created with --recipient",
+            root.display()
+        ));
+    }
+    let file = sources
+        .write_key
+        .clone()
+        .unwrap_or_else(|| key_file_name(&default_key_dir(&sources), &params.write_key_id));
+    if !file.exists() {
+        return Err(crate::usage!(
+            "the key commands change this host's write key file, and {} does not exist; give --write-key FILE",
+            file.display()
+        ));
+    }
+    let writer = read_key_file(&file)?;
+    if !writer.write.ids().contains(&params.write_key_id) {
+        return Err(crate::usage!(
+            "the write key file {} belongs to another repository",
+            file.display()
+        ));
+    }
+    Ok(KeyedRepository {
+        backend,
+        params,
+        file,
+        writer,
+    })
+}
+
+impl KeyedRepository {
+    /// Saves the changed key file (replacing it atomically, 0600), then
+    /// publishes the material wrapped to the recipients and deletes the
+    /// older wrapped objects; never a moment without one.
+    fn save(&self) -> Result<()> {
+        let temp = self
+            .file
+            .with_extension(format!("new-{}", std::process::id()));
+        let _ = std::fs::remove_file(&temp);
+        write_key_file(&temp, &self.writer)?;
+        std::fs::rename(&temp, &self.file)
+            .with_context(|| format!("cannot replace {}", self.file.display()))?;
+        let new = store_wrapped_material(&*self.backend, &self.writer)?;
+        for object in self.backend.list("keys")? {
+            if object.name.starts_with(WRITE_KEY_PREFIX) && object.name != new {
+                self.backend.delete(&object.name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `volsnap key list`: what protects the repository and what this host holds.
+pub fn describe(root: &Path) -> Result<String> {
+    let backend = crate::backend::open(root)?;
+    let config: crate::repo::v2::objects::Config =
+        serde_json::from_slice(&backend.read(crate::repo::v2::CONFIG)?)
+            .with_context(|| format!("the config of {} is not valid", root.display()))?;
+    let Some(encryption) = config.encryption else {
+        return Ok(format!("{} is not encrypted", root.display()));
+    };
+    let params: EncryptionParams = serde_json::from_value(encryption)?;
+    let sources = sources_for(root);
+    let mut out = vec![format!(
+        "{}: encrypted ({}, {}), repository key {}",
+        root.display(),
+        params.scheme,
+        params.aead.name(),
+        &params.write_key_id.hex()[..16]
+    )];
+    let file = sources
+        .write_key
+        .clone()
+        .unwrap_or_else(|| key_file_name(&default_key_dir(&sources), &params.write_key_id));
+    match read_key_file(&file) {
+        Ok(writer) => {
+            out.push(format!(
+                "write key file {}: current key {}, {} earlier key(s); new backups are readable by:",
+                file.display(),
+                &writer.write.id().hex()[..16],
+                writer.write.ids().len() - 1
+            ));
+            out.extend(
+                writer
+                    .recipients
+                    .as_strings()
+                    .iter()
+                    .map(|r| format!("  {r}")),
+            );
+        }
+        Err(_) if !file.exists() => out.push(format!(
+            "no write key file on this host ({} does not exist): it cannot back up into this repository",
+            file.display()
+        )),
+        Err(e) => out.push(format!("the write key file cannot be used: {e:#}")),
+    }
+    let mut objects = Vec::new();
+    let mut foreign = Vec::new();
+    for object in backend.list("keys")? {
+        if object.name.starts_with(WRITE_KEY_PREFIX) || object.name.starts_with("keys/passphrase-")
+        {
+            objects.push(object.name);
+        } else {
+            foreign.push(object.name);
+        }
+    }
+    out.push(format!(
+        "key objects in the repository: {}",
+        if objects.is_empty() {
+            "none".to_string()
+        } else {
+            objects.join(", ")
+        }
+    ));
+    if !foreign.is_empty() {
+        out.push(format!(
+            "not volsnap's, and never used (recipients come from this host's write key file only): {}",
+            foreign.join(", ")
+        ));
+    }
+    Ok(out.join("\n"))
+}
+
+/// `volsnap key add-recipient` / `remove-recipient`: changes who can read
+/// what is written from now on.
+pub fn change_recipients(root: &Path, add: &[String], remove: &[String]) -> Result<String> {
+    let mut keyed = keyed(root)?;
+    let mut list: Vec<String> = keyed.writer.recipients.as_strings().to_vec();
+    for r in remove {
+        let before = list.len();
+        list.retain(|x| x != r.trim());
+        if list.len() == before {
+            return Err(crate::usage!(
+                "{r} is not a recipient of the write key file {}",
+                keyed.file.display()
+            ));
+        }
+    }
+    for r in add {
+        if list.iter().any(|x| x == r.trim()) {
+            return Err(crate::usage!("{r} is a recipient already"));
+        }
+        list.push(r.trim().to_string());
+    }
+    if list.is_empty() {
+        return Err(crate::usage!(
+            "that would leave no recipient: nobody could read new backups; add another first"
+        ));
+    }
+    keyed.writer.recipients = Recipients::parse(list.iter().map(String::as_str), "--recipient")
+        .map_err(|e| crate::usage!("{e:#}"))?;
+    keyed.save()?;
+    let mut said = Vec::new();
+    if !add.is_empty() {
+        said.push(format!(
+            "added {} recipient(s): they read backups written from now on. Backups written before stay readable only by the identities they were written for (their content keys are not re-wrapped)",
+            add.len()
+        ));
+    }
+    if !remove.is_empty() {
+        said.push(format!(
+            "removed {} recipient(s): backups written from now on are not readable by them. What was written before stays readable by their identities; to end that, the backups must be deleted (prune)",
+            remove.len()
+        ));
+    }
+    said.push(format!(
+        "the write key file {} changed: copy it to every other host that backs up into {}, or their backups keep the old recipients",
+        keyed.file.display(),
+        root.display()
+    ));
+    Ok(said.join("\n"))
+}
+
+/// `volsnap key rotate`: a new write key for what is written from now on.
+pub fn rotate(root: &Path) -> Result<String> {
+    let mut keyed = keyed(root)?;
+    let old = keyed.writer.write.id();
+    keyed.writer.write.rotate();
+    keyed.save()?;
+    Ok(format!(
+        "rotated the write key of {} ({} → {}): indexes, pack headers and backup records written from now on are sealed with the new key, which a copy of the old write key file does not open. The old keys stay in the file to read what they sealed; the id key and chunker seed stay (deduplication goes on), so an old key file can still compute chunk ids of content it guesses and add objects sealed with the old key: revoke its host's storage credentials too. Copy {} to every host that backs up into this repository (key {})",
+        root.display(),
+        &old.hex()[..16],
+        &keyed.writer.write.id().hex()[..16],
+        keyed.file.display(),
+        &keyed.params.write_key_id.hex()[..16]
+    ))
 }

@@ -258,6 +258,95 @@ impl WriteKey {
     }
 }
 
+/// Every generation of a repository's write key this host holds: the
+/// current one seals; each opens what it sealed (`volsnap key rotate`
+/// makes a new generation with a fresh write key and the same id key and
+/// chunker seed, so deduplication goes on across it).
+pub struct KeyRing {
+    current: WriteKey,
+    previous: Vec<WriteKey>,
+}
+
+impl KeyRing {
+    pub fn new(current: WriteKey) -> Self {
+        Self {
+            current,
+            previous: Vec::new(),
+        }
+    }
+
+    /// The id of the generation that seals.
+    pub fn id(&self) -> Id {
+        self.current.id()
+    }
+
+    /// The ids of every generation, current first.
+    pub fn ids(&self) -> Vec<Id> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(WriteKey::id)
+            .collect()
+    }
+
+    pub fn aead(&self) -> Aead {
+        self.current.aead
+    }
+
+    /// A new generation: a fresh write key, the same id key and chunker
+    /// seed; the current one joins the earlier ones.
+    pub fn rotate(&mut self) {
+        let next = WriteKey {
+            aead: self.current.aead,
+            key: random_key(),
+            id_key: self.current.id_key,
+            chunker_seed: self.current.chunker_seed,
+        };
+        let old = std::mem::replace(&mut self.current, next);
+        self.previous.insert(0, old);
+    }
+
+    pub fn blob_id(&self, plain: &[u8]) -> Id {
+        self.current.blob_id(plain)
+    }
+
+    pub fn chunker_seed(&self) -> u64 {
+        self.current.chunker_seed()
+    }
+
+    pub fn seal(&self, kind: &str, plain: &[u8]) -> Result<Vec<u8>> {
+        self.current.seal(kind, plain)
+    }
+
+    /// Opens an object with the generation its tag names.
+    pub fn open(&self, kind: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        let prefix = SEALED_MAGIC.len() + KEY_TAG;
+        let tagged = (sealed.len() >= prefix)
+            .then(|| {
+                std::iter::once(&self.current)
+                    .chain(&self.previous)
+                    .find(|k| k.id().0[..KEY_TAG] == sealed[4..prefix])
+            })
+            .flatten();
+        tagged.unwrap_or(&self.current).open(kind, sealed)
+    }
+
+    pub fn seal_blob(&self, id: &Id, parts: &[&[u8]]) -> Result<Vec<u8>> {
+        self.current.seal_blob(id, parts)
+    }
+
+    /// Opens a refs blob with whichever generation sealed it.
+    pub fn open_blob(&self, id: &Id, stored: &[u8]) -> Result<Vec<u8>> {
+        let mut outcome = self.current.open_blob(id, stored);
+        for key in &self.previous {
+            if outcome.is_ok() {
+                break;
+            }
+            outcome = key.open_blob(id, stored);
+        }
+        outcome
+    }
+}
+
 fn aad(kind: &str) -> Vec<u8> {
     format!("volsnap:{kind}").into_bytes()
 }
@@ -308,6 +397,19 @@ impl Recipients {
 
     pub fn as_strings(&self) -> &[String] {
         &self.text
+    }
+
+    /// Names the set (order aside): packs record the set their content
+    /// keys were wrapped to, and a backup deduplicates only against packs
+    /// of its own set, so that every recipient reads all of every backup
+    /// written for it.
+    pub fn digest(&self) -> Id {
+        let mut sorted = self.text.clone();
+        sorted.sort();
+        Id(blake3::derive_key(
+            "volsnap 2026 recipient set",
+            sorted.join("\n").as_bytes(),
+        ))
     }
 
     /// `secret` as a standard age file, readable by any of the recipients'
@@ -424,26 +526,41 @@ struct KeyFile {
     #[serde(flatten)]
     material: Material,
     recipients: Vec<String>,
+    /// Earlier generations (after `volsnap key rotate`), newest first:
+    /// they open what they sealed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    previous: Vec<Material>,
 }
 
 const KEY_FILE_KIND: &str = "write-key-v1";
 
 /// What a writer holds: the write key material and the recipients.
 pub struct WriterKeys {
-    pub write: WriteKey,
+    pub write: KeyRing,
     pub recipients: Recipients,
 }
 
 impl WriterKeys {
-    /// The key file's text (JSON).
-    pub fn to_file_text(&self) -> Result<Zeroizing<String>> {
-        let file = KeyFile {
+    fn to_key_file(&self) -> KeyFile {
+        KeyFile {
             volsnap: KEY_FILE_KIND.into(),
             write_key_id: self.write.id(),
-            material: self.write.to_material(),
+            material: self.write.current.to_material(),
             recipients: self.recipients.as_strings().to_vec(),
-        };
-        Ok(Zeroizing::new(serde_json::to_string_pretty(&file)? + "\n"))
+            previous: self
+                .write
+                .previous
+                .iter()
+                .map(WriteKey::to_material)
+                .collect(),
+        }
+    }
+
+    /// The key file's text (JSON).
+    pub fn to_file_text(&self) -> Result<Zeroizing<String>> {
+        Ok(Zeroizing::new(
+            serde_json::to_string_pretty(&self.to_key_file())? + "\n",
+        ))
     }
 
     pub fn parse_file(text: &str, from: &str) -> Result<Self> {
@@ -452,23 +569,27 @@ impl WriterKeys {
         if file.volsnap != KEY_FILE_KIND {
             bail!("{from} is not a volsnap write key file");
         }
-        let write = WriteKey::from_material(&file.material).with_context(|| from.to_string())?;
-        if write.id() != file.write_key_id {
+        let current = WriteKey::from_material(&file.material).with_context(|| from.to_string())?;
+        if current.id() != file.write_key_id {
             bail!("{from} is damaged: its key material does not match its write_key_id");
         }
+        let previous = file
+            .previous
+            .iter()
+            .map(WriteKey::from_material)
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| from.to_string())?;
         let recipients = Recipients::parse(file.recipients.iter().map(String::as_str), from)?;
-        Ok(Self { write, recipients })
+        Ok(Self {
+            write: KeyRing { current, previous },
+            recipients,
+        })
     }
 
     /// The write key material wrapped to the recipients: the
     /// `keys/write-<id>` object, from which an identity recovers it.
     pub fn wrapped_material(&self) -> Result<Vec<u8>> {
-        let text = Zeroizing::new(serde_json::to_vec(&KeyFile {
-            volsnap: KEY_FILE_KIND.into(),
-            write_key_id: self.write.id(),
-            material: self.write.to_material(),
-            recipients: self.recipients.as_strings().to_vec(),
-        })?);
+        let text = Zeroizing::new(serde_json::to_vec(&self.to_key_file())?);
         self.recipients.wrap(&text)
     }
 
@@ -712,7 +833,7 @@ mod tests {
         let ours = Identities::generate("test");
         let theirs = Identities::generate("other");
         let writer = WriterKeys {
-            write: WriteKey::generate(Aead::Aes256Gcm),
+            write: KeyRing::new(WriteKey::generate(Aead::Aes256Gcm)),
             recipients: ours.recipients().unwrap(),
         };
         let text = writer.to_file_text().unwrap();
@@ -726,7 +847,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{err:#}").contains("no identity"), "{err:#}");
-        assert!(!String::from_utf8_lossy(&wrapped).contains(&hex::encode(writer.write.key)));
+        assert!(!String::from_utf8_lossy(&wrapped).contains(&hex::encode(writer.write.current.key)));
     }
 
     #[test]

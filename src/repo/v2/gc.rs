@@ -63,6 +63,8 @@ struct Packs {
     blobs: HashMap<Id, Vec<BlobEntry>>,
     /// Where each blob is: every present pack holding it.
     places: HashMap<Id, Vec<Id>>,
+    /// The recipient set of each present pack (encrypted repositories).
+    recipients: HashMap<Id, Option<Id>>,
 }
 
 impl Packs {
@@ -82,9 +84,11 @@ impl Packs {
             .flat_map(|(_, f)| f.supersedes.iter().copied())
             .collect();
         let mut blobs: HashMap<Id, Vec<BlobEntry>> = HashMap::new();
+        let mut recipients = HashMap::new();
         for (_, file) in files.into_iter().filter(|(id, _)| !superseded.contains(id)) {
             for pack in file.packs {
                 if listed.get(&pack.id) == Some(&pack.size) {
+                    recipients.insert(pack.id, pack.recipients);
                     blobs.insert(pack.id, pack.blobs);
                 }
             }
@@ -99,6 +103,7 @@ impl Packs {
             listed,
             blobs,
             places,
+            recipients,
         })
     }
 
@@ -221,25 +226,37 @@ fn used_blobs(repo: &Repository, cancel: &Cancel) -> Result<HashSet<Id>> {
 
 /// Copies the used blobs of `packs` into new packs (stored as they are,
 /// each checked against its id first) and indexes them; bytes copied.
-fn rewrite(repo: &Repository, packs: &[Id], used: &HashSet<Id>, cancel: &Cancel) -> Result<u64> {
-    let mut writers: HashMap<BlobKind, PackWriter> = HashMap::new();
+/// Blobs are copied into packs of their kind and their source pack's
+/// recipient set, so that backups go on deduplicating against them.
+fn rewrite(
+    repo: &Repository,
+    packs: &[Id],
+    recipients: &HashMap<Id, Option<Id>>,
+    used: &HashSet<Id>,
+    cancel: &Cancel,
+) -> Result<u64> {
+    type Group = (BlobKind, Option<Id>);
+    let mut writers: HashMap<Group, PackWriter> = HashMap::new();
     let mut written: Vec<IndexedPack> = Vec::new();
     let mut copied = 0;
-    let store = |writer: PackWriter, written: &mut Vec<IndexedPack>| -> Result<()> {
-        let (id, bytes, header) = writer.finish(repo.sealing())?;
-        repo.save_pack(&id, &bytes)?;
-        written.push(IndexedPack {
-            id,
-            size: bytes.len() as u64,
-            blobs: header.blobs,
-            keys: header.keys,
-        });
-        Ok(())
-    };
+    let store =
+        |writer: PackWriter, set: Option<Id>, written: &mut Vec<IndexedPack>| -> Result<()> {
+            let (id, bytes, header) = writer.finish(repo.sealing())?;
+            repo.save_pack(&id, &bytes)?;
+            written.push(IndexedPack {
+                id,
+                size: bytes.len() as u64,
+                blobs: header.blobs,
+                keys: header.keys,
+                recipients: set,
+            });
+            Ok(())
+        };
     let mut done: HashSet<Id> = HashSet::new();
     for pack in packs {
         cancel.check()?;
         let (bytes, header) = repo.read_pack(pack)?;
+        let set = recipients.get(pack).copied().flatten();
         for blob in header.blobs.iter().filter(|b| used.contains(&b.id)) {
             if !done.insert(blob.id) {
                 continue;
@@ -256,7 +273,7 @@ fn rewrite(repo: &Repository, packs: &[Id], used: &HashSet<Id>, cancel: &Cancel)
                     .with_context(|| format!("rewriting pack {pack}"))?;
             }
             let writer = writers
-                .entry(blob.kind)
+                .entry((blob.kind, set))
                 .or_insert_with(|| PackWriter::new(blob.kind));
             if repo.keys().is_some() {
                 writer.add_sealed(blob.id, stored, blob.raw_length, wrapped.as_deref());
@@ -265,13 +282,13 @@ fn rewrite(repo: &Repository, packs: &[Id], used: &HashSet<Id>, cancel: &Cancel)
             }
             copied += blob.length;
             if writer.is_full() {
-                let full = writers.remove(&blob.kind).expect("just used");
-                store(full, &mut written)?;
+                let full = writers.remove(&(blob.kind, set)).expect("just used");
+                store(full, set, &mut written)?;
             }
         }
     }
-    for (_, writer) in writers.into_iter().filter(|(_, w)| !w.is_empty()) {
-        store(writer, &mut written)?;
+    for ((_, set), writer) in writers.into_iter().filter(|(_, w)| !w.is_empty()) {
+        store(writer, set, &mut written)?;
     }
     if !written.is_empty() {
         repo.save_index(&IndexFile {
@@ -387,7 +404,7 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
         .collect();
     rewritten.sort();
     if !rewritten.is_empty() {
-        collected.bytes_rewritten = rewrite(repo, &rewritten, &used, cancel)?;
+        collected.bytes_rewritten = rewrite(repo, &rewritten, &packs.recipients, &used, cancel)?;
         collected.packs_rewritten = rewritten.len();
         #[cfg(feature = "fault-injection")]
         crate::fault::point("prune-after-rewrite");
@@ -439,6 +456,7 @@ mod tests {
             listed: layout.iter().map(|(p, _)| (*p, 1)).collect(),
             blobs: layout.iter().cloned().collect(),
             places,
+            recipients: HashMap::new(),
         }
     }
 

@@ -26,6 +26,9 @@ pub struct IndexedPack {
     /// reader opens blobs without fetching headers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
+    /// The recipient set its content keys are wrapped to (its digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Id>,
 }
 
 /// Where one blob is.
@@ -61,6 +64,8 @@ pub struct Index {
     pub packs: Vec<(Id, u64)>,
     /// Each pack's wrapped content keys (empty lists when not encrypted).
     pack_keys: Vec<Vec<std::sync::Arc<str>>>,
+    /// Each pack's recipient set (encrypted repositories).
+    pack_recipients: Vec<Option<Id>>,
     blobs: Vec<(Id, Compact)>,
 }
 
@@ -70,6 +75,7 @@ pub struct Index {
 pub struct IndexBuilder {
     packs: Vec<(Id, u64)>,
     pack_keys: Vec<Vec<std::sync::Arc<str>>>,
+    pack_recipients: Vec<Option<Id>>,
     pack_slots: HashMap<Id, u32>,
     /// Blob, place, and the index object that described it.
     blobs: Vec<(Id, Compact, u32)>,
@@ -94,6 +100,7 @@ impl IndexBuilder {
                 self.packs.push((pack.id, pack.size));
                 self.pack_keys
                     .push(header.keys.iter().map(|k| k.as_str().into()).collect());
+                self.pack_recipients.push(pack.recipients);
                 (self.packs.len() - 1) as u32
             });
             for blob in header.blobs {
@@ -132,13 +139,17 @@ impl IndexBuilder {
             .filter(|(_, _, file)| !superseded.contains(file))
             .map(|(id, place, _)| (id, place))
             .collect();
-        // Stable: of equal ids the first described stays first.
+        // Stable: of equal ids the first described stays first; the other
+        // copies stay behind it (an encrypted repository may hold a blob
+        // under content keys of two recipient sets: a reader takes the
+        // copy it can open).
         blobs.sort_by_key(|b| b.0);
-        blobs.dedup_by(|later, first| later.0 == first.0);
+        blobs.dedup_by(|later, first| later.0 == first.0 && later.1.pack == first.1.pack);
         blobs.shrink_to_fit();
         Index {
             packs: self.packs,
             pack_keys: self.pack_keys,
+            pack_recipients: self.pack_recipients,
             blobs,
         }
     }
@@ -154,17 +165,39 @@ impl Index {
         Ok(builder.finish())
     }
 
+    /// Where the blob is (its first copy).
     pub fn get(&self, blob: &Id) -> Option<Location> {
-        let at = self.blobs.binary_search_by(|(id, _)| id.cmp(blob)).ok()?;
-        let place = self.blobs[at].1;
-        Some(Location {
-            pack: place.pack,
-            kind: place.kind,
-            offset: place.offset,
-            length: u64::from(place.length),
-            raw_length: u64::from(place.raw_length),
-            key: place.key,
-        })
+        self.copies(blob).next()
+    }
+
+    /// Every copy of the blob, the first described first.
+    pub fn copies(&self, blob: &Id) -> impl Iterator<Item = Location> + '_ {
+        let from = self.blobs.partition_point(|(id, _)| id < blob);
+        let blob = *blob;
+        self.blobs[from..]
+            .iter()
+            .take_while(move |(id, _)| *id == blob)
+            .map(|(_, place)| Location {
+                pack: place.pack,
+                kind: place.kind,
+                offset: place.offset,
+                length: u64::from(place.length),
+                raw_length: u64::from(place.raw_length),
+                key: place.key,
+            })
+    }
+
+    /// The packs holding blobs sealed with content keys wrapped to another
+    /// recipient set than `digest` (a backup does not deduplicate against
+    /// them: their content would not open for every current recipient).
+    pub fn packs_for_other_recipients(&self, digest: &Id) -> Vec<Id> {
+        self.packs
+            .iter()
+            .zip(&self.pack_keys)
+            .zip(&self.pack_recipients)
+            .filter(|((_, keys), set)| !keys.is_empty() && set.as_ref() != Some(digest))
+            .map(|(((id, _), _), _)| *id)
+            .collect()
     }
 
     /// The wrapped content key that opens the blob at `location`, in an
@@ -183,6 +216,7 @@ impl Index {
         self.packs[location.pack as usize].0
     }
 
+    /// Blobs described (a blob kept in two packs counts twice).
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
     }

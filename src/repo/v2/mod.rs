@@ -16,7 +16,7 @@ pub mod tree;
 
 use crate::backend::Backend;
 use anyhow::{bail, Context, Result};
-use crypto::{EncryptionParams, Identities, OpenedKeys, Recipients, WriteKey, WriterKeys};
+use crypto::{EncryptionParams, Identities, KeyRing, OpenedKeys, Recipients, WriterKeys};
 use id::Id;
 use index::{Index, IndexFile};
 use objects::{ChunkerParams, Commit, Config, FORMAT, ID_HASH};
@@ -30,7 +30,7 @@ pub const CONFIG: &str = "config";
 /// write key material; the recipients to back up; identities to read.
 pub struct Keys {
     pub params: EncryptionParams,
-    pub write: WriteKey,
+    pub write: KeyRing,
     pub recipients: Option<Recipients>,
     pub identities: Option<Identities>,
     opened: OpenedKeys,
@@ -43,7 +43,7 @@ pub const NEEDS_IDENTITY: &str = "file contents and names in an encrypted reposi
 impl Keys {
     pub fn new(
         params: EncryptionParams,
-        write: WriteKey,
+        write: KeyRing,
         recipients: Option<Recipients>,
         identities: Option<Identities>,
     ) -> Self {
@@ -77,7 +77,7 @@ impl Keys {
         }
         let key = current.as_mut().expect("just set");
         Ok((
-            key.seal_blob(self.write.aead, id, parts)?,
+            key.seal_blob(self.write.aead(), id, parts)?,
             Some(key.wrapped.clone()),
         ))
     }
@@ -96,7 +96,7 @@ impl Keys {
         let identities = self.identities.as_ref().context(NEEDS_IDENTITY)?;
         let wrapped = wrapped.context("its pack names no content key for it")?;
         self.opened
-            .open_blob(identities, self.write.aead, wrapped, id, stored)
+            .open_blob(identities, self.write.aead(), wrapped, id, stored)
     }
 
     /// Whether blobs of `kind` open with what this process holds.
@@ -105,9 +105,17 @@ impl Keys {
     }
 }
 
-/// The objects of the key directory.
-pub fn write_key_object(id: &Id) -> String {
-    format!("keys/write-{id}")
+/// Where the write key material, wrapped to the recipients, is stored:
+/// named by the hash of its bytes, so that a change of recipients or a
+/// rotation writes a new object (the old one is deleted after).
+pub const WRITE_KEY_PREFIX: &str = "keys/write-";
+
+/// Stores `writer`'s material wrapped to its recipients; the object's name.
+pub fn store_wrapped_material(backend: &dyn Backend, writer: &WriterKeys) -> Result<String> {
+    let wrapped = writer.wrapped_material()?;
+    let name = format!("{WRITE_KEY_PREFIX}{}", Id::digest(&wrapped));
+    backend.write(&name, &wrapped)?;
+    Ok(name)
 }
 
 pub fn passphrase_object(id: &Id) -> String {
@@ -140,13 +148,13 @@ impl Repository {
         identities: Option<Identities>,
     ) -> Result<Self> {
         let id = writer.write.id();
-        backend.write(&write_key_object(&id), &writer.wrapped_material()?)?;
+        store_wrapped_material(&*backend, &writer)?;
         if let Some(object) = &passphrase {
             backend.write(&passphrase_object(&id), &serde_json::to_vec_pretty(object)?)?;
         }
         let params = EncryptionParams {
             scheme: crypto::SCHEME.into(),
-            aead: writer.write.aead,
+            aead: writer.write.aead(),
             write_key_id: id,
         };
         let keys = Keys::new(params, writer.write, Some(writer.recipients), identities);
@@ -241,7 +249,7 @@ impl Repository {
                     );
                 }
                 let keys = unlock(&params, &*backend)?;
-                if keys.write.id() != params.write_key_id {
+                if !keys.write.ids().contains(&params.write_key_id) {
                     bail!(
                         "the write key given is not {}'s (its id is {}, the repository's {})",
                         backend.location(),
@@ -297,7 +305,7 @@ impl Repository {
     }
 
     /// The write key sealing headers and objects, when encrypted.
-    pub fn sealing(&self) -> Option<&WriteKey> {
+    pub fn sealing(&self) -> Option<&KeyRing> {
         self.keys.as_ref().map(|k| &k.write)
     }
 
@@ -566,7 +574,35 @@ impl Repository {
     }
 
     /// The plaintext of `blob` from its `stored` bytes, opened and checked.
+    /// In an encrypted repository a copy that does not open (its content
+    /// keys were wrapped to recipients other than this identity's) gives
+    /// way to another copy that does.
     fn open_stored(
+        &self,
+        index: &Index,
+        blob: &Id,
+        at: &index::Location,
+        pack: &Id,
+        stored: &[u8],
+    ) -> Result<Vec<u8>> {
+        let first = self.open_copy(index, blob, at, pack, stored);
+        if first.is_ok() || self.keys.is_none() {
+            return first;
+        }
+        for other in index.copies(blob).filter(|l| l != at) {
+            let other_pack = index.pack_id(&other);
+            let opened = self
+                .backend
+                .read_range(&Self::pack_name(&other_pack), other.offset, other.length)
+                .and_then(|bytes| self.open_copy(index, blob, &other, &other_pack, &bytes));
+            if opened.is_ok() {
+                return opened;
+            }
+        }
+        first
+    }
+
+    fn open_copy(
         &self,
         index: &Index,
         blob: &Id,
@@ -911,6 +947,7 @@ mod tests {
                 size: bytes.len() as u64,
                 blobs: header.blobs.clone(),
                 keys: Vec::new(),
+                recipients: None,
             }],
             supersedes: Vec::new(),
         })

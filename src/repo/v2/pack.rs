@@ -6,7 +6,7 @@
 //! against the pack's size, every blob's plaintext against its id, and a
 //! decompression never produces more than the header's `raw_length`.
 
-use super::crypto::WriteKey;
+use super::crypto::KeyRing;
 use super::id::Id;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -199,7 +199,7 @@ impl PackWriter {
 
     /// The finished pack: its id (BLAKE3 of its bytes), bytes and header;
     /// the header sealed with `seal` in an encrypted repository.
-    pub fn finish(self, seal: Option<&WriteKey>) -> Result<(Id, Vec<u8>, PackHeader)> {
+    pub fn finish(self, seal: Option<&KeyRing>) -> Result<(Id, Vec<u8>, PackHeader)> {
         let mut bytes = self.bytes;
         let header = serde_json::to_vec(&self.header).context("cannot encode a pack header")?;
         let header = match seal {
@@ -220,7 +220,7 @@ const HEADER_KIND: &str = "pack-header";
 
 /// Reads the header from a whole pack's bytes, checking every bound;
 /// `open` opens a sealed one (encrypted repositories).
-pub fn parse_header(pack: &[u8], open: Option<&WriteKey>) -> Result<PackHeader> {
+pub fn parse_header(pack: &[u8], open: Option<&KeyRing>) -> Result<PackHeader> {
     let size = pack.len() as u64;
     if size < 4 {
         bail!("the pack is {size} bytes long, too short for a header");

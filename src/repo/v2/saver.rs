@@ -144,9 +144,10 @@ impl BlobSaver {
 
     /// The pack holding `id`, when the repository has it in a live pack.
     fn known_pack(&self, id: &Id) -> Option<Id> {
-        let at = self.index.get(id)?;
-        let pack = self.index.pack_id(&at);
-        (!self.condemned.contains(&pack)).then_some(pack)
+        self.index
+            .copies(id)
+            .map(|at| self.index.pack_id(&at))
+            .find(|pack| !self.condemned.contains(pack))
     }
 
     /// Whether the repository or this run has the blob (for reusing a
@@ -321,11 +322,20 @@ fn store(shared: &Shared, pack: PackWriter) -> Result<()> {
             .written
             .lock()
             .map_err(|_| anyhow!("pack state poisoned"))?;
+        let recipients = match header.keys.is_empty() {
+            true => None,
+            false => shared
+                .repo
+                .keys()
+                .and_then(|k| k.recipients.as_ref())
+                .map(|r| r.digest()),
+        };
         written.push(IndexedPack {
             id,
             size,
             blobs: header.blobs,
             keys: header.keys,
+            recipients,
         });
         let blobs: usize = written.iter().map(|p| p.blobs.len()).sum();
         (blobs >= INDEX_BLOBS).then(|| std::mem::take(&mut *written))
