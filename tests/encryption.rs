@@ -61,6 +61,12 @@ fn found_in_files(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
     hits
 }
 
+/// Asserts that `out` failed with exit status `code`, saying `says`.
+fn fails_saying(out: &std::process::Output, code: i32, says: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    assert!(stderr(out).contains(says), "{}", stderr(out));
+}
+
 /// The one directory a restore into `target` made.
 fn restored(target: &Path) -> PathBuf {
     let entries: Vec<_> = std::fs::read_dir(target)
@@ -75,24 +81,31 @@ fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
 
+/// The files under `root/dir`, sorted.
 fn files_in(root: &Path, dir: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![root.join(dir)];
-    while let Some(d) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                pending.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    files_under(root, &format!("{dir}/"))
+        .iter()
+        .map(|rel| root.join(rel))
+        .collect()
+}
+
+/// `volsnap restore --repo REPO ID --target-dir TARGET`, then `extra`.
+fn restore(repo: &str, id: &str, target: &Path, extra: &[&str]) -> std::process::Output {
+    restore_env(repo, id, target, extra, &[])
+}
+
+fn restore_env(
+    repo: &str,
+    id: &str,
+    target: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut args = vec!["restore", "--repo", repo, id, "--target-dir"];
+    let target = target.to_str().unwrap();
+    args.push(target);
+    args.extend_from_slice(extra);
+    volsnap_env(&args, env)
 }
 
 const MARKER: &str = "VOLSNAP-SECRET-MARKER-7f3a";
@@ -121,24 +134,65 @@ fn marked_stack(p: &mut Project) -> (String, PathBuf) {
     (vol, src)
 }
 
-#[test]
-fn a_write_only_host_backs_up_lists_prunes_and_verifies_but_reads_nothing() {
-    let mut p = Project::new("enc");
+/// A marked stack, age identities named `names` (from age-keygen), and a
+/// repository encrypted to the first one's recipient.
+struct Case {
+    p: Project,
+    keys: PathBuf,
+    identities: Vec<(PathBuf, String)>,
+    repo: PathBuf,
+    repo_s: String,
+    vol: String,
+    src: PathBuf,
+    project: String,
+    /// What init said.
+    init: String,
+}
+
+fn encrypted_case(prefix: &str, names: &[&str]) -> Case {
+    let mut p = Project::new(prefix);
     let keys = p.tempdir();
-    let (identity, recipient) = keygen(&keys, "reader");
-    let (wrong, _) = keygen(&keys, "stranger");
+    let identities: Vec<(PathBuf, String)> = names.iter().map(|n| keygen(&keys, n)).collect();
     let repo = p.tempdir().join("repo");
     let repo_s = repo.to_str().unwrap().to_string();
     let (vol, src) = marked_stack(&mut p);
     let project = p.name.clone();
-
     let init = ok(volsnap(&[
         "init",
         "--repo",
         &repo_s,
         "--recipient",
-        &recipient,
+        &identities[0].1,
     ]));
+    Case {
+        p,
+        keys,
+        identities,
+        repo,
+        repo_s,
+        vol,
+        src,
+        project,
+        init,
+    }
+}
+
+#[test]
+fn a_write_only_host_backs_up_lists_prunes_and_verifies_but_reads_nothing() {
+    let Case {
+        mut p,
+        keys,
+        identities,
+        repo,
+        repo_s,
+        vol,
+        src,
+        project,
+        init,
+    } = encrypted_case("enc", &["reader", "stranger"]);
+    let _ = keys;
+    let (identity, recipient) = identities[0].clone();
+    let wrong = identities[1].0.clone();
     assert!(
         init.contains("encrypted") && init.contains("write key file"),
         "{init}"
@@ -203,21 +257,8 @@ fn a_write_only_host_backs_up_lists_prunes_and_verifies_but_reads_nothing() {
 
     // Reading needs an identity: refused with exit 2, nothing written.
     let target = p.tempdir();
-    let target_s = target.to_str().unwrap();
-    let refused = volsnap(&[
-        "restore",
-        "--repo",
-        &repo_s,
-        &second_id,
-        "--target-dir",
-        target_s,
-    ]);
-    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
-    assert!(
-        stderr(&refused).contains("--identity"),
-        "{}",
-        stderr(&refused)
-    );
+    let refused = restore(&repo_s, &second_id, &target, &[]);
+    fails_saying(&refused, 2, "--identity");
     assert!(
         is_empty_dir(&target),
         "a refused restore wrote into its target"
@@ -231,38 +272,20 @@ fn a_write_only_host_backs_up_lists_prunes_and_verifies_but_reads_nothing() {
     // A wrong identity: a clear failure, nothing written.
     let identity_s = identity.to_str().unwrap();
     let wrong_s = wrong.to_str().unwrap();
-    let stranger = volsnap(&[
-        "restore",
-        "--repo",
-        &repo_s,
-        &second_id,
-        "--target-dir",
-        target_s,
-        "--identity",
-        wrong_s,
-    ]);
-    assert_eq!(stranger.status.code(), Some(1), "{}", stderr(&stranger));
-    assert!(
-        stderr(&stranger).contains("no identity"),
-        "{}",
-        stderr(&stranger)
-    );
+    let stranger = restore(&repo_s, &second_id, &target, &["--identity", wrong_s]);
+    fails_saying(&stranger, 1, "no identity");
     assert!(
         is_empty_dir(&target),
         "a restore with a wrong identity wrote into its target"
     );
 
     // The right identity restores byte for byte and checks deeply.
-    ok(volsnap(&[
-        "restore",
-        "--repo",
+    ok(restore(
         &repo_s,
         &second_id,
-        "--target-dir",
-        target_s,
-        "--identity",
-        identity_s,
-    ]));
+        &target,
+        &["--identity", identity_s],
+    ));
     assert_same_tree(&src, &restored(&target));
     let deep = ok(volsnap(&[
         "verify",
@@ -304,21 +327,16 @@ fn a_write_only_host_backs_up_lists_prunes_and_verifies_but_reads_nothing() {
 
 #[test]
 fn tampered_truncated_and_swapped_objects_are_named() {
-    let mut p = Project::new("enctamper");
-    let keys = p.tempdir();
-    let (identity, recipient) = keygen(&keys, "reader");
-    let identity_s = identity.to_str().unwrap().to_string();
-    let repo = p.tempdir().join("repo");
-    let repo_s = repo.to_str().unwrap().to_string();
-    let (_vol, _src) = marked_stack(&mut p);
-    let project = p.name.clone();
-    ok(volsnap(&[
-        "init",
-        "--repo",
-        &repo_s,
-        "--recipient",
-        &recipient,
-    ]));
+    let Case {
+        p: _p,
+        identities,
+        repo,
+        repo_s,
+        vol: _vol,
+        project,
+        ..
+    } = encrypted_case("enctamper", &["reader"]);
+    let identity_s = identities[0].0.to_str().unwrap().to_string();
     let id = |out: String| json(&out)["id"].as_str().unwrap().to_string();
     let a = id(ok(volsnap(&backup_args(
         &project,
@@ -430,21 +448,17 @@ fn blake3_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn a_recipient_planted_in_the_repository_is_never_used() {
-    let mut p = Project::new("encplant");
-    let keys = p.tempdir();
-    let (identity, recipient) = keygen(&keys, "owner");
-    let (attacker, attacker_recipient) = keygen(&keys, "attacker");
-    let repo = p.tempdir().join("repo");
-    let repo_s = repo.to_str().unwrap().to_string();
-    let (_vol, src) = marked_stack(&mut p);
-    let project = p.name.clone();
-    ok(volsnap(&[
-        "init",
-        "--repo",
-        &repo_s,
-        "--recipient",
-        &recipient,
-    ]));
+    let Case {
+        mut p,
+        identities,
+        repo,
+        repo_s,
+        src,
+        project,
+        ..
+    } = encrypted_case("encplant", &["owner", "attacker"]);
+    let identity = identities[0].0.clone();
+    let (attacker, attacker_recipient) = identities[1].clone();
     ok(volsnap(&backup_args(
         &project,
         &repo,
@@ -482,32 +496,26 @@ fn a_recipient_planted_in_the_repository_is_never_used() {
     // nothing of the new backup.
     let key_file = files_in(&state_dir(), "keys")[0].clone();
     let target = p.tempdir();
-    let out = volsnap(&[
-        "restore",
-        "--repo",
+    let out = restore(
         &repo_s,
         &id,
-        "--target-dir",
-        target.to_str().unwrap(),
-        "--identity",
-        attacker.to_str().unwrap(),
-        "--write-key",
-        key_file.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no identity"), "{}", stderr(&out));
+        &target,
+        &[
+            "--identity",
+            attacker.to_str().unwrap(),
+            "--write-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    fails_saying(&out, 1, "no identity");
     assert!(is_empty_dir(&target));
     // The owner reads it, the planted file included.
-    ok(volsnap(&[
-        "restore",
-        "--repo",
+    ok(restore(
         &repo_s,
         &id,
-        "--target-dir",
-        target.to_str().unwrap(),
-        "--identity",
-        identity.to_str().unwrap(),
-    ]));
+        &target,
+        &["--identity", identity.to_str().unwrap()],
+    ));
     assert_same_tree(&src, &restored(&target));
 }
 
@@ -544,12 +552,7 @@ fn a_passphrase_repository_reads_and_writes_with_the_passphrase_alone() {
         &backup_args(&project, &repo, &[]),
         &[("VOLSNAP_PASSPHRASE_FILE", wrong.to_str().unwrap())],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("passphrase is wrong"),
-        "{}",
-        stderr(&out)
-    );
+    fails_saying(&out, 1, "passphrase is wrong");
 
     let env = [("VOLSNAP_PASSPHRASE_FILE", pass_s)];
     let out = json(&ok(volsnap_env(
@@ -559,17 +562,7 @@ fn a_passphrase_repository_reads_and_writes_with_the_passphrase_alone() {
     let id = out["id"].as_str().unwrap().to_string();
     assert!(found_in_files(&repo, MARKER.as_bytes()).is_empty());
     let target = p.tempdir();
-    ok(volsnap_env(
-        &[
-            "restore",
-            "--repo",
-            &repo_s,
-            &id,
-            "--target-dir",
-            target.to_str().unwrap(),
-        ],
-        &env,
-    ));
+    ok(restore_env(&repo_s, &id, &target, &[], &env));
     assert_same_tree(&src, &restored(&target));
 }
 
@@ -619,31 +612,11 @@ fn an_encrypted_repository_on_s3_hides_its_content_from_the_bucket() {
     let list = ok(volsnap_env(&["list", "--repo", &repo], &env));
     assert!(list.contains(&id), "{list}");
     let target = p.tempdir();
-    let out = volsnap_env(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            &id,
-            "--target-dir",
-            target.to_str().unwrap(),
-        ],
-        &env,
-    );
+    let out = restore_env(&repo, &id, &target, &[], &env);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let mut with_identity = env.clone();
     with_identity.push(("VOLSNAP_IDENTITY_FILE", identity.to_str().unwrap()));
-    ok(volsnap_env(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            &id,
-            "--target-dir",
-            target.to_str().unwrap(),
-        ],
-        &with_identity,
-    ));
+    ok(restore_env(&repo, &id, &target, &[], &with_identity));
     assert_same_tree(&src, &restored(&target));
 }
 
@@ -703,21 +676,18 @@ fn a_write_only_job_backs_up_and_prunes_and_its_drill_asks_for_an_identity() {
 
 #[test]
 fn recipients_added_and_removed_and_a_rotated_write_key_behave_as_documented() {
-    let mut p = Project::new("enckeys");
-    let keys = p.tempdir();
-    let (a, a_recipient) = keygen(&keys, "a");
-    let (b, b_recipient) = keygen(&keys, "b");
-    let repo = p.tempdir().join("repo");
-    let repo_s = repo.to_str().unwrap().to_string();
-    let (_vol, src) = marked_stack(&mut p);
-    let project = p.name.clone();
-    ok(volsnap(&[
-        "init",
-        "--repo",
-        &repo_s,
-        "--recipient",
-        &a_recipient,
-    ]));
+    let Case {
+        p: _p,
+        keys,
+        identities,
+        repo,
+        repo_s,
+        src,
+        project,
+        ..
+    } = encrypted_case("enckeys", &["a", "b"]);
+    let (a, a_recipient) = identities[0].clone();
+    let (b, b_recipient) = identities[1].clone();
     let backup = || {
         let out = ok(volsnap(&backup_args(
             &project,
@@ -731,16 +701,12 @@ fn recipients_added_and_removed_and_a_rotated_write_key_behave_as_documented() {
     let restores = |id: &str, identity: &Path| -> Option<Vec<String>> {
         let scratch = tempfile::tempdir().unwrap();
         let target = scratch.path();
-        let out = volsnap(&[
-            "restore",
-            "--repo",
+        let out = restore(
             &repo_s,
             id,
-            "--target-dir",
-            target.to_str().unwrap(),
-            "--identity",
-            identity.to_str().unwrap(),
-        ]);
+            target,
+            &["--identity", identity.to_str().unwrap()],
+        );
         if !out.status.success() {
             assert!(stderr(&out).contains("no identity"), "{}", stderr(&out));
             return None;
@@ -868,4 +834,67 @@ fn recipients_added_and_removed_and_a_rotated_write_key_behave_as_documented() {
             &env,
         ));
     }
+}
+
+/// Prune on a write-only host rewrites a pack that is mostly garbage
+/// (copying sealed blobs it cannot open, with their wrapped content keys)
+/// and deletes the rest a prune later; the identity still reads it all.
+#[test]
+fn a_write_only_prune_rewrites_sealed_packs_that_an_identity_still_reads() {
+    let mut p = Project::new("encrepack");
+    let keys = p.tempdir();
+    let (identity, recipient) = keygen(&keys, "reader");
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let vol = p.volume("data", &[]);
+    let src = volume_path(&vol);
+    std::fs::write(src.join("a.bin"), pseudo_random(3 << 20, 11)).unwrap();
+    std::fs::write(src.join("b.bin"), pseudo_random(3 << 20, 12)).unwrap();
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    let project = p.name.clone();
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        &repo_s,
+        "--recipient",
+        &recipient,
+    ]));
+    online_backup_id(&project, &repo);
+    std::fs::remove_file(src.join("b.bin")).unwrap();
+    let second = online_backup_id(&project, &repo);
+    let env = [("VOLSNAP_TEST_MARK_AGE_SECS", "0")];
+    let prune = || {
+        json(&ok(volsnap_env(
+            &["prune", "--repo", &repo_s, "--keep-last", "1", "--json"],
+            &env,
+        )))
+    };
+    let first = prune();
+    assert!(
+        first["garbage"]["packs_rewritten"].as_u64().unwrap() >= 1,
+        "{first}"
+    );
+    let next = prune();
+    assert!(
+        next["garbage"]["packs_deleted"].as_u64().unwrap() >= 1,
+        "{next}"
+    );
+    let stored: u64 = files_in(&repo, "data")
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(
+        stored < (3 << 20) + (512 << 10),
+        "{stored} bytes stored for a 3 MiB file"
+    );
+    verify_all_packs(&repo);
+    let target = p.tempdir();
+    ok(restore(
+        &repo_s,
+        &second,
+        &target,
+        &["--identity", identity.to_str().unwrap()],
+    ));
+    assert_same_tree(&src, &restored(&target));
 }

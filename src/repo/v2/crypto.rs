@@ -891,6 +891,24 @@ mod tests {
         );
     }
 
+    /// Not a check: prints each AEAD's sealing speed on 1 MiB blobs, the
+    /// measurement behind [`Aead::for_this_cpu`] (run with `cargo test
+    /// --release --lib aead_throughput -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn aead_throughput() {
+        let key = random_key();
+        let blob = vec![0x5au8; 1 << 20];
+        for aead in [Aead::Aes256Gcm, Aead::XChaCha20Poly1305] {
+            let start = std::time::Instant::now();
+            for _ in 0..256 {
+                std::hint::black_box(aead.seal(&key, b"id", &[&blob]).unwrap());
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!("{}: {:.0} MiB/s", aead.name(), 256.0 / secs);
+        }
+    }
+
     #[test]
     fn recipients_refuse_what_is_not_one() {
         let err = Recipients::parse(["ssh-ed25519 AAAA"], "cli")
