@@ -672,6 +672,24 @@ fn a_write_only_job_backs_up_and_prunes_and_its_drill_asks_for_an_identity() {
     ok(volsnap(&["run", "stack", "--drill", "--config", config_s]));
     let status = ok(volsnap(&["status", "--config", config_s]));
     assert!(status.contains("last drill:       success"), "{status}");
+    // The drill report is a note beside the backup, sealed: the storage
+    // holder does not read the check command; list (with the write key)
+    // does.
+    let notes = files_in(&repo, "notes");
+    assert!(!notes.is_empty(), "no note was written");
+    assert!(found_in_files(&repo.join("notes"), b"grep -qx").is_empty());
+    let list = json(&ok(volsnap(&[
+        "list",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--json",
+    ])));
+    let drilled = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["drill"]["passed"] == true);
+    assert!(drilled, "{list}");
 }
 
 #[test]

@@ -23,10 +23,7 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
             let repo = volsnap::repo::open_chunked(&args.repo)?;
             let (object, commit) = volsnap::repo::resolve_chunked(&repo, &args.id, &scope)?;
             let report = volsnap::restore::verify::verify_chunked(&repo, &commit, level, &cancel)?;
-            let notes = NotesAt::Objects {
-                backend: repo.backend().clone(),
-                commit: object,
-            };
+            let notes = NotesAt::of_commit(&repo, object);
             (commit.id, notes, report)
         }
         Format::Tar => {

@@ -216,10 +216,7 @@ fn notes_of(
     repo: &crate::repo::v2::Repository,
     object: &crate::repo::v2::id::Id,
 ) -> crate::repo::notes::NotesAt {
-    crate::repo::notes::NotesAt::Objects {
-        backend: repo.backend().clone(),
-        commit: *object,
-    }
+    crate::repo::notes::NotesAt::of_commit(repo, *object)
 }
 
 /// Prune of the repository at `root`, whatever its format.

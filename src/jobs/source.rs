@@ -27,10 +27,7 @@ impl Source {
         use crate::repo::notes::NotesAt;
         match self {
             Source::Tar(dir, _) => NotesAt::Dir(dir.clone()),
-            Source::Chunked { repo, object, .. } => NotesAt::Objects {
-                backend: repo.backend().clone(),
-                commit: *object,
-            },
+            Source::Chunked { repo, object, .. } => NotesAt::of_commit(repo, *object),
         }
     }
 

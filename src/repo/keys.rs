@@ -30,6 +30,9 @@ pub struct KeySources {
 }
 
 static DEFAULT: Mutex<Option<KeySources>> = Mutex::new(None);
+/// The write keys of the repositories this process opened (`None`: not
+/// encrypted), for notes written beside their backups.
+static OPENED: Mutex<Option<HashMap<String, Option<Arc<KeyRing>>>>> = Mutex::new(None);
 static PER_REPO: Mutex<Option<HashMap<String, KeySources>>> = Mutex::new(None);
 
 /// Sets what every repository opened by this process uses (the command
@@ -98,9 +101,28 @@ fn key_file_name(dir: &Path, id: &crate::repo::v2::id::Id) -> PathBuf {
 /// Opens the repository at `root` with the keys this host holds for it.
 pub fn open(backend: Arc<dyn Backend>, root: &Path) -> Result<Repository> {
     let sources = sources_for(root);
-    Repository::open_with(backend, &|params, backend| {
+    let repo = Repository::open_with(backend, &|params, backend| {
         unlock(&sources, params, backend)
-    })
+    })?;
+    if let Ok(mut opened) = OPENED.lock() {
+        opened
+            .get_or_insert_with(HashMap::new)
+            .insert(root.display().to_string(), repo.sealing_shared());
+    }
+    Ok(repo)
+}
+
+/// The write key notes of the repository at `root` are sealed with:
+/// `None` when it is not encrypted. Opens it unless this process did.
+pub fn sealing_for(root: &Path) -> Result<Option<Arc<KeyRing>>> {
+    let known = OPENED
+        .lock()
+        .ok()
+        .and_then(|o| o.as_ref()?.get(&root.display().to_string()).cloned());
+    match known {
+        Some(seal) => Ok(seal),
+        None => Ok(crate::repo::open_chunked(root)?.sealing_shared()),
+    }
 }
 
 /// The keys for an encrypted repository, from what the operator named.

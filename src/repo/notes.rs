@@ -4,7 +4,9 @@
 //! `notes/<commit object>/<kind>-<id>` in format 2, where objects are
 //! immutable, so a newer note is a new object and the newest counts.
 
+use super::v2::crypto::KeyRing;
 use super::v2::id::Id;
+use super::v2::Repository;
 use super::{BackupEntry, Format};
 use crate::backend::Backend;
 use anyhow::{Context, Result};
@@ -42,12 +44,18 @@ impl Note {
     }
 }
 
+/// The kind sealed notes are authenticated as.
+const NOTES_KIND: &str = "notes";
+
 /// Where one backup's notes are kept.
 pub enum NotesAt {
     Dir(PathBuf),
     Objects {
         backend: Arc<dyn Backend>,
         commit: Id,
+        /// The write key of an encrypted repository: notes are sealed
+        /// with it (a drill report names services and commands).
+        seal: Option<Arc<KeyRing>>,
     },
 }
 
@@ -71,6 +79,7 @@ impl BackupEntry {
                 NotesAt::Objects {
                     backend: crate::backend::open(root)?,
                     commit: Id::parse(commit)?,
+                    seal: super::keys::sealing_for(root)?,
                 }
             }
         })
@@ -83,6 +92,15 @@ impl BackupEntry {
 }
 
 impl NotesAt {
+    /// The notes of commit object `commit` of `repo`.
+    pub fn of_commit(repo: &Repository, commit: Id) -> Self {
+        NotesAt::Objects {
+            backend: repo.backend().clone(),
+            commit,
+            seal: repo.sealing_shared(),
+        }
+    }
+
     fn objects(
         backend: &Arc<dyn Backend>,
         commit: &Id,
@@ -108,9 +126,17 @@ impl NotesAt {
     pub fn read(&self, note: Note) -> Option<Vec<u8>> {
         match self {
             NotesAt::Dir(dir) => std::fs::read(dir.join(note.file())).ok(),
-            NotesAt::Objects { backend, commit } => {
+            NotesAt::Objects {
+                backend,
+                commit,
+                seal,
+            } => {
                 let newest = Self::objects(backend, commit, note).ok()?.pop()?;
-                backend.read(&newest.name).ok()
+                let bytes = backend.read(&newest.name).ok()?;
+                match seal {
+                    Some(key) => key.open(NOTES_KIND, &bytes).ok(),
+                    None => Some(bytes),
+                }
             }
         }
     }
@@ -119,8 +145,20 @@ impl NotesAt {
     pub fn write(&self, note: Note, bytes: &[u8]) -> Result<()> {
         match self {
             NotesAt::Dir(dir) => crate::fsutil::replace_file(&dir.join(note.file()), bytes),
-            NotesAt::Objects { backend, commit } => {
+            NotesAt::Objects {
+                backend,
+                commit,
+                seal,
+            } => {
                 let older = Self::objects(backend, commit, note)?;
+                let sealed;
+                let bytes = match seal {
+                    Some(key) => {
+                        sealed = key.seal(NOTES_KIND, bytes)?;
+                        &sealed[..]
+                    }
+                    None => bytes,
+                };
                 let name = format!("notes/{commit}/{}{}", note.prefix(), Id::digest(bytes));
                 backend.write(&name, bytes)?;
                 for o in older.into_iter().filter(|o| o.name != name) {
@@ -139,7 +177,9 @@ impl NotesAt {
                     .with_context(|| format!("cannot remove {}", dir.join(note.file()).display())),
                 _ => Ok(()),
             },
-            NotesAt::Objects { backend, commit } => {
+            NotesAt::Objects {
+                backend, commit, ..
+            } => {
                 for o in Self::objects(backend, commit, note)? {
                     backend.delete(&o.name)?;
                 }

@@ -610,10 +610,7 @@ pub fn verify_by_id(root: &Path, id: &str, level: Level, cancel: &Cancel) -> Res
             let (object, commit) = crate::repo::resolve_chunked(&repo, id, &scope)?;
             let report = verify_chunked(&repo, &commit, level, cancel)?;
             if report.problems.is_empty() {
-                let at = NotesAt::Objects {
-                    backend: repo.backend().clone(),
-                    commit: object,
-                };
+                let at = NotesAt::of_commit(&repo, object);
                 record_verified(&at, level == Level::Deep);
             }
             Ok(report)

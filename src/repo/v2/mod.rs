@@ -30,7 +30,7 @@ pub const CONFIG: &str = "config";
 /// write key material; the recipients to back up; identities to read.
 pub struct Keys {
     pub params: EncryptionParams,
-    pub write: KeyRing,
+    pub write: Arc<KeyRing>,
     pub recipients: Option<Recipients>,
     pub identities: Option<Identities>,
     opened: OpenedKeys,
@@ -49,7 +49,7 @@ impl Keys {
     ) -> Self {
         Self {
             params,
-            write,
+            write: Arc::new(write),
             recipients,
             identities,
             opened: OpenedKeys::default(),
@@ -306,7 +306,12 @@ impl Repository {
 
     /// The write key sealing headers and objects, when encrypted.
     pub fn sealing(&self) -> Option<&KeyRing> {
-        self.keys.as_ref().map(|k| &k.write)
+        self.keys.as_ref().map(|k| &*k.write)
+    }
+
+    /// The same, for holders that outlive this (notes of a backup).
+    pub fn sealing_shared(&self) -> Option<Arc<KeyRing>> {
+        self.keys.as_ref().map(|k| k.write.clone())
     }
 
     /// `bytes` as stored under `dir/`: sealed when encrypted.
