@@ -403,6 +403,7 @@ impl ChunkedBackup {
     ) -> Result<Self> {
         let lock = crate::repo::v2::lock::acquire(
             repo.backend().clone(),
+            repo.sealing_shared(),
             crate::repo::v2::lock::LockKind::Shared,
             host,
             command,

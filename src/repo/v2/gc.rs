@@ -334,7 +334,13 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
         .collect();
     let mut deleted: HashSet<Id> = HashSet::new();
     if !ripe.is_empty() {
-        match acquire(repo.backend().clone(), LockKind::Exclusive, host, "prune") {
+        match acquire(
+            repo.backend().clone(),
+            repo.sealing_shared(),
+            LockKind::Exclusive,
+            host,
+            "prune",
+        ) {
             Err(e) => {
                 collected.postponed = Some(format!("{e:#}"));
                 still_condemned.extend(
@@ -343,7 +349,7 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
                 );
             }
             Ok(lock) => {
-                let live = live_locks(&**repo.backend())?;
+                let live = live_locks(&**repo.backend(), repo.sealing())?;
                 let mut doomed: HashSet<Id> = HashSet::new();
                 let mut done_marks = Vec::new();
                 for (mark_id, written, mark) in &ripe {

@@ -8,6 +8,7 @@
 //! writes its exclusive lock, then lists, and backs off if any other live
 //! lock exists. Two writers can therefore not both miss each other.
 
+use super::crypto::KeyRing;
 use crate::backend::{Backend, ObjectInfo};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
@@ -51,8 +52,11 @@ pub struct RepoLock {
 }
 
 /// Takes a lock of `kind`, or fails naming who holds the conflicting one.
+/// `seal` is the write key of an encrypted repository: locks are sealed
+/// with it (they name hosts, pids and commands).
 pub fn acquire(
     backend: Arc<dyn Backend>,
+    seal: Option<Arc<KeyRing>>,
     kind: LockKind,
     host: &str,
     command: &str,
@@ -68,8 +72,8 @@ pub fn acquire(
         created: now,
         refreshed: now,
     };
-    let name = write_lock(&*backend, &info)?;
-    let conflicts = match live_locks(&*backend) {
+    let name = write_lock(&*backend, seal.as_deref(), &info)?;
+    let conflicts = match live_locks(&*backend, seal.as_deref()) {
         Ok(locks) => locks
             .into_iter()
             .filter(|(object, other)| {
@@ -101,7 +105,7 @@ pub fn acquire(
         let (backend, name) = (backend.clone(), name.clone());
         std::thread::Builder::new()
             .name("lock-refresh".into())
-            .spawn(move || refresh_until(&*backend, &name, &stopped, info))
+            .spawn(move || refresh_until(&*backend, seal.as_deref(), &name, &stopped, info))
             .context("cannot start the lock refresher")?
     };
     Ok(RepoLock {
@@ -114,6 +118,7 @@ pub fn acquire(
 
 fn refresh_until(
     backend: &dyn Backend,
+    seal: Option<&KeyRing>,
     name: &Mutex<String>,
     stopped: &std::sync::mpsc::Receiver<()>,
     mut info: LockInfo,
@@ -123,7 +128,7 @@ fn refresh_until(
         info.refreshed = backend.now().map_or_else(|_| Utc::now(), Into::into);
         // The new lock is written before the old one goes: never a moment
         // without one.
-        match write_lock(backend, &info) {
+        match write_lock(backend, seal, &info) {
             Ok(new) => {
                 if let Ok(mut current) = name.lock() {
                     let old = std::mem::replace(&mut *current, new);
@@ -135,15 +140,32 @@ fn refresh_until(
     }
 }
 
-fn write_lock(backend: &dyn Backend, info: &LockInfo) -> Result<String> {
+const LOCK_KIND: &str = "locks";
+
+fn write_lock(backend: &dyn Backend, seal: Option<&KeyRing>, info: &LockInfo) -> Result<String> {
     let bytes = serde_json::to_vec(info)?;
+    let bytes = match seal {
+        Some(key) => key.seal(LOCK_KIND, &bytes)?,
+        None => bytes,
+    };
     let name = format!("locks/{}", super::id::Id::digest(&bytes));
     backend.write(&name, &bytes)?;
     Ok(name)
 }
 
+fn open_lock(seal: Option<&KeyRing>, bytes: &[u8]) -> Result<LockInfo> {
+    let text = match seal {
+        Some(key) => key.open(LOCK_KIND, bytes)?,
+        None => bytes.to_vec(),
+    };
+    Ok(serde_json::from_slice(&text)?)
+}
+
 /// Every lock not stale, with its object (its time is the storage's).
-pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(ObjectInfo, LockInfo)>> {
+pub fn live_locks(
+    backend: &dyn Backend,
+    seal: Option<&KeyRing>,
+) -> Result<Vec<(ObjectInfo, LockInfo)>> {
     let now = backend.now()?;
     let mut live = Vec::new();
     for object in backend.list("locks")? {
@@ -152,7 +174,7 @@ pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(ObjectInfo, LockInfo)>> 
             continue;
         }
         let info = match backend.read(&object.name) {
-            Ok(bytes) => match serde_json::from_slice::<LockInfo>(&bytes) {
+            Ok(bytes) => match open_lock(seal, &bytes) {
                 // A lock of this host whose process is gone was left by a
                 // kill: it is dead now, not in 30 minutes.
                 Ok(info)
@@ -255,12 +277,45 @@ mod tests {
     use crate::backend::LocalBackend;
 
     #[test]
+    fn sealed_locks_name_no_host_to_the_storage_and_still_exclude() {
+        use crate::repo::v2::crypto::{Aead, WriteKey};
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let key = Arc::new(KeyRing::new(WriteKey::generate(Aead::for_this_cpu())));
+        let held = acquire(
+            backend.clone(),
+            Some(key.clone()),
+            LockKind::Shared,
+            "db-host-7",
+            "backup",
+        )
+        .unwrap();
+        let objects = backend.list("locks").unwrap();
+        assert_eq!(objects.len(), 1);
+        let raw = backend.read(&objects[0].name).unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("db-host-7"));
+        let live = live_locks(&*backend, Some(&key)).unwrap();
+        assert_eq!(live[0].1.host, "db-host-7");
+        let err = acquire(
+            backend.clone(),
+            Some(key),
+            LockKind::Exclusive,
+            "h",
+            "prune",
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{err:#}").contains("db-host-7"), "{err:#}");
+        drop(held);
+    }
+
+    #[test]
     fn shared_locks_coexist_and_exclude_an_exclusive_one() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
-        let a = acquire(backend.clone(), LockKind::Shared, "h1", "backup").unwrap();
-        let b = acquire(backend.clone(), LockKind::Shared, "h2", "backup").unwrap();
-        let err = acquire(backend.clone(), LockKind::Exclusive, "h3", "prune")
+        let a = acquire(backend.clone(), None, LockKind::Shared, "h1", "backup").unwrap();
+        let b = acquire(backend.clone(), None, LockKind::Shared, "h2", "backup").unwrap();
+        let err = acquire(backend.clone(), None, LockKind::Exclusive, "h3", "prune")
             .err()
             .unwrap();
         assert!(
@@ -268,11 +323,11 @@ mod tests {
             "{err:#}"
         );
         // The refused attempt left no lock of its own behind.
-        assert_eq!(live_locks(&*backend).unwrap().len(), 2);
+        assert_eq!(live_locks(&*backend, None).unwrap().len(), 2);
         a.release().unwrap();
         drop(b);
-        let x = acquire(backend.clone(), LockKind::Exclusive, "h3", "prune").unwrap();
-        let err = acquire(backend.clone(), LockKind::Shared, "h1", "backup")
+        let x = acquire(backend.clone(), None, LockKind::Exclusive, "h3", "prune").unwrap();
+        let err = acquire(backend.clone(), None, LockKind::Shared, "h1", "backup")
             .err()
             .unwrap();
         assert!(
@@ -287,7 +342,7 @@ mod tests {
     fn a_stale_lock_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
-        let old = acquire(backend.clone(), LockKind::Exclusive, "dead", "prune").unwrap();
+        let old = acquire(backend.clone(), None, LockKind::Exclusive, "dead", "prune").unwrap();
         // The holder died an hour ago: its lock was never refreshed since.
         let name = old.name.lock().unwrap().clone();
         let path = dir.path().join(&name);
@@ -299,7 +354,7 @@ mod tests {
             .unwrap()
             .set_modified(hour_ago)
             .unwrap();
-        let lock = acquire(backend.clone(), LockKind::Shared, "h1", "backup").unwrap();
+        let lock = acquire(backend.clone(), None, LockKind::Shared, "h1", "backup").unwrap();
         lock.release().unwrap();
     }
 }
