@@ -77,7 +77,8 @@ Exit status: 0 success, 1 failure, 2 bad usage.";
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a repository: format 2 (chunked, deduplicated, incremental;
-    /// the default) or format 1 (one tar archive per volume).
+    /// the default; encrypted with --recipient or --passphrase-file) or
+    /// format 1 (one tar archive per volume).
     Init(InitArgs),
     /// Show the steps a backup would run, the volumes and sizes, and why
     /// this strategy.

@@ -852,6 +852,17 @@ fn recipients_added_and_removed_and_a_rotated_write_key_behave_as_documented() {
             &env,
         ));
     }
+    // An identity alone does not say whom to encrypt to: a backup is
+    // refused before anything is stopped.
+    let refused = volsnap_env(
+        &backup_args(&project, &repo, &["--strategy", "cold", "--identity", b_s]),
+        &env,
+    );
+    fails_saying(&refused, 2, "needs its write key file");
+    assert!(
+        is_running(&format!("{project}-app")),
+        "the service was stopped"
+    );
 }
 
 /// Prune on a write-only host rewrites a pack that is mostly garbage

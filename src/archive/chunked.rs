@@ -401,6 +401,14 @@ impl ChunkedBackup {
         command: &str,
         options: &ChunkedOptions,
     ) -> Result<Self> {
+        // An encrypted repository opened with an identity but no write key
+        // file has no recipients: say so now, before anything is stopped.
+        if repo.keys().is_some_and(|k| k.recipients.is_none()) {
+            return Err(crate::usage!(
+                "backing up into the encrypted repository {} needs its write key file, which names the recipients (--write-key FILE, or the one volsnap init wrote under the state directory); an identity alone does not say whom to encrypt to",
+                repo.backend().location()
+            ));
+        }
         let lock = crate::repo::v2::lock::acquire(
             repo.backend().clone(),
             repo.sealing_shared(),

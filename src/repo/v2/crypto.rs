@@ -891,21 +891,23 @@ mod tests {
         );
     }
 
-    /// Not a check: prints each AEAD's sealing speed on 1 MiB blobs, the
-    /// measurement behind [`Aead::for_this_cpu`] (run with `cargo test
-    /// --release --lib aead_throughput -- --ignored --nocapture`).
+    /// Seals and opens 1 MiB blobs with each AEAD, checking every one, and
+    /// prints the sealing speed: the measurement behind
+    /// [`Aead::for_this_cpu`] (`cargo test --release --lib
+    /// aead_throughput -- --nocapture`). Reported, not judged.
     #[test]
-    #[ignore = "a measurement, run by hand"]
     fn aead_throughput() {
         let key = random_key();
-        let blob = vec![0x5au8; 1 << 20];
+        let blob: Vec<u8> = (0..1u32 << 20).map(|n| (n * 31 % 251) as u8).collect();
         for aead in [Aead::Aes256Gcm, Aead::XChaCha20Poly1305] {
+            let mut last = Vec::new();
             let start = std::time::Instant::now();
-            for _ in 0..256 {
-                std::hint::black_box(aead.seal(&key, b"id", &[&blob]).unwrap());
+            for _ in 0..128 {
+                last = aead.seal(&key, b"id", &[&blob]).unwrap();
             }
             let secs = start.elapsed().as_secs_f64();
-            println!("{}: {:.0} MiB/s", aead.name(), 256.0 / secs);
+            assert_eq!(aead.open(&key, b"id", &last).unwrap(), blob);
+            println!("{}: sealed {:.0} MiB/s", aead.name(), 128.0 / secs);
         }
     }
 
