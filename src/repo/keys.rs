@@ -259,7 +259,11 @@ pub enum NewKeys {
 }
 
 /// Creates an encrypted repository in `backend`; what to tell the operator.
-pub fn init_encrypted(backend: Arc<dyn Backend>, how: NewKeys) -> Result<(Repository, String)> {
+pub fn init_encrypted(
+    backend: Arc<dyn Backend>,
+    root: &Path,
+    how: NewKeys,
+) -> Result<(Repository, String)> {
     let aead = Aead::for_this_cpu();
     let write = KeyRing::new(WriteKey::generate(aead));
     let id = write.id();
@@ -268,9 +272,8 @@ pub fn init_encrypted(backend: Arc<dyn Backend>, how: NewKeys) -> Result<(Reposi
             recipients,
             key_file,
         } => {
-            let file = key_file.unwrap_or_else(|| {
-                key_file_name(&default_key_dir(&sources_for(Path::new(""))), &id)
-            });
+            let file = key_file
+                .unwrap_or_else(|| key_file_name(&default_key_dir(&sources_for(root)), &id));
             let writer = WriterKeys { write, recipients };
             let count = writer.recipients.as_strings().len();
             write_key_file(&file, &writer)?;

@@ -213,7 +213,7 @@ pub fn init(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> R
         }
         Format::Chunked => {
             let backend = std::sync::Arc::new(crate::backend::LocalBackend::open(root)?);
-            let (repo, keys) = init_chunked(backend, encryption)?;
+            let (repo, keys) = init_chunked(backend, root, encryption)?;
             format!(
                 "created format-2 repository {} (id {}): chunked, deduplicated, zstd{keys}",
                 root.display(),
@@ -227,12 +227,13 @@ pub fn init(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> R
 /// encryption means for the operator, as a sentence to append.
 fn init_chunked(
     backend: std::sync::Arc<dyn crate::backend::Backend>,
+    root: &Path,
     encryption: Option<keys::NewKeys>,
 ) -> Result<(v2::Repository, String)> {
     match encryption {
         None => Ok((v2::Repository::init(backend)?, String::new())),
         Some(how) => {
-            let (repo, said) = keys::init_encrypted(backend, how)?;
+            let (repo, said) = keys::init_encrypted(backend, root, how)?;
             Ok((repo, format!(", {said}")))
         }
     }
@@ -254,7 +255,7 @@ fn init_remote(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -
     }
     refuse_foreign(root, backend.top_level()?)?;
     let conditional = backend.refuses_second_create()?;
-    let (repo, keys) = init_chunked(backend, encryption)?;
+    let (repo, keys) = init_chunked(backend, root, encryption)?;
     Ok(format!(
         "created format-2 repository {} (id {}): chunked, deduplicated, zstd{keys}{}",
         root.display(),

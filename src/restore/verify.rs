@@ -576,15 +576,7 @@ fn read_whole_pack(repo: &Repository, pack: &Id, indexed: &[BlobEntry]) -> Resul
     }
     for blob in &header.blobs {
         let stored = &bytes[blob.offset as usize..(blob.offset + blob.length) as usize];
-        // Without an identity, data and tree blobs of an encrypted
-        // repository stay closed: the pack's bytes matched its name.
-        if repo.keys().is_none_or(|k| k.can_open(blob.kind)) {
-            let wrapped: Option<std::sync::Arc<str>> = header
-                .keys
-                .get(usize::from(blob.key))
-                .map(|k| k.as_str().into());
-            repo.open_entry(blob, wrapped.as_ref(), stored)?;
-        }
+        repo.check_packed_blob(&header, blob, stored)?;
     }
     Ok(bytes.len() as u64)
 }

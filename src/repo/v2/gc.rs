@@ -262,16 +262,9 @@ fn rewrite(
                 continue;
             }
             let stored = &bytes[blob.offset as usize..(blob.offset + blob.length) as usize];
-            let wrapped: Option<std::sync::Arc<str>> = header
-                .keys
-                .get(usize::from(blob.key))
-                .map(|k| k.as_str().into());
-            // A host without an identity cannot open data and tree blobs;
-            // the pack's bytes were checked against its name instead.
-            if repo.keys().is_none_or(|k| k.can_open(blob.kind)) {
-                repo.open_entry(blob, wrapped.as_ref(), stored)
-                    .with_context(|| format!("rewriting pack {pack}"))?;
-            }
+            repo.check_packed_blob(&header, blob, stored)
+                .with_context(|| format!("rewriting pack {pack}"))?;
+            let wrapped = header.wrapped_key(blob);
             let writer = writers
                 .entry((blob.kind, set))
                 .or_insert_with(|| PackWriter::new(blob.kind));

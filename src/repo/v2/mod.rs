@@ -630,6 +630,22 @@ impl Repository {
         .with_context(|| format!("in pack {pack}"))
     }
 
+    /// Checks a blob of a whole pack as far as this host can: opened and
+    /// checked against its id, unless it is a data or tree blob of an
+    /// encrypted repository and this host holds no identity (then the
+    /// pack's bytes, checked against its name, are all there is to check).
+    pub fn check_packed_blob(
+        &self,
+        header: &PackHeader,
+        entry: &BlobEntry,
+        stored: &[u8],
+    ) -> Result<()> {
+        if self.keys.as_ref().is_none_or(|k| k.can_open(entry.kind)) {
+            self.open_entry(entry, header.wrapped_key(entry).as_ref(), stored)?;
+        }
+        Ok(())
+    }
+
     /// The plaintext of the blob `entry` describes, from its stored bytes:
     /// opened with its content key (`wrapped`) or the write key when
     /// encrypted, decompressed, checked against its id.

@@ -69,6 +69,15 @@ pub struct PackHeader {
     pub keys: Vec<String>,
 }
 
+impl PackHeader {
+    /// The wrapped content key sealing `entry` (encrypted repositories).
+    pub fn wrapped_key(&self, entry: &BlobEntry) -> Option<std::sync::Arc<str>> {
+        self.keys
+            .get(usize::from(entry.key))
+            .map(|k| k.as_str().into())
+    }
+}
+
 /// A blob ready to go into a pack: compressed when that is smaller.
 pub struct StoredBlob {
     pub id: Id,
