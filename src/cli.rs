@@ -138,6 +138,43 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Copy backups into another repository, sending only the packs it
+    /// lacks (an off-site copy of a local repository: README, "Copies").
+    Copy(CopyArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  volsnap init --repo s3://offsite/host1 --like /backups   # once: same keys, same chunking
+  volsnap copy --from /backups --to s3://offsite/host1     # every backup the copy lacks
+  volsnap copy --from /backups --to s3://offsite/host1 latest --project milvus
+
+The destination must cut and seal blobs as the source does: two plain
+repositories, or one made with init --like. Packs are copied as they are, so
+encrypted backups are copied with the write key alone, no identity.")]
+pub struct CopyArgs {
+    /// The repository the backups are in.
+    #[arg(long, value_name = "REPO")]
+    pub from: PathBuf,
+    /// The repository they go to (made with volsnap init --like FROM, or
+    /// another plain format-2 repository).
+    #[arg(long, value_name = "REPO")]
+    pub to: PathBuf,
+    /// Backups to copy: ids, or "latest" (the newest from this host, of
+    /// the stack when one is named). Default: every backup the destination
+    /// lacks (of the stack, when one is named).
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub only: StackFilterArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +218,12 @@ pub struct InitArgs {
     /// age -R takes them.
     #[arg(long, value_name = "FILE")]
     pub recipients_file: Vec<PathBuf>,
+    /// Make the new repository like this one: the same chunking and the
+    /// same keys (its write key file and identities serve both), so that
+    /// volsnap copy moves backups between them as they are, without an
+    /// identity. For the off-site side of a local repository.
+    #[arg(long, value_name = "REPO", conflicts_with_all = ["recipient", "recipients_file"])]
+    pub like: Option<PathBuf>,
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -19,28 +19,6 @@ fn json(out: &str) -> Value {
 }
 
 /// A new age identity from Debian's age-keygen: its file and recipient.
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let file = dir.join(format!("{name}.txt"));
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&file)
-        .output()
-        .expect("age-keygen is needed (Debian package age; scripts/setup-host.sh installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let recipient = String::from_utf8(public.stdout).unwrap().trim().to_string();
-    assert!(recipient.starts_with("age1"), "{recipient}");
-    (file, recipient)
-}
-
 /// Whether `needle` occurs in any file under `root`.
 fn found_in_files(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut hits = Vec::new();

@@ -27,6 +27,15 @@ fn new_keys(args: &InitArgs, keys: &KeyArgs) -> Result<Option<NewKeys>> {
         lines.extend(text.lines().map(str::to_string));
     }
     let given = !args.recipient.is_empty() || !args.recipients_file.is_empty();
+    if let Some(source) = &args.like {
+        if keys.passphrase_file.is_some() {
+            return Err(volsnap::usage!(
+                "--like takes the keys of {} as they are; leave out --passphrase-file",
+                source.display()
+            ));
+        }
+        return Ok(Some(NewKeys::Like(source.clone())));
+    }
     match (&keys.passphrase_file, given) {
         (Some(_), true) => Err(volsnap::usage!(
             "--passphrase-file and --recipient/--recipients-file do not mix: a passphrase repository has the passphrase as its one key; choose one"

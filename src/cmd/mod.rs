@@ -2,6 +2,7 @@
 //! prints the result. `run` returns the exit status.
 
 mod backup;
+mod copy;
 mod daemon;
 mod drill;
 mod export;
@@ -62,6 +63,10 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
         Command::Config { command } => job::config(command),
         Command::Systemd(args) => job::systemd(args),
         Command::Key { command } => key::run(command),
+        Command::Copy(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            copy::run(args)
+        }
         Command::Drill(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             drill::run(args)

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod copy;
 pub mod drill;
 pub mod notify;
 pub mod prune;

@@ -256,6 +256,9 @@ pub enum NewKeys {
     },
     /// With a passphrase (restic's model: the passphrase reads and writes).
     Passphrase { file: PathBuf },
+    /// As the repository at this address is: same chunker, same keys (or
+    /// none), so that copies between them move packs as they are.
+    Like(PathBuf),
 }
 
 /// Creates an encrypted repository in `backend`; what to tell the operator.
@@ -306,6 +309,9 @@ pub fn init_encrypted(
                 file.display()
             );
             Ok((repo, said))
+        }
+        NewKeys::Like(_) => {
+            anyhow::bail!("internal error: init --like is not an encryption of its own")
         }
     }
 }

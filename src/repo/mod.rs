@@ -160,6 +160,11 @@ pub fn init_for_backup(root: &Path) -> Result<()> {
 /// Creates a repository at `root` (a directory that is empty, holds only
 /// `lost+found`, or does not exist yet); says what was created.
 pub fn init(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> Result<String> {
+    if format == Format::Tar && matches!(encryption, Some(keys::NewKeys::Like(_))) {
+        return Err(usage!(
+            "--like makes a format-2 repository that copies move backups into; leave out --format tar"
+        ));
+    }
     if format == Format::Tar && encryption.is_some() {
         return Err(usage!(
             "format 1 (tar) repositories are not encrypted; leave out --format tar to create an encrypted format-2 repository"
@@ -213,30 +218,81 @@ pub fn init(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> R
         }
         Format::Chunked => {
             let backend = std::sync::Arc::new(crate::backend::LocalBackend::open(root)?);
-            let (repo, keys) = init_chunked(backend, root, encryption)?;
+            let (id, keys) = init_chunked(backend, root, encryption)?;
             format!(
                 "created format-2 repository {} (id {}): chunked, deduplicated, zstd{keys}",
                 root.display(),
-                &repo.config.id[..16]
+                &id[..16]
             )
         }
     })
 }
 
-/// Creates a format-2 repository, encrypted when asked; what the
-/// encryption means for the operator, as a sentence to append.
+/// Creates a format-2 repository, encrypted when asked; its id, and what
+/// the encryption means for the operator, as a sentence to append.
 fn init_chunked(
     backend: std::sync::Arc<dyn crate::backend::Backend>,
     root: &Path,
     encryption: Option<keys::NewKeys>,
-) -> Result<(v2::Repository, String)> {
+) -> Result<(String, String)> {
     match encryption {
-        None => Ok((v2::Repository::init(backend)?, String::new())),
+        None => Ok((v2::Repository::init(backend)?.config.id, String::new())),
+        Some(keys::NewKeys::Like(source)) => init_like(backend, &source),
         Some(how) => {
             let (repo, said) = keys::init_encrypted(backend, root, how)?;
-            Ok((repo, format!(", {said}")))
+            Ok((repo.config.id, format!(", {said}")))
         }
     }
+}
+
+/// A repository that names, cuts and seals blobs as the one at `source`
+/// does, so that `volsnap copy` moves packs between them as they are. Only
+/// public objects of the source are read (its config, its wrapped key
+/// material): no key is needed, and the source's write key file works for
+/// both.
+fn init_like(
+    backend: std::sync::Arc<dyn crate::backend::Backend>,
+    source: &Path,
+) -> Result<(String, String)> {
+    let from = crate::backend::open(source)?;
+    let bytes = from.read(v2::CONFIG).map_err(|e| {
+        if crate::backend::is_missing(&e) {
+            usage!(
+                "--like {}: it holds no format-2 repository (volsnap copy works between format-2 repositories)",
+                source.display()
+            )
+        } else {
+            e
+        }
+    })?;
+    let config: v2::objects::Config = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the config of {} is not valid", source.display()))?;
+    if config.format != v2::objects::FORMAT || config.ids != v2::objects::ID_HASH {
+        return Err(usage!(
+            "--like {}: its format (format {}, {} ids) is not the one this volsnap creates; copy from it into a new repository made without --like",
+            source.display(),
+            config.format,
+            config.ids
+        ));
+    }
+    let mut key_objects = Vec::new();
+    for object in from.list("keys")? {
+        key_objects.push((object.name.clone(), from.read(&object.name)?));
+    }
+    let encrypted = config.encryption.is_some();
+    let config = v2::Repository::init_like(backend, &config, &key_objects)?;
+    let said = if encrypted {
+        format!(
+            ", encrypted with the same keys as {} (the same write key file and identities serve both; volsnap copy moves backups between them without an identity)",
+            source.display()
+        )
+    } else {
+        format!(
+            ", like {} (volsnap copy moves backups between them as they are)",
+            source.display()
+        )
+    };
+    Ok((config.id, said))
 }
 
 fn init_remote(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> Result<String> {
@@ -255,11 +311,11 @@ fn init_remote(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -
     }
     refuse_foreign(root, backend.top_level()?)?;
     let conditional = backend.refuses_second_create()?;
-    let (repo, keys) = init_chunked(backend, root, encryption)?;
+    let (id, keys) = init_chunked(backend, root, encryption)?;
     Ok(format!(
         "created format-2 repository {} (id {}): chunked, deduplicated, zstd{keys}{}",
         root.display(),
-        &repo.config.id[..16],
+        &id[..16],
         if conditional {
             ""
         } else {

@@ -4,6 +4,7 @@
 //! This module reads and writes the objects and checks each one against its
 //! name before use; the archiver decides what goes into them.
 
+pub mod copy;
 pub mod crypto;
 pub mod gc;
 pub mod id;
@@ -161,6 +162,39 @@ impl Repository {
         Self::init_with(backend, Some(keys))
     }
 
+    /// Creates a repository in `backend` that cuts, names and seals blobs
+    /// as the one `source` configures: its key objects first (copied as
+    /// they are), then a config of its own with the source's parameters.
+    pub fn init_like(
+        backend: Arc<dyn Backend>,
+        source: &Config,
+        key_objects: &[(String, Vec<u8>)],
+    ) -> Result<Config> {
+        for (name, bytes) in key_objects {
+            backend.write(name, bytes)?;
+        }
+        let mut random = [0u8; 32];
+        crate::fsutil::random_bytes(&mut random)?;
+        let config = Config {
+            id: hex::encode(random),
+            created_by: format!("volsnap {}", env!("CARGO_PKG_VERSION")),
+            ..source.clone()
+        };
+        Self::create_config(&*backend, &config)?;
+        Ok(config)
+    }
+
+    fn create_config(backend: &dyn Backend, config: &Config) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(config)?;
+        if !backend.create_new(CONFIG, &bytes)? {
+            bail!(
+                "{} is a repository already (it has a config object)",
+                backend.location()
+            );
+        }
+        Ok(())
+    }
+
     fn init_with(backend: Arc<dyn Backend>, keys: Option<Keys>) -> Result<Self> {
         let mut random = [0u8; 32];
         crate::fsutil::random_bytes(&mut random)?;
@@ -178,13 +212,7 @@ impl Repository {
             immutable_days: None,
             created_by: format!("volsnap {}", env!("CARGO_PKG_VERSION")),
         };
-        let bytes = serde_json::to_vec_pretty(&config)?;
-        if !backend.create_new(CONFIG, &bytes)? {
-            bail!(
-                "{} is a repository already (it has a config object)",
-                backend.location()
-            );
-        }
+        Self::create_config(&*backend, &config)?;
         Ok(Self {
             backend,
             config,
