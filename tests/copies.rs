@@ -215,3 +215,75 @@ fn plain_repositories_copy_without_like_and_a_killed_copy_leaves_nothing_that_lo
     let out = volsnap(&["copy", "--from", a, "--to", a]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn a_job_copies_each_new_backup_and_applies_its_retention_to_the_copy() {
+    let mut p = Project::new("copyjob");
+    let vol = p.volume("data", &[]);
+    let src = volume_path(&vol);
+    std::fs::write(src.join("state"), "one\n").unwrap();
+    let mount = format!("{vol}:/data");
+    p.service("db", &[], &["-v", &mount], &["idle"]);
+    let repo = p.tempdir().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    // Does not exist yet: the first copy makes it like the job's repo.
+    let offsite = p.tempdir().join("offsite");
+    let dir = p.tempdir();
+    let config = dir.join("volsnap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "run_log = \"{d}/runs.jsonl\"\nmetrics_file = \"{d}/volsnap.prom\"\n[jobs.nightly]\nproject = \"{}\"\nrepo = \"{}\"\nstrategy = \"online\"\ncopy_to = [\"{}\"]\n[jobs.nightly.retention]\nkeep_last = 1\n",
+            p.name,
+            repo.display(),
+            offsite.display(),
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    ok(volsnap(&["run", "nightly", "--config", config]));
+    std::fs::write(src.join("state"), "two\n").unwrap();
+    ok(volsnap(&["run", "nightly", "--config", config]));
+
+    let records: Vec<Value> = std::fs::read_to_string(dir.join("runs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(
+            r["copied_to"],
+            serde_json::json!([offsite.display().to_string()]),
+            "{r}"
+        );
+        assert!(r["copy_bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+    let newest = records[1]["backup_id"].as_str().unwrap();
+    let listed = json(&ok(volsnap(&[
+        "list",
+        "--repo",
+        offsite.to_str().unwrap(),
+        "--json",
+    ])));
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [newest], "retention applies to the copy too");
+    let target = p.tempdir();
+    restore_from(offsite.to_str().unwrap(), newest, &target, &[]);
+    assert_eq!(
+        std::fs::read_to_string(restored(&target).join("state")).unwrap(),
+        "two\n"
+    );
+    let metrics = std::fs::read_to_string(dir.join("volsnap.prom")).unwrap();
+    assert!(
+        metrics.contains("volsnap_last_copy_bytes{job=\"nightly\"}"),
+        "{metrics}"
+    );
+}

@@ -75,6 +75,12 @@ pub struct Job {
     #[serde(default)]
     pub notify: Notify,
     pub drill: Option<Drill>,
+    /// Repositories every new backup is copied into once it is written
+    /// (and verified, when `verify`), each made with `volsnap init --like
+    /// REPO`; the job's retention applies to them too. A failed copy fails
+    /// the run.
+    #[serde(default)]
+    pub copy_to: Vec<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -224,16 +230,25 @@ impl Job {
                 problem("label", format!("label takes \"KEY=VALUE\", not {label:?}"));
             }
         }
-        match crate::backend::Location::parse(&self.repo) {
-            Err(e) => problem("repo", format!("repo: {e}")),
-            Ok(crate::backend::Location::Local(_)) if !self.repo.is_absolute() => problem(
-                "repo",
-                format!(
-                    "repo must be an absolute path, s3://BUCKET/PREFIX or sftp://USER@HOST/PATH, not {:?}",
-                    self.repo
+        for (key, repo) in
+            std::iter::once(("repo", &self.repo)).chain(self.copy_to.iter().map(|r| ("copy_to", r)))
+        {
+            match crate::backend::Location::parse(repo) {
+                Err(e) => problem(key, format!("{key}: {e}")),
+                Ok(crate::backend::Location::Local(_)) if !repo.is_absolute() => problem(
+                    key,
+                    format!(
+                        "{key} must be an absolute path, s3://BUCKET/PREFIX or sftp://USER@HOST/PATH, not {repo:?}"
+                    ),
                 ),
-            ),
-            Ok(_) => {}
+                Ok(_) => {}
+            }
+        }
+        if self.copy_to.contains(&self.repo) {
+            problem(
+                "copy_to",
+                "copy_to names the job's own repo; name other repositories (made with volsnap init --like REPO)".into(),
+            );
         }
         for (key, file) in [
             ("write_key", &self.write_key),

@@ -17,6 +17,20 @@ pub fn copy_backups(
     scope: &Scope,
     cancel: &Cancel,
 ) -> Result<Copied> {
+    // An empty destination is made like the source first: what a job's
+    // first copy into a new bucket or directory needs.
+    let empty = match crate::repo::backup_format(to) {
+        Ok((_, fresh)) => fresh,
+        Err(_) => !crate::backend::is_remote(to) && !to.exists(),
+    };
+    if empty {
+        let said = crate::repo::init(
+            to,
+            crate::repo::Format::Chunked,
+            Some(crate::repo::keys::NewKeys::Like(from.to_path_buf())),
+        )?;
+        eprintln!("volsnap: {said}");
+    }
     for (side, root) in [("--from", from), ("--to", to)] {
         if crate::repo::detect(root) != crate::repo::Format::Chunked {
             return Err(crate::usage!(

@@ -58,6 +58,9 @@ pub fn register_keys(job: &Job, state_dir: &Path) {
         key_dir: Some(crate::repo::keys::key_dir(state_dir)),
     };
     crate::repo::keys::set_for_repo(&job.repo, sources.clone());
+    for copy in &job.copy_to {
+        crate::repo::keys::set_for_repo(copy, sources.clone());
+    }
     let limited = job
         .upload_limit
         .as_deref()
@@ -153,21 +156,51 @@ fn back_up(job: &Job, run: &RunContext<'_>, record: &mut RunRecord) {
                 .push(format!("cannot verify the new backup: {e:#}")),
         }
     }
+    if record.problems.is_empty() {
+        copy_off(job, &m.id, run, record);
+    }
     if let (Some(policy), true) = (&job.retention, record.problems.is_empty()) {
-        let pruned = super::begin_run(run.state_dir).and_then(|_lock| {
-            crate::jobs::prune::prune_at(
-                &job.repo,
-                policy,
-                Some(&job.selection().to_string()),
-                Some(&crate::execute::this_host()),
-                false,
-                run.cancel,
-            )
-            .map(|(report, _)| report)
-        });
-        match pruned {
-            Ok(report) => record.pruned = report.deleted.len(),
-            Err(e) => record.problems.push(format!("retention: {e:#}")),
+        for repo in std::iter::once(&job.repo).chain(&job.copy_to) {
+            let pruned = super::begin_run(run.state_dir).and_then(|_lock| {
+                crate::jobs::prune::prune_at(
+                    repo,
+                    policy,
+                    Some(&job.selection().to_string()),
+                    Some(&crate::execute::this_host()),
+                    false,
+                    run.cancel,
+                )
+                .map(|(report, _)| report)
+            });
+            match pruned {
+                Ok(report) if *repo == job.repo => record.pruned = report.deleted.len(),
+                Ok(_) => {}
+                Err(e) => record
+                    .problems
+                    .push(format!("retention in {}: {e:#}", repo.display())),
+            }
+        }
+    }
+}
+
+/// Copies the new backup into each of the job's `copy_to` repositories.
+fn copy_off(job: &Job, id: &str, run: &RunContext<'_>, record: &mut RunRecord) {
+    for to in &job.copy_to {
+        let scope = crate::repo::Scope {
+            host: crate::execute::this_host(),
+            selection: None,
+        };
+        match super::copy::copy_backups(&job.repo, to, &[id.to_string()], &scope, run.cancel) {
+            Ok(copied) => {
+                eprintln!("volsnap: {}", super::copy::describe(&copied, to));
+                record.copied_to.push(to.display().to_string());
+                record.copy_bytes += copied.bytes_sent;
+            }
+            Err(e) => record.problems.push(format!(
+                "copy to {}: {}",
+                to.display(),
+                crate::error::error_chain(&e)
+            )),
         }
     }
 }

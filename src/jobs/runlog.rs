@@ -55,6 +55,12 @@ pub struct RunRecord {
     /// Backups deleted by the job's retention after this run.
     #[serde(default)]
     pub pruned: usize,
+    /// The `copy_to` repositories the new backup reached, and the bytes
+    /// sent to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copied_to: Vec<String>,
+    #[serde(default)]
+    pub copy_bytes: u64,
     /// Drills: time to restore, and from start to every check healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_ms: Option<u64>,
@@ -83,6 +89,8 @@ impl RunRecord {
             bytes: 0,
             archive_bytes: 0,
             pruned: 0,
+            copied_to: Vec::new(),
+            copy_bytes: 0,
             restore_ms: None,
             healthy_ms: None,
             problems: Vec::new(),
@@ -217,6 +225,16 @@ pub fn render_metrics(
             s.last_success
                 .as_ref()
                 .map(|r| f64::from(u8::from(r.consistency.as_deref() == Some("consistent"))))
+        }),
+    );
+    metric(
+        "volsnap_last_copy_bytes",
+        "Bytes the job's last successful backup sent to its copy_to repositories.",
+        per_job(&|s| {
+            s.last_success
+                .as_ref()
+                .filter(|r| !r.copied_to.is_empty())
+                .map(|r| r.copy_bytes as f64)
         }),
     );
     metric(
