@@ -287,9 +287,15 @@ pub enum ConfigCommand {
 
 #[derive(Args, Debug)]
 pub struct SystemdArgs {
+    /// The job's name ([jobs.NAME] in the configuration).
     pub job: String,
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Start each run up to this long after its scheduled time, at random
+    /// (systemd's RandomizedDelaySec, e.g. 15min): hosts that share a
+    /// repository then do not all start at once.
+    #[arg(long, value_name = "SPAN", default_value = "0")]
+    pub spread: String,
 }
 
 #[derive(Args, Debug)]

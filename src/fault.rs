@@ -11,7 +11,8 @@
 //!   content, INDEX 0): ACTION `kill` (SIGKILL), `fail` (an error) or `hold`
 //!   (the hold file, as above).
 //! - `VOLSNAP_FAULT_KILL_AT=NAME` makes the process SIGKILL itself at a
-//!   named point inside a step (`btrfs-rollback-moved-aside`).
+//!   named point inside a step (`btrfs-rollback-moved-aside`);
+//!   `VOLSNAP_FAULT_HOLD_AT=NAME` with the hold file waits there.
 //! - `VOLSNAP_FAULT_HOLD_BEFORE_OPEN=PATH_IN_VOLUME` with the same hold file
 //!   makes the archiver wait just before it opens that entry (listed, not
 //!   yet opened), so a test can swap it for a symlink, a FIFO or a device
@@ -41,11 +42,15 @@ pub fn before_open(rel: &str) {
     }
 }
 
-/// `VOLSNAP_FAULT_KILL_AT=NAME`: SIGKILL at the named point of the code.
+/// `VOLSNAP_FAULT_KILL_AT=NAME`: SIGKILL at the named point of the code;
+/// `VOLSNAP_FAULT_HOLD_AT=NAME` (with the hold file): wait there.
 pub fn point(name: &str) {
     if std::env::var("VOLSNAP_FAULT_KILL_AT").is_ok_and(|wanted| wanted == name) {
         eprintln!("volsnap: fault injection: killing myself at {name}");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    if std::env::var("VOLSNAP_FAULT_HOLD_AT").is_ok_and(|wanted| wanted == name) {
+        hold(name);
     }
 }
 

@@ -76,6 +76,21 @@ pub fn tree_usage(root: &Path) -> Result<(u64, u64)> {
     Ok((bytes, entries))
 }
 
+/// `time` as an operator reads it in a status: `2026-11-27 02:30 (5 h ago)`.
+pub fn human_age(
+    time: &chrono::DateTime<chrono::Utc>,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> String {
+    let secs = (*now - *time).num_seconds().max(0);
+    let text = match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    };
+    format!("{} ({text} ago)", time.format("%Y-%m-%d %H:%M"))
+}
+
 /// Human-readable byte count (binary units).
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

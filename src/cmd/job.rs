@@ -69,21 +69,13 @@ pub fn status(args: StatusArgs) -> Result<i32> {
     let config = Config::load(&args.config.path)?;
     let records = runlog::read(&config.run_log(&args.state.state_dir))?;
     let now = Utc::now();
-    let ago = |t: &DateTime<Utc>| {
-        let secs = (now - *t).num_seconds().max(0);
-        let text = match secs {
-            s if s < 120 => format!("{s} s"),
-            s if s < 7200 => format!("{} min", s / 60),
-            s if s < 172_800 => format!("{} h", s / 3600),
-            s => format!("{} days", s / 86_400),
-        };
-        format!("{} ({text} ago)", t.format("%Y-%m-%d %H:%M"))
-    };
+    let ago = |t: &DateTime<Utc>| volsnap::fsutil::human_age(t, &now);
     let mut rows = Vec::new();
     for (name, job) in &config.jobs {
         volsnap::jobs::run::register_keys(job, &args.state.state_dir);
         let summary = runlog::summarize(name, &records);
         let verified = newest_verified(job);
+        let fleet = volsnap::jobs::run::fleet(job);
         if args.json {
             rows.push(serde_json::json!({
                 "job": name,
@@ -91,6 +83,7 @@ pub fn status(args: StatusArgs) -> Result<i32> {
                 "last_failure": summary.last_failure,
                 "newest_verified_backup": verified.as_ref().map(|(id, t)| serde_json::json!({"id": id, "started_at": t})),
                 "last_drill": summary.last_drill,
+                "repository_newest": fleet,
             }));
             continue;
         }
@@ -142,6 +135,18 @@ pub fn status(args: StatusArgs) -> Result<i32> {
                 ))
                 .unwrap_or_else(|| "never".into())
         );
+        if fleet.iter().any(|n| n.host != fleet[0].host) {
+            outln!("  newest in the repository, per host and stack:");
+            for n in &fleet {
+                outln!(
+                    "    {}: {}, {} ({})",
+                    n.host,
+                    ago(&n.completed_at),
+                    n.id,
+                    n.selection
+                );
+            }
+        }
     }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&rows)?);
@@ -169,6 +174,16 @@ pub fn systemd(args: SystemdArgs) -> Result<i32> {
         .display()
         .to_string();
     let name = &args.job;
+    let spread = args.spread;
+    if spread.is_empty()
+        || !spread
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b' ')
+    {
+        return Err(volsnap::usage!(
+            "--spread takes a systemd time span such as 15min or 1h, not {spread:?}"
+        ));
+    }
     outln!(
         "# /etc/systemd/system/volsnap-{name}.service
 [Unit]
@@ -192,6 +207,8 @@ Description=volsnap backup job {name} on its schedule ({schedule})
 OnCalendar={calendar}
 # A run missed while the host was off runs once at boot.
 Persistent=true
+# Hosts sharing a repository start at different moments within this window.
+RandomizedDelaySec={spread}
 Unit=volsnap-{name}.service
 
 [Install]

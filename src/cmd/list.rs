@@ -89,6 +89,24 @@ pub fn run(args: ListArgs) -> Result<i32> {
         );
     }
     outln!("flags: P protected from prune, V verified, D drill passed, d drill failed");
+    let newest = volsnap::repo::newest_by_host(&backups);
+    if newest
+        .iter()
+        .any(|b| b.manifest.host != newest[0].manifest.host)
+    {
+        let now = chrono::Utc::now();
+        outln!("newest backup of each host and stack:");
+        for b in newest {
+            let m = &b.manifest;
+            outln!(
+                "  {:<host_width$} {}  {}  {}",
+                m.host,
+                volsnap::fsutil::human_age(&m.completed_at, &now),
+                b.id,
+                m.selection
+            );
+        }
+    }
     Ok(0)
 }
 

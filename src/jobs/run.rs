@@ -299,6 +299,24 @@ pub fn newest_verified(job: &Job) -> Option<(String, DateTime<Utc>)> {
         .map(|b| (b.id.clone(), b.manifest.started_at))
 }
 
+/// The newest backup of every host and stack in the job's repository
+/// (host, selection, id, completion): a fleet on one repository, watched
+/// from any of its hosts.
+pub fn fleet(job: &Job) -> Vec<runlog::HostNewest> {
+    let Ok((backups, _)) = crate::repo::list_any(&job.repo) else {
+        return Vec::new();
+    };
+    crate::repo::newest_by_host(&backups)
+        .into_iter()
+        .map(|b| runlog::HostNewest {
+            host: b.manifest.host.clone(),
+            selection: b.manifest.selection.clone(),
+            id: b.id.clone(),
+            completed_at: b.manifest.completed_at,
+        })
+        .collect()
+}
+
 pub fn write_metrics(config: &Config, log: &Path, path: &Path) -> Result<()> {
     let records = runlog::read(log)?;
     let summaries: Vec<_> = config
@@ -311,8 +329,12 @@ pub fn write_metrics(config: &Config, log: &Path, path: &Path) -> Result<()> {
         .iter()
         .map(|(name, job)| (name.clone(), newest_verified(job).map(|(_, t)| t)))
         .collect();
-    crate::fsutil::replace_file(
-        path,
-        runlog::render_metrics(&summaries, &verified).as_bytes(),
-    )
+    let mut text = runlog::render_metrics(&summaries, &verified);
+    let fleets: Vec<_> = config
+        .jobs
+        .iter()
+        .map(|(name, job)| (name.clone(), fleet(job)))
+        .collect();
+    text.push_str(&runlog::render_fleet_metrics(&fleets));
+    crate::fsutil::replace_file(path, text.as_bytes())
 }

@@ -272,6 +272,35 @@ pub fn render_metrics(
     out
 }
 
+/// The newest backup of one host and stack in a repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostNewest {
+    pub host: String,
+    pub selection: String,
+    pub id: String,
+    pub completed_at: DateTime<Utc>,
+}
+
+/// Per job, the newest backup of every host and stack in its repository.
+pub fn render_fleet_metrics(fleets: &[(String, Vec<HostNewest>)]) -> String {
+    let name = "volsnap_repository_newest_backup_timestamp_seconds";
+    let mut out = format!(
+        "# HELP {name} When the newest backup of each host and stack in the job's repository completed.\n# TYPE {name} gauge\n"
+    );
+    for (job, newest) in fleets {
+        for n in newest {
+            out.push_str(&format!(
+                "{name}{{job=\"{}\",host=\"{}\",selection=\"{}\"}} {}\n",
+                escape(job),
+                escape(&n.host),
+                escape(&n.selection),
+                n.completed_at.timestamp_millis() as f64 / 1000.0
+            ));
+        }
+    }
+    out
+}
+
 fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")

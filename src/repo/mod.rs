@@ -509,6 +509,16 @@ impl Repo {
     }
 }
 
+/// The newest backup of each host and stack in `backups` (oldest first):
+/// what an operator watching a fleet of hosts on one repository checks.
+pub fn newest_by_host(backups: &[BackupEntry]) -> Vec<&BackupEntry> {
+    let mut newest: std::collections::BTreeMap<(&str, &str), &BackupEntry> = Default::default();
+    for b in backups {
+        newest.insert((&b.manifest.host, &b.manifest.selection), b);
+    }
+    newest.into_values().collect()
+}
+
 /// The newest of `backups` (oldest first) within `scope`, or an error that
 /// names the hosts that do have backups of it.
 pub fn newest_in<'b>(

@@ -33,6 +33,9 @@ pub struct Collected {
     /// Packs deleted: condemned by a mark old enough, and needed by nothing.
     pub packs_deleted: usize,
     pub bytes_freed: u64,
+    /// How long the deleting phase held the exclusive lock (which keeps
+    /// out other prunes only: backups go on meanwhile).
+    pub exclusive_ms: u64,
     /// Why deletion waits for a later prune, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postponed: Option<String>,
@@ -294,7 +297,7 @@ fn rewrite(
 
 /// Garbage collection, after retention deleted commit objects. Deletes
 /// what old-enough marks condemned and nothing needs (under the exclusive
-/// lock, postponed while a backup that started before the mark runs);
+/// lock, which keeps out other prunes but no backup; postponed while a backup that started before the mark runs);
 /// rewrites needed packs that are mostly garbage; condemns, in a new mark,
 /// every pack nothing needs now. Every step can be killed and run again.
 pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result<Collected> {
@@ -342,6 +345,7 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
                 );
             }
             Ok(lock) => {
+                let held = std::time::Instant::now();
                 let live = live_locks(&**repo.backend(), repo.sealing())?;
                 let mut doomed: HashSet<Id> = HashSet::new();
                 let mut done_marks = Vec::new();
@@ -386,6 +390,7 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
                     repo.backend().delete(&format!("marks/{mark_id}"))?;
                 }
                 lock.release()?;
+                collected.exclusive_ms = held.elapsed().as_millis() as u64;
             }
         }
     }

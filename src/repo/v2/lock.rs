@@ -3,10 +3,14 @@
 //! rewrites every [`REFRESH`] and that others ignore once it is older than
 //! [`STALE`] by the storage's own clock.
 //!
-//! Both sides write before they look: a backup writes its shared lock,
-//! then lists, and backs off if a live exclusive lock exists; a prune
-//! writes its exclusive lock, then lists, and backs off if any other live
-//! lock exists. Two writers can therefore not both miss each other.
+//! Shared locks (backups, copies) say "I started at this time and may
+//! reference what I read then"; they never wait and never keep anyone out.
+//! The exclusive lock of a prune's deleting phase keeps out only another
+//! prune: backups are protected from deletion by the marks (docs/FORMAT.md,
+//! "Prune and garbage collection"), not by waiting, so a fleet's backups
+//! never stall behind a prune. Taking an exclusive lock writes first, then
+//! lists, and backs off if another live exclusive lock exists, so two
+//! prunes can not both miss each other.
 
 use super::crypto::KeyRing;
 use crate::backend::{Backend, ObjectInfo};
@@ -78,7 +82,8 @@ pub fn acquire(
             .into_iter()
             .filter(|(object, other)| {
                 object.name != name
-                    && (kind == LockKind::Exclusive || other.kind == LockKind::Exclusive)
+                    && kind == LockKind::Exclusive
+                    && other.kind == LockKind::Exclusive
             })
             .collect::<Vec<_>>(),
         Err(e) => {
@@ -285,9 +290,9 @@ mod tests {
         let held = acquire(
             backend.clone(),
             Some(key.clone()),
-            LockKind::Shared,
+            LockKind::Exclusive,
             "db-host-7",
-            "backup",
+            "prune",
         )
         .unwrap();
         let objects = backend.list("locks").unwrap();
@@ -310,30 +315,23 @@ mod tests {
     }
 
     #[test]
-    fn shared_locks_coexist_and_exclude_an_exclusive_one() {
+    fn backups_never_wait_and_two_prunes_exclude_each_other() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
         let a = acquire(backend.clone(), None, LockKind::Shared, "h1", "backup").unwrap();
-        let b = acquire(backend.clone(), None, LockKind::Shared, "h2", "backup").unwrap();
-        let err = acquire(backend.clone(), None, LockKind::Exclusive, "h3", "prune")
-            .err()
-            .unwrap();
-        assert!(
-            format!("{err:#}").contains("a shared lock of h1"),
-            "{err:#}"
-        );
-        // The refused attempt left no lock of its own behind.
-        assert_eq!(live_locks(&*backend, None).unwrap().len(), 2);
-        a.release().unwrap();
-        drop(b);
         let x = acquire(backend.clone(), None, LockKind::Exclusive, "h3", "prune").unwrap();
-        let err = acquire(backend.clone(), None, LockKind::Shared, "h1", "backup")
+        let b = acquire(backend.clone(), None, LockKind::Shared, "h2", "backup").unwrap();
+        let err = acquire(backend.clone(), None, LockKind::Exclusive, "h4", "prune")
             .err()
             .unwrap();
         assert!(
             format!("{err:#}").contains("an exclusive lock of h3"),
             "{err:#}"
         );
+        // The refused attempt left no lock of its own behind.
+        assert_eq!(live_locks(&*backend, None).unwrap().len(), 3);
+        a.release().unwrap();
+        drop(b);
         x.release().unwrap();
         assert!(backend.list("locks").unwrap().is_empty());
     }

@@ -424,7 +424,25 @@ impl Repository {
     /// Every index object, checked, and their union, leaving out packs
     /// that are not in the repository: a blob stored again after its pack
     /// was lost is then found in its new pack, never in the lost one.
+    ///
+    /// A prune replaces an index by writing the one that supersedes it
+    /// before deleting it: an index that vanishes between the listing and
+    /// its read means a new listing names its replacement, so the load
+    /// starts over (prunes take no lock that keeps backups out).
     pub fn load_index(&self) -> Result<Index> {
+        let mut attempt = 0;
+        loop {
+            match self.try_load_index() {
+                Err(e) if crate::backend::is_missing(&e) && attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!("an index vanished while read (a concurrent prune): {e:#}");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_load_index(&self) -> Result<Index> {
         let present = self.pack_ids()?;
         let mut builder = index::IndexBuilder::default();
         let ids = self.index_ids()?;
@@ -489,7 +507,11 @@ impl Repository {
     pub fn commits(&self) -> Result<Vec<(Id, Commit)>> {
         let mut commits = Vec::new();
         for id in self.ids_in("snapshots")? {
-            let bytes = self.read_checked(&format!("snapshots/{id}"), &id)?;
+            let bytes = match self.read_checked(&format!("snapshots/{id}"), &id) {
+                // Deleted by a concurrent prune's retention since the listing.
+                Err(e) if crate::backend::is_missing(&e) => continue,
+                other => other?,
+            };
             let commit: Commit =
                 self.parse_object("snapshots", &format!("backup object {id}"), &bytes)?;
             if commit.format != FORMAT {
@@ -517,7 +539,13 @@ impl Repository {
             else {
                 continue;
             };
-            let bytes = self.read_checked(&object.name, &id)?;
+            // A mark a concurrent prune is done with: its packs are
+            // deleted already, and gone from the listing of data/ that
+            // follows (see ChunkedBackup::begin).
+            let bytes = match self.read_checked(&object.name, &id) {
+                Err(e) if crate::backend::is_missing(&e) => continue,
+                other => other?,
+            };
             let mark: objects::Mark = self.parse_object("marks", &format!("mark {id}"), &bytes)?;
             marks.push((id, object.modified, mark));
         }
