@@ -353,11 +353,18 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
                     let written_at: chrono::DateTime<chrono::Utc> = (*written).into();
                     // A backup that started before this mark may not have
                     // seen it: its packs wait.
-                    if live
+                    if let Some((_, l)) = live
                         .iter()
-                        .any(|(_, l)| l.kind == LockKind::Shared && l.created < written_at)
+                        .find(|(_, l)| l.kind == LockKind::Shared && l.created < written_at)
                     {
                         still_condemned.extend(mark.condemned.iter().copied());
+                        collected.postponed = Some(format!(
+                            "a run that started before those packs were marked still goes on ({} of {}, pid {}, since {}); a later prune deletes them",
+                            l.command,
+                            l.host,
+                            l.pid,
+                            l.created.format("%Y-%m-%d %H:%M:%S UTC")
+                        ));
                         continue;
                     }
                     doomed.extend(
