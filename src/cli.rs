@@ -224,6 +224,12 @@ pub struct InitArgs {
     /// identity. For the off-site side of a local repository.
     #[arg(long, value_name = "REPO", conflicts_with_all = ["recipient", "recipients_file"])]
     pub like: Option<PathBuf>,
+    /// Make an immutable repository on an S3 bucket with Object Lock:
+    /// every object a backup needs is retained DAYS days (compliance mode:
+    /// no credential can delete it sooner), and each backup renews what it
+    /// references. Leaked host credentials then cannot destroy backups.
+    #[arg(long, value_name = "DAYS")]
+    pub immutable: Option<u32>,
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -775,7 +775,7 @@ mod tests {
         let repo_dir = scratch.path().join("repo");
         fs::create_dir(&repo_dir).unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(&repo_dir).unwrap());
-        let repo = Arc::new(Repository::init(backend).unwrap());
+        let repo = Arc::new(Repository::init(backend, None).unwrap());
         let parents = scratch.path().join("state");
 
         let first = back_up(&repo, &src, &parents, "one");
@@ -823,7 +823,7 @@ mod tests {
         let repo_dir = scratch.path().join("repo");
         fs::create_dir(&repo_dir).unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(&repo_dir).unwrap());
-        let repo = Arc::new(Repository::init(backend).unwrap());
+        let repo = Arc::new(Repository::init(backend, None).unwrap());
         let parents = scratch.path().join("state");
         back_up(&repo, &src, &parents, "one");
         // Same size, same mtime (set back), but a new ctime: read again.
@@ -859,7 +859,7 @@ mod tests {
         let repo_dir = scratch.path().join("repo");
         fs::create_dir(&repo_dir).unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(&repo_dir).unwrap());
-        let repo = Arc::new(Repository::init(backend).unwrap());
+        let repo = Arc::new(Repository::init(backend, None).unwrap());
         let entry = |path: &str, kind: EntryKind, target: Option<String>| TreeEntry {
             entry: FileEntry {
                 path: path.into(),

@@ -11,10 +11,12 @@
 
 mod local;
 pub mod location;
+mod object_lock;
 mod remote;
 
 pub use local::LocalBackend;
 pub use location::Location;
+pub use object_lock::LockConfiguration;
 pub use remote::RemoteBackend;
 
 use anyhow::Result;
@@ -126,6 +128,26 @@ pub trait Backend: Send + Sync {
     /// than `age`; a live write finishes long before); how many went.
     fn sweep_temporaries(&self, _age: std::time::Duration) -> Result<usize> {
         Ok(0)
+    }
+
+    /// The storage's Object Lock configuration: `None` where it has no
+    /// Object Lock at all (local directories, SFTP).
+    fn lock_configuration(&self) -> Result<Option<LockConfiguration>> {
+        Ok(None)
+    }
+
+    /// Retains the object until `until`: nobody can delete or change it
+    /// before then (S3 Object Lock, compliance mode).
+    fn retain(&self, name: &str, _until: SystemTime) -> Result<()> {
+        anyhow::bail!(
+            "{} has no Object Lock: {name} cannot be retained (immutable repositories live on S3 buckets with Object Lock)",
+            self.location()
+        )
+    }
+
+    /// Until when the object is retained, `None` when it is not.
+    fn retained_until(&self, _name: &str) -> Result<Option<SystemTime>> {
+        Ok(None)
     }
 
     /// Up to a few names at the top level (objects and prefixes alike),

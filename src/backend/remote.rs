@@ -30,6 +30,8 @@ const TEMP_PREFIX: &str = ".tmp-";
 
 pub struct RemoteBackend {
     op: Operator,
+    /// S3 buckets: Object Lock requests.
+    object_lock: Option<super::object_lock::ObjectLock>,
     /// What [`RemoteBackend::probe`] found, once per process.
     facts: std::sync::OnceLock<ServerFacts>,
     runtime: tokio::runtime::Runtime,
@@ -70,6 +72,7 @@ impl RemoteBackend {
             .build()
             .context("cannot start the network runtime")?;
         let root = format!("/{}", remote.path);
+        let mut object_lock = None;
         let built = match &remote.service {
             Service::S3 { bucket } => {
                 let o = &remote.options;
@@ -93,6 +96,18 @@ impl RemoteBackend {
                 if o.virtual_host {
                     b = b.enable_virtual_host_style();
                 }
+                object_lock = Some(super::object_lock::ObjectLock::new(
+                    o.endpoint
+                        .clone()
+                        .or_else(|| env("AWS_ENDPOINT_URL"))
+                        .as_deref(),
+                    &region,
+                    o.profile.as_deref(),
+                    bucket,
+                    &remote.path,
+                    o.virtual_host,
+                    &remote.display,
+                ));
                 Operator::new(b)
             }
             Service::Sftp { user, host, port } => {
@@ -137,6 +152,7 @@ impl RemoteBackend {
         }
         Ok(Self {
             op,
+            object_lock,
             runtime,
             display: remote.display.clone(),
             sftp: matches!(remote.service, Service::Sftp { .. }),
@@ -209,6 +225,11 @@ impl RemoteBackend {
                     "cannot {what} {object}: the bucket does not exist; create it first (aws s3 mb, or the server's console)"
                 )
             }
+            // A bucket whose default Object Lock retention applies to every
+            // upload (and so demands checksums volsnap's plain uploads lack).
+            _ if short_message(&e).contains("Object Lock") => crate::usage!(
+                "cannot {what} {object}: the bucket has a default Object Lock retention, which would lock every object, the repository's locks included, so that none could be released; remove the bucket's default retention rule (volsnap init --immutable DAYS retains each backup's objects itself)"
+            ),
             _ => anyhow::anyhow!(
                 "cannot {what} {object}: {}{}",
                 short_message(&e),
@@ -453,6 +474,32 @@ impl Backend for RemoteBackend {
 
     fn refuses_second_create(&self) -> Result<bool> {
         Ok(self.probe()?.refuses_second_create)
+    }
+
+    fn lock_configuration(&self) -> Result<Option<super::LockConfiguration>> {
+        self.object_lock
+            .as_ref()
+            .map(|lock| lock.configuration(&self.runtime))
+            .transpose()
+    }
+
+    fn retain(&self, name: &str, until: SystemTime) -> Result<()> {
+        check_name(name)?;
+        match &self.object_lock {
+            Some(lock) => lock.retain(&self.runtime, name, until),
+            None => anyhow::bail!(
+                "{} (SFTP) has no Object Lock: immutable repositories live on S3 buckets with Object Lock",
+                self.display
+            ),
+        }
+    }
+
+    fn retained_until(&self, name: &str) -> Result<Option<SystemTime>> {
+        check_name(name)?;
+        match &self.object_lock {
+            Some(lock) => lock.retained_until(&self.runtime, name),
+            None => Ok(None),
+        }
     }
 
     fn top_level(&self) -> Result<Vec<String>> {

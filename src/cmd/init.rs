@@ -13,7 +13,7 @@ pub fn run(args: InitArgs, keys: &KeyArgs) -> Result<i32> {
         FormatArg::Tar => Format::Tar,
     };
     let encryption = new_keys(&args, keys)?;
-    let described = volsnap::repo::init(&args.repo, format, encryption)?;
+    let described = volsnap::repo::init(&args.repo, format, encryption, args.immutable)?;
     outln!("{described}");
     Ok(0)
 }

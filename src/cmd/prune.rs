@@ -57,6 +57,15 @@ pub fn run(args: PruneArgs) -> Result<i32> {
                     volsnap::fsutil::human_bytes(c.bytes_rewritten)
                 );
             }
+            if c.packs_retained > 0 {
+                outln!(
+                    "  {} condemned pack(s) stay until Object Lock lets them go ({}); a later prune deletes them",
+                    c.packs_retained,
+                    c.retained_until
+                        .map(|t| format!("the last on {}", t.format("%Y-%m-%d %H:%M UTC")))
+                        .unwrap_or_default()
+                );
+            }
             if let Some(why) = &c.postponed {
                 outln!("  deletion postponed: {why}");
             }
@@ -96,6 +105,13 @@ pub fn print_report(report: &PruneReport) {
         for (id, problem) in &group.damaged {
             eprintln!("volsnap: warning: backup {id} does not verify: {problem}");
         }
+    }
+    for r in &report.retained {
+        outln!(
+            "  kept   {}  (Object Lock retains it until {}; a later prune deletes it)",
+            r.id,
+            r.until.format("%Y-%m-%d %H:%M UTC")
+        );
     }
 }
 

@@ -28,6 +28,7 @@ pub fn copy_backups(
             to,
             crate::repo::Format::Chunked,
             Some(crate::repo::keys::NewKeys::Like(from.to_path_buf())),
+            None,
         )?;
         eprintln!("volsnap: {said}");
     }

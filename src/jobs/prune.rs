@@ -26,6 +26,17 @@ pub struct PruneReport {
     pub dry_run: bool,
     pub groups: Vec<GroupReport>,
     pub deleted: Vec<String>,
+    /// Backups retention let go that Object Lock still retains (immutable
+    /// repositories): a later prune deletes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retained: Vec<Retained>,
+}
+
+/// A backup Object Lock keeps until a date.
+#[derive(Debug, Serialize)]
+pub struct Retained {
+    pub id: String,
+    pub until: chrono::DateTime<chrono::Utc>,
 }
 
 /// Applies `policy` to the backups of `selection` from `host` (every
@@ -61,6 +72,7 @@ pub fn prune(
         dry_run,
         groups: Vec::new(),
         deleted: Vec::new(),
+        retained: Vec::new(),
     };
     for (group_host, group) in groups {
         let members: Vec<_> = backups
@@ -152,6 +164,7 @@ pub fn prune_chunked(
         dry_run,
         groups: Vec::new(),
         deleted: Vec::new(),
+        retained: Vec::new(),
     };
     for (group_host, group) in groups {
         let members: Vec<_> = commits
@@ -188,7 +201,13 @@ pub fn prune_chunked(
             for decision in decisions.iter().filter(|d| !d.keep) {
                 cancel.check()?;
                 if let Some((object, _)) = members.iter().find(|(_, c)| c.id == decision.id) {
-                    repo.delete_commit(object)?;
+                    if let Some(until) = repo.delete_commit(object)? {
+                        report.retained.push(Retained {
+                            id: decision.id.clone(),
+                            until,
+                        });
+                        continue;
+                    }
                     // Notes outlive nothing: gone with their backup.
                     crate::repo::notes::remove_all(repo.backend().as_ref(), object)?;
                     report.deleted.push(decision.id.clone());

@@ -266,6 +266,7 @@ pub fn init_encrypted(
     backend: Arc<dyn Backend>,
     root: &Path,
     how: NewKeys,
+    immutable_days: Option<u32>,
 ) -> Result<(Repository, String)> {
     let aead = Aead::for_this_cpu();
     let write = KeyRing::new(WriteKey::generate(aead));
@@ -280,7 +281,8 @@ pub fn init_encrypted(
             let writer = WriterKeys { write, recipients };
             let count = writer.recipients.as_strings().len();
             write_key_file(&file, &writer)?;
-            let repo = match Repository::init_encrypted(backend, writer, None, None) {
+            let repo = match Repository::init_encrypted(backend, writer, None, None, immutable_days)
+            {
                 Ok(repo) => repo,
                 Err(e) => {
                     let _ = std::fs::remove_file(&file);
@@ -302,7 +304,13 @@ pub fn init_encrypted(
                 write,
                 recipients: identities.recipients()?,
             };
-            let repo = Repository::init_encrypted(backend, writer, Some(object), Some(identities))?;
+            let repo = Repository::init_encrypted(
+                backend,
+                writer,
+                Some(object),
+                Some(identities),
+                immutable_days,
+            )?;
             let said = format!(
                 "encrypted ({}) with the passphrase in {} (Argon2id, 64 MiB): every command needs it (--passphrase-file FILE or VOLSNAP_PASSPHRASE_FILE); a lost passphrase cannot be recovered",
                 aead.name(),

@@ -143,7 +143,7 @@ pub fn init_for_backup(root: &Path) -> Result<()> {
             root.display()
         ));
     }
-    match v2::Repository::init(backend.clone()) {
+    match v2::Repository::init(backend.clone(), None) {
         Ok(repo) => {
             tracing::info!(
                 "initialised {} as a format-2 repository (id {})",
@@ -159,7 +159,28 @@ pub fn init_for_backup(root: &Path) -> Result<()> {
 
 /// Creates a repository at `root` (a directory that is empty, holds only
 /// `lost+found`, or does not exist yet); says what was created.
-pub fn init(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> Result<String> {
+///
+/// `immutable_days`: an immutable repository (S3 with Object Lock), whose
+/// backups' objects are retained that many days.
+pub fn init(
+    root: &Path,
+    format: Format,
+    encryption: Option<keys::NewKeys>,
+    immutable_days: Option<u32>,
+) -> Result<String> {
+    if let Some(days) = immutable_days {
+        if !crate::backend::is_remote(root) || format == Format::Tar {
+            return Err(usage!(
+                "--immutable {days}: immutable repositories live on S3 buckets with Object Lock (s3://BUCKET/PREFIX); {} is not one",
+                root.display()
+            ));
+        }
+        if days == 0 || days > 36_500 {
+            return Err(usage!(
+                "--immutable takes a number of days from 1 to 36500, not {days}"
+            ));
+        }
+    }
     if format == Format::Tar && matches!(encryption, Some(keys::NewKeys::Like(_))) {
         return Err(usage!(
             "--like makes a format-2 repository that copies move backups into; leave out --format tar"
@@ -171,7 +192,7 @@ pub fn init(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> R
         ));
     }
     if crate::backend::is_remote(root) {
-        return init_remote(root, format, encryption);
+        return init_remote(root, format, encryption, immutable_days);
     }
     match fs::read_dir(root) {
         Ok(entries) => {
@@ -218,7 +239,7 @@ pub fn init(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> R
         }
         Format::Chunked => {
             let backend = std::sync::Arc::new(crate::backend::LocalBackend::open(root)?);
-            let (id, keys) = init_chunked(backend, root, encryption)?;
+            let (id, keys) = init_chunked(backend, root, encryption, None)?;
             format!(
                 "created format-2 repository {} (id {}): chunked, deduplicated, zstd{keys}",
                 root.display(),
@@ -234,12 +255,16 @@ fn init_chunked(
     backend: std::sync::Arc<dyn crate::backend::Backend>,
     root: &Path,
     encryption: Option<keys::NewKeys>,
+    immutable_days: Option<u32>,
 ) -> Result<(String, String)> {
     match encryption {
-        None => Ok((v2::Repository::init(backend)?.config.id, String::new())),
-        Some(keys::NewKeys::Like(source)) => init_like(backend, &source),
+        None => Ok((
+            v2::Repository::init(backend, immutable_days)?.config.id,
+            String::new(),
+        )),
+        Some(keys::NewKeys::Like(source)) => init_like(backend, &source, immutable_days),
         Some(how) => {
-            let (repo, said) = keys::init_encrypted(backend, root, how)?;
+            let (repo, said) = keys::init_encrypted(backend, root, how, immutable_days)?;
             Ok((repo.config.id, format!(", {said}")))
         }
     }
@@ -253,6 +278,7 @@ fn init_chunked(
 fn init_like(
     backend: std::sync::Arc<dyn crate::backend::Backend>,
     source: &Path,
+    immutable_days: Option<u32>,
 ) -> Result<(String, String)> {
     let from = crate::backend::open(source)?;
     let bytes = from.read(v2::CONFIG).map_err(|e| {
@@ -280,7 +306,7 @@ fn init_like(
         key_objects.push((object.name.clone(), from.read(&object.name)?));
     }
     let encrypted = config.encryption.is_some();
-    let config = v2::Repository::init_like(backend, &config, &key_objects)?;
+    let config = v2::Repository::init_like(backend, &config, &key_objects, immutable_days)?;
     let said = if encrypted {
         format!(
             ", encrypted with the same keys as {} (the same write key file and identities serve both; volsnap copy moves backups between them without an identity)",
@@ -295,7 +321,12 @@ fn init_like(
     Ok((config.id, said))
 }
 
-fn init_remote(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -> Result<String> {
+fn init_remote(
+    root: &Path,
+    format: Format,
+    encryption: Option<keys::NewKeys>,
+    immutable_days: Option<u32>,
+) -> Result<String> {
     if format == Format::Tar {
         return Err(usage!(
             "{}: format 1 (tar) repositories live in local directories only (they rename directories, which object storage cannot); leave out --format for format 2",
@@ -311,7 +342,20 @@ fn init_remote(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -
     }
     refuse_foreign(root, backend.top_level()?)?;
     let conditional = backend.refuses_second_create()?;
-    let (id, keys) = init_chunked(backend, root, encryption)?;
+    if let Some(days) = immutable_days {
+        check_object_lock(&*backend, root, days)?;
+    }
+    let (id, keys) = init_chunked(backend.clone(), root, encryption, immutable_days)?;
+    let immutable = match immutable_days {
+        Some(days) => {
+            let repo = open_chunked(root)?;
+            repo.retain(&repo.retained_with_every_backup()?)?;
+            format!(
+                "\nimmutable: every object of a backup is retained {days} days (S3 Object Lock, compliance mode) and each backup renews the retention of what it references; locks and marks are not retained. Set the bucket's lifecycle rules NoncurrentVersionExpiration and AbortIncompleteMultipartUpload (README, \"Immutable backups\")"
+            )
+        }
+        None => String::new(),
+    };
     Ok(format!(
         "created format-2 repository {} (id {}): chunked, deduplicated, zstd{keys}{}",
         root.display(),
@@ -321,7 +365,29 @@ fn init_remote(root: &Path, format: Format, encryption: Option<keys::NewKeys>) -
         } else {
             "\nnote: this server ignores conditional creates (If-None-Match); locks and prune stay safe (docs/FORMAT.md, \"Conditional creates\"), but never run two inits on one place at once"
         }
-    ))
+    ) + &immutable)
+}
+
+/// Refuses (usage) a bucket without Object Lock, or one whose default
+/// retention would lock every object, the lock objects included.
+fn check_object_lock(backend: &dyn crate::backend::Backend, root: &Path, days: u32) -> Result<()> {
+    match backend.lock_configuration()? {
+        None => Err(usage!(
+            "--immutable {days}: {} has no Object Lock (SFTP); immutable repositories live on S3 buckets with Object Lock",
+            root.display()
+        )),
+        Some(c) if !c.enabled => Err(usage!(
+            "--immutable {days}: the bucket of {} does not have Object Lock enabled; create a bucket with it (aws s3api create-bucket --object-lock-enabled-for-bucket …), which also turns on versioning",
+            root.display()
+        )),
+        Some(c) => match c.default_retention {
+            Some(rule) => Err(usage!(
+                "--immutable {days}: the bucket of {} has a default retention ({rule}), which would lock the repository's lock objects too, so that no lock could ever be released; remove the bucket's default retention rule: volsnap sets the retention of each object itself",
+                root.display()
+            )),
+            None => Ok(()),
+        },
+    }
 }
 
 /// Opens the format-2 repository at `root` (a directory or a server).

@@ -33,6 +33,11 @@ pub struct Collected {
     /// Packs deleted: condemned by a mark old enough, and needed by nothing.
     pub packs_deleted: usize,
     pub bytes_freed: u64,
+    /// Condemned packs Object Lock does not let go yet (immutable
+    /// repositories), and when the last of them may go.
+    pub packs_retained: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retained_until: Option<chrono::DateTime<chrono::Utc>>,
     /// How long the deleting phase held the exclusive lock (which keeps
     /// out other prunes only: backups go on meanwhile).
     pub exclusive_ms: u64,
@@ -287,6 +292,12 @@ fn rewrite(
         store(writer, set, &mut written)?;
     }
     if !written.is_empty() {
+        // The copies now carry blobs of backups that are retained.
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| Repository::pack_name(&p.id))
+            .collect();
+        repo.retain(&names)?;
         repo.save_index(&IndexFile {
             packs: written,
             supersedes: Vec::new(),
@@ -375,7 +386,31 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
                     );
                     done_marks.push(*mark_id);
                 }
-                let gone = packs.deletable(&doomed, &used);
+                let mut gone = packs.deletable(&doomed, &used);
+                // Immutable repositories: packs still retained stay indexed
+                // and condemned, for a later prune.
+                if repo.immutable_days().is_some() {
+                    let mut kept = Vec::new();
+                    for pack in &gone {
+                        if let Some(until) = repo.retained_until(&Repository::pack_name(pack))? {
+                            kept.push(*pack);
+                            collected.retained_until = collected.retained_until.max(Some(until));
+                        }
+                    }
+                    for pack in &kept {
+                        gone.remove(pack);
+                        still_condemned.insert(*pack);
+                    }
+                    // A mark stays while it condemns a pack that stays.
+                    done_marks.retain(|id| {
+                        ripe.iter()
+                            .find(|(m, _, _)| m == id)
+                            .is_none_or(|(_, _, mark)| {
+                                !mark.condemned.iter().any(|p| kept.contains(p))
+                            })
+                    });
+                    collected.packs_retained = kept.len();
+                }
                 // Out of the indexes first: a kill from here on leaves packs
                 // nothing lists (deleted by the next prune), never an index
                 // naming a pack that is gone.

@@ -135,8 +135,8 @@ pub struct Repository {
 
 impl Repository {
     /// Creates a repository in `backend` (which must hold no `config`).
-    pub fn init(backend: Arc<dyn Backend>) -> Result<Self> {
-        Self::init_with(backend, None)
+    pub fn init(backend: Arc<dyn Backend>, immutable_days: Option<u32>) -> Result<Self> {
+        Self::init_with(backend, None, immutable_days)
     }
 
     /// Creates an encrypted repository: the write key material wrapped to
@@ -147,6 +147,7 @@ impl Repository {
         writer: WriterKeys,
         passphrase: Option<crypto::PassphraseObject>,
         identities: Option<Identities>,
+        immutable_days: Option<u32>,
     ) -> Result<Self> {
         let id = writer.write.id();
         store_wrapped_material(&*backend, &writer)?;
@@ -159,7 +160,7 @@ impl Repository {
             write_key_id: id,
         };
         let keys = Keys::new(params, writer.write, Some(writer.recipients), identities);
-        Self::init_with(backend, Some(keys))
+        Self::init_with(backend, Some(keys), immutable_days)
     }
 
     /// Creates a repository in `backend` that cuts, names and seals blobs
@@ -169,6 +170,7 @@ impl Repository {
         backend: Arc<dyn Backend>,
         source: &Config,
         key_objects: &[(String, Vec<u8>)],
+        immutable_days: Option<u32>,
     ) -> Result<Config> {
         for (name, bytes) in key_objects {
             backend.write(name, bytes)?;
@@ -178,6 +180,7 @@ impl Repository {
         let config = Config {
             id: hex::encode(random),
             created_by: format!("volsnap {}", env!("CARGO_PKG_VERSION")),
+            immutable_days,
             ..source.clone()
         };
         Self::create_config(&*backend, &config)?;
@@ -195,7 +198,11 @@ impl Repository {
         Ok(())
     }
 
-    fn init_with(backend: Arc<dyn Backend>, keys: Option<Keys>) -> Result<Self> {
+    fn init_with(
+        backend: Arc<dyn Backend>,
+        keys: Option<Keys>,
+        immutable_days: Option<u32>,
+    ) -> Result<Self> {
         let mut random = [0u8; 32];
         crate::fsutil::random_bytes(&mut random)?;
         let config = Config {
@@ -209,7 +216,7 @@ impl Repository {
                 .as_ref()
                 .map(|k| serde_json::to_value(&k.params))
                 .transpose()?,
-            immutable_days: None,
+            immutable_days,
             created_by: format!("volsnap {}", env!("CARGO_PKG_VERSION")),
         };
         Self::create_config(&*backend, &config)?;
@@ -406,6 +413,70 @@ impl Repository {
             .collect())
     }
 
+    /// Object Lock retention of an immutable repository, in days.
+    pub fn immutable_days(&self) -> Option<u32> {
+        self.config.immutable_days
+    }
+
+    /// In an immutable repository, retains the named objects for its
+    /// retention period from now (by the storage's clock), a few requests
+    /// at a time; does nothing in other repositories.
+    pub fn retain(&self, names: &[String]) -> Result<()> {
+        let Some(days) = self.immutable_days() else {
+            return Ok(());
+        };
+        let until = self.backend.now()? + std::time::Duration::from_secs(u64::from(days) * 86_400);
+        let next = std::sync::Mutex::new(names.iter());
+        let failed: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..8.min(names.len()) {
+                scope.spawn(|| loop {
+                    let Some(name) = next.lock().ok().and_then(|mut it| it.next()) else {
+                        return;
+                    };
+                    if let Err(e) = self.backend.retain(name, until) {
+                        if let Ok(mut slot) = failed.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+        match failed.into_inner().ok().flatten() {
+            Some(e) => Err(e.context(format!(
+                "cannot retain the objects of a new backup in the immutable repository {}",
+                self.backend.location()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// What a new backup (or a copied one) retains with its packs: the
+    /// objects every backup needs, config and keys, whose retention each
+    /// backup renews.
+    pub fn retained_with_every_backup(&self) -> Result<Vec<String>> {
+        let mut names = vec![CONFIG.to_string()];
+        if self.immutable_days().is_some() {
+            names.extend(self.backend.list("keys")?.into_iter().map(|o| o.name));
+        }
+        Ok(names)
+    }
+
+    /// Until when an object of an immutable repository may not be
+    /// deleted, when that is still in the future.
+    pub fn retained_until(&self, name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        if self.immutable_days().is_none() {
+            return Ok(None);
+        }
+        let now = self.backend.now()?;
+        Ok(self
+            .backend
+            .retained_until(name)?
+            .filter(|until| *until > now)
+            .map(Into::into))
+    }
+
     pub fn pack_name(id: &Id) -> String {
         let hex = id.hex();
         format!("data/{}/{hex}", &hex[..2])
@@ -417,8 +488,30 @@ impl Repository {
     }
 
     /// Stores an index object; its id.
+    /// In an immutable repository it is retained at once: an index names
+    /// where every blob is, and a backup is not read without it.
     pub fn save_index(&self, file: &IndexFile) -> Result<Id> {
-        self.write_json("index", file)
+        let id = self.write_json("index", file)?;
+        self.retain(&[format!("index/{id}")])?;
+        Ok(id)
+    }
+
+    /// Retains what a backup about to be committed needs (immutable
+    /// repositories): every pack it references, and config and keys.
+    pub fn retain_for_commit(&self, packs: &[Id]) -> Result<()> {
+        if self.immutable_days().is_none() {
+            return Ok(());
+        }
+        let mut names: Vec<String> = packs.iter().map(Self::pack_name).collect();
+        names.extend(self.retained_with_every_backup()?);
+        self.retain(&names)
+    }
+
+    /// Stores a commit object (retained, in an immutable repository).
+    fn store_commit(&self, commit: &Commit) -> Result<Id> {
+        let id = self.write_json("snapshots", commit)?;
+        self.retain(&[format!("snapshots/{id}")])?;
+        Ok(id)
     }
 
     /// Every index object, checked, and their union, leaving out packs
@@ -500,7 +593,8 @@ impl Repository {
 
     /// Stores the commit object of a backup: from now on it exists.
     pub fn save_commit(&self, commit: &Commit) -> Result<Id> {
-        self.write_json("snapshots", commit)
+        self.retain_for_commit(&commit.packs)?;
+        self.store_commit(commit)
     }
 
     /// Every commit object (checked against its name), oldest first.
@@ -575,8 +669,7 @@ impl Repository {
         if gone.is_empty() {
             return Ok(());
         }
-        for id in self.ids_in("index")? {
-            let file = self.read_index(&id)?;
+        for (id, file) in self.live_index_files()? {
             if !file.packs.iter().any(|p| gone.contains(&p.id)) {
                 continue;
             }
@@ -585,20 +678,53 @@ impl Repository {
                 .into_iter()
                 .filter(|p| !gone.contains(&p.id))
                 .collect();
-            if !kept.is_empty() {
+            // The replacement supersedes what this one did too: an index
+            // Object Lock keeps from being deleted must stay superseded
+            // after its successor is replaced in turn.
+            let name = format!("index/{id}");
+            let retained = self.retained_until(&name)?.is_some();
+            let mut supersedes = file.supersedes;
+            supersedes.push(id);
+            if !kept.is_empty() || retained || supersedes.len() > 1 {
                 self.save_index(&IndexFile {
                     packs: kept,
-                    supersedes: vec![id],
+                    supersedes,
                 })?;
             }
-            self.backend.delete(&format!("index/{id}"))?;
+            if !retained {
+                self.backend.delete(&name)?;
+            }
         }
         Ok(())
     }
 
-    /// Deletes a commit object (prune; its packs go later).
-    pub fn delete_commit(&self, id: &Id) -> Result<()> {
-        self.backend.delete(&format!("snapshots/{id}"))
+    /// Every index object that no other index object supersedes.
+    pub fn live_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let mut files = Vec::new();
+        for id in self.index_ids()? {
+            match self.read_index(&id) {
+                Ok(file) => files.push((id, file)),
+                Err(e) if crate::backend::is_missing(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let superseded: std::collections::HashSet<Id> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
+        files.retain(|(id, _)| !superseded.contains(id));
+        Ok(files)
+    }
+
+    /// Deletes a commit object (prune; its packs go later), unless Object
+    /// Lock retains it: then the date it may go.
+    pub fn delete_commit(&self, id: &Id) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let name = format!("snapshots/{id}");
+        if let Some(until) = self.retained_until(&name)? {
+            return Ok(Some(until));
+        }
+        self.backend.delete(&name)?;
+        Ok(None)
     }
 
     /// A reader of many blobs in about the order they were stored (a
@@ -1006,8 +1132,8 @@ mod tests {
     fn objects_written_are_read_back_checked() {
         let dir = tempfile::tempdir().unwrap();
         let open = || -> Arc<dyn Backend> { Arc::new(LocalBackend::open(dir.path()).unwrap()) };
-        let repo = Repository::init(open()).unwrap();
-        assert!(Repository::init(open()).is_err(), "a second init");
+        let repo = Repository::init(open(), None).unwrap();
+        assert!(Repository::init(open(), None).is_err(), "a second init");
         let repo2 = Repository::open(open()).unwrap();
         assert_eq!(repo2.config.id, repo.config.id);
 
