@@ -9,63 +9,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A btrfs filesystem on a loop device, unmounted and deleted on drop.
-struct BtrfsFs {
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl BtrfsFs {
-    fn new() -> BtrfsFs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("btrfs.img");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        run("truncate", &["-s", "1G", img.to_str().unwrap()]);
-        run("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
-        run(
-            "mount",
-            &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()],
-        );
-        BtrfsFs { _dir: dir, mnt }
-    }
-
-    fn subvolume(&self, name: &str) -> PathBuf {
-        let path = self.mnt.join(name);
-        run("btrfs", &["subvolume", "create", path.to_str().unwrap()]);
-        path
-    }
-
-    /// Subvolumes whose path mentions volsnap: snapshots left behind.
-    fn volsnap_subvolumes(&self) -> Vec<String> {
-        run("btrfs", &["subvolume", "list", self.mnt.to_str().unwrap()])
-            .lines()
-            .filter(|l| l.contains("volsnap"))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for BtrfsFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-    }
-}
-
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }

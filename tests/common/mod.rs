@@ -196,6 +196,7 @@ pub struct Project {
     pub name: String,
     containers: Vec<String>,
     volumes: Vec<String>,
+    networks: Vec<String>,
     pub dirs: Vec<tempfile::TempDir>,
 }
 
@@ -207,6 +208,7 @@ impl Project {
             name,
             containers: vec![],
             volumes: vec![],
+            networks: vec![],
             dirs: vec![],
         }
     }
@@ -230,9 +232,30 @@ impl Project {
         self.volumes.push(name.to_string());
     }
 
+    /// Creates a network `<project>_<short>` (removed on drop).
+    pub fn network(&mut self, short: &str) -> String {
+        let name = format!("{}_{short}", self.name);
+        docker(&["network", "create", &name]);
+        self.networks.push(name.clone());
+        name
+    }
+
     /// Starts a container of service `service` with compose labels.
     pub fn service(
         &mut self,
+        service: &str,
+        depends_on: &[&str],
+        extra: &[&str],
+        cmd: &[&str],
+    ) -> String {
+        self.service_of(IMAGE, "none", service, depends_on, extra, cmd)
+    }
+
+    /// The same, of `image` on `network` (reachable there by its service name).
+    pub fn service_of(
+        &mut self,
+        image: &str,
+        network: &str,
         service: &str,
         depends_on: &[&str],
         extra: &[&str],
@@ -250,7 +273,7 @@ impl Project {
             "run",
             "-d",
             "--network",
-            "none",
+            network,
             "--name",
             &cname,
             "--label",
@@ -262,8 +285,11 @@ impl Project {
             args.push("--label");
             args.push(&deps_label);
         }
+        if network != "none" {
+            args.extend_from_slice(&["--network-alias", service]);
+        }
         args.extend_from_slice(extra);
-        args.push(IMAGE);
+        args.push(image);
         args.extend_from_slice(cmd);
         docker(&args);
         self.containers.push(cname.clone());
@@ -295,6 +321,9 @@ impl Drop for Project {
             let _ = Command::new("docker")
                 .args(["volume", "rm", "-f", v])
                 .output();
+        }
+        for n in &self.networks {
+            let _ = Command::new("docker").args(["network", "rm", n]).output();
         }
     }
 }
@@ -544,4 +573,61 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let recipient = String::from_utf8(public.stdout).unwrap().trim().to_string();
     assert!(recipient.starts_with("age1"), "{recipient}");
     (file, recipient)
+}
+
+/// A btrfs filesystem on a loop device, unmounted and deleted on drop.
+pub struct BtrfsFs {
+    _dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl BtrfsFs {
+    pub fn new() -> BtrfsFs {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("btrfs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        run("truncate", &["-s", "1G", img.to_str().unwrap()]);
+        run("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
+        run(
+            "mount",
+            &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()],
+        );
+        BtrfsFs { _dir: dir, mnt }
+    }
+
+    pub fn subvolume(&self, name: &str) -> PathBuf {
+        let path = self.mnt.join(name);
+        run("btrfs", &["subvolume", "create", path.to_str().unwrap()]);
+        path
+    }
+
+    /// Subvolumes whose path mentions volsnap: snapshots left behind.
+    pub fn volsnap_subvolumes(&self) -> Vec<String> {
+        run("btrfs", &["subvolume", "list", self.mnt.to_str().unwrap()])
+            .lines()
+            .filter(|l| l.contains("volsnap"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for BtrfsFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
 }
