@@ -107,8 +107,9 @@ fn a_write_only_host_copies_off_site_sending_only_what_changed() {
     let first_bytes = full["bytes_sent"].as_u64().unwrap();
     assert!(first_bytes > 20 << 20, "{full}");
 
-    // A change of 1 MiB in 24: the second copy sends about that, not the
-    // volume again.
+    // A change of 1 MiB in 24: the second copy sends the chunks around it
+    // (content-defined, 1 MiB on average, at most 4 MiB each, their
+    // boundaries seeded per repository), not the volume again.
     let mut bytes = std::fs::read(src.join("objects.bin")).unwrap();
     bytes[5 << 20..6 << 20].copy_from_slice(&pseudo_random(1 << 20, 0xd1f));
     std::fs::write(src.join("objects.bin"), &bytes).unwrap();
@@ -127,7 +128,7 @@ fn a_write_only_host_copies_off_site_sending_only_what_changed() {
     );
     let second_bytes = incremental["bytes_sent"].as_u64().unwrap();
     assert!(
-        second_bytes * 4 < first_bytes,
+        second_bytes * 2 < first_bytes,
         "the second copy sent {second_bytes} bytes against {first_bytes} for the first"
     );
     let again = copy(&local, &offsite, &[]);
