@@ -19,30 +19,6 @@ fn env_refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-fn restore_from(repo: &str, id: &str, target: &Path, env: &[(&str, &str)]) {
-    ok(volsnap_env(
-        &[
-            "restore",
-            "--repo",
-            repo,
-            id,
-            "--target-dir",
-            target.to_str().unwrap(),
-        ],
-        env,
-    ));
-}
-
-/// The one volume directory a restore into `target` wrote.
-fn restored(target: &Path) -> std::path::PathBuf {
-    let dirs: Vec<_> = std::fs::read_dir(target)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
-}
-
 #[test]
 fn a_write_only_host_copies_off_site_sending_only_what_changed() {
     let Some(s3) = S3Server::start(S3Kind::S3sFs, "copies") else {
@@ -156,11 +132,11 @@ fn a_write_only_host_copies_off_site_sending_only_what_changed() {
     reader.push(("VOLSNAP_IDENTITY_FILE", &identity));
     for repo in [&offsite, &far] {
         let target = p.tempdir();
-        restore_from(repo, &second, &target, &reader);
+        restore_to_dir(repo, &second, &target, &reader);
         assert_same_tree(&src, &restored(&target));
     }
     let target = p.tempdir();
-    restore_from(&offsite, &first, &target, &reader);
+    restore_to_dir(&offsite, &first, &target, &reader);
     let old = std::fs::read(restored(&target).join("objects.bin")).unwrap();
     assert_eq!(
         old,
@@ -209,7 +185,7 @@ fn plain_repositories_copy_without_like_and_a_killed_copy_leaves_nothing_that_lo
     assert_eq!(done["copied"], serde_json::json!([id]), "{done}");
     assert_eq!(done["bytes_sent"], 0, "the packs were there: {done}");
     let target = p.tempdir();
-    restore_from(b, &id, &target, &[]);
+    restore_to_dir(b, &id, &target, &[]);
     assert_same_tree(&src, &restored(&target));
 
     // Copying a repository into itself is refused.
@@ -277,7 +253,7 @@ fn a_job_copies_each_new_backup_and_applies_its_retention_to_the_copy() {
         .collect();
     assert_eq!(ids, [newest], "retention applies to the copy too");
     let target = p.tempdir();
-    restore_from(offsite.to_str().unwrap(), newest, &target, &[]);
+    restore_to_dir(offsite.to_str().unwrap(), newest, &target, &[]);
     assert_eq!(
         std::fs::read_to_string(restored(&target).join("state")).unwrap(),
         "two\n"

@@ -45,16 +45,6 @@ fn fails_saying(out: &std::process::Output, code: i32, says: &str) {
     assert!(stderr(out).contains(says), "{}", stderr(out));
 }
 
-/// The one directory a restore into `target` made.
-fn restored(target: &Path) -> PathBuf {
-    let entries: Vec<_> = std::fs::read_dir(target)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    entries[0].clone()
-}
-
 fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }

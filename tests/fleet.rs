@@ -170,20 +170,8 @@ fn two_hosts_share_a_bucket_and_back_up_while_a_prune_deletes() {
     for (backup, (_, src, _)) in [(&a, alpha), (&b, beta)] {
         let id = backup["id"].as_str().unwrap();
         let target = p.tempdir();
-        ok(volsnap_env(
-            &[
-                "restore",
-                "--repo",
-                &repo,
-                id,
-                "--target-dir",
-                target.to_str().unwrap(),
-            ],
-            &refs,
-        ));
-        let dirs: Vec<_> = std::fs::read_dir(&target).unwrap().collect();
-        assert_eq!(dirs.len(), 1);
-        assert_same_tree(src, &dirs.into_iter().next().unwrap().unwrap().path());
+        restore_to_dir(&repo, id, &target, &refs);
+        assert_same_tree(src, &restored(&target));
     }
 
     // One listing shows the fleet: each host's newest backup and its age.

@@ -179,16 +179,6 @@ fn an_immutable_repository_survives_leaked_credentials_and_prune_names_what_it_k
     ));
     for id in [&first, &second] {
         let target = p.tempdir();
-        ok(volsnap_env(
-            &[
-                "restore",
-                "--repo",
-                repo,
-                id,
-                "--target-dir",
-                target.to_str().unwrap(),
-            ],
-            &env,
-        ));
+        restore_to_dir(repo, id, &target, &env);
     }
 }

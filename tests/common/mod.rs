@@ -631,3 +631,28 @@ impl Drop for BtrfsFs {
         let _ = Command::new("umount").arg(&self.mnt).status();
     }
 }
+
+/// `volsnap restore --repo REPO ID --target-dir TARGET`, which must pass.
+pub fn restore_to_dir(repo: &str, id: &str, target: &Path, env: &[(&str, &str)]) -> String {
+    ok(volsnap_env(
+        &[
+            "restore",
+            "--repo",
+            repo,
+            id,
+            "--target-dir",
+            target.to_str().expect("test paths are UTF-8"),
+        ],
+        env,
+    ))
+}
+
+/// The one volume directory a restore into `target` wrote.
+pub fn restored(target: &Path) -> PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(target)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
