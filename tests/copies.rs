@@ -258,6 +258,11 @@ fn a_job_copies_each_new_backup_and_applies_its_retention_to_the_copy() {
         std::fs::read_to_string(restored(&target).join("state")).unwrap(),
         "two\n"
     );
+    let status = ok(volsnap(&["status", "--config", config]));
+    assert!(
+        status.contains(&format!("copied to:        {}", offsite.display())),
+        "{status}"
+    );
     let metrics = std::fs::read_to_string(dir.join("volsnap.prom")).unwrap();
     assert!(
         metrics.contains("volsnap_last_copy_bytes{job=\"nightly\"}"),

@@ -103,6 +103,13 @@ pub fn status(args: StatusArgs) -> Result<i32> {
                 .unwrap_or_else(|| "never".into())
         };
         outln!("  last success:     {}", line(&summary.last_success));
+        if let Some(done) = summary.last_success.as_ref().filter(|r| !r.copied_to.is_empty()) {
+            outln!(
+                "  copied to:        {} ({} sent)",
+                done.copied_to.join(", "),
+                volsnap::fsutil::human_bytes(done.copy_bytes)
+            );
+        }
         outln!("  last failure:     {}", line(&summary.last_failure));
         if let Some(failure) = &summary.last_failure {
             if let Some(first) = failure.problems.first() {
