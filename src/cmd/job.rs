@@ -103,7 +103,11 @@ pub fn status(args: StatusArgs) -> Result<i32> {
                 .unwrap_or_else(|| "never".into())
         };
         outln!("  last success:     {}", line(&summary.last_success));
-        if let Some(done) = summary.last_success.as_ref().filter(|r| !r.copied_to.is_empty()) {
+        if let Some(done) = summary
+            .last_success
+            .as_ref()
+            .filter(|r| !r.copied_to.is_empty())
+        {
             outln!(
                 "  copied to:        {} ({} sent)",
                 done.copied_to.join(", "),
