@@ -244,6 +244,7 @@ pub enum FormatArg {
 /// The configuration file (TOML) that names the jobs.
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
+    /// The configuration file (see docs/volsnap.example.toml).
     #[arg(long = "config", env = "VOLSNAP_CONFIG", value_name = "FILE", default_value = volsnap::jobs::config::DEFAULT_CONFIG)]
     pub path: PathBuf,
 }
@@ -421,8 +422,12 @@ pub struct SnapshotArgs {
     /// How services are held still while the snapshots are taken.
     #[arg(long, value_enum, default_value_t = Quiesce::Stop)]
     pub quiesce: Quiesce,
+    /// Seconds each service gets to stop gracefully (SIGTERM) before it is
+    /// killed, with --quiesce stop.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub stop_timeout: u32,
+    /// Seconds to wait for each service to run (and be healthy, if it has
+    /// a healthcheck) after it is started again.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub ready_timeout: u32,
     /// Copy-on-write area of classic LVM snapshots, e.g. 512M or 4G.
@@ -441,11 +446,13 @@ pub enum SnapshotsCommand {
     List {
         #[command(flatten)]
         state: StateArgs,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Drop a kept snapshot (frees its space).
     Drop {
+        /// The snapshot's name (volsnap snapshots list shows them).
         name: String,
         #[command(flatten)]
         state: StateArgs,
@@ -472,6 +479,7 @@ pub enum KeyCommand {
     RemoveRecipient {
         #[command(flatten)]
         repo: KeyRepoArgs,
+        /// The recipients (age1…) no longer to encrypt new backups to.
         #[arg(required = true, value_name = "AGE_RECIPIENT")]
         recipients: Vec<String>,
     },
@@ -496,8 +504,12 @@ pub struct KeyRepoArgs {
 pub struct RollbackArgs {
     /// The snapshot to roll back to.
     pub name: String,
+    /// Seconds each service gets to stop gracefully (SIGTERM) before it is
+    /// killed; the stack is stopped for the rollback.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub stop_timeout: u32,
+    /// Seconds to wait for each service to run (and be healthy, if it has
+    /// a healthcheck) after the rollback.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub ready_timeout: u32,
     #[command(flatten)]
@@ -616,6 +628,7 @@ pub struct BackupArgs {
     pub repo: PathBuf,
     #[command(flatten)]
     pub strategy: StrategyArgs,
+    /// Compression of format-1 archives (format-2 packs are always zstd).
     #[arg(long, value_enum, default_value = "zstd")]
     pub compression: CompressionArg,
     /// Compression level: zstd 1-19 (default 1, the fast strategy; 3 is
@@ -794,4 +807,37 @@ pub struct RecoverArgs {
     pub give_up: Vec<String>,
     #[command(flatten)]
     pub state: StateArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_long().unwrap_or(id)));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(name.clone());
+            }
+            without_help(sub, &name, missing);
+        }
+    }
+
+    /// `--help` teaches every subcommand and every flag.
+    #[test]
+    fn every_subcommand_and_flag_has_help() {
+        let mut missing = Vec::new();
+        without_help(&Cli::command(), "volsnap", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }
