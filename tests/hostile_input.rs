@@ -321,6 +321,27 @@ fn restore_and_verify_catch_content_that_differs_from_the_manifest() {
     // Without --deep the archive checksums still match: that is what --deep is for.
     let out = volsnap(&["verify", "--repo", repo.path().to_str().unwrap(), "content"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let verified = || -> bool {
+        let list = ok(volsnap(&[
+            "list",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--json",
+        ]));
+        let rows: serde_json::Value = serde_json::from_str(&list).unwrap();
+        !rows[0]["verified_at"].is_null()
+    };
+    assert!(verified(), "the passing verify marked it");
+    // A verification that fails takes the mark away: list tells the truth.
+    let out = volsnap(&[
+        "verify",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "content",
+        "--deep",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!verified(), "a failed verify leaves no verified mark");
 }
 
 #[test]

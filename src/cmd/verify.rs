@@ -61,6 +61,7 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    volsnap::restore::verify::forget_verified(&notes);
     eprintln!("volsnap: backup {id} FAILED verification:");
     for p in &report.problems {
         eprintln!("  - {p}");

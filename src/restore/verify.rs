@@ -37,6 +37,16 @@ pub fn record_verified(at: &NotesAt, deep: bool) {
     }
 }
 
+/// A verification failed: the backup no longer counts as verified (`list`
+/// drops its V, retention stops treating it as the newest that verifies).
+pub fn forget_verified(at: &NotesAt) {
+    if let Err(e) = at.remove(Note::Verified) {
+        tracing::warn!(
+            "cannot remove the verified mark of a backup that failed verification: {e:#}"
+        );
+    }
+}
+
 /// When a backup last verified, if it ever did.
 pub fn verified_at(at: &NotesAt) -> Option<chrono::DateTime<chrono::Utc>> {
     let text = at.read(Note::Verified)?;
@@ -588,8 +598,11 @@ pub fn verify_by_id(root: &Path, id: &str, level: Level, cancel: &Cancel) -> Res
         crate::repo::Format::Tar => {
             let dir = crate::repo::Repo::open(root)?.backup_dir(id);
             let report = verify(&dir, level, cancel)?;
+            let at = NotesAt::Dir(dir);
             if report.problems.is_empty() {
-                record_verified(&NotesAt::Dir(dir), level == Level::Deep);
+                record_verified(&at, level == Level::Deep);
+            } else {
+                forget_verified(&at);
             }
             Ok(report)
         }
@@ -601,9 +614,11 @@ pub fn verify_by_id(root: &Path, id: &str, level: Level, cancel: &Cancel) -> Res
             };
             let (object, commit) = crate::repo::resolve_chunked(&repo, id, &scope)?;
             let report = verify_chunked(&repo, &commit, level, cancel)?;
+            let at = NotesAt::of_commit(&repo, object);
             if report.problems.is_empty() {
-                let at = NotesAt::of_commit(&repo, object);
                 record_verified(&at, level == Level::Deep);
+            } else {
+                forget_verified(&at);
             }
             Ok(report)
         }
