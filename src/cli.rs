@@ -611,6 +611,8 @@ pub struct PlanArgs {
     pub selection: SelectionArgs,
     #[command(flatten)]
     pub strategy: StrategyArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,

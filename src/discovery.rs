@@ -141,7 +141,7 @@ pub struct Volume {
     pub labels: BTreeMap<String, String>,
     pub mounted_by: Vec<MountUse>,
     pub bytes: u64,
-    pub entries: u64,
+    pub files: u64,
 }
 
 impl Volume {
@@ -178,16 +178,16 @@ pub struct Stack {
     pub volumes: Vec<Volume>,
     /// Mounts not backed up, with the reason (tmpfs, single files, …).
     pub skipped: Vec<String>,
-    /// Whether the volumes' `bytes` and `entries` were measured (a full
+    /// Whether the volumes' `bytes` and `files` were measured (a full
     /// walk of the data: done only when something needs the sizes).
     pub measured: bool,
 }
 
 impl Stack {
-    /// Walks every volume to measure its data (bytes and entries).
+    /// Walks every volume to measure its data (bytes and files).
     pub fn measure(&mut self) -> Result<()> {
         for v in &mut self.volumes {
-            (v.bytes, v.entries) = crate::fsutil::tree_usage(&v.host_path)?;
+            (v.bytes, v.files) = crate::fsutil::tree_usage(&v.host_path)?;
         }
         self.measured = true;
         Ok(())
@@ -426,7 +426,7 @@ fn resolve_volumes(
                 labels,
                 mounted_by: vec![usage],
                 bytes: 0,
-                entries: 0,
+                files: 0,
             });
         }
     }

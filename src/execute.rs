@@ -92,6 +92,8 @@ pub struct Outcome {
     /// The backup written, when the plan had a commit step.
     pub backup: Option<(Manifest, PathBuf)>,
     pub downtime_ms: u64,
+    /// The part of the downtime spent archiving.
+    pub archive_down_ms: u64,
     /// Problems that did not void the backup: a service that did not come
     /// back healthy, say. The command still exits 1 when there are any.
     pub problems: Vec<String>,
@@ -107,6 +109,7 @@ struct Run<'a> {
     read_from: HashMap<usize, PathBuf>,
     down_since: Option<Instant>,
     downtime: Duration,
+    archive_down: Duration,
     problems: Vec<String>,
     /// Undos that could not run because the Docker daemon never answered:
     /// they stay in the journal for `volsnap recover`.
@@ -137,6 +140,7 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         read_from: HashMap::new(),
         down_since: None,
         downtime: Duration::ZERO,
+        archive_down: Duration::ZERO,
         problems: Vec::new(),
         left_for_recover: Vec::new(),
         settles: Vec::new(),
@@ -185,6 +189,7 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
     Ok(Outcome {
         backup: run.committed.take(),
         downtime_ms: run.downtime.as_millis() as u64,
+        archive_down_ms: run.archive_down.as_millis() as u64,
         problems: run.problems,
     })
 }
@@ -250,6 +255,9 @@ impl<'a> Run<'a> {
                     let done = self.cleanup.remove(pos);
                     self.journal_discharge(&done);
                 }
+            }
+            if matches!(step.action, Action::Archive { .. }) && self.down_since.is_some() {
+                self.archive_down += begun.elapsed();
             }
             self.note_service_up(&step.action);
             job.observer.step_finished(step, begun.elapsed());

@@ -45,13 +45,15 @@ pub fn syncfs(path: &Path) -> Result<()> {
     nix::unistd::syncfs(&dir).with_context(|| format!("syncfs failed on {}", path.display()))
 }
 
-/// Total size of regular files and number of entries below `root`,
-/// without following symlinks or crossing into other filesystems.
+/// Total size and number of regular files below `root`, without following
+/// symlinks or crossing into other filesystems. Counted as a backup counts
+/// them: a file with several hard links once.
 pub fn tree_usage(root: &Path) -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
+    let mut linked = std::collections::HashSet::new();
     let top =
         fs::symlink_metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
-    let (mut bytes, mut entries) = (0u64, 0u64);
+    let (mut bytes, mut files) = (0u64, 0u64);
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let listing = match fs::read_dir(&dir) {
@@ -65,15 +67,18 @@ pub fn tree_usage(root: &Path) -> Result<(u64, u64)> {
                 Ok(m) => m,
                 Err(_) => continue, // vanished meanwhile: sizes are estimates
             };
-            entries += 1;
+            if meta.is_file() && meta.nlink() > 1 && !linked.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
             if meta.is_dir() && meta.dev() == top.dev() {
                 stack.push(entry.path());
             } else if meta.is_file() {
                 bytes += meta.len();
+                files += 1;
             }
         }
     }
-    Ok((bytes, entries))
+    Ok((bytes, files))
 }
 
 /// `time` as an operator reads it in a status: `2026-11-27 02:30 (5 h ago)`.
@@ -89,6 +94,11 @@ pub fn human_age(
         s => format!("{} days", s / 86_400),
     };
     format!("{} ({text} ago)", time.format("%Y-%m-%d %H:%M"))
+}
+
+/// Milliseconds as seconds with two decimals: `1.24 s`.
+pub fn human_secs(ms: u64) -> String {
+    format!("{:.2} s", ms as f64 / 1000.0)
 }
 
 /// Human-readable byte count (binary units).

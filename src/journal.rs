@@ -259,9 +259,22 @@ impl Journal {
     }
 
     /// The run ended and left nothing to undo: delete the journal.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
+        self.pending.clear();
         std::fs::remove_file(&self.path)
             .with_context(|| format!("cannot remove journal {}", self.path.display()))
+    }
+}
+
+/// A run that returns early (a refusal, an error before any effect) leaves
+/// no journal: one with nothing pending has nothing for `recover` to do and
+/// would only be reported as a run that did not finish. A killed process
+/// runs no destructor, so its journal stays, as it must.
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if self.pending.is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

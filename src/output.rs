@@ -8,7 +8,7 @@ use volsnap::plan::Step;
 
 /// Seconds with millisecond precision.
 pub fn secs(ms: u64) -> String {
-    format!("{:.2} s", ms as f64 / 1000.0)
+    volsnap::fsutil::human_secs(ms)
 }
 
 /// Logs steps and draws a byte progress bar while archiving or restoring,

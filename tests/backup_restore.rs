@@ -356,6 +356,15 @@ fn restore_in_place_refuses_while_in_use_and_force_restarts() {
         "refusal changes nothing"
     );
     assert!(is_running(&app));
+    let journals: Vec<_> = std::fs::read_dir(state_dir().join("journal"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !journals
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with(&format!("restore-{id}"))),
+        "a refused restore leaves no journal behind: {journals:?}"
+    );
 
     // With the stack stopped, the data is still data: a plain restore (id
     // defaulting to latest) replaces nothing without --force.

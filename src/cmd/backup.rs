@@ -7,9 +7,8 @@ use serde_json::json;
 use volsnap::archive::ArchiveOptions;
 use volsnap::cancel::Cancel;
 use volsnap::fsutil::human_bytes;
-use volsnap::jobs::backup::{perform, BackupRequest};
+use volsnap::jobs::backup::{perform, BackupRequest, Done};
 use volsnap::jobs::RunContext;
-use volsnap::repo::manifest::Manifest;
 
 pub fn run(args: BackupArgs) -> Result<i32> {
     let cancel = Cancel::from_signals()?;
@@ -21,12 +20,9 @@ pub fn run(args: BackupArgs) -> Result<i32> {
     };
     let done = perform(&request(&args)?, &run)?;
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&json_report(&done.manifest, &done.dir, &done.problems))?
-        );
+        outln!("{}", serde_json::to_string_pretty(&json_report(&done))?);
     } else {
-        print_human(&done.manifest, &done.dir);
+        print_human(&done);
     }
     for problem in &done.problems {
         eprintln!("volsnap: error: the backup is complete, but {problem}");
@@ -54,14 +50,17 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
     })
 }
 
-fn json_report(m: &Manifest, dir: &std::path::Path, problems: &[String]) -> serde_json::Value {
+fn json_report(done: &Done) -> serde_json::Value {
+    let m = &done.manifest;
     json!({
         "id": m.id,
-        "path": dir,
+        "path": done.dir,
         "strategy": m.strategy,
         "consistency": m.consistency,
         "reason": m.reason,
         "downtime_ms": m.downtime_ms,
+        "estimated_downtime_ms": done.estimate.ms,
+        "estimate_source": done.estimate.source,
         "duration_ms": m.duration_ms,
         "compression": m.compression,
         "bytes": m.total_bytes(),
@@ -78,13 +77,19 @@ fn json_report(m: &Manifest, dir: &std::path::Path, problems: &[String]) -> serd
             "vanished_during_read": v.vanished_during_read,
         })).collect::<Vec<_>>(),
         "notes": m.notes,
-        "problems": problems,
+        "problems": done.problems,
     })
 }
 
-fn print_human(m: &Manifest, dir: &std::path::Path) {
+fn print_human(done: &Done) {
+    let (m, dir) = (&done.manifest, &done.dir);
+    let estimated = if m.downtime_ms > 0 || done.estimate.ms > 0 {
+        format!(" (estimated {})", secs(done.estimate.ms))
+    } else {
+        String::new()
+    };
     outln!(
-        "backup {}: {}, {}, downtime {}, total {}",
+        "backup {}: {}, {}, downtime {}{estimated}, total {}",
         m.id,
         m.strategy,
         m.consistency,

@@ -117,6 +117,7 @@ impl StrategyArgs {
             require_consistent: self.require_consistent,
             stop_timeout_secs: self.stop_timeout,
             ready_timeout_secs: self.ready_timeout,
+            history: Vec::new(),
         }
     }
 }

@@ -15,6 +15,7 @@ struct PlanReport<'a> {
     consistency: String,
     reason: &'a str,
     estimated_downtime_ms: u64,
+    estimate_source: &'a str,
     containers: Vec<ContainerLine<'a>>,
     volumes: Vec<VolumeLine<'a>>,
     skipped: &'a [String],
@@ -34,7 +35,7 @@ struct VolumeLine<'a> {
     name: &'a str,
     host_path: String,
     bytes: u64,
-    entries: u64,
+    files: u64,
     storage: &'a StorageInfo,
 }
 
@@ -52,6 +53,7 @@ pub fn run(args: PlanArgs) -> Result<i32> {
         &selection,
         &args.strategy.to_options(),
         args.strategy.snapshot_size,
+        &args.state.state_dir,
     )?;
     let report = report(&stack, &storage, &plan);
     if args.json {
@@ -69,6 +71,7 @@ fn report<'a>(stack: &'a Stack, storage: &'a [StorageInfo], plan: &'a Plan) -> P
         consistency: plan.consistency.to_string(),
         reason: &plan.reason,
         estimated_downtime_ms: plan.estimated_downtime_ms,
+        estimate_source: &plan.estimate_source,
         containers: stack
             .containers
             .iter()
@@ -87,7 +90,7 @@ fn report<'a>(stack: &'a Stack, storage: &'a [StorageInfo], plan: &'a Plan) -> P
                 name: &v.name,
                 host_path: v.host_path.display().to_string(),
                 bytes: v.bytes,
-                entries: v.entries,
+                files: v.files,
                 storage: s,
             })
             .collect(),
@@ -112,6 +115,7 @@ fn print_human(r: &PlanReport<'_>) {
         "downtime:    about {} (estimate)",
         crate::output::secs(r.estimated_downtime_ms)
     );
+    outln!("estimate:    {}", r.estimate_source);
     outln!("containers (start order):");
     for c in &r.containers {
         let deps = if c.depends_on.is_empty() {
@@ -129,10 +133,10 @@ fn print_human(r: &PlanReport<'_>) {
             SnapshotSupport::No(why) => format!("no snapshot: {why}"),
         };
         outln!(
-            "  {}  {}  {} entries  at {}",
+            "  {}  {}  {} files  at {}",
             v.name,
             human_bytes(v.bytes),
-            v.entries,
+            v.files,
             v.host_path
         );
         outln!(

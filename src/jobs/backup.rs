@@ -1,7 +1,7 @@
 //! One backup from start to end: checks, host lock, discovery, plan,
 //! execution. The CLI's `backup` and configured jobs both call [`perform`].
 
-use super::{begin_run, command_line, RunContext};
+use super::{begin_run, command_line, history, RunContext};
 use crate::archive::chunked::{parent_dir, ChunkedOptions};
 use crate::archive::ArchiveOptions;
 use crate::discovery::{discover, Selection, Stack};
@@ -9,6 +9,7 @@ use crate::docker::Docker;
 use crate::execute::{run_plan, Destination, Job};
 use crate::fsutil::human_bytes;
 use crate::journal::Journal;
+use crate::plan::estimate::{Estimate, PastRun};
 use crate::plan::{build, detect_stack, set_label, Plan, PlanOptions};
 use crate::repo::manifest::{Compression, Manifest};
 use crate::repo::{new_backup_id, Format, Repo};
@@ -41,6 +42,8 @@ pub struct Done {
     pub manifest: Manifest,
     pub dir: PathBuf,
     pub problems: Vec<String>,
+    /// The downtime the plan expected, and from what.
+    pub estimate: Estimate,
 }
 
 /// Runs one backup. Everything that can be checked is checked before
@@ -97,7 +100,11 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
             }
         }
     }
-    let mut plan = build(&stack, &storage, &request.plan)?;
+    let options = PlanOptions {
+        history: history::load(run.state_dir),
+        ..request.plan.clone()
+    };
+    let mut plan = build(&stack, &storage, &options)?;
     let destination = match tar_repo {
         Some(repo) => {
             repo.mark_format1()?;
@@ -153,10 +160,32 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
     let (manifest, dir) = outcome
         .backup
         .ok_or_else(|| anyhow::anyhow!("internal error: the backup plan wrote no backup"))?;
+    let past = PastRun {
+        at: manifest.completed_at,
+        selection: manifest.selection.clone(),
+        strategy: manifest.strategy,
+        quiesce: plan.quiesce,
+        containers: stack
+            .containers
+            .iter()
+            .filter(|c| c.info.running && !c.info.paused)
+            .count() as u64,
+        bytes: manifest.total_bytes(),
+        downtime_ms: outcome.downtime_ms,
+        archive_down_ms: outcome.archive_down_ms,
+        estimated_ms: plan.estimated_downtime_ms,
+    };
+    if let Err(e) = history::record(run.state_dir, &past) {
+        tracing::warn!("cannot record this backup for downtime estimates: {e:#}");
+    }
     Ok(Done {
         manifest,
         dir,
         problems: outcome.problems,
+        estimate: Estimate {
+            ms: plan.estimated_downtime_ms,
+            source: plan.estimate_source,
+        },
     })
 }
 
@@ -166,12 +195,17 @@ pub fn preview(
     selection: &Selection,
     options: &PlanOptions,
     snapshot_size: Option<u64>,
+    state_dir: &std::path::Path,
 ) -> Result<(Stack, Vec<StorageInfo>, Plan)> {
     let docker = Docker::connect()?;
     let mut stack = discover(&docker, selection)?;
     stack.measure()?;
     let storage = detect_stack(&SystemRunner, &stack, snapshot_size)?;
-    let plan = build(&stack, &storage, options)?;
+    let options = PlanOptions {
+        history: history::load(state_dir),
+        ..options.clone()
+    };
+    let plan = build(&stack, &storage, &options)?;
     Ok((stack, storage, plan))
 }
 

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod config;
 pub mod copy;
 pub mod drill;
+pub mod history;
 pub mod notify;
 pub mod prune;
 pub mod restore;

@@ -38,6 +38,7 @@ pub fn backup_request(job: &Job) -> Result<BackupRequest> {
             require_consistent: job.require_consistent,
             stop_timeout_secs: job.stop_timeout.unwrap_or(30),
             ready_timeout_secs: job.ready_timeout.unwrap_or(120),
+            history: Vec::new(),
         },
         snapshot_size: size(&job.snapshot_size)?,
         archive,
@@ -136,6 +137,7 @@ fn back_up(job: &Job, run: &RunContext<'_>, record: &mut RunRecord) {
     record.strategy = Some(m.strategy.to_string());
     record.consistency = Some(m.consistency.to_string());
     record.downtime_ms = m.downtime_ms;
+    record.estimated_downtime_ms = Some(done.estimate.ms);
     record.bytes = m.total_bytes();
     record.archive_bytes = m.archive_bytes();
     record.problems.extend(done.problems);
@@ -173,8 +175,19 @@ fn back_up(job: &Job, run: &RunContext<'_>, record: &mut RunRecord) {
                 .map(|(report, _)| report)
             });
             match pruned {
-                Ok(report) if *repo == job.repo => record.pruned = report.deleted.len(),
-                Ok(_) => {}
+                Ok(report) if *repo == job.repo => {
+                    record.pruned = report.deleted.len();
+                    record.pruned_ids = report.deleted;
+                }
+                Ok(report) => {
+                    if !report.deleted.is_empty() {
+                        eprintln!(
+                            "volsnap: retention in {}: deleted {}",
+                            repo.display(),
+                            report.deleted.join(", ")
+                        );
+                    }
+                }
                 Err(e) => record
                     .problems
                     .push(format!("retention in {}: {e:#}", repo.display())),
@@ -242,16 +255,7 @@ pub fn finish(
     }
     notify(job, record, env);
     match record.status {
-        RunStatus::Success => eprintln!(
-            "volsnap: job {name}: {:?} succeeded{} in {:.1} s",
-            record.kind,
-            record
-                .backup_id
-                .as_deref()
-                .map(|id| format!(" ({id})"))
-                .unwrap_or_default(),
-            record.duration_ms as f64 / 1000.0
-        ),
+        RunStatus::Success => eprintln!("volsnap: job {name}: {}", success_line(job, record)),
         RunStatus::Failed => {
             eprintln!("volsnap: error: job {name}: {:?} failed:", record.kind);
             for p in &record.problems {
@@ -259,6 +263,40 @@ pub fn finish(
             }
         }
     }
+}
+
+/// What a successful run did, on one line: the backup, its downtime
+/// against the estimate, and what retention deleted.
+fn success_line(job: &Job, record: &RunRecord) -> String {
+    let mut line = format!(
+        "{:?} succeeded in {}",
+        record.kind,
+        crate::fsutil::human_secs(record.duration_ms)
+    );
+    if let Some(id) = &record.backup_id {
+        line.push_str(&format!(
+            "; backup {id}, downtime {}",
+            crate::fsutil::human_secs(record.downtime_ms)
+        ));
+        if let Some(estimate) = record.estimated_downtime_ms {
+            line.push_str(&format!(
+                " (estimated {})",
+                crate::fsutil::human_secs(estimate)
+            ));
+        }
+    }
+    if job.retention.is_some() && record.kind == RunKind::Backup {
+        if record.pruned_ids.is_empty() {
+            line.push_str("; retention deleted nothing");
+        } else {
+            line.push_str(&format!(
+                "; retention deleted {} backup(s): {}",
+                record.pruned_ids.len(),
+                record.pruned_ids.join(", ")
+            ));
+        }
+    }
+    line
 }
 
 fn notify(job: &Job, record: &RunRecord, env: &[(String, String)]) {

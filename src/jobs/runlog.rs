@@ -48,6 +48,9 @@ pub struct RunRecord {
     pub consistency: Option<String>,
     #[serde(default)]
     pub downtime_ms: u64,
+    /// What the plan expected the downtime to be (compare with the above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_downtime_ms: Option<u64>,
     #[serde(default)]
     pub bytes: u64,
     #[serde(default)]
@@ -55,6 +58,9 @@ pub struct RunRecord {
     /// Backups deleted by the job's retention after this run.
     #[serde(default)]
     pub pruned: usize,
+    /// Their ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned_ids: Vec<String>,
     /// The `copy_to` repositories the new backup reached, and the bytes
     /// sent to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -86,6 +92,8 @@ impl RunRecord {
             strategy: None,
             consistency: None,
             downtime_ms: 0,
+            estimated_downtime_ms: None,
+            pruned_ids: Vec::new(),
             bytes: 0,
             archive_bytes: 0,
             pruned: 0,

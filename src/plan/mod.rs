@@ -1,12 +1,13 @@
 //! Plans as data: the ordered steps a backup runs, each with the step that
 //! undoes it. `volsnap plan` prints a plan; the executor runs the same value.
 
+pub mod estimate;
 mod snapshot;
 
 pub use snapshot::{detect_stack, set_label};
 
 use crate::discovery::{Container, Stack};
-use crate::fsutil::human_bytes;
+use crate::fsutil::{human_bytes, human_secs};
 use crate::repo::manifest::{Consistency, Strategy};
 use crate::storage::{SnapshotSupport, StorageInfo};
 use crate::usage;
@@ -14,12 +15,6 @@ use anyhow::Result;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Archive throughput assumed when estimating cold downtime. Deliberately
-/// conservative (a busy disk, zstd on two cores).
-pub const ESTIMATE_BYTES_PER_SEC: u64 = 150 * 1024 * 1024;
-/// Time assumed to stop and start one container.
-pub const ESTIMATE_RESTART_MS_PER_CONTAINER: u64 = 2_000;
 
 /// What the user asked for with `--strategy`.
 #[derive(
@@ -58,6 +53,8 @@ pub struct PlanOptions {
     pub require_consistent: bool,
     pub stop_timeout_secs: u32,
     pub ready_timeout_secs: u32,
+    /// This host's past backups, for downtime estimates.
+    pub history: Vec<estimate::PastRun>,
 }
 
 impl Default for PlanOptions {
@@ -69,6 +66,7 @@ impl Default for PlanOptions {
             require_consistent: false,
             stop_timeout_secs: 30,
             ready_timeout_secs: 120,
+            history: Vec::new(),
         }
     }
 }
@@ -341,14 +339,33 @@ pub struct Plan {
     /// Why this strategy.
     pub reason: String,
     pub estimated_downtime_ms: u64,
+    /// Where the estimate comes from (history, rates, defaults).
+    pub estimate_source: String,
     pub steps: Vec<Step>,
 }
 
-/// Rough cold downtime: stop and start every running container, archive all.
-pub fn estimate_cold_downtime(stack: &Stack) -> Duration {
-    let running = stack.containers.iter().filter(|c| c.info.running).count() as u64;
-    let archive_ms = stack.total_bytes().saturating_mul(1000) / ESTIMATE_BYTES_PER_SEC;
-    Duration::from_millis(archive_ms + running * ESTIMATE_RESTART_MS_PER_CONTAINER)
+/// Containers a cold backup or a stopping snapshot takes down.
+fn to_take_down(stack: &Stack) -> u64 {
+    stack
+        .containers
+        .iter()
+        .filter(|c| c.info.running && !c.info.paused)
+        .count() as u64
+}
+
+/// The downtime `strategy` would cost this stack, from this host's history.
+pub fn estimate_downtime(
+    stack: &Stack,
+    strategy: Strategy,
+    options: &PlanOptions,
+) -> estimate::Estimate {
+    let shape = estimate::Shape {
+        strategy,
+        quiesce: (strategy == Strategy::Snapshot).then_some(options.quiesce),
+        containers: to_take_down(stack),
+        stack,
+    };
+    estimate::downtime(&shape, &options.history)
 }
 
 /// Volumes that cannot be snapshotted, each with the reason.
@@ -399,22 +416,24 @@ pub fn choose_strategy(
         ));
     }
     let no_snapshot = format!("no snapshot ({})", snapshot_blockers.join("; "));
-    let estimate = estimate_cold_downtime(stack);
+    let estimate = estimate_downtime(stack, Strategy::Cold, options);
     match options.max_downtime {
-        Some(budget) if estimate > budget => {
+        Some(budget) if Duration::from_millis(estimate.ms) > budget => {
             if options.require_consistent {
                 Err(usage!(
-                    "a consistent backup needs about {} s of downtime (cold: {} to archive), over the --max-downtime budget of {} s, and {no_snapshot}. Raise --max-downtime, or drop --require-consistent to accept an online (best-effort) backup",
-                    estimate.as_secs(),
+                    "a consistent backup needs about {} of downtime (cold: {} to archive; {}), over the --max-downtime budget of {} s, and {no_snapshot}. Raise --max-downtime, or drop --require-consistent to accept an online (best-effort) backup",
+                    human_secs(estimate.ms),
                     human_bytes(stack.total_bytes()),
+                    estimate.source,
                     budget.as_secs()
                 ))
             } else {
                 Ok((
                     Strategy::Online,
                     format!(
-                        "auto: {no_snapshot}; cold would take about {} s of downtime, over the {} s budget, so online (best-effort)",
-                        estimate.as_secs(),
+                        "auto: {no_snapshot}; cold would take about {} of downtime ({}), over the {} s budget, so online (best-effort)",
+                        human_secs(estimate.ms),
+                        estimate.source,
                         budget.as_secs()
                     ),
                 ))
@@ -493,15 +512,10 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
     };
     let mut quiesce = None;
     let consistency;
-    let estimated_downtime_ms;
+    let estimate = estimate_downtime(stack, strategy, options);
     match strategy {
         Strategy::Cold => {
             consistency = Consistency::Consistent;
-            estimated_downtime_ms = if running.is_empty() {
-                0
-            } else {
-                estimate_cold_downtime(stack).as_millis() as u64
-            };
             steps.extend(stack.stop_order().filter(|c| running.contains(c)).map(stop));
             steps.extend(flush());
             steps.extend(archive(true));
@@ -515,7 +529,6 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
         }
         Strategy::Online => {
             consistency = Consistency::BestEffort;
-            estimated_downtime_ms = 0;
             steps.extend(archive(true));
         }
         Strategy::Snapshot => {
@@ -524,12 +537,6 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
                 Consistency::BestEffort
             } else {
                 Consistency::Consistent
-            };
-            estimated_downtime_ms = match options.quiesce {
-                Quiesce::None => 0,
-                _ if running.is_empty() => 0,
-                Quiesce::Pause => 100,
-                Quiesce::Stop => running.len() as u64 * ESTIMATE_RESTART_MS_PER_CONTAINER,
             };
             snapshot::plan_snapshot_steps(stack, storage, options, &running, &mut steps, true);
         }
@@ -544,7 +551,8 @@ pub fn build(stack: &Stack, storage: &[StorageInfo], options: &PlanOptions) -> R
         consistency,
         quiesce,
         reason,
-        estimated_downtime_ms,
+        estimated_downtime_ms: estimate.ms,
+        estimate_source: estimate.source,
         steps,
     })
 }
@@ -586,6 +594,7 @@ pub fn build_keep_snapshot(
         quiesce: Some(options.quiesce),
         reason: "snapshots kept for rollback".into(),
         estimated_downtime_ms: 0,
+        estimate_source: String::new(),
         steps,
     })
 }
