@@ -61,6 +61,8 @@ Examples:
   volsnap verify --repo /backups latest --deep
   volsnap restore --repo /backups latest --volume milvus_etcd=etcd_restored
   volsnap restore --repo /backups latest --target-dir /tmp/inspect
+  volsnap ls     --repo /backups latest milvus_etcd/member
+  volsnap diff   --repo /backups 20261126T020000Z-1a2b latest
   volsnap snapshot --project milvus --name before-2.4   # then upgrade
   volsnap rollback before-2.4                           # if the upgrade broke it
   volsnap snapshots drop before-2.4                     # once it did not
@@ -141,6 +143,72 @@ pub enum Command {
     /// Copy backups into another repository, sending only the packs it
     /// lacks (an off-site copy of a local repository: README, "Copies").
     Copy(CopyArgs),
+    /// List what a backup holds: every entry, or those under VOLUME[/PATH].
+    Ls(LsArgs),
+    /// What changed between two backups, entry by entry (+ added,
+    /// - removed, M content, U metadata only, T type).
+    Diff(DiffArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  volsnap ls --repo /backups latest                       # every volume, every entry
+  volsnap ls --repo /backups latest milvus_etcd/member    # one directory, recursively
+  volsnap ls --repo /backups 20261127T061000Z-1a2b --json
+
+Only metadata is read (the manifest, or format 2's tree blobs), never the
+archived content. Names are shown with control characters escaped.")]
+pub struct LsArgs {
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// Backup id, or "latest" (the newest from this host, of the stack
+    /// when one is named).
+    pub id: String,
+    /// Only this volume, or this path inside it and what lies beneath
+    /// (VOLUME or VOLUME/PATH).
+    #[arg(value_name = "VOLUME[/PATH]")]
+    pub path: Option<String>,
+    #[command(flatten)]
+    pub only: StackFilterArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print the entries as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  volsnap diff --repo /backups 20261126T020000Z-1a2b latest
+  volsnap diff --repo /backups OLD NEW --json
+
+Marks: + only in the second backup, - only in the first, M content (or a
+link's target) changed, U only mode, owner or modification time changed,
+T another kind of entry. Only metadata is read: content is compared by its
+recorded SHA-256 (format 1) or chunk list (format 2).")]
+pub struct DiffArgs {
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// The earlier backup (an id, or "latest").
+    pub old: String,
+    /// The later backup (an id, or "latest").
+    pub new: String,
+    /// Only this volume, or this path inside it (VOLUME or VOLUME/PATH).
+    #[arg(long, value_name = "VOLUME[/PATH]")]
+    pub path: Option<String>,
+    #[command(flatten)]
+    pub only: StackFilterArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print the changes as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -703,6 +703,7 @@ impl<'a> Run<'a> {
                 .collect(),
             volumes,
             notes,
+            stored_bytes: None,
         };
         let repo = match self.destination()? {
             Destination::Tar(repo) => repo,
@@ -711,7 +712,9 @@ impl<'a> Run<'a> {
                     .chunked
                     .take()
                     .context("internal error: commit before prepare")?;
-                let id = backup.commit(&manifest)?;
+                let (id, stored) = backup.commit(&manifest)?;
+                let mut manifest = manifest;
+                manifest.stored_bytes = Some(stored);
                 let location = PathBuf::from(repo.backend().location())
                     .join("snapshots")
                     .join(id.hex());

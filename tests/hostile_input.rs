@@ -166,6 +166,7 @@ fn write_manifest(dir: &Path, id: &str, entries: Vec<FileEntry>) {
             entries,
         }],
         notes: vec![],
+        stored_bytes: None,
     };
     std::fs::write(
         dir.join(MANIFEST_FILE),

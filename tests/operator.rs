@@ -70,6 +70,13 @@ fn plan_and_backup_count_the_same_and_estimates_come_from_history() {
         &env,
     )));
     assert_eq!(listed[0]["bytes"].as_u64(), Some(planned_bytes));
+    // Format 2 says what the backup added to the repository.
+    let stored = one["stored_bytes"].as_u64().unwrap();
+    assert!(
+        stored > 2 << 20,
+        "the incompressible 2 MiB are stored: {one}"
+    );
+    assert_eq!(listed[0]["stored_bytes"].as_u64(), Some(stored));
 
     // The next plan learns from that backup, says so, and the backup
     // after it reports its estimate beside the measured downtime.
@@ -78,6 +85,10 @@ fn plan_and_backup_count_the_same_and_estimates_come_from_history() {
     assert!(source.contains("last cold backup of --project"), "{source}");
     let estimated = second["estimated_downtime_ms"].as_u64().unwrap();
     let two = backup();
+    assert!(
+        two["stored_bytes"].as_u64().unwrap() < stored / 10,
+        "nothing changed, little is stored: {two}"
+    );
     let measured = two["downtime_ms"].as_u64().unwrap();
     assert_eq!(two["estimated_downtime_ms"].as_u64(), Some(estimated));
     let ratio = estimated.max(1) as f64 / measured.max(1) as f64;
@@ -90,4 +101,122 @@ fn plan_and_backup_count_the_same_and_estimates_come_from_history() {
     );
     let history = std::fs::read_to_string(state.path().join("history.jsonl")).unwrap();
     assert_eq!(history.lines().count(), 2, "{history}");
+}
+
+#[test]
+fn ls_and_diff_show_what_backups_hold_in_both_formats() {
+    require_docker();
+    for format in ["tar", "chunked"] {
+        let mut p = Project::new(&format!("ls{format}"));
+        let repo = tempfile::tempdir().unwrap();
+        if format == "tar" {
+            init_tar(repo.path());
+        }
+        let repo_s = repo.path().to_str().unwrap();
+        let vol = p.volume("data", &[]);
+        let path = volume_path(&vol);
+        make_fixture(&path);
+        let mount = format!("{vol}:/data");
+        p.service("app", &[], &["-v", &mount], &["idle"]);
+        let backup = || {
+            let out = ok(volsnap(&[
+                "backup",
+                "--project",
+                &p.name,
+                "--repo",
+                repo_s,
+                "--json",
+            ]));
+            json(&out)["id"].as_str().unwrap().to_string()
+        };
+        let first = backup();
+        std::fs::write(path.join("blob.bin"), b"new content").unwrap();
+        std::fs::write(path.join("new-file"), b"added").unwrap();
+        std::fs::remove_file(path.join("dir/dangling")).unwrap();
+        std::fs::set_permissions(
+            path.join("deep/a/b/c/d"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let second = backup();
+
+        let listed = json(&ok(volsnap(&["ls", "--repo", repo_s, &first, "--json"])));
+        let paths: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        for expect in ["dir/file.txt", "dir/dangling", "blob.bin", "deep/a/b/c/d"] {
+            assert!(paths.contains(&expect), "{format}: {expect} in {paths:?}");
+        }
+        let file = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == "dir/file.txt")
+            .unwrap();
+        assert_eq!(file["uid"], 1234, "{format}: {file}");
+        let under = json(&ok(volsnap(&[
+            "ls",
+            "--repo",
+            repo_s,
+            &first,
+            &format!("{vol}/dir"),
+            "--json",
+        ])));
+        let under: Vec<&str> = under
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        assert!(
+            !under.is_empty() && under.iter().all(|p| p.starts_with("dir")),
+            "{format}: {under:?}"
+        );
+        let human = ok(volsnap(&["ls", "--repo", repo_s, &first]));
+        assert!(
+            human.contains(&format!("{vol}/dir/rel-link -> file.txt")),
+            "{format}: {human}"
+        );
+        let out = volsnap(&["ls", "--repo", repo_s, &first, "no-such-volume"]);
+        assert_eq!(out.status.code(), Some(2), "{format}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no volume no-such-volume"));
+
+        let diff = json(&ok(volsnap(&[
+            "diff", "--repo", repo_s, &first, &second, "--json",
+        ])));
+        let changes: Vec<(String, String)> = diff["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["change"].as_str().unwrap().to_string(),
+                    c["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for (change, path) in [
+            ("modified", "blob.bin"),
+            ("added", "new-file"),
+            ("removed", "dir/dangling"),
+            ("metadata", "deep/a/b/c/d"),
+        ] {
+            assert!(
+                changes.contains(&(change.to_string(), path.to_string())),
+                "{format}: {change} {path} in {changes:?}"
+            );
+        }
+        assert!(
+            !changes.iter().any(|(_, p)| p == "dir/file.txt"),
+            "{format}: unchanged files are not listed: {changes:?}"
+        );
+        let human = ok(volsnap(&["diff", "--repo", repo_s, &first, &second]));
+        assert!(human.contains(&format!("+  {vol}/new-file")), "{human}");
+        assert!(human.contains("1 added"), "{human}");
+        let same = ok(volsnap(&["diff", "--repo", repo_s, &second, &second]));
+        assert!(same.contains("no differences"), "{same}");
+    }
 }

@@ -542,8 +542,9 @@ impl ChunkedBackup {
 
     /// Writes the volume records, the packs still open, the index, checks
     /// that every pack the backup deduplicated against still exists, then
-    /// writes the commit object: from then on the backup exists.
-    pub fn commit(mut self, manifest: &crate::repo::manifest::Manifest) -> Result<Id> {
+    /// writes the commit object: from then on the backup exists. Returns
+    /// the commit object's id and the bytes of the packs the backup wrote.
+    pub fn commit(mut self, manifest: &crate::repo::manifest::Manifest) -> Result<(Id, u64)> {
         let parent = self.parent_id.clone();
         use crate::repo::v2::objects::{Commit, CommitVolume, FORMAT};
         let config = self.repo.config.clone();
@@ -577,6 +578,7 @@ impl ChunkedBackup {
             });
         }
         let saved = saver.finish()?;
+        let stored_bytes: u64 = saved.index.packs.iter().map(|p| p.size).sum();
         if !saved.index.packs.is_empty() {
             self.repo.save_index(&saved.index)?;
         }
@@ -620,6 +622,7 @@ impl ChunkedBackup {
             volumes,
             parent,
             packs,
+            stored_bytes: Some(stored_bytes),
         };
         #[cfg(feature = "fault-injection")]
         crate::fault::point("v2-before-commit");
@@ -639,7 +642,7 @@ impl ChunkedBackup {
         if let Some(lock) = self.lock.take() {
             lock.release()?;
         }
-        Ok(id)
+        Ok((id, stored_bytes))
     }
 }
 
@@ -710,6 +713,7 @@ mod tests {
                 entries: Vec::new(),
             }],
             notes: Vec::new(),
+            stored_bytes: None,
         }
     }
 
@@ -937,6 +941,7 @@ mod tests {
                 volsnap_version: "test".into(),
                 containers: Vec::new(),
                 notes: Vec::new(),
+                stored_bytes: None,
                 volumes: vec![CommitVolume {
                     name: "vol".into(),
                     kind: VolumeKind::Volume,

@@ -65,6 +65,7 @@ fn json_report(done: &Done) -> serde_json::Value {
         "compression": m.compression,
         "bytes": m.total_bytes(),
         "archive_bytes": m.archive_bytes(),
+        "stored_bytes": m.bytes_stored(),
         "volumes": m.volumes.iter().map(|v| json!({
             "name": v.name,
             "kind": v.kind,
@@ -97,13 +98,16 @@ fn print_human(done: &Done) {
         secs(m.duration_ms)
     );
     for v in &m.volumes {
+        // Format 2 has no archive per volume: what it stored is per backup.
+        let archive = match m.stored_bytes {
+            None => format!(" -> {} ({})", v.archive, human_bytes(v.archive_bytes)),
+            Some(_) => String::new(),
+        };
         outln!(
-            "  {:<28} {:>7} files {:>10} -> {} ({})",
+            "  {:<28} {:>7} files {:>10}{archive}",
             v.name,
             v.files,
-            human_bytes(v.bytes),
-            v.archive,
-            human_bytes(v.archive_bytes)
+            human_bytes(v.bytes)
         );
         if !v.changed_during_read.is_empty() {
             outln!(
@@ -120,6 +124,13 @@ fn print_human(done: &Done) {
     }
     for note in &m.notes {
         outln!("  note: {note}");
+    }
+    if let Some(stored) = m.stored_bytes {
+        outln!(
+            "stored {} new of {} (the rest deduplicated against earlier backups, or compressed away)",
+            human_bytes(stored),
+            human_bytes(m.total_bytes())
+        );
     }
     outln!("saved to {}", dir.display());
 }

@@ -32,6 +32,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
                     "downtime_ms": m.downtime_ms,
                     "bytes": m.total_bytes(),
                     "archive_bytes": m.archive_bytes(),
+                    "stored_bytes": m.bytes_stored(),
                     "volumes": m.volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
                     "protected": b.protected(),
                     "verified_at": b.notes().ok().and_then(|n| volsnap::restore::verify::verified_at(&n)),
@@ -70,7 +71,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
         "strategy",
         "consistency",
         "data",
-        "archives",
+        "stored",
         "flags"
     );
     for b in &backups {
@@ -83,7 +84,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
             m.strategy.to_string(),
             m.consistency.to_string(),
             human_bytes(m.total_bytes()),
-            human_bytes(m.archive_bytes()),
+            human_bytes(m.bytes_stored()),
             flags(b),
             m.selection
         );

@@ -2,6 +2,7 @@
 //! prints the result. `run` returns the exit status.
 
 mod backup;
+mod contents;
 mod copy;
 mod daemon;
 mod drill;
@@ -67,6 +68,8 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             copy::run(args)
         }
+        Command::Ls(args) => contents::ls(args),
+        Command::Diff(args) => contents::diff(args),
         Command::Drill(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             drill::run(args)

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod contents;
 pub mod copy;
 pub mod drill;
 pub mod history;

@@ -139,7 +139,7 @@ fn back_up(job: &Job, run: &RunContext<'_>, record: &mut RunRecord) {
     record.downtime_ms = m.downtime_ms;
     record.estimated_downtime_ms = Some(done.estimate.ms);
     record.bytes = m.total_bytes();
-    record.archive_bytes = m.archive_bytes();
+    record.archive_bytes = m.bytes_stored();
     record.problems.extend(done.problems);
     if job.verify {
         match crate::restore::verify::verify_by_id(

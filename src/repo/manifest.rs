@@ -260,6 +260,11 @@ pub struct Manifest {
     /// Anything the operator should know: skipped tmpfs mounts, changes seen.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Format 2: the bytes this backup added to the repository (its new
+    /// packs, after deduplication and compression). Format 1 stores its
+    /// archives' sizes instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
 }
 
 impl Manifest {
@@ -292,6 +297,12 @@ impl Manifest {
 
     pub fn archive_bytes(&self) -> u64 {
         self.volumes.iter().map(|v| v.archive_bytes).sum()
+    }
+
+    /// What the backup added to the repository: format 2's new packs, or
+    /// format 1's archives.
+    pub fn bytes_stored(&self) -> u64 {
+        self.stored_bytes.unwrap_or_else(|| self.archive_bytes())
     }
 }
 

@@ -108,6 +108,9 @@ pub struct Commit {
     pub parent: Option<String>,
     /// Every pack the backup references.
     pub packs: Vec<Id>,
+    /// The bytes of the packs this backup wrote (what it added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
 }
 
 /// A `marks/<id>` object: packs a prune found unreferenced. Backups do not
@@ -161,6 +164,7 @@ impl Commit {
                 })
                 .collect(),
             notes: self.notes.clone(),
+            stored_bytes: self.stored_bytes,
         }
     }
 }
