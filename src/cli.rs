@@ -829,6 +829,7 @@ recover' finishes or undoes it).
 
 Examples:
   volsnap restore --repo /backups --volume milvus_etcd=etcd_check   # side by side
+  volsnap restore --repo /backups --volume milvus_minio --force     # that volume only
   volsnap restore --repo /backups --project milvus --force         # in place, this host's latest
   volsnap restore --repo /backups --host old-server --target-dir /tmp/inspect")]
 pub struct RestoreArgs {
@@ -844,12 +845,15 @@ pub struct RestoreArgs {
     pub only: StackFilterArgs,
     #[command(flatten)]
     pub host: HostArgs,
-    /// Restore volume OLD into volume NEW (created if missing); repeat for
-    /// several. Only the volumes named are restored.
-    #[arg(long = "volume", value_name = "OLD=NEW")]
+    /// Restore volume OLD into volume NEW (created if missing), or with
+    /// NAME alone volume NAME where it would go anyway; repeat for several.
+    /// Only the volumes named are restored, and only their damage blocks
+    /// the restore (salvage the intact volumes of a damaged backup).
+    #[arg(long = "volume", value_name = "OLD=NEW|NAME")]
     pub volumes: Vec<String>,
-    /// Restore into DIR/<volume> instead of Docker volumes.
-    #[arg(long, value_name = "DIR", conflicts_with = "volumes")]
+    /// Restore into DIR/<volume> instead of Docker volumes (with --volume
+    /// NAME, only those volumes).
+    #[arg(long, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
     /// Replace data that is there: needed whenever a target volume, bind
     /// path or directory is not empty (without it, restore says what it

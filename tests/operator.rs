@@ -220,3 +220,119 @@ fn ls_and_diff_show_what_backups_hold_in_both_formats() {
         assert!(same.contains("no differences"), "{same}");
     }
 }
+
+/// The pack files of a format-2 repository, oldest first.
+fn packs_by_age(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut packs = Vec::new();
+    for dir in std::fs::read_dir(repo.join("data")).unwrap().flatten() {
+        for pack in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let modified = pack.metadata().unwrap().modified().unwrap();
+            packs.push((modified, pack.path()));
+        }
+    }
+    packs.sort();
+    packs.into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn a_damaged_volume_does_not_block_restoring_the_intact_ones() {
+    require_docker();
+    for format in ["tar", "chunked"] {
+        let mut p = Project::new(&format!("salv{format}"));
+        let repo = tempfile::tempdir().unwrap();
+        if format == "tar" {
+            init_tar(repo.path());
+        }
+        let repo_s = repo.path().to_str().unwrap();
+        let good = p.volume("good", &[]);
+        make_fixture(&volume_path(&good));
+        let bad = p.volume("bad", &[]);
+        // 80 MiB: its second data pack holds nothing but its own chunks,
+        // whichever volume is archived first.
+        std::fs::write(volume_path(&bad).join("big"), pseudo_random(80 << 20, 11)).unwrap();
+        let good_mount = format!("{good}:/good");
+        let bad_mount = format!("{bad}:/bad");
+        p.service(
+            "app",
+            &[],
+            &["-v", &good_mount, "-v", &bad_mount],
+            &["idle"],
+        );
+        let report = json(&ok(volsnap(&[
+            "backup",
+            "--project",
+            &p.name,
+            "--repo",
+            repo_s,
+            "--json",
+        ])));
+        let id = report["id"].as_str().unwrap().to_string();
+        // Damage what only the volume "bad" uses.
+        if format == "tar" {
+            let archive = report["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == bad.as_str())
+                .unwrap()["archive"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let path = std::path::Path::new(report["path"].as_str().unwrap()).join(archive);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        } else {
+            let packs = packs_by_age(repo.path());
+            std::fs::remove_file(&packs[1]).unwrap();
+        }
+
+        let target = tempfile::tempdir().unwrap();
+        let target_s = target.path().to_str().unwrap();
+        let out = volsnap(&["restore", "--repo", repo_s, &id, "--target-dir", target_s]);
+        assert_eq!(out.status.code(), Some(1), "{format}: {}", stderr(&out));
+        let said = stderr(&out);
+        assert!(
+            said.contains("failed verification") && said.contains(&format!("--volume {good}")),
+            "{format}: the error names the intact volume to salvage: {said}"
+        );
+        assert!(
+            std::fs::read_dir(target.path()).unwrap().next().is_none(),
+            "{format}: nothing restored"
+        );
+
+        let out = volsnap(&[
+            "restore",
+            "--repo",
+            repo_s,
+            &id,
+            "--target-dir",
+            target_s,
+            "--volume",
+            &good,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not restored, and damaged"),
+            "{format}: the damage left behind is named: {}",
+            stderr(&out)
+        );
+        assert_same_tree(&volume_path(&good), &target.path().join(&good));
+        assert!(!target.path().join(&bad).exists(), "{format}");
+
+        // Asking for the damaged volume itself is still refused.
+        let other = tempfile::tempdir().unwrap();
+        let out = volsnap(&[
+            "restore",
+            "--repo",
+            repo_s,
+            &id,
+            "--target-dir",
+            other.path().to_str().unwrap(),
+            "--volume",
+            &bad,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{format}: {}", stderr(&out));
+    }
+}

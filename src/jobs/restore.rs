@@ -27,7 +27,8 @@ pub struct RestoreRequest {
     /// The stack named on the command line: bind paths are written only
     /// where one of its containers binds them now.
     pub stack: Option<Selection>,
-    /// `OLD=NEW` volume renames.
+    /// `OLD=NEW` volume renames, and `NAME` alone: only these volumes are
+    /// restored (every volume when empty).
     pub volumes: Vec<String>,
     pub target_dir: Option<PathBuf>,
     pub force: bool,
@@ -73,13 +74,51 @@ pub fn perform(
     let args = request;
     let cancel = run.cancel;
     let (id, source, manifest, check) = open_backup(&args.repo, &args.id, &args.scope, cancel)?;
-    if !check.problems.is_empty() {
-        anyhow::bail!(
-            "backup {id} failed verification, not restoring it: {}",
-            check.problems.join("; ")
-        );
+    let (mapping, only) = parse_mapping(&args.volumes, &manifest)?;
+    if args.target_dir.is_some() && !mapping.is_empty() {
+        return Err(usage!(
+            "--target-dir restores each volume into DIR/<volume>; --volume there takes names only (--volume NAME), not OLD=NEW"
+        ));
     }
-    let mapping = parse_mapping(&args.volumes, &manifest)?;
+    let chosen = |v: &VolumeRecord| {
+        (mapping.is_empty() && only.is_empty())
+            || mapping.contains_key(&v.name)
+            || only.contains(&v.name)
+    };
+    let salvage = triage(&manifest, &check.problems, &chosen);
+    if !salvage.blocking.is_empty() {
+        let intact: Vec<&str> = manifest
+            .volumes
+            .iter()
+            .filter(|v| !salvage.damaged.contains(&v.name))
+            .map(|v| v.name.as_str())
+            .collect();
+        let hint = if salvage.damaged.is_empty() || intact.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ". The damage is confined to {}; the other volumes can be restored alone: {}",
+                salvage
+                    .damaged
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                intact
+                    .iter()
+                    .map(|n| format!("--volume {n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        };
+        return Err(anyhow::anyhow!(
+            "backup {id} failed verification, not restoring it: {}{hint}",
+            salvage.blocking.join("; ")
+        ));
+    }
+    for problem in &salvage.elsewhere {
+        eprintln!("volsnap: warning: not restored, and damaged: {problem}");
+    }
     let _lock = super::begin_run(run.state_dir)?;
     let mut journal = Journal::create(
         run.state_dir,
@@ -95,6 +134,7 @@ pub fn perform(
         (Some(root), _) => manifest
             .volumes
             .iter()
+            .filter(|v| chosen(v))
             .map(|v| {
                 let stem = v
                     .archive
@@ -125,7 +165,7 @@ pub fn perform(
                     })
                     .unwrap_or_default()
             });
-            docker_targets(docker, &manifest, &mapping, &id, selected.as_deref())?
+            docker_targets(docker, &manifest, &mapping, &only, &id, selected.as_deref())?
         }
         (None, None) => {
             unreachable!("a Docker connection exists whenever there is no --target-dir")
@@ -265,14 +305,63 @@ fn restore_all(
         .collect())
 }
 
-/// `--volume OLD=NEW` pairs, checked against the backup.
-fn parse_mapping(pairs: &[String], manifest: &Manifest) -> Result<BTreeMap<String, String>> {
+/// Verification problems sorted for a restore of some volumes: those that
+/// concern a volume not being restored do not block it.
+struct Triage {
+    blocking: Vec<String>,
+    elsewhere: Vec<String>,
+    /// Volumes some problem is about.
+    damaged: std::collections::BTreeSet<String>,
+}
+
+fn triage(
+    manifest: &Manifest,
+    problems: &[String],
+    chosen: &dyn Fn(&VolumeRecord) -> bool,
+) -> Triage {
+    let mut triage = Triage {
+        blocking: Vec::new(),
+        elsewhere: Vec::new(),
+        damaged: Default::default(),
+    };
+    for problem in problems {
+        // Problems name their volume (or its archive) first. Only names a
+        // Docker volume or archive can have count, so a crafted name
+        // cannot claim another volume's problem.
+        let about = manifest.volumes.iter().find(|v| {
+            [&v.name, &v.archive].iter().any(|name| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                    && problem.starts_with(&format!("{name}:"))
+            })
+        });
+        if let Some(v) = about {
+            triage.damaged.insert(v.name.clone());
+        }
+        match about {
+            Some(v) if !chosen(v) => triage.elsewhere.push(problem.clone()),
+            _ => triage.blocking.push(problem.clone()),
+        }
+    }
+    triage
+}
+
+/// `--volume OLD=NEW` pairs and `--volume NAME` names, checked against
+/// the backup.
+fn parse_mapping(
+    pairs: &[String],
+    manifest: &Manifest,
+) -> Result<(BTreeMap<String, String>, Vec<String>)> {
     let mut map = BTreeMap::new();
+    let mut only = Vec::new();
     for pair in pairs {
-        let (old, new) = pair
-            .split_once('=')
-            .filter(|(o, n)| !o.is_empty() && !n.is_empty())
-            .ok_or_else(|| usage!("--volume takes OLD=NEW, not {pair:?}"))?;
+        let (old, new) = match pair.split_once('=') {
+            None => (pair.as_str(), ""),
+            Some((o, n)) if !o.is_empty() && !n.is_empty() => (o, n),
+            Some(_) => return Err(usage!("--volume takes OLD=NEW or NAME, not {pair:?}")),
+        };
         if !manifest.volumes.iter().any(|v| v.name == old) {
             let names: Vec<&str> = manifest.volumes.iter().map(|v| v.name.as_str()).collect();
             return Err(usage!(
@@ -280,6 +369,10 @@ fn parse_mapping(pairs: &[String], manifest: &Manifest) -> Result<BTreeMap<Strin
                 manifest.id,
                 names.join(", ")
             ));
+        }
+        if new.is_empty() {
+            only.push(old.to_string());
+            continue;
         }
         let valid = new
             .chars()
@@ -293,19 +386,21 @@ fn parse_mapping(pairs: &[String], manifest: &Manifest) -> Result<BTreeMap<Strin
         }
         map.insert(old.to_string(), new.to_string());
     }
-    Ok(map)
+    Ok((map, only))
 }
 
 fn docker_targets<'m>(
     docker: &Docker,
     manifest: &'m Manifest,
     mapping: &BTreeMap<String, String>,
+    only: &[String],
     id: &str,
     selected: Option<&[String]>,
 ) -> Result<Vec<Target<'m>>> {
     let mut targets = Vec::new();
     for v in &manifest.volumes {
-        if !mapping.is_empty() {
+        let everything = mapping.is_empty() && only.is_empty();
+        if !everything && !only.contains(&v.name) {
             let Some(new) = mapping.get(&v.name) else {
                 continue;
             };
