@@ -235,8 +235,10 @@ fn restore_mapping_errors() {
     let bad = format!("{vol}=bad/name");
     let out = volsnap(&["restore", "--repo", repo_s, "--volume", &bad]);
     assert_fails(&out, 2, "not a valid Docker volume name");
-    let out = volsnap(&["restore", "--repo", repo_s, "--volume", "missing-equals"]);
-    assert_fails(&out, 2, "OLD=NEW");
+    let out = volsnap(&["restore", "--repo", repo_s, "--volume", "missing-volume"]);
+    assert_fails(&out, 2, "has no volume \"missing-volume\"");
+    let out = volsnap(&["restore", "--repo", repo_s, "--volume", "=new"]);
+    assert_fails(&out, 2, "OLD=NEW or NAME");
 }
 
 #[test]
