@@ -120,6 +120,12 @@ fn config_check_explains_every_error_with_its_line() {
         "{}",
         stderr(&out)
     );
+    // Every problem of the file in one run, the unknown key's included.
+    assert!(
+        stderr(&out).contains("2 problem(s)") && stderr(&out).contains("job nightly: schedule"),
+        "{}",
+        stderr(&out)
+    );
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/volsnap.example.toml");
     ok(volsnap(&["config", "check", "--config", example]));
     let missing = volsnap(&["config", "check", "--config", "/nonexistent/volsnap.toml"]);
@@ -151,14 +157,31 @@ fn a_job_runs_its_hooks_in_order_and_notifies_by_webhook() {
     std::fs::write(&s.config, text).unwrap();
     let config = s.config.to_str().unwrap().to_string();
 
+    let mut said = Vec::new();
     for _ in 0..2 {
-        ok(volsnap(&["run", "nightly", "--config", &config]));
+        let out = volsnap(&["run", "nightly", "--config", &config]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        said.push(stderr(&out));
     }
     let records = run_log(&s.dir);
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r["status"] == "success"));
     assert_eq!(records[1]["pruned"], 1, "retention after the second run");
     let id = records[1]["backup_id"].as_str().unwrap();
+    // The terminal says what the run did, retention included.
+    let first = records[0]["backup_id"].as_str().unwrap();
+    assert!(said[0].contains("retention deleted nothing"), "{}", said[0]);
+    assert!(
+        said[1].contains(&format!("retention deleted 1 backup(s): {first}"))
+            && said[1].contains("(estimated "),
+        "{}",
+        said[1]
+    );
+    assert!(
+        records[1]["estimated_downtime_ms"].is_u64(),
+        "{}",
+        records[1]
+    );
     let log = std::fs::read_to_string(s.dir.join("hooks.log")).unwrap();
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines[2], "pre nightly");

@@ -154,30 +154,32 @@ impl Config {
     }
 
     /// Parses and checks the text of a configuration file; every problem
-    /// found, each as "line N: …".
+    /// found, each as "line N: …", in line order.
     pub fn parse(text: &str) -> std::result::Result<Config, Vec<String>> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| format!("line {}: ", line_at(text, span.start)))
-                .unwrap_or_default();
-            vec![format!("{line}{}", e.message())]
-        })?;
-        let mut problems = Vec::new();
-        if config.jobs.is_empty() {
-            problems.push("no job defined; add a [jobs.NAME] table".to_string());
+        let (config, mut problems) = parse_all(text);
+        let config = config.unwrap_or_else(|| Config {
+            run_log: None,
+            metrics_file: None,
+            jobs: BTreeMap::new(),
+        });
+        if config.jobs.is_empty() && problems.is_empty() {
+            problems.push((1, "no job defined; add a [jobs.NAME] table".to_string()));
         }
         for (name, job) in &config.jobs {
             for problem in job.problems(name) {
                 let line = job_line(text, name, problem.key);
-                problems.push(format!("line {line}: job {name}: {}", problem.text));
+                problems.push((line, format!("job {name}: {}", problem.text)));
             }
         }
         if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
+            return Ok(config);
         }
+        problems.sort_by_key(|(line, _)| *line);
+        problems.dedup();
+        Err(problems
+            .into_iter()
+            .map(|(line, text)| format!("line {line}: {text}"))
+            .collect())
     }
 
     /// A job by name, or a usage error listing the jobs there are.
@@ -347,6 +349,68 @@ pub fn parse_schedule(expression: &str) -> std::result::Result<croner::Cron, Str
 }
 
 /// The 1-based line holding byte `offset`.
+/// Deserializes the file, collecting every syntax and type error rather
+/// than the first: each error's span (toml reports where it is) is blanked
+/// out line by line, keeping every other line where it was, and the file is
+/// read again. A table whose header is at fault goes with all its keys, so
+/// they cannot fall into the table before it. The config is what remains
+/// (`None` when nothing could be read, as after a syntax error).
+fn parse_all(text: &str) -> (Option<Config>, Vec<(usize, String)>) {
+    let mut text = text.to_string();
+    let mut problems = Vec::new();
+    // Each round blanks at least one line; the bound only guards the loop.
+    for _ in 0..=text.lines().count() {
+        let error = match toml::from_str::<Config>(&text) {
+            Ok(config) => return (Some(config), problems),
+            Err(e) => e,
+        };
+        let Some(span) = error.span() else {
+            problems.push((1, error.message().to_string()));
+            return (None, problems);
+        };
+        problems.push((line_at(&text, span.start), error.message().to_string()));
+        let syntax = toml::from_str::<toml::Table>(&text).is_err();
+        if syntax || !blank(&mut text, span) {
+            return (None, problems);
+        }
+    }
+    (None, problems)
+}
+
+/// Replaces the lines `span` touches with spaces (a table header's whole
+/// table). False when nothing was left to blank.
+fn blank(text: &mut String, span: std::ops::Range<usize>) -> bool {
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let mut end = text[span.end.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |i| span.end + i);
+    if text[start..].trim_start().starts_with('[') {
+        // Up to the next table header.
+        let mut offset = end;
+        while offset < text.len() {
+            let line_end = text[offset + 1..]
+                .find('\n')
+                .map_or(text.len(), |i| offset + 1 + i);
+            if text[offset + 1..line_end].trim_start().starts_with('[') {
+                break;
+            }
+            end = line_end;
+            offset = line_end;
+        }
+    }
+    if text[start..end].trim().is_empty() {
+        return false;
+    }
+    let blanked: String = text[start..end]
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(start..end, &blanked);
+    true
+}
+
 fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -412,6 +476,40 @@ post = "logger volsnap done"
     }
 
     #[test]
+    fn type_errors_unknown_keys_and_checks_come_in_one_run() {
+        let bad = format!(
+            "{GOOD}\n[jobs.other]\nproject = \"x\"\nrepo = \"/r\"\nmax_downtime = \"ten\"\nstrategy = \"freezing\"\nretain = 3\nbwlimit = \"fast\"\n\n[jobs.third]\nproject = \"y\"\nrepo = \"relative\"\n"
+        )
+        .replace("keep_weekly = 4", "keep_weekly = \"four\"");
+        let problems = Config::parse(&bad).unwrap_err();
+        let lines: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            ["line 13", "line 21", "line 22", "line 23", "line 24", "line 28"],
+            "{problems:#?}"
+        );
+        assert!(problems[0].contains("invalid type"), "{problems:?}");
+        assert!(
+            problems[2].contains("unknown variant `freezing`"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[3].contains("unknown field `retain`"),
+            "{problems:?}"
+        );
+        assert!(problems[4].contains("job other: bwlimit"), "{problems:?}");
+        assert!(problems[5].contains("job third: repo"), "{problems:?}");
+
+        let syntax = format!("{GOOD}\n[jobs.broken\nrepo = 1\n");
+        let problems = Config::parse(&syntax).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("line 18"), "{problems:?}");
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_line() {
         let bad = GOOD
             .replace("schedule = \"0 3 * * *\"", "schedule = \"every night\"")
@@ -419,11 +517,11 @@ post = "logger volsnap done"
         let problems = Config::parse(&bad).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
-            problems[0].starts_with("line 9: job milvus: bwlimit"),
+            problems[0].starts_with("line 8: job milvus: schedule"),
             "{problems:?}"
         );
         assert!(
-            problems[1].starts_with("line 8: job milvus: schedule"),
+            problems[1].starts_with("line 9: job milvus: bwlimit"),
             "{problems:?}"
         );
 
