@@ -726,6 +726,13 @@ pub struct BackupArgs {
     /// times and inode match the previous backup of this host and stack.
     #[arg(long)]
     pub force_read: bool,
+    /// Leave out what matches PATTERN in every volume: a name at any depth
+    /// (`*.tmp`, `cache`) or, with a `/`, a path from the volume's root
+    /// (`cache/**`). Repeat for several. The manifest records the patterns,
+    /// so a restore knows what is missing on purpose. Volumes and
+    /// containers can carry them too: label volsnap.exclude.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
     #[command(flatten)]
     pub host: HostArgs,
     #[command(flatten)]

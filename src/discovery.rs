@@ -142,6 +142,9 @@ pub struct Volume {
     pub mounted_by: Vec<MountUse>,
     pub bytes: u64,
     pub files: u64,
+    /// Exclude patterns, relative to the volume's root (labels, then
+    /// --exclude).
+    pub exclude: Vec<String>,
 }
 
 impl Volume {
@@ -404,11 +407,24 @@ fn resolve_volumes(
                     continue;
                 }
             };
+            let (whole, mut exclude) = excluded_by_labels(container, &mount.destination, &labels);
+            if let Some(by) = whole {
+                skipped.push(format!(
+                    "{volume_name} (mounted by {name} at {}) is left out on purpose: {by}",
+                    mount.destination
+                ));
+                continue;
+            }
             if let Some(existing) = volumes
                 .iter_mut()
                 .find(|v| v.name == volume_name || v.host_path == host_path)
             {
                 existing.mounted_by.push(usage);
+                for pattern in exclude.drain(..) {
+                    if !existing.exclude.contains(&pattern) {
+                        existing.exclude.push(pattern);
+                    }
+                }
                 continue;
             }
             if !host_path.is_dir() {
@@ -427,10 +443,54 @@ fn resolve_volumes(
                 mounted_by: vec![usage],
                 bytes: 0,
                 files: 0,
+                exclude,
             });
         }
     }
     Ok((volumes, skipped))
+}
+
+/// What the `volsnap.exclude` labels say of one mount: whether the whole
+/// volume is left out (and by which label), else its patterns relative to
+/// the volume's root. A volume's label holds such patterns, or `true`; a
+/// container's holds paths inside the container (those under the mount's
+/// destination apply, relative to it) or name patterns without `/`.
+fn excluded_by_labels(
+    container: &Container,
+    destination: &str,
+    volume_labels: &BTreeMap<String, String>,
+) -> (Option<String>, Vec<String>) {
+    use crate::archive::exclude::{split_label, EXCLUDE_LABEL};
+    let mut patterns = Vec::new();
+    if let Some(value) = volume_labels.get(EXCLUDE_LABEL) {
+        if value.trim() == "true" {
+            return (
+                Some(format!("the volume's label {EXCLUDE_LABEL}=true")),
+                Vec::new(),
+            );
+        }
+        patterns.extend(split_label(value));
+    }
+    if let Some(value) = container.info.labels.get(EXCLUDE_LABEL) {
+        let mount = destination.trim_end_matches('/');
+        for pattern in split_label(value) {
+            if !pattern.starts_with('/') {
+                patterns.push(pattern);
+            } else if pattern.trim_end_matches('/') == mount {
+                return (
+                    Some(format!(
+                        "label {EXCLUDE_LABEL} of container {} names its mount point",
+                        container.info.name
+                    )),
+                    Vec::new(),
+                );
+            } else if let Some(inside) = pattern.strip_prefix(&format!("{mount}/")) {
+                // Anchored: that path in this volume, not a name anywhere.
+                patterns.push(format!("/{inside}"));
+            }
+        }
+    }
+    (None, patterns)
 }
 
 /// Where a named volume's data lives on the host: for a `local` volume

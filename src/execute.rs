@@ -529,16 +529,25 @@ impl<'a> Run<'a> {
         job.observer.archive_started(&v.name, v.bytes);
         let observer = job.observer;
         let progress = |n| observer.bytes_read(n);
+        let exclude = crate::archive::Exclude::new(&v.exclude)?;
         let summary = match (self.destination()?, self.chunked.as_mut()) {
             (Destination::Tar(repo), _) => {
                 let dest = repo.partial_dir(&job.id).join(&file_name);
-                write_archive(&source, &dest, &job.archive, job.cancel, &progress)
+                write_archive(
+                    &source,
+                    &dest,
+                    &job.archive,
+                    &exclude,
+                    job.cancel,
+                    &progress,
+                )
             }
             (Destination::Chunked { .. }, Some(chunked)) => chunked.archive(
                 volume,
                 &v.name,
                 &source,
                 job.archive.bwlimit,
+                &exclude,
                 job.cancel,
                 &progress,
             ),
@@ -653,6 +662,8 @@ impl<'a> Run<'a> {
                 changed_during_read: summary.changed_during_read,
                 vanished_during_read: summary.vanished_during_read,
                 left_out: summary.left_out,
+                excluded: v.exclude.clone(),
+                excluded_entries: summary.excluded,
                 entries: summary.entries,
             });
         }

@@ -163,6 +163,8 @@ fn write_manifest(dir: &Path, id: &str, entries: Vec<FileEntry>) {
             changed_during_read: vec![],
             vanished_during_read: vec![],
             left_out: vec![],
+            excluded: vec![],
+            excluded_entries: 0,
             entries,
         }],
         notes: vec![],

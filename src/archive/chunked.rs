@@ -472,12 +472,14 @@ impl ChunkedBackup {
     }
 
     /// Reads one volume into chunks; the walk's summary.
+    #[allow(clippy::too_many_arguments)]
     pub fn archive(
         &mut self,
         index: usize,
         name: &str,
         source: &Path,
         bwlimit: Option<u64>,
+        exclude: &super::Exclude,
         cancel: &crate::cancel::Cancel,
         progress: &dyn Fn(u64),
     ) -> Result<super::ArchiveSummary> {
@@ -519,7 +521,7 @@ impl ChunkedBackup {
             parent,
             keep,
         )?;
-        let summary = super::walk(source, &mut emitter, bwlimit, cancel, progress)?;
+        let summary = super::walk(source, &mut emitter, bwlimit, exclude, cancel, progress)?;
         let stats = emitter.stats;
         let (tree, tree_sha256, refs) = emitter.finish()?;
         self.volumes[index] = Some(Walked {
@@ -710,6 +712,8 @@ mod tests {
                 changed_during_read: summary.changed_during_read.clone(),
                 vanished_during_read: summary.vanished_during_read.clone(),
                 left_out: summary.left_out.clone(),
+                excluded: Vec::new(),
+                excluded_entries: 0,
                 entries: Vec::new(),
             }],
             notes: Vec::new(),
@@ -756,7 +760,15 @@ mod tests {
         };
         let mut backup = ChunkedBackup::begin(repo.clone(), 1, "h", "test", &options).unwrap();
         let summary = backup
-            .archive(0, "vol", src, None, &Cancel::new(), &|_| {})
+            .archive(
+                0,
+                "vol",
+                src,
+                None,
+                &super::super::Exclude::default(),
+                &Cancel::new(),
+                &|_| {},
+            )
             .unwrap();
         let stats = backup.reused(0);
         backup.commit(&manifest(id, &summary)).unwrap();

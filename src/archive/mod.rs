@@ -24,8 +24,11 @@ use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use xattr::FileExt as _;
 
+pub use exclude::Exclude;
+
 pub mod chunk;
 pub mod chunked;
+pub mod exclude;
 mod guard;
 mod stage;
 
@@ -103,6 +106,8 @@ pub struct ArchiveSummary {
     /// Data that is not in the archive: nested filesystems, subvolumes,
     /// datasets. The backup cannot then claim to be consistent.
     pub left_out: Vec<String>,
+    /// Entries left out on purpose (exclude patterns), with what they held.
+    pub excluded: u64,
 }
 
 /// The inode number of the stand-in directory that a btrfs snapshot shows
@@ -117,6 +122,7 @@ pub fn write_archive(
     source: &Path,
     dest: &Path,
     options: &ArchiveOptions,
+    exclude: &Exclude,
     cancel: &Cancel,
     progress: &dyn Fn(u64),
 ) -> Result<ArchiveSummary> {
@@ -128,7 +134,7 @@ pub fn write_archive(
         entries: Vec::new(),
         hashed_entries: Vec::new(),
     };
-    let mut summary = walk(source, &mut tar, options.bwlimit, cancel, progress)?;
+    let mut summary = walk(source, &mut tar, options.bwlimit, exclude, cancel, progress)?;
     let TarEmitter {
         entries,
         hashed_entries,
@@ -165,11 +171,13 @@ pub(crate) fn walk(
     source: &Path,
     emit: &mut dyn Emit,
     bwlimit: Option<u64>,
+    exclude: &Exclude,
     cancel: &Cancel,
     progress: &dyn Fn(u64),
 ) -> Result<ArchiveSummary> {
     let mut walker = Walker {
         emit,
+        exclude,
         summary: ArchiveSummary::default(),
         hard_links: HashMap::new(),
         throttle: Throttle::new(bwlimit),
@@ -281,6 +289,7 @@ impl Read for Content<'_> {
 
 struct Walker<'a> {
     emit: &'a mut dyn Emit,
+    exclude: &'a Exclude,
     summary: ArchiveSummary,
     /// (device, inode) of multiply-linked files already archived → their path.
     hard_links: HashMap<(u64, u64), Vec<u8>>,
@@ -413,6 +422,10 @@ impl Walker<'_> {
                 } else {
                     [&next.rel[..], b"/", name.as_bytes()].concat()
                 };
+                if self.exclude.matches(&child_rel) {
+                    self.summary.excluded += 1;
+                    continue;
+                }
                 let Some(meta) = meta else {
                     self.summary.vanished_during_read.push(display(&child_rel));
                     continue;
@@ -1213,7 +1226,15 @@ mod tests {
                     .unwrap();
             }
         });
-        let summary = write_archive(&source, &dest, &options, &Cancel::new(), &|_| ()).unwrap();
+        let summary = write_archive(
+            &source,
+            &dest,
+            &options,
+            &Exclude::default(),
+            &Cancel::new(),
+            &|_| (),
+        )
+        .unwrap();
         cutter.join().unwrap();
         assert_eq!(summary.changed_during_read, vec!["shrinks.db".to_string()]);
         let mut archive = tar::Archive::new(File::open(&dest).unwrap());

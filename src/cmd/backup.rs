@@ -47,6 +47,7 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         skip_space_check: args.skip_space_check,
         host: args.host.name(),
         force_read: args.force_read,
+        exclude: args.exclude.clone(),
     })
 }
 
@@ -76,6 +77,8 @@ fn json_report(done: &Done) -> serde_json::Value {
             "archive_bytes": v.archive_bytes,
             "changed_during_read": v.changed_during_read,
             "vanished_during_read": v.vanished_during_read,
+            "excluded": v.excluded,
+            "excluded_entries": v.excluded_entries,
         })).collect::<Vec<_>>(),
         "notes": m.notes,
         "problems": done.problems,
@@ -109,6 +112,13 @@ fn print_human(done: &Done) {
             v.files,
             human_bytes(v.bytes)
         );
+        if !v.excluded.is_empty() {
+            outln!(
+                "      left out on purpose: {} entries matching {}",
+                v.excluded_entries,
+                v.excluded.join(", ")
+            );
+        }
         if !v.changed_during_read.is_empty() {
             outln!(
                 "      changed while read: {}",

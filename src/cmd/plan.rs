@@ -36,6 +36,7 @@ struct VolumeLine<'a> {
     host_path: String,
     bytes: u64,
     files: u64,
+    exclude: &'a [String],
     storage: &'a StorageInfo,
 }
 
@@ -91,6 +92,7 @@ fn report<'a>(stack: &'a Stack, storage: &'a [StorageInfo], plan: &'a Plan) -> P
                 host_path: v.host_path.display().to_string(),
                 bytes: v.bytes,
                 files: v.files,
+                exclude: &v.exclude,
                 storage: s,
             })
             .collect(),
@@ -139,6 +141,9 @@ fn print_human(r: &PlanReport<'_>) {
             v.files,
             v.host_path
         );
+        if !v.exclude.is_empty() {
+            outln!("      excluded: {}", v.exclude.join(", "));
+        }
         outln!(
             "      storage: {} ({} on {}); {snap}",
             v.storage.backend_name(),

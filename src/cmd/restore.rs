@@ -41,6 +41,12 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
             v.files,
             human_bytes(v.bytes)
         );
+        if !v.excluded.is_empty() {
+            outln!(
+                "      left out on purpose when backed up: {}",
+                v.excluded.join(", ")
+            );
+        }
     }
     if let Some(problem) = done.problem {
         anyhow::bail!(problem);

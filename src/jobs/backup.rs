@@ -34,6 +34,8 @@ pub struct BackupRequest {
     /// Format 2: read every file, even those the parent rule would take
     /// from the previous backup.
     pub force_read: bool,
+    /// Exclude patterns for every volume (`--exclude`).
+    pub exclude: Vec<String>,
 }
 
 /// A written backup and what went wrong around it (services that did not
@@ -74,6 +76,12 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
     let _lock = begin_run(run.state_dir)?;
     let docker = Docker::connect()?;
     let mut stack = discover(&docker, &request.selection)?;
+    for v in &mut stack.volumes {
+        v.exclude.extend(request.exclude.iter().cloned());
+        // A bad pattern is refused before anything stops.
+        crate::archive::Exclude::new(&v.exclude)
+            .map_err(|e| e.context(format!("volume {}", v.name)))?;
+    }
     let storage = detect_stack(&SystemRunner, &stack, request.snapshot_size)?;
     // Sizes cost a walk of every file; measure only when something needs
     // them: a downtime budget, or a repository that might be too small.

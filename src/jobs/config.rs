@@ -81,6 +81,9 @@ pub struct Job {
     /// the run.
     #[serde(default)]
     pub copy_to: Vec<PathBuf>,
+    /// Exclude patterns for every volume (as backup --exclude).
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -291,6 +294,9 @@ impl Job {
                     ),
                 );
             }
+        }
+        if let Err(e) = crate::archive::Exclude::new(&self.exclude) {
+            problem("exclude", format!("{e:#}"));
         }
         if let Some(schedule) = &self.schedule {
             if let Err(e) = parse_schedule(schedule) {

@@ -49,6 +49,8 @@ pub struct RestoredVolume {
     pub destination: String,
     pub files: u64,
     pub bytes: u64,
+    /// Exclude patterns of the backup: what is missing on purpose.
+    pub excluded: Vec<String>,
 }
 
 pub struct RestoreDone {
@@ -301,6 +303,7 @@ fn restore_all(
             destination: t.label.clone(),
             files: stats.files,
             bytes: stats.bytes,
+            excluded: t.volume.excluded.clone(),
         })
         .collect())
 }

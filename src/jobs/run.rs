@@ -46,6 +46,7 @@ pub fn backup_request(job: &Job) -> Result<BackupRequest> {
         skip_space_check: false,
         host: crate::execute::this_host(),
         force_read: false,
+        exclude: job.exclude.clone(),
     })
 }
 

@@ -192,6 +192,7 @@ mod tests {
                 mounted_by: Vec::new(),
                 bytes,
                 files: 1,
+                exclude: Vec::new(),
             }],
             skipped: Vec::new(),
             measured: true,

@@ -234,6 +234,13 @@ pub struct VolumeRecord {
     /// subvolumes, datasets), with why. Non-empty means best-effort.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
+    /// Exclude patterns applied on purpose (relative to the volume's root;
+    /// from --exclude, the job or a `volsnap.exclude` label), and how many
+    /// entries they left out: a restore lacks these by design.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub excluded_entries: u64,
     pub entries: Vec<FileEntry>,
 }
 

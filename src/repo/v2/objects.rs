@@ -160,6 +160,8 @@ impl Commit {
                     changed_during_read: Vec::new(),
                     vanished_during_read: Vec::new(),
                     left_out: Vec::new(),
+                    excluded: Vec::new(),
+                    excluded_entries: 0,
                     entries: Vec::new(),
                 })
                 .collect(),
