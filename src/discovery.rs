@@ -140,6 +140,8 @@ pub struct Volume {
     pub driver_opts: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub mounted_by: Vec<MountUse>,
+    /// Data and files, once measured (`Stack::measured`); else the size
+    /// the last backup found, when known, or 0.
     pub bytes: u64,
     pub files: u64,
     /// Exclude patterns, relative to the volume's root (labels, then

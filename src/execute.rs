@@ -34,8 +34,10 @@ pub trait Observer {
     fn step_finished(&self, _step: &Step, _elapsed: Duration) {}
     /// An archive of `total` bytes of content is starting.
     fn archive_started(&self, _volume: &str, _total: u64) {}
-    /// `n` more content bytes were read.
+    /// `n` more content bytes were read (or, unchanged, taken as they were).
     fn bytes_read(&self, _n: u64) {}
+    /// The services went down (`Some`: since when) or are all up again.
+    fn services_down(&self, _since: Option<Instant>) {}
     fn archive_finished(&self) {}
     fn warning(&self, _message: &str) {}
 }
@@ -210,6 +212,7 @@ impl<'a> Run<'a> {
             }
             if step.action.is_service_down() && self.down_since.is_none() {
                 self.down_since = Some(begun);
+                job.observer.services_down(Some(begun));
             }
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(&step.action)))
@@ -277,6 +280,7 @@ impl<'a> Run<'a> {
         if action.is_service_up() && !self.cleanup.iter().any(Action::is_service_up) {
             if let Some(since) = self.down_since.take() {
                 self.downtime += since.elapsed();
+                self.job.observer.services_down(None);
             }
         }
     }

@@ -472,3 +472,62 @@ fn manifest_volume(format: &str, report: &Value) -> Value {
     }
     report["volumes"][0].clone()
 }
+
+/// Runs volsnap on a pseudo-terminal (util-linux `script`): what an
+/// operator at a terminal sees, stdout and stderr together.
+fn on_a_terminal(args: &[&str]) -> String {
+    let mut line = String::from(env!("CARGO_BIN_EXE_volsnap"));
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("VOLSNAP_STATE_DIR", state_dir())
+        .output()
+        .expect("util-linux script runs volsnap on a pseudo-terminal");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_terminal_shows_progress_and_downtime_and_json_runs_stay_plain() {
+    require_docker();
+    let mut p = Project::new("progress");
+    let repo = tempfile::tempdir().unwrap();
+    let repo_s = repo.path().to_str().unwrap();
+    let vol = p.volume("data", &[]);
+    std::fs::write(volume_path(&vol).join("big"), pseudo_random(24 << 20, 5)).unwrap();
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    // Slowed to 8 MiB/s, so the bar is drawn several times.
+    let args = [
+        "backup",
+        "--project",
+        &p.name,
+        "--repo",
+        repo_s,
+        "--bwlimit",
+        "8M",
+    ];
+    let first = on_a_terminal(&args);
+    assert!(first.contains("services down"), "{first}");
+    // The second run knows the size from the first: a percentage and ETA.
+    let mut forced = args.to_vec();
+    forced.push("--force-read");
+    let second = on_a_terminal(&forced);
+    assert!(
+        second.contains("% ") && second.contains("eta") && second.contains("/24.00 MiB"),
+        "{second}"
+    );
+    let mut json = args.to_vec();
+    json.push("--json");
+    let plain = on_a_terminal(&json);
+    assert!(
+        !plain.contains("eta") && !plain.contains("\u{1b}[2K"),
+        "--json draws no bars: {plain}"
+    );
+}

@@ -543,6 +543,8 @@ impl Walker<'_> {
                 self.emit
                     .entry(entry.clone(), rel, meta, &no_xattrs, None)
                     .with_context(|| format!("cannot archive {}", abs.display()))?;
+                // Unchanged and not read, but covered: progress counts it.
+                (self.progress)(entry.size);
             } else {
                 #[cfg(feature = "fault-injection")]
                 crate::fault::before_open(&shown);

@@ -12,7 +12,11 @@ use volsnap::jobs::RunContext;
 
 pub fn run(args: BackupArgs) -> Result<i32> {
     let cancel = Cancel::from_signals()?;
-    let observer = TerminalObserver::new();
+    let observer = if args.json {
+        TerminalObserver::plain()
+    } else {
+        TerminalObserver::new()
+    };
     let run = RunContext {
         state_dir: &args.state.state_dir,
         cancel: &cancel,

@@ -112,6 +112,9 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
         history: history::load(run.state_dir),
         ..request.plan.clone()
     };
+    if !stack.measured {
+        expect_sizes(&mut stack, &options.history);
+    }
     let mut plan = build(&stack, &storage, &options)?;
     let destination = match tar_repo {
         Some(repo) => {
@@ -182,6 +185,11 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
         downtime_ms: outcome.downtime_ms,
         archive_down_ms: outcome.archive_down_ms,
         estimated_ms: plan.estimated_downtime_ms,
+        volumes: manifest
+            .volumes
+            .iter()
+            .map(|v| (v.name.clone(), v.bytes))
+            .collect(),
     };
     if let Err(e) = history::record(run.state_dir, &past) {
         tracing::warn!("cannot record this backup for downtime estimates: {e:#}");
@@ -195,6 +203,20 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
             source: plan.estimate_source,
         },
     })
+}
+
+/// Sizes the last backup of this selection found, for a stack that was not
+/// measured: progress then has totals (a percentage and an ETA).
+fn expect_sizes(stack: &mut Stack, history: &[PastRun]) {
+    let selection = stack.selection.to_string();
+    let Some(last) = history.iter().rev().find(|r| r.selection == selection) else {
+        return;
+    };
+    for v in &mut stack.volumes {
+        if let Some(bytes) = last.volumes.get(&v.name) {
+            v.bytes = *bytes;
+        }
+    }
 }
 
 /// What a backup of `selection` would do now: the stack (measured), the

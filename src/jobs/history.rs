@@ -69,6 +69,7 @@ mod tests {
             downtime_ms: n,
             archive_down_ms: 0,
             estimated_ms: 0,
+            volumes: Default::default(),
         }
     }
 

@@ -40,6 +40,10 @@ pub struct PastRun {
     pub archive_down_ms: u64,
     /// What the plan estimated, to compare with `downtime_ms`.
     pub estimated_ms: u64,
+    /// Each volume's data, by name: the next backup's expected sizes
+    /// (progress totals) when it does not measure.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub volumes: std::collections::BTreeMap<String, u64>,
 }
 
 /// An estimate and where it comes from.
@@ -210,6 +214,7 @@ mod tests {
             downtime_ms: down,
             archive_down_ms: archive,
             estimated_ms: 0,
+            volumes: Default::default(),
         }
     }
 
