@@ -26,8 +26,11 @@ if [ "${1:-}" = "--clean" ]; then clean; echo "demo stack removed (backups kept 
 
 scripts/setup-host.sh
 scripts/milvus-image.sh
-cargo build --release
-VOLSNAP=target/release/volsnap
+# VOLSNAP=/path/to/volsnap runs another build (the tests' one, say).
+if [ -z "${VOLSNAP:-}" ]; then
+  cargo build --release
+  VOLSNAP=target/release/volsnap
+fi
 
 clean
 mkdir -p "$DATA" "$REPO"
