@@ -837,6 +837,7 @@ recover' finishes or undoes it).
 Examples:
   volsnap restore --repo /backups --volume milvus_etcd=etcd_check   # side by side
   volsnap restore --repo /backups --volume milvus_minio --force     # that volume only
+  volsnap restore --repo /backups --target-dir /tmp/x --include 'member/snap/**'   # part of it
   volsnap restore --repo /backups --project milvus --force         # in place, this host's latest
   volsnap restore --repo /backups --host old-server --target-dir /tmp/inspect")]
 pub struct RestoreArgs {
@@ -862,6 +863,12 @@ pub struct RestoreArgs {
     /// NAME, only those volumes).
     #[arg(long, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
+    /// Restore only what matches PATTERN (a name at any depth, or with a
+    /// `/` a path from the volume's root; a matching directory brings all
+    /// beneath it); repeat for several. Into --target-dir or a new volume
+    /// (--volume OLD=NEW) only: a restore replaces a volume's content.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
     /// Replace data that is there: needed whenever a target volume, bind
     /// path or directory is not empty (without it, restore says what it
     /// would replace and changes nothing). Containers using the targets

@@ -531,3 +531,102 @@ fn a_terminal_shows_progress_and_downtime_and_json_runs_stay_plain() {
         "--json draws no bars: {plain}"
     );
 }
+
+#[test]
+fn include_restores_only_what_matches_in_both_formats() {
+    require_docker();
+    for format in ["tar", "chunked"] {
+        let mut p = Project::new(&format!("incl{format}"));
+        let repo = tempfile::tempdir().unwrap();
+        if format == "tar" {
+            init_tar(repo.path());
+        }
+        let repo_s = repo.path().to_str().unwrap();
+        let vol = p.volume("data", &[]);
+        let path = volume_path(&vol);
+        make_fixture(&path);
+        let mount = format!("{vol}:/data");
+        p.service("app", &[], &["-v", &mount], &["idle"]);
+        let report = json(&ok(volsnap(&[
+            "backup",
+            "--project",
+            &p.name,
+            "--repo",
+            repo_s,
+            "--json",
+        ])));
+        let id = report["id"].as_str().unwrap();
+
+        let target = tempfile::tempdir().unwrap();
+        let target_s = target.path().to_str().unwrap();
+        ok(volsnap(&[
+            "restore",
+            "--repo",
+            repo_s,
+            id,
+            "--target-dir",
+            target_s,
+            "--include",
+            "dir",
+        ]));
+        let restored = target.path().join(&vol);
+        // The directory and all beneath it, links included (a hard link
+        // brings the file it points to).
+        assert_eq!(
+            std::fs::read(restored.join("dir/file.txt")).unwrap(),
+            std::fs::read(path.join("dir/file.txt")).unwrap(),
+            "{format}"
+        );
+        assert_eq!(
+            std::fs::read_link(restored.join("dir/rel-link")).unwrap(),
+            std::path::Path::new("file.txt"),
+            "{format}"
+        );
+        assert!(restored.join("dir/hard").exists(), "{format}");
+        assert!(
+            !restored.join("blob.bin").exists(),
+            "{format}: not included"
+        );
+        assert!(
+            !restored.join("deep/a/b").exists(),
+            "{format}: not included"
+        );
+
+        let out = volsnap(&[
+            "restore",
+            "--repo",
+            repo_s,
+            id,
+            "--target-dir",
+            target_s,
+            "--include",
+            "nothing-*",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{format}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("matches --include"),
+            "{}",
+            stderr(&out)
+        );
+
+        let out = volsnap(&[
+            "restore",
+            "--repo",
+            repo_s,
+            id,
+            "--include",
+            "dir",
+            "--force",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{format}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--include restores part"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            path.join("blob.bin").exists(),
+            "{format}: the volume is untouched"
+        );
+    }
+}

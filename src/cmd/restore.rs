@@ -24,6 +24,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
         target_dir: args.target_dir.clone(),
         force: args.force,
         allow_special: args.allow_special,
+        include: args.include.clone(),
     };
     let cancel = Cancel::from_signals()?;
     let observer = crate::output::TerminalObserver::new();

@@ -15,7 +15,7 @@ use crate::restore::{restore_volumes, RestoreOptions, VolumeRestore};
 use crate::snapshots::start_undo;
 use crate::usage;
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// What to restore, and where.
@@ -33,6 +33,9 @@ pub struct RestoreRequest {
     pub target_dir: Option<PathBuf>,
     pub force: bool,
     pub allow_special: bool,
+    /// Only the entries matching these patterns (and what lies beneath a
+    /// matching directory), `--include`.
+    pub include: Vec<String>,
 }
 
 /// Progress of the volumes being restored (in the order given).
@@ -121,6 +124,27 @@ pub fn perform(
     for problem in &salvage.elsewhere {
         eprintln!("volsnap: warning: not restored, and damaged: {problem}");
     }
+    let include = crate::archive::Exclude::new(&args.include)?;
+    if !include.is_empty() && args.target_dir.is_none() {
+        let in_place: Vec<&str> = manifest
+            .volumes
+            .iter()
+            .filter(|v| chosen(v) && !mapping.contains_key(&v.name))
+            .map(|v| v.name.as_str())
+            .collect();
+        if !in_place.is_empty() {
+            return Err(usage!(
+                "--include restores part of a volume, and a restore replaces a volume's whole content: into {} it would leave only what matches. Restore the part elsewhere (--target-dir DIR, or --volume OLD=NEW) and copy what you need",
+                in_place.join(", ")
+            ));
+        }
+    }
+    let keep = if include.is_empty() {
+        None
+    } else {
+        let contents = super::contents::read(&args.repo, &id, &args.scope, cancel)?;
+        Some(included(&contents, &include)?)
+    };
     let _lock = super::begin_run(run.state_dir)?;
     let mut journal = Journal::create(
         run.state_dir,
@@ -227,7 +251,15 @@ pub fn perform(
         }
     }
     if result.is_ok() {
-        result = restore_all(&source, &targets, args, cancel, progress, &mut journal);
+        result = restore_all(
+            &source,
+            &targets,
+            keep.as_ref(),
+            args,
+            cancel,
+            progress,
+            &mut journal,
+        );
     }
     let mut restart_errors = Vec::new();
     if let Some(docker) = &docker {
@@ -262,9 +294,11 @@ pub fn perform(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn restore_all(
     source: &Source,
     targets: &[Target<'_>],
+    keep: Option<&BTreeMap<String, HashSet<Vec<u8>>>>,
     args: &RestoreRequest,
     cancel: &Cancel,
     progress: &dyn RestoreProgress,
@@ -279,6 +313,7 @@ fn restore_all(
             Ok(VolumeRestore {
                 payload: source.payload(t.volume)?,
                 target: t.path.clone(),
+                only: keep.map(|k| k.get(&t.volume.name).unwrap_or(&NOTHING)),
             })
         })
         .collect::<Result<_>>()?;
@@ -306,6 +341,60 @@ fn restore_all(
             excluded: t.volume.excluded.clone(),
         })
         .collect())
+}
+
+static NOTHING: std::sync::LazyLock<HashSet<Vec<u8>>> = std::sync::LazyLock::new(HashSet::new);
+
+/// Per volume, the entries `--include` keeps: those matching, everything
+/// beneath a matching directory, the directories leading to them, and the
+/// file a kept hard link points to.
+fn included(
+    contents: &super::contents::Contents,
+    include: &crate::archive::Exclude,
+) -> Result<BTreeMap<String, HashSet<Vec<u8>>>> {
+    fn with_ancestors(keep: &mut HashSet<Vec<u8>>, raw: &[u8]) {
+        for (i, &b) in raw.iter().enumerate() {
+            if b == b'/' {
+                keep.insert(raw[..i].to_vec());
+            }
+        }
+        keep.insert(raw.to_vec());
+    }
+    let mut out = BTreeMap::new();
+    let mut matched_any = false;
+    for (volume, entries) in &contents.volumes {
+        let mut keep = HashSet::new();
+        for listed in entries {
+            let raw = listed.entry.raw_path()?;
+            let hit = raw
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'/')
+                .map(|(i, _)| &raw[..i])
+                .chain(std::iter::once(&raw[..]))
+                .any(|prefix| include.matches(prefix));
+            if !hit {
+                continue;
+            }
+            matched_any = true;
+            with_ancestors(&mut keep, &raw);
+            if listed.entry.kind == crate::repo::manifest::EntryKind::Hardlink {
+                if let Some(target) = listed.entry.raw_target()? {
+                    with_ancestors(&mut keep, &target);
+                }
+            }
+        }
+        out.insert(volume.clone(), keep);
+    }
+    if !matched_any {
+        return Err(usage!(
+            "nothing in backup {} matches --include {}; 'volsnap ls --repo REPO {}' lists what it holds",
+            contents.id,
+            include.patterns().join(" --include "),
+            contents.id
+        ));
+    }
+    Ok(out)
 }
 
 /// Verification problems sorted for a restore of some volumes: those that

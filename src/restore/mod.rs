@@ -26,6 +26,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -85,6 +86,14 @@ impl Payload<'_> {
 pub struct VolumeRestore<'a> {
     pub payload: Payload<'a>,
     pub target: PathBuf,
+    /// Only these entries (raw paths; the root always), for `--include`.
+    pub only: Option<&'a HashSet<Vec<u8>>>,
+}
+
+/// Whether an entry is restored: every one, or those `only` lists (and
+/// the root).
+fn wanted(only: Option<&HashSet<Vec<u8>>>, raw: &[u8]) -> bool {
+    only.is_none_or(|keep| raw == b"." || raw.is_empty() || keep.contains(raw))
 }
 
 /// What a restore needs remembered so that a process killed at any instant
@@ -298,6 +307,7 @@ pub fn restore_volume(
     let item = VolumeRestore {
         payload,
         target: target.to_path_buf(),
+        only: None,
     };
     let mut stats = restore_volumes(&[item], options, cancel, &|_, _| {}, None)?;
     Ok(stats.remove(0))
@@ -343,6 +353,7 @@ fn stage_volume(
             volume,
             &staging,
             options,
+            item.only,
             cancel,
             progress,
         ),
@@ -350,7 +361,9 @@ fn stage_volume(
             repo,
             index,
             volume,
-        } => extract_chunked(repo, index, volume, &staging, options, cancel, progress),
+        } => extract_chunked(
+            repo, index, volume, &staging, options, item.only, cancel, progress,
+        ),
     };
     match extracted {
         Ok((stats, root)) => Ok((
@@ -640,12 +653,14 @@ impl<'p> Materializer<'p> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn extract(
     archive: &Path,
     compression: Compression,
     volume: &VolumeRecord,
     staging: &Path,
     options: RestoreOptions,
+    only: Option<&HashSet<Vec<u8>>>,
     cancel: &Cancel,
     progress: &dyn Fn(u64),
 ) -> Result<(RestoreStats, Option<RootMeta>)> {
@@ -683,6 +698,10 @@ fn extract(
             }
             _ => (0, 0),
         };
+        if !wanted(only, &raw) {
+            // Checked like every entry, not written; tar skips its data.
+            continue;
+        }
         let is_file = record.kind == EntryKind::File;
         out.put(Incoming {
             raw,
@@ -707,12 +726,14 @@ fn extract(
 
 /// Extracts a format-2 volume: its manifest stream, line by line, each
 /// file's content fetched chunk by chunk from its packs.
+#[allow(clippy::too_many_arguments)]
 fn extract_chunked(
     repo: &Repository,
     index: &Index,
     volume: &CommitVolume,
     staging: &Path,
     options: RestoreOptions,
+    only: Option<&HashSet<Vec<u8>>>,
     cancel: &Cancel,
     progress: &dyn Fn(u64),
 ) -> Result<(RestoreStats, Option<RootMeta>)> {
@@ -731,6 +752,9 @@ fn extract_chunked(
                     return Some(id);
                 }
                 match lines.next_line::<TreeEntry>() {
+                    // Files not restored are not fetched either.
+                    Ok(Some(line))
+                        if !line.entry.raw_path().is_ok_and(|raw| wanted(only, &raw)) => {}
                     Ok(Some(line)) => chunks = line.chunks.into_iter(),
                     _ => return None,
                 }
@@ -740,7 +764,7 @@ fn extract_chunked(
             });
         });
         let done = materialize_chunked(
-            repo, index, volume, staging, options, cancel, progress, &chunks,
+            repo, index, volume, staging, options, only, cancel, progress, &chunks,
         );
         drop(chunks);
         done
@@ -754,6 +778,7 @@ fn materialize_chunked(
     volume: &CommitVolume,
     staging: &Path,
     options: RestoreOptions,
+    only: Option<&HashSet<Vec<u8>>>,
     cancel: &Cancel,
     progress: &dyn Fn(u64),
     ahead: &std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, String>>,
@@ -763,6 +788,9 @@ fn materialize_chunked(
     while let Some(line) = lines.next_line::<TreeEntry>()? {
         cancel.check()?;
         let raw = line.entry.raw_path()?.into_owned();
+        if !wanted(only, &raw) {
+            continue;
+        }
         let link = match line.entry.kind {
             EntryKind::Symlink | EntryKind::Hardlink => line
                 .entry
