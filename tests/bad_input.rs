@@ -3,21 +3,6 @@
 mod common;
 
 use common::*;
-use std::process::Output;
-
-fn assert_fails(out: &Output, code: i32, expect: &str) {
-    let err = stderr(out);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "expected exit {code} for {expect:?}, got: {err}"
-    );
-    assert!(err.contains(expect), "expected {expect:?} in: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("Error {"),
-        "no panics or Debug dumps: {err}"
-    );
-}
 
 fn assert_empty(dir: &std::path::Path) {
     let names: Vec<_> = std::fs::read_dir(dir)

@@ -10,6 +10,33 @@ fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// An empty repository of `format`: "tar" (format 1) or "chunked" (2).
+fn repo_of(format: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    if format == "tar" {
+        init_tar(repo.path());
+    }
+    repo
+}
+
+/// A backup of project `p` into `repo`, with `extra` arguments: its report.
+fn back_up(p: &Project, repo: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["backup", "--project", &p.name, "--repo", repo, "--json"];
+    args.extend_from_slice(extra);
+    json(&ok(volsnap(&args)))
+}
+
+/// A fixture volume "data" mounted by an idle service "app": the volume's
+/// name and where its data is.
+fn app_with_fixture(p: &mut Project) -> (String, std::path::PathBuf) {
+    let vol = p.volume("data", &[]);
+    let path = volume_path(&vol);
+    make_fixture(&path);
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    (vol, path)
+}
+
 #[test]
 fn plan_and_backup_count_the_same_and_estimates_come_from_history() {
     require_docker();
@@ -108,27 +135,10 @@ fn ls_and_diff_show_what_backups_hold_in_both_formats() {
     require_docker();
     for format in ["tar", "chunked"] {
         let mut p = Project::new(&format!("ls{format}"));
-        let repo = tempfile::tempdir().unwrap();
-        if format == "tar" {
-            init_tar(repo.path());
-        }
+        let repo = repo_of(format);
         let repo_s = repo.path().to_str().unwrap();
-        let vol = p.volume("data", &[]);
-        let path = volume_path(&vol);
-        make_fixture(&path);
-        let mount = format!("{vol}:/data");
-        p.service("app", &[], &["-v", &mount], &["idle"]);
-        let backup = || {
-            let out = ok(volsnap(&[
-                "backup",
-                "--project",
-                &p.name,
-                "--repo",
-                repo_s,
-                "--json",
-            ]));
-            json(&out)["id"].as_str().unwrap().to_string()
-        };
+        let (vol, path) = app_with_fixture(&mut p);
+        let backup = || back_up(&p, repo_s, &[])["id"].as_str().unwrap().to_string();
         let first = backup();
         std::fs::write(path.join("blob.bin"), b"new content").unwrap();
         std::fs::write(path.join("new-file"), b"added").unwrap();
@@ -181,8 +191,7 @@ fn ls_and_diff_show_what_backups_hold_in_both_formats() {
             "{format}: {human}"
         );
         let out = volsnap(&["ls", "--repo", repo_s, &first, "no-such-volume"]);
-        assert_eq!(out.status.code(), Some(2), "{format}: {}", stderr(&out));
-        assert!(stderr(&out).contains("no volume no-such-volume"));
+        assert_fails(&out, 2, "no volume no-such-volume");
 
         let diff = json(&ok(volsnap(&[
             "diff", "--repo", repo_s, &first, &second, "--json",
@@ -239,10 +248,7 @@ fn a_damaged_volume_does_not_block_restoring_the_intact_ones() {
     require_docker();
     for format in ["tar", "chunked"] {
         let mut p = Project::new(&format!("salv{format}"));
-        let repo = tempfile::tempdir().unwrap();
-        if format == "tar" {
-            init_tar(repo.path());
-        }
+        let repo = repo_of(format);
         let repo_s = repo.path().to_str().unwrap();
         let good = p.volume("good", &[]);
         make_fixture(&volume_path(&good));
@@ -258,14 +264,7 @@ fn a_damaged_volume_does_not_block_restoring_the_intact_ones() {
             &["-v", &good_mount, "-v", &bad_mount],
             &["idle"],
         );
-        let report = json(&ok(volsnap(&[
-            "backup",
-            "--project",
-            &p.name,
-            "--repo",
-            repo_s,
-            "--json",
-        ])));
+        let report = back_up(&p, repo_s, &[]);
         let id = report["id"].as_str().unwrap().to_string();
         // Damage what only the volume "bad" uses.
         if format == "tar" {
@@ -342,10 +341,7 @@ fn exclusions_are_left_out_and_recorded_in_both_formats() {
     require_docker();
     for format in ["tar", "chunked"] {
         let mut p = Project::new(&format!("excl{format}"));
-        let repo = tempfile::tempdir().unwrap();
-        if format == "tar" {
-            init_tar(repo.path());
-        }
+        let repo = repo_of(format);
         let repo_s = repo.path().to_str().unwrap();
         let data = p.volume("data", &[]);
         let path = volume_path(&data);
@@ -391,25 +387,9 @@ fn exclusions_are_left_out_and_recorded_in_both_formats() {
             "--exclude",
             "a[",
         ]);
-        assert_eq!(bad.status.code(), Some(2), "{format}: {}", stderr(&bad));
-        assert!(
-            stderr(&bad).contains("not a valid glob"),
-            "{}",
-            stderr(&bad)
-        );
+        assert_fails(&bad, 2, "not a valid glob");
 
-        let report = json(&ok(volsnap(&[
-            "backup",
-            "--project",
-            &p.name,
-            "--repo",
-            repo_s,
-            "--exclude",
-            "*.tmp",
-            "--exclude",
-            "cache/**",
-            "--json",
-        ])));
+        let report = back_up(&p, repo_s, &["--exclude", "*.tmp", "--exclude", "cache/**"]);
         let volumes = report["volumes"].as_array().unwrap();
         assert_eq!(
             volumes.len(),
@@ -537,24 +517,10 @@ fn include_restores_only_what_matches_in_both_formats() {
     require_docker();
     for format in ["tar", "chunked"] {
         let mut p = Project::new(&format!("incl{format}"));
-        let repo = tempfile::tempdir().unwrap();
-        if format == "tar" {
-            init_tar(repo.path());
-        }
+        let repo = repo_of(format);
         let repo_s = repo.path().to_str().unwrap();
-        let vol = p.volume("data", &[]);
-        let path = volume_path(&vol);
-        make_fixture(&path);
-        let mount = format!("{vol}:/data");
-        p.service("app", &[], &["-v", &mount], &["idle"]);
-        let report = json(&ok(volsnap(&[
-            "backup",
-            "--project",
-            &p.name,
-            "--repo",
-            repo_s,
-            "--json",
-        ])));
+        let (vol, path) = app_with_fixture(&mut p);
+        let report = back_up(&p, repo_s, &[]);
         let id = report["id"].as_str().unwrap();
 
         let target = tempfile::tempdir().unwrap();
@@ -602,12 +568,7 @@ fn include_restores_only_what_matches_in_both_formats() {
             "--include",
             "nothing-*",
         ]);
-        assert_eq!(out.status.code(), Some(2), "{format}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("matches --include"),
-            "{}",
-            stderr(&out)
-        );
+        assert_fails(&out, 2, "matches --include");
 
         let out = volsnap(&[
             "restore",
@@ -618,12 +579,7 @@ fn include_restores_only_what_matches_in_both_formats() {
             "dir",
             "--force",
         ]);
-        assert_eq!(out.status.code(), Some(2), "{format}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("--include restores part"),
-            "{}",
-            stderr(&out)
-        );
+        assert_fails(&out, 2, "--include restores part");
         assert!(
             path.join("blob.bin").exists(),
             "{format}: the volume is untouched"

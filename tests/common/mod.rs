@@ -151,6 +151,22 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// Asserts success and returns stdout.
+/// A run that failed as it should: exit `code`, `expect` in what it said,
+/// and no panic or Debug dump.
+pub fn assert_fails(out: &Output, code: i32, expect: &str) {
+    let err = stderr(out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code} for {expect:?}, got: {err}"
+    );
+    assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Error {"),
+        "no panics or Debug dumps: {err}"
+    );
+}
+
 pub fn ok(o: Output) -> String {
     assert!(
         o.status.success(),
