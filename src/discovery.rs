@@ -186,15 +186,28 @@ pub struct Stack {
     /// Whether the volumes' `bytes` and `files` were measured (a full
     /// walk of the data: done only when something needs the sizes).
     pub measured: bool,
+    /// Content of the files modified since a given time (the last backup),
+    /// when measured with one.
+    pub changed_bytes: Option<u64>,
 }
 
 impl Stack {
     /// Walks every volume to measure its data (bytes and files).
     pub fn measure(&mut self) -> Result<()> {
+        self.measure_since(None)
+    }
+
+    /// Measures, and with `since` also counts the content of files whose
+    /// data or inode changed from then on.
+    pub fn measure_since(&mut self, since: Option<chrono::DateTime<chrono::Utc>>) -> Result<()> {
+        let mut changed = 0;
         for v in &mut self.volumes {
-            (v.bytes, v.files) = crate::fsutil::tree_usage(&v.host_path)?;
+            let usage = crate::fsutil::tree_usage(&v.host_path, since.map(|t| t.timestamp()))?;
+            (v.bytes, v.files) = (usage.bytes, usage.files);
+            changed += usage.changed;
         }
         self.measured = true;
+        self.changed_bytes = since.map(|_| changed);
         Ok(())
     }
 
@@ -253,6 +266,7 @@ pub fn discover(docker: &Docker, selection: &Selection) -> Result<Stack> {
         volumes,
         skipped,
         measured: false,
+        changed_bytes: None,
     })
 }
 

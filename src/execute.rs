@@ -96,6 +96,8 @@ pub struct Outcome {
     pub downtime_ms: u64,
     /// The part of the downtime spent archiving.
     pub archive_down_ms: u64,
+    /// Format 2: content taken unread from the parent backup.
+    pub reused_bytes: Option<u64>,
     /// Problems that did not void the backup: a service that did not come
     /// back healthy, say. The command still exits 1 when there are any.
     pub problems: Vec<String>,
@@ -112,6 +114,7 @@ struct Run<'a> {
     down_since: Option<Instant>,
     downtime: Duration,
     archive_down: Duration,
+    reused_bytes: u64,
     problems: Vec<String>,
     /// Undos that could not run because the Docker daemon never answered:
     /// they stay in the journal for `volsnap recover`.
@@ -143,6 +146,7 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         down_since: None,
         downtime: Duration::ZERO,
         archive_down: Duration::ZERO,
+        reused_bytes: 0,
         problems: Vec::new(),
         left_for_recover: Vec::new(),
         settles: Vec::new(),
@@ -192,6 +196,8 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         backup: run.committed.take(),
         downtime_ms: run.downtime.as_millis() as u64,
         archive_down_ms: run.archive_down.as_millis() as u64,
+        reused_bytes: matches!(job.repo, Some(Destination::Chunked { .. }))
+            .then_some(run.reused_bytes),
         problems: run.problems,
     })
 }
@@ -570,6 +576,7 @@ impl<'a> Run<'a> {
         let summary = summary?;
         if let Some(chunked) = &self.chunked {
             let reused = chunked.reused(volume);
+            self.reused_bytes += reused.reused_bytes;
             if reused.reused_files > 0 {
                 tracing::info!(
                     "{}: {} file(s), {}, unchanged since this host's last backup: not read again",

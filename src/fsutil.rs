@@ -45,15 +45,25 @@ pub fn syncfs(path: &Path) -> Result<()> {
     nix::unistd::syncfs(&dir).with_context(|| format!("syncfs failed on {}", path.display()))
 }
 
+/// What [`tree_usage`] found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Usage {
+    pub bytes: u64,
+    pub files: u64,
+    /// Content of the files modified (data or inode) at or after `since`.
+    pub changed: u64,
+}
+
 /// Total size and number of regular files below `root`, without following
 /// symlinks or crossing into other filesystems. Counted as a backup counts
-/// them: a file with several hard links once.
-pub fn tree_usage(root: &Path) -> Result<(u64, u64)> {
+/// them: a file with several hard links once. With `since` (seconds since
+/// the epoch), also what changed from then on.
+pub fn tree_usage(root: &Path, since: Option<i64>) -> Result<Usage> {
     use std::os::unix::fs::MetadataExt;
     let mut linked = std::collections::HashSet::new();
     let top =
         fs::symlink_metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
-    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut usage = Usage::default();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let listing = match fs::read_dir(&dir) {
@@ -73,12 +83,15 @@ pub fn tree_usage(root: &Path) -> Result<(u64, u64)> {
             if meta.is_dir() && meta.dev() == top.dev() {
                 stack.push(entry.path());
             } else if meta.is_file() {
-                bytes += meta.len();
-                files += 1;
+                usage.bytes += meta.len();
+                usage.files += 1;
+                if since.is_some_and(|t| meta.mtime().max(meta.ctime()) >= t) {
+                    usage.changed += meta.len();
+                }
             }
         }
     }
-    Ok((bytes, files))
+    Ok(usage)
 }
 
 /// `time` as an operator reads it in a status: `2026-11-27 02:30 (5 h ago)`.

@@ -184,6 +184,9 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
         bytes: manifest.total_bytes(),
         downtime_ms: outcome.downtime_ms,
         archive_down_ms: outcome.archive_down_ms,
+        read_bytes: outcome
+            .reused_bytes
+            .map(|reused| manifest.total_bytes().saturating_sub(reused)),
         estimated_ms: plan.estimated_downtime_ms,
         volumes: manifest
             .volumes
@@ -229,10 +232,19 @@ pub fn preview(
 ) -> Result<(Stack, Vec<StorageInfo>, Plan)> {
     let docker = Docker::connect()?;
     let mut stack = discover(&docker, selection)?;
-    stack.measure()?;
+    let history = history::load(state_dir);
+    // What changed since this selection's last backup: a format-2
+    // backup reads only that.
+    let last = stack.selection.to_string();
+    let since = history
+        .iter()
+        .rev()
+        .find(|r| r.selection == last)
+        .map(|r| r.at);
+    stack.measure_since(since)?;
     let storage = detect_stack(&SystemRunner, &stack, snapshot_size)?;
     let options = PlanOptions {
-        history: history::load(state_dir),
+        history,
         ..options.clone()
     };
     let plan = build(&stack, &storage, &options)?;

@@ -68,6 +68,7 @@ mod tests {
             bytes: n,
             downtime_ms: n,
             archive_down_ms: 0,
+            read_bytes: None,
             estimated_ms: 0,
             volumes: Default::default(),
         }

@@ -41,6 +41,10 @@ pub struct PastRun {
     pub downtime_ms: u64,
     /// The part of the downtime spent archiving (cold backups).
     pub archive_down_ms: u64,
+    /// Format 2: the content actually read (the rest was unchanged and
+    /// taken from the parent backup). Format 1 reads everything: `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_bytes: Option<u64>,
     /// What the plan estimated, to compare with `downtime_ms`.
     pub estimated_ms: u64,
     /// Each volume's data, by name: the next backup's expected sizes
@@ -88,7 +92,12 @@ pub fn downtime(shape: &Shape<'_>, history: &[PastRun]) -> Estimate {
     if let Some(past) = same {
         let fixed = past.downtime_ms.saturating_sub(past.archive_down_ms);
         let fixed = fixed * shape.containers / past.containers;
-        let (archive, scaled) = scale_archive(past, shape.stack);
+        let (archive, scaled) = match (past.read_bytes, shape.stack.changed_bytes) {
+            (Some(read), Some(changed)) if past.archive_down_ms > 0 => {
+                incremental_archive(past, read, changed, history)
+            }
+            _ => scale_archive(past, shape.stack),
+        };
         return Estimate {
             ms: fixed + archive,
             source: format!(
@@ -158,6 +167,34 @@ pub fn downtime(shape: &Shape<'_>, history: &[PastRun]) -> Estimate {
     }
 }
 
+/// The archive part of a format-2 cold backup, which reads only what
+/// changed: the past run's time less its reading (the walk), plus reading
+/// what changed since it, at this host's read rate.
+fn incremental_archive(
+    past: &PastRun,
+    read: u64,
+    changed: u64,
+    history: &[PastRun],
+) -> (u64, String) {
+    let mut rates: Vec<u64> = history
+        .iter()
+        .filter(|r| r.archive_down_ms > 0 && r.read_bytes.is_some_and(|b| b >= 16 << 20))
+        .map(|r| r.read_bytes.unwrap_or(0).saturating_mul(1000) / r.archive_down_ms)
+        .collect();
+    let rate = median(&mut rates).unwrap_or(DEFAULT_BYTES_PER_SEC).max(1);
+    let walk = past
+        .archive_down_ms
+        .saturating_sub(read.saturating_mul(1000) / rate);
+    (
+        walk + changed.saturating_mul(1000) / rate,
+        format!(
+            ", reading the {} changed since at {}/s",
+            human_bytes(changed),
+            human_bytes(rate)
+        ),
+    )
+}
+
 /// The archive part of a past cold backup, scaled to today's data when it
 /// was measured.
 fn scale_archive(past: &PastRun, stack: &Stack) -> (u64, String) {
@@ -203,6 +240,7 @@ mod tests {
             }],
             skipped: Vec::new(),
             measured: true,
+            changed_bytes: None,
         }
     }
 
@@ -216,6 +254,7 @@ mod tests {
             bytes,
             downtime_ms: down,
             archive_down_ms: archive,
+            read_bytes: None,
             estimated_ms: 0,
             volumes: Default::default(),
         }
@@ -246,6 +285,29 @@ mod tests {
             e.source
         );
         assert!(e.source.contains("scaled to 200.0 MiB"), "{}", e.source);
+    }
+
+    #[test]
+    fn after_a_full_format_2_backup_only_what_changed_is_read() {
+        let mut s = stack(256 << 20);
+        let mut full = past("--project demo", Strategy::Cold, 1_246, 800, 256 << 20);
+        full.read_bytes = Some(256 << 20);
+        // 256 MiB read in 800 ms: 320 MiB/s, no walk to speak of; 32 MiB
+        // changed since: 100 ms to read them.
+        s.changed_bytes = Some(32 << 20);
+        let e = downtime(&cold(&s, 2), std::slice::from_ref(&full));
+        assert_eq!(e.ms, 446 + 100, "{}", e.source);
+        assert!(e.source.contains("32.0 MiB changed since"), "{}", e.source);
+        // An incremental run before it: its walk stays, at the full run's rate.
+        let mut incremental = past("--project demo", Strategy::Cold, 500, 60, 256 << 20);
+        incremental.read_bytes = Some(0);
+        s.changed_bytes = Some(0);
+        let e = downtime(&cold(&s, 2), &[full, incremental]);
+        assert_eq!(e.ms, 440 + 60, "{}", e.source);
+        // Format 1 reads everything: scaled by the data, as before.
+        s.changed_bytes = Some(0);
+        let tar = past("--project demo", Strategy::Cold, 1_246, 800, 256 << 20);
+        assert_eq!(downtime(&cold(&s, 2), &[tar]).ms, 1_246);
     }
 
     #[test]
