@@ -20,6 +20,7 @@ command -v mkfs.btrfs >/dev/null 2>&1 || need+=(btrfs-progs)
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v age-keygen >/dev/null 2>&1 || need+=(age)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   apt-get update -qq

@@ -6,8 +6,12 @@
 # scripts/setup-servers.sh installs the S3 and SFTP servers the remote
 # tests start on 127.0.0.1. It leaves the host alone: test binaries (built with fault injection) go to
 # target/test, never over target/release/volsnap, and the tests that stop
-# and restart dockerd use a private daemon (scripts/test-dockerd), removed
-# at the end. The closing tally is printed whether the run passes or fails.
+# and restart dockerd use a private daemon in a network namespace of its own
+# (scripts/test-dockerd), removed as soon as their test binary exits. A
+# sentinel container on the host's default bridge, started before the tests
+# and checked after them (scripts/host-docker-check), proves the host's
+# Docker networking came through untouched; its checks count in the closing
+# tally, which is printed whether the run passes or fails.
 #
 # VOLSNAP_SKIP_VM=1 skips the VM lane (loudly); VOLSNAP_VM_ZFS=0 runs it
 # without ZFS. Arguments go to `cargo test` (a test name filter, say).
@@ -16,7 +20,18 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/test}
 log=$(mktemp)
 passed=0 failed=0 skipped=0 rc=0
+sentinel=0
 finish() {
+  status=$?
+  if [ "$sentinel" = 1 ]; then
+    checks=$(scripts/host-docker-check check 2>&1) || true
+    echo "$checks"
+    p=$(grep -c '^PASS' <<<"$checks" || true)
+    f=$(grep -c '^FAIL' <<<"$checks" || true)
+    passed=$((passed + p))
+    failed=$((failed + f))
+    [ "$f" = 0 ] && [ "$p" != 0 ] || { [ "$failed" != 0 ] || failed=1; [ "$status" != 0 ] || status=1; }
+  fi
   scripts/test-dockerd purge >/dev/null 2>&1 || true
   rm -f "$log"
   if [ "$skipped" != 0 ]; then
@@ -24,6 +39,7 @@ finish() {
   else
     echo "tests: $passed passed, $failed failed"
   fi
+  exit "$status"
 }
 trap finish EXIT
 scripts/setup-host.sh || { failed=1; exit 1; }
@@ -31,6 +47,8 @@ scripts/setup-host.sh || { failed=1; exit 1; }
 # server fails its test instead of skipping it.
 scripts/setup-servers.sh || { failed=1; exit 1; }
 scripts/milvus-image.sh || { failed=1; exit 1; }
+scripts/host-docker-check start || { failed=1; exit 1; }
+sentinel=1
 export VOLSNAP_REQUIRE_SERVERS=1
 cargo fmt --all -- --check || { echo "cargo fmt: the code is not formatted (run cargo fmt --all)" >&2; failed=1; exit 1; }
 

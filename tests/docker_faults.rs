@@ -21,11 +21,17 @@ use std::time::Duration;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Runs `scripts/test-dockerd ACTION`, returning what it printed.
+/// Runs `scripts/test-dockerd ACTION`, returning what it printed. `start`
+/// names this test binary as the daemon's owner: the daemon is purged as
+/// soon as the binary exits, whatever ends it.
 fn dockerd(action: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-dockerd");
-    let out = Command::new(script)
-        .arg(action)
+    let mut cmd = Command::new(script);
+    cmd.arg(action);
+    if action == "start" {
+        cmd.arg(std::process::id().to_string());
+    }
+    let out = cmd
         .env_remove("DOCKER_HOST")
         .output()
         .expect("scripts/test-dockerd");
