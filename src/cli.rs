@@ -140,6 +140,12 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// What a repository is, as this host pinned it on first use (id,
+    /// encryption, immutability, chunking), and accepting a change of it.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
     /// Copy backups into another repository, sending only the packs it
     /// lacks (an off-site copy of a local repository: README, "Copies").
     Copy(CopyArgs),
@@ -555,6 +561,30 @@ pub enum KeyCommand {
     /// file leaked): a copy of the old file no longer reads new indexes
     /// and backup records. Nothing already written is rewritten.
     Rotate(KeyRepoArgs),
+}
+
+/// This host pins what a format-2 repository is (its id, encryption and
+/// write key, immutability, chunker) when it creates or first opens it,
+/// and refuses to use it once its config says otherwise: a config
+/// rewritten in storage must not switch encryption or Object Lock off.
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// Show what the repository's config says now, and how it differs from
+    /// what this host pinned.
+    Show(RepoArgs),
+    /// Accept what the repository's config says now as what it is (after
+    /// a change you made on purpose, or a repository replaced by design).
+    Trust(RepoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepoArgs {
+    /// The format-2 repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Args, Debug)]

@@ -153,24 +153,9 @@ impl Volume {
     /// The archive's base name: the volume name, or for a bind mount its
     /// path made file-name safe.
     pub fn archive_stem(&self) -> String {
-        match self.kind {
-            VolumeKind::Volume => self.name.clone(),
-            VolumeKind::Bind => {
-                let flat: String = self
-                    .name
-                    .trim_matches('/')
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
-                format!("bind-{flat}")
-            }
-        }
+        // A live volume's name is Docker's, so always one plain component.
+        crate::repo::manifest::local_name(self.kind, &self.name)
+            .unwrap_or_else(|_| format!("volume-{}", hex::encode(self.name.as_bytes())))
     }
 }
 

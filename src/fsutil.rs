@@ -32,6 +32,32 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot create directory {}", path.display()))
 }
 
+/// Creates this host's state directory (and missing parents) as 0700, and
+/// takes group and other access away from one that exists: it holds the
+/// host's keys, journals and records of what each repository is. A symlink
+/// there is refused, not followed.
+pub fn create_state_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create the state directory {}", path.display()))?;
+    let meta = fs::symlink_metadata(path)
+        .with_context(|| format!("cannot inspect the state directory {}", path.display()))?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        anyhow::bail!(
+            "the state directory {} is a symbolic link or not a directory; give a real directory with --state-dir",
+            path.display()
+        );
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (0700)", path.display()))?;
+    }
+    Ok(())
+}
+
 /// fsyncs a directory, making renames and creations inside it durable.
 pub fn sync_dir(path: &Path) -> Result<()> {
     File::open(path)
@@ -169,6 +195,16 @@ pub fn deadline_after(timeout: std::time::Duration) -> std::time::Instant {
 /// rather than writing through it); the directory is fsynced last. The
 /// file is world-readable (0644): metrics and markers are for others.
 pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
+    replace_file_with_mode(path, contents, 0o644)
+}
+
+/// [`replace_file`] for a file only root may read (0600): this host's own
+/// records in its state directory.
+pub fn replace_private_file(path: &Path, contents: &[u8]) -> Result<()> {
+    replace_file_with_mode(path, contents, 0o600)
+}
+
+fn replace_file_with_mode(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -185,7 +221,7 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
         match OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
         {

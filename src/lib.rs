@@ -3,7 +3,8 @@
 //! The library holds everything but argument parsing and terminal output.
 //! Its layers, lowest first (a module uses only those above it in this list):
 //!
-//! - base: [`error`], [`cancel`], [`fsutil`], [`beneath`] (paths resolved
+//! - base: [`error`], [`cancel`], [`fsutil`], [`text`] (repository strings
+//!   made safe to print), [`beneath`] (paths resolved
 //!   inside a tree, never through a symlink), [`hashing`], [`process`], [`lock`];
 //! - [`backend`]: moves named objects to and from a repository's storage;
 //! - [`repo`]: repository formats, the manifest, retention decisions;
@@ -42,3 +43,4 @@ pub mod repo;
 pub mod restore;
 pub mod snapshots;
 pub mod storage;
+pub mod text;

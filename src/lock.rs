@@ -19,8 +19,7 @@ pub struct HostLock {
 
 /// Takes the host lock, or fails naming who holds it.
 pub fn acquire(state_dir: &Path, command: &str) -> Result<HostLock> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    crate::fsutil::create_state_dir(state_dir)?;
     let path = state_dir.join("lock");
     let file = OpenOptions::new()
         .read(true)
@@ -28,6 +27,7 @@ pub fn acquire(state_dir: &Path, command: &str) -> Result<HostLock> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {

@@ -67,9 +67,7 @@ impl SnapshotStore {
     pub fn open(state_dir: &Path) -> Result<SnapshotStore> {
         let dir = state_dir.join("snapshots");
         if !dir.exists() {
-            std::fs::create_dir_all(state_dir).with_context(|| {
-                format!("cannot create the state directory {}", state_dir.display())
-            })?;
+            crate::fsutil::create_state_dir(state_dir)?;
             crate::fsutil::create_private_dir(&dir)?;
         }
         Ok(SnapshotStore { dir })

@@ -331,14 +331,14 @@ impl Emit for ChunkEmitter<'_> {
 /// selection (0700, files 0600).
 pub fn parent_dir(
     state_dir: &Path,
-    repo_id: &str,
+    repo_local_name: &str,
     host: &str,
     selection: &str,
 ) -> std::path::PathBuf {
     let group = Id::digest(format!("{host}\0{selection}").as_bytes()).hex();
     state_dir
         .join("parents")
-        .join(&repo_id[..repo_id.len().min(16)])
+        .join(repo_local_name)
         .join(&group[..16])
 }
 

@@ -174,16 +174,5 @@ fn line(volume: &str, e: &FileEntry) -> String {
 /// A name from a backup, safe to print: control characters (a crafted
 /// name could carry terminal escapes) are escaped.
 fn shown(name: &str) -> String {
-    if !name.chars().any(char::is_control) {
-        return name.to_string();
-    }
-    name.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    volsnap::text::escape(name).into_owned()
 }

@@ -4,6 +4,7 @@ use crate::cli::ListArgs;
 use anyhow::Result;
 use serde_json::json;
 use volsnap::fsutil::human_bytes;
+use volsnap::text::escape;
 
 pub fn run(args: ListArgs) -> Result<i32> {
     let (mut backups, warnings) = volsnap::repo::list_any(&args.repo)?;
@@ -59,7 +60,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
     }
     let host_width = backups
         .iter()
-        .map(|b| b.manifest.host.len())
+        .map(|b| escape(&b.manifest.host).chars().count())
         .max()
         .unwrap_or(0)
         .max(4);
@@ -78,15 +79,15 @@ pub fn run(args: ListArgs) -> Result<i32> {
         let m = &b.manifest;
         outln!(
             "{:<22} {:<host_width$} {:<20} {:<9} {:<12} {:>10} {:>10} {:<5} {}",
-            b.id,
-            m.host,
+            escape(&b.id),
+            escape(&m.host),
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.strategy.to_string(),
             m.consistency.to_string(),
             human_bytes(m.total_bytes()),
             human_bytes(m.bytes_stored()),
             flags(b),
-            m.selection
+            escape(&m.selection)
         );
     }
     outln!("flags: P protected from prune, V verified, D drill passed, d drill failed");
@@ -101,10 +102,10 @@ pub fn run(args: ListArgs) -> Result<i32> {
             let m = &b.manifest;
             outln!(
                 "  {:<host_width$} {}  {}  {}",
-                m.host,
+                escape(&m.host),
                 volsnap::fsutil::human_age(&m.completed_at, &now),
-                b.id,
-                m.selection
+                escape(&b.id),
+                escape(&m.selection)
             );
         }
     }

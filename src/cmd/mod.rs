@@ -14,6 +14,7 @@ mod list;
 mod plan;
 mod prune;
 mod recover;
+mod repo;
 mod restore;
 mod snapshot;
 mod verify;
@@ -64,6 +65,7 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
         Command::Config { command } => job::config(command),
         Command::Systemd(args) => job::systemd(args),
         Command::Key { command } => key::run(command),
+        Command::Repo { command } => repo::run(command),
         Command::Copy(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             copy::run(args)

@@ -130,13 +130,13 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
                 repo.cache_indexes_in(
                     run.state_dir
                         .join("cache")
-                        .join(&repo.config.id[..16])
+                        .join(repo.config.local_name())
                         .join("index"),
                 );
             }
             let parents = parent_dir(
                 run.state_dir,
-                &repo.config.id,
+                &repo.config.local_name(),
                 &request.host,
                 &request.selection.to_string(),
             );

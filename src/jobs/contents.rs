@@ -150,13 +150,22 @@ pub struct Changed {
 /// order. A volume in only one backup shows as all its entries added or
 /// removed.
 pub fn diff(old: &Contents, new: &Contents) -> Vec<Changed> {
-    let by_volume = |c: &Contents| -> BTreeMap<String, BTreeMap<String, Listed>> {
+    // Keyed by the raw bytes of each name: two names that are not UTF-8
+    // render alike and must never be taken for one.
+    let by_volume = |c: &Contents| -> BTreeMap<String, BTreeMap<Vec<u8>, Listed>> {
         c.volumes
             .iter()
             .map(|(name, entries)| {
                 let entries = entries
                     .iter()
-                    .map(|l| (l.entry.path.clone(), l.clone()))
+                    .map(|l| {
+                        let raw = l
+                            .entry
+                            .raw_path()
+                            .map(|p| p.into_owned())
+                            .unwrap_or_else(|_| l.entry.path.as_bytes().to_vec());
+                        (raw, l.clone())
+                    })
                     .collect();
                 (name.clone(), entries)
             })
@@ -173,7 +182,7 @@ pub fn diff(old: &Contents, new: &Contents) -> Vec<Changed> {
             old.get(name).unwrap_or(&empty),
             new.get(name).unwrap_or(&empty),
         );
-        let mut paths: Vec<&String> = a.keys().chain(b.keys()).collect();
+        let mut paths: Vec<&Vec<u8>> = a.keys().chain(b.keys()).collect();
         paths.sort();
         paths.dedup();
         for path in paths {
@@ -188,7 +197,7 @@ pub fn diff(old: &Contents, new: &Contents) -> Vec<Changed> {
                 changes.push(Changed {
                     change,
                     volume: name.clone(),
-                    path: path.clone(),
+                    path: crate::text::escape_bytes(path),
                     size: listed.map_or(0, |l| l.entry.size),
                 });
             }

@@ -6,6 +6,7 @@
 use crate::plan::estimate::PastRun;
 use anyhow::{Context, Result};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Lines kept; older ones are dropped when the file reaches twice this.
@@ -38,15 +39,17 @@ pub fn record(state_dir: &Path, run: &PastRun) -> Result<()> {
             text.push_str(&serde_json::to_string(r)?);
             text.push('\n');
         }
-        let tmp = file.with_extension("jsonl.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &file))
+        // An unpredictable temporary, created exclusively, never through a
+        // symlink planted under a fixed name.
+        crate::fsutil::replace_private_file(&file, text.as_bytes())
             .with_context(|| format!("cannot rewrite {}", file.display()))?;
         return Ok(());
     }
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&file)
         .with_context(|| format!("cannot open {}", file.display()))?;
     writeln!(out, "{}", serde_json::to_string(run)?)

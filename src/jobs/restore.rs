@@ -157,25 +157,24 @@ pub fn perform(
         None => Some(Docker::connect()?),
     };
     let targets = match (&args.target_dir, &docker) {
-        (Some(root), _) => manifest
-            .volumes
-            .iter()
-            .filter(|v| chosen(v))
-            .map(|v| {
-                let stem = v
-                    .archive
-                    .split(".tar")
-                    .next()
-                    .unwrap_or(&v.name)
-                    .to_string();
-                let path = root.join(&stem);
-                Target {
-                    volume: v,
-                    label: path.display().to_string(),
-                    path,
-                }
-            })
-            .collect(),
+        (Some(root), _) => {
+            let root = target_root(root)?;
+            manifest
+                .volumes
+                .iter()
+                .filter(|v| chosen(v))
+                .map(|v| {
+                    // The directory's name comes from the validated volume
+                    // name, never from a path the backup stored.
+                    let path = root.join(v.local_name()?);
+                    Ok(Target {
+                        volume: v,
+                        label: path.display().to_string(),
+                        path,
+                    })
+                })
+                .collect::<Result<_>>()?
+        }
         (None, Some(docker)) => {
             // With a stack named, a bind path is written only if one of
             // its containers binds it now (none may exist yet on a
@@ -198,6 +197,9 @@ pub fn perform(
         }
     };
 
+    for t in &targets {
+        not_a_link(&t.path)?;
+    }
     // Who uses the targets? Refuse, or with --force stop them (and always
     // start them again afterwards).
     let mut users: Vec<ContainerInfo> = Vec::new();
@@ -292,6 +294,16 @@ pub fn perform(
         volumes,
         problem,
     })
+}
+
+/// `--target-dir DIR` as given, made and resolved once: the operator
+/// chose it, symlinks on the way included. What lies beneath it is created
+/// relative to it and never through a symlink (see `restore::stage_volume`).
+fn target_root(root: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("cannot create restore target {}", root.display()))?;
+    root.canonicalize()
+        .with_context(|| format!("cannot resolve restore target {}", root.display()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -466,14 +478,7 @@ fn parse_mapping(
             only.push(old.to_string());
             continue;
         }
-        let valid = new
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-            && new
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !valid {
+        if !crate::repo::manifest::is_volume_name(new) {
             return Err(usage!("{new:?} is not a valid Docker volume name"));
         }
         map.insert(old.to_string(), new.to_string());
@@ -516,12 +521,22 @@ fn docker_targets<'m>(
         }
         match v.kind {
             VolumeKind::Volume => {
+                v.local_name()?; // a Docker volume name, or refused
                 let info = match docker.inspect_volume(&v.name)? {
                     Some(info) => info,
                     None => {
                         recreatable(v)?;
+                        // volsnap's own labels steer later backups (a
+                        // `volsnap.exclude` silences the volume): they come
+                        // from the operator, never from a backup.
+                        let labels: BTreeMap<String, String> = v
+                            .labels
+                            .iter()
+                            .filter(|(k, _)| !k.starts_with("volsnap."))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
                         docker
-                            .create_volume(&v.name, "local", &BTreeMap::new(), &v.labels)
+                            .create_volume(&v.name, "local", &BTreeMap::new(), &labels)
                             .with_context(|| format!("cannot recreate volume {}", v.name))?
                     }
                 };
@@ -543,14 +558,18 @@ fn docker_targets<'m>(
                 if binders.is_empty() || !path.is_absolute() {
                     return Err(usage!(
                         "backup {id} holds the bind mount {}, but no container{} binds that path now; volsnap does not write to a host path on a backup's word alone. Restore it with --target-dir DIR, or create the container that binds it first",
-                        v.source_path,
+                        crate::text::escape(&v.source_path),
                         if selected.is_some() { " of the selected stack" } else { "" }
                     ));
                 }
                 targets.push(Target {
                     volume: v,
                     path,
-                    label: format!("bind mount {} (of {})", v.source_path, binders.join(", ")),
+                    label: format!(
+                        "bind mount {} (of {})",
+                        crate::text::escape(&v.source_path),
+                        binders.join(", ")
+                    ),
                 })
             }
         }
@@ -605,6 +624,25 @@ fn recreatable(v: &VolumeRecord) -> Result<()> {
 
 /// How many entries a restore target holds, when it holds any (volsnap's
 /// own leftovers aside); `None` when it is empty or missing.
+/// Refuses a target that is not a directory of its own: a symlink planted
+/// there (by a local user, say) would send the restore elsewhere.
+fn not_a_link(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(usage!(
+            "the restore target {} is a symbolic link{}; volsnap never restores through one. Nothing was changed: remove the link, or restore elsewhere with --target-dir DIR",
+            path.display(),
+            std::fs::read_link(path)
+                .map(|to| format!(" (to {})", to.display()))
+                .unwrap_or_default()
+        )),
+        Ok(m) if !m.is_dir() => Err(usage!(
+            "the restore target {} exists and is not a directory. Nothing was changed: move it away, or restore elsewhere with --target-dir DIR",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn holds_data(path: &Path) -> Option<usize> {
     let count = std::fs::read_dir(path)
         .ok()?

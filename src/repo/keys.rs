@@ -54,6 +54,42 @@ pub fn set_state_dir(state_dir: &Path) {
     if let Ok(mut d) = DEFAULT.lock() {
         d.get_or_insert_with(KeySources::default).key_dir = Some(key_dir(state_dir));
     }
+    if let Ok(mut d) = STATE_DIR.lock() {
+        *d = Some(state_dir.to_path_buf());
+    }
+}
+
+static STATE_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// This host's state directory: `--state-dir`, else `VOLSNAP_STATE_DIR`,
+/// else the default.
+pub fn state_dir() -> PathBuf {
+    STATE_DIR
+        .lock()
+        .ok()
+        .and_then(|d| d.clone())
+        .or_else(|| std::env::var_os("VOLSNAP_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(crate::snapshots::DEFAULT_STATE_DIR))
+}
+
+/// The name a repository is pinned under: a local directory resolved (so
+/// that two spellings of it are one), a server's address as given.
+pub fn pin_location(root: &Path) -> String {
+    if crate::backend::is_remote(root) {
+        root.display().to_string()
+    } else {
+        root.canonicalize()
+            .unwrap_or_else(|_| root.to_path_buf())
+            .display()
+            .to_string()
+    }
+}
+
+/// Records what the repository just created at `root` is (`init` on this
+/// host: it replaces whatever was pinned for that place before).
+pub fn pin_created(root: &Path, config: &crate::repo::v2::objects::Config) -> Result<()> {
+    let location = pin_location(root);
+    super::pin::Pins::in_state_dir(&state_dir()).put(&super::pin::Pinned::of(&location, config)?)
 }
 
 /// Sets what one repository uses (a job's configuration), over the default.
@@ -104,6 +140,26 @@ pub fn open(backend: Arc<dyn Backend>, root: &Path) -> Result<Repository> {
     let repo = Repository::open_with(backend, &|params, backend| {
         unlock(&sources, params, backend)
     })?;
+    if repo.keys().is_none() {
+        // Keys named for a plain repository: either the wrong repository,
+        // or an encrypted one whose config was rewritten to say plain.
+        let named: Vec<String> = [
+            ("a write key", &sources.write_key),
+            ("an identity", &sources.identity),
+            ("a passphrase file", &sources.passphrase),
+        ]
+        .iter()
+        .filter_map(|(what, file)| file.as_ref().map(|f| format!("{what} ({})", f.display())))
+        .collect();
+        if !named.is_empty() {
+            return Err(crate::usage!(
+                "{} is not encrypted, but {} was given for it: refusing, since an encrypted repository whose config was rewritten in storage would look just like this, and backups into it would be stored in plaintext. Check --repo; if the repository is meant to be plain, leave the keys out",
+                root.display(),
+                named.join(" and ")
+            ));
+        }
+    }
+    super::pin::Pins::in_state_dir(&state_dir()).check(&pin_location(root), &repo.config)?;
     if let Ok(mut opened) = OPENED.lock() {
         opened
             .get_or_insert_with(HashMap::new)

@@ -196,6 +196,52 @@ impl FileEntry {
     }
 }
 
+/// Whether `name` is a name Docker accepts for a volume: one plain
+/// component (`[A-Za-z0-9][A-Za-z0-9_.-]*`), so never `..` nor a path.
+pub fn is_volume_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// The one-component name a volume's data takes locally (a directory under
+/// `--target-dir`, a member prefix in `export`, an archive's stem): the
+/// volume name, or for a bind mount `bind-` and its path flattened.
+/// Computed from the kind and name, never taken from a stored path.
+pub fn local_name(kind: VolumeKind, name: &str) -> Result<String> {
+    match kind {
+        VolumeKind::Volume if is_volume_name(name) => Ok(name.to_string()),
+        VolumeKind::Volume => bail!(
+            "the backup names a volume {:?}, which is not a Docker volume name (damaged or tampered with)",
+            crate::text::escape(name)
+        ),
+        VolumeKind::Bind => {
+            let flat: String = name
+                .trim_matches('/')
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            Ok(format!("bind-{flat}"))
+        }
+    }
+}
+
+impl VolumeRecord {
+    /// See [`local_name`].
+    pub fn local_name(&self) -> Result<String> {
+        local_name(self.kind, &self.name)
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -290,12 +336,30 @@ impl Manifest {
             ),
             None => bail!("{} has no format_version (corrupt manifest)", path.display()),
         }
-        serde_json::from_value(probe).with_context(|| {
+        let manifest: Manifest = serde_json::from_value(probe).with_context(|| {
             format!(
                 "{} does not match the manifest format (corrupt manifest)",
                 path.display()
             )
-        })
+        })?;
+        // Archive names are joined to the backup's directory: one plain
+        // file name each, or a crafted one would be read from elsewhere.
+        for v in &manifest.volumes {
+            let plain = !v.archive.is_empty()
+                && v.archive != "."
+                && v.archive != ".."
+                && !v.archive.contains('/')
+                && !v.archive.contains('\0');
+            if !plain {
+                bail!(
+                    "{} names the archive {:?} for volume {:?}, which is not a plain file name (damaged or tampered with)",
+                    path.display(),
+                    crate::text::escape(&v.archive),
+                    crate::text::escape(&v.name)
+                );
+            }
+        }
+        Ok(manifest)
     }
 
     pub fn total_bytes(&self) -> u64 {

@@ -8,6 +8,7 @@
 pub mod keys;
 pub mod manifest;
 pub mod notes;
+pub mod pin;
 pub mod retention;
 pub mod v2;
 
@@ -145,6 +146,7 @@ pub fn init_for_backup(root: &Path) -> Result<()> {
     }
     match v2::Repository::init(backend.clone(), None) {
         Ok(repo) => {
+            keys::pin_created(root, &repo.config)?;
             tracing::info!(
                 "initialised {} as a format-2 repository (id {})",
                 root.display(),
@@ -257,17 +259,19 @@ fn init_chunked(
     encryption: Option<keys::NewKeys>,
     immutable_days: Option<u32>,
 ) -> Result<(String, String)> {
-    match encryption {
-        None => Ok((
-            v2::Repository::init(backend, immutable_days)?.config.id,
+    let (config, said) = match encryption {
+        None => (
+            v2::Repository::init(backend, immutable_days)?.config,
             String::new(),
-        )),
-        Some(keys::NewKeys::Like(source)) => init_like(backend, &source, immutable_days),
+        ),
+        Some(keys::NewKeys::Like(source)) => init_like(backend, &source, immutable_days)?,
         Some(how) => {
             let (repo, said) = keys::init_encrypted(backend, root, how, immutable_days)?;
-            Ok((repo.config.id, format!(", {said}")))
+            (repo.config, format!(", {said}"))
         }
-    }
+    };
+    keys::pin_created(root, &config)?;
+    Ok((config.id, said))
 }
 
 /// A repository that names, cuts and seals blobs as the one at `source`
@@ -279,7 +283,7 @@ fn init_like(
     backend: std::sync::Arc<dyn crate::backend::Backend>,
     source: &Path,
     immutable_days: Option<u32>,
-) -> Result<(String, String)> {
+) -> Result<(v2::objects::Config, String)> {
     let from = crate::backend::open(source)?;
     let bytes = from.read(v2::CONFIG).map_err(|e| {
         if crate::backend::is_missing(&e) {
@@ -293,6 +297,10 @@ fn init_like(
     })?;
     let config: v2::objects::Config = serde_json::from_slice(&bytes)
         .with_context(|| format!("the config of {} is not valid", source.display()))?;
+    config
+        .check()
+        .with_context(|| format!("--like {}: its config cannot be used", source.display()))?;
+    pin::Pins::in_state_dir(&keys::state_dir()).check(&keys::pin_location(source), &config)?;
     if config.format != v2::objects::FORMAT || config.ids != v2::objects::ID_HASH {
         return Err(usage!(
             "--like {}: its format (format {}, {} ids) is not the one this volsnap creates; copy from it into a new repository made without --like",
@@ -318,7 +326,7 @@ fn init_like(
             source.display()
         )
     };
-    Ok((config.id, said))
+    Ok((config, said))
 }
 
 fn init_remote(

@@ -290,11 +290,12 @@ pub fn export_backup(
                 }),
         }
     };
-    let prefix = |stem: &str| {
-        if volume.is_some() {
-            String::new()
-        } else {
-            stem.to_string()
+    // Members are prefixed with the volume's local name (computed from its
+    // validated name, never a stored path), or nothing with one volume named.
+    let prefix = |record: &crate::repo::manifest::VolumeRecord| -> Result<String> {
+        match volume {
+            Some(_) => Ok(String::new()),
+            None => record.local_name(),
         }
     };
     match crate::repo::detect(root) {
@@ -316,13 +317,15 @@ pub fn export_backup(
                 .zip(&archives)
                 .enumerate()
                 .filter(|(i, _)| only.is_none_or(|o| o == *i))
-                .map(|(_, (v, archive))| ExportVolume::Tar {
-                    archive,
-                    compression: manifest.compression,
-                    record: v,
-                    prefix: prefix(v.archive.split(".tar").next().unwrap_or(&v.name)),
+                .map(|(_, (v, archive))| {
+                    Ok(ExportVolume::Tar {
+                        archive,
+                        compression: manifest.compression,
+                        record: v,
+                        prefix: prefix(v)?,
+                    })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             export(&volumes, out, cancel)
         }
         crate::repo::Format::Chunked => {
@@ -338,13 +341,15 @@ pub fn export_backup(
                 .zip(&records)
                 .enumerate()
                 .filter(|(i, _)| only.is_none_or(|o| o == *i))
-                .map(|(_, (v, record))| ExportVolume::Chunked {
-                    repo: &repo,
-                    index: &index,
-                    volume: v,
-                    prefix: prefix(&record.archive),
+                .map(|(_, (v, record))| {
+                    Ok(ExportVolume::Chunked {
+                        repo: &repo,
+                        index: &index,
+                        volume: v,
+                        prefix: prefix(record)?,
+                    })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             export(&volumes, out, cancel)
         }
     }

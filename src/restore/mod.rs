@@ -313,6 +313,44 @@ pub fn restore_volume(
     Ok(stats.remove(0))
 }
 
+/// `target` made if missing and resolved: its parent as it resolves (a
+/// path the host chose), the target itself a real directory, never a
+/// symlink followed (`mkdir` does not follow one; the check after it does
+/// not either, and everything later opens it with `O_NOFOLLOW`).
+fn real_directory(target: &Path) -> Result<PathBuf> {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        bail!("{} cannot be a restore target", target.display());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let target = parent
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", parent.display()))?
+        .join(name);
+    match fs::create_dir(&target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot create restore target {}", target.display()))
+        }
+    }
+    let meta = fs::symlink_metadata(&target)
+        .with_context(|| format!("cannot inspect restore target {}", target.display()))?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        bail!(
+            "the restore target {} is {}; volsnap never restores through one: remove it, or restore elsewhere",
+            target.display(),
+            if meta.file_type().is_symlink() { "a symbolic link" } else { "not a directory" }
+        );
+    }
+    Ok(target)
+}
+
 /// Extracts one volume into a fresh staging directory inside its target.
 fn stage_volume(
     item: &VolumeRestore<'_>,
@@ -321,12 +359,7 @@ fn stage_volume(
     progress: &dyn Fn(u64),
     journal: Option<&mut (dyn RecoveryLog + '_)>,
 ) -> Result<(Staged, RecoveryStep)> {
-    let target = &item.target;
-    fs::create_dir_all(target)
-        .with_context(|| format!("cannot create restore target {}", target.display()))?;
-    let target = target
-        .canonicalize()
-        .with_context(|| format!("cannot resolve restore target {}", target.display()))?;
+    let target = real_directory(&item.target)?;
     let tag = format!(
         "{}-{}",
         std::process::id(),

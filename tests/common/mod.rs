@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod craft;
 pub mod servers;
 
 pub const IMAGE: &str = "volsnap-test/busybox:1";

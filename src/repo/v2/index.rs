@@ -67,6 +67,8 @@ pub struct Index {
     /// Each pack's recipient set (encrypted repositories).
     pack_recipients: Vec<Option<Id>>,
     blobs: Vec<(Id, Compact)>,
+    /// Index objects set aside because they failed their checks, and why.
+    pub quarantined: Vec<(Id, String)>,
 }
 
 /// Builds an [`Index`] from index objects read one at a time, so only one
@@ -85,10 +87,9 @@ pub struct IndexBuilder {
 
 impl IndexBuilder {
     /// Adds index object `id`. Every pack's blob list is bounds-checked.
+    /// An object that fails a check adds nothing.
     pub fn add(&mut self, id: Id, file: IndexFile) -> Result<()> {
-        let file_no = self.files.len() as u32;
-        self.files.push(id);
-        self.superseded.extend(file.supersedes.iter().copied());
+        let mut checked = Vec::with_capacity(file.packs.len());
         for pack in file.packs {
             let header = PackHeader {
                 blobs: pack.blobs,
@@ -96,11 +97,17 @@ impl IndexBuilder {
             };
             check_bounds(&header, pack.size)
                 .with_context(|| format!("index {id} describes pack {} wrongly", pack.id))?;
-            let slot = *self.pack_slots.entry(pack.id).or_insert_with(|| {
-                self.packs.push((pack.id, pack.size));
+            checked.push((pack.id, pack.size, pack.recipients, header));
+        }
+        let file_no = self.files.len() as u32;
+        self.files.push(id);
+        self.superseded.extend(file.supersedes.iter().copied());
+        for (pack_id, pack_size, pack_recipients, header) in checked {
+            let slot = *self.pack_slots.entry(pack_id).or_insert_with(|| {
+                self.packs.push((pack_id, pack_size));
                 self.pack_keys
                     .push(header.keys.iter().map(|k| k.as_str().into()).collect());
-                self.pack_recipients.push(pack.recipients);
+                self.pack_recipients.push(pack_recipients);
                 (self.packs.len() - 1) as u32
             });
             for blob in header.blobs {
@@ -151,6 +158,7 @@ impl IndexBuilder {
             pack_keys: self.pack_keys,
             pack_recipients: self.pack_recipients,
             blobs,
+            quarantined: Vec::new(),
         }
     }
 }

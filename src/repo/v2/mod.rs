@@ -258,6 +258,12 @@ impl Repository {
         }
         let config: Config = serde_json::from_value(probe)
             .with_context(|| format!("the config of {} is not valid", backend.location()))?;
+        config.check().map_err(|e| {
+            anyhow::anyhow!(
+                "the config of {} cannot be used: {e:#}; volsnap never writes such a config, so it was damaged or tampered with",
+                backend.location()
+            )
+        })?;
         if config.ids != ID_HASH {
             bail!(
                 "{} names its objects by {} hashes, which only a development build of volsnap wrote; \
@@ -542,12 +548,29 @@ impl Repository {
         if let Some(dir) = self.index_cache.get() {
             forget_unlisted(dir, &ids);
         }
+        let mut quarantined = Vec::new();
         for id in ids {
-            let mut file = self.read_index(&id)?;
-            file.packs.retain(|p| present.contains(&p.id));
-            builder.add(id, file)?;
+            // One damaged or crafted index object costs what it describes,
+            // not the whole repository: it is set aside and named.
+            let added = self.read_index(&id).and_then(|mut file| {
+                file.packs.retain(|p| present.contains(&p.id));
+                builder.add(id, file)
+            });
+            match added {
+                Ok(()) => {}
+                Err(e) if crate::backend::is_missing(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        "index {id} of {} is ignored: {e:#} (damaged or tampered with; what it describes counts as absent)",
+                        self.backend.location()
+                    );
+                    quarantined.push((id, format!("{e:#}")));
+                }
+            }
         }
-        Ok(builder.finish())
+        let mut index = builder.finish();
+        index.quarantined = quarantined;
+        Ok(index)
     }
 
     /// The ids of the index objects, from a listing of `index/`.
@@ -918,7 +941,9 @@ impl BlobReader<'_> {
         let slot = match cached {
             Some(slot) => slot,
             None => {
-                let until = size.min(start + WINDOW.max(at.length)).max(end);
+                let until = size
+                    .min(start.saturating_add(WINDOW.max(at.length)))
+                    .max(end);
                 let bytes = self
                     .repo
                     .backend
@@ -933,13 +958,11 @@ impl BlobReader<'_> {
         };
         let (_, offset, bytes) = &self.windows[slot];
         let from = (start - offset) as usize;
-        self.repo.open_stored(
-            self.index,
-            blob,
-            &at,
-            &pack,
-            &bytes[from..from + at.length as usize],
-        )
+        // The index's word on a pack's length is checked by what arrived.
+        let stored = bytes
+            .get(from..from + at.length as usize)
+            .with_context(|| format!("pack {pack} is shorter than its index says"))?;
+        self.repo.open_stored(self.index, blob, &at, &pack, stored)
     }
 }
 

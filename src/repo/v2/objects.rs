@@ -6,6 +6,7 @@ use crate::repo::manifest::{
     Compression, Consistency, ContainerRecord, Manifest, Strategy, VolumeKind, VolumeRecord,
     FORMAT_VERSION,
 };
+use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,34 @@ impl ChunkerParams {
 
     pub fn trees() -> Self {
         Self::fastcdc(64 << 10, 256 << 10, 1 << 20)
+    }
+
+    /// Refuses parameters volsnap would not write: an average of 0 breaks
+    /// the chunker, and a maximum past what readers accept of a blob would
+    /// store blobs that no restore could read.
+    pub fn check(&self, what: &str) -> Result<()> {
+        const MIN_CHUNK: u32 = 4 << 10;
+        let max_blob = super::pack::MAX_BLOB;
+        if self.algorithm != "fastcdc-2020" {
+            bail!(
+                "its {what} names the algorithm {:?}, which this volsnap does not know",
+                crate::text::escape(&self.algorithm)
+            );
+        }
+        if !(MIN_CHUNK <= self.min
+            && self.min <= self.avg
+            && self.avg <= self.max
+            && u64::from(self.max) <= max_blob)
+        {
+            bail!(
+                "its {what} parameters (min {}, avg {}, max {}) are outside what volsnap writes \
+                 ({MIN_CHUNK} <= min <= avg <= max <= {max_blob} bytes)",
+                self.min,
+                self.avg,
+                self.max
+            );
+        }
+        Ok(())
     }
 
     fn fastcdc(min: u32, avg: u32, max: u32) -> Self {
@@ -61,6 +90,40 @@ pub struct Config {
     pub encryption: Option<serde_json::Value>,
     pub immutable_days: Option<u32>,
     pub created_by: String,
+}
+
+impl Config {
+    /// What a reader checks of a `config` before using any of it (it is the
+    /// one object not named by its content): the id names local
+    /// directories, the chunkers cut every backup.
+    pub fn check(&self) -> Result<()> {
+        if self.id.len() != 64
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            bail!(
+                "its id {:?} is not 64 lowercase hex digits",
+                crate::text::escape(&self.id.chars().take(80).collect::<String>())
+            );
+        }
+        self.chunker.check("content chunker")?;
+        self.tree_chunker.check("tree chunker")?;
+        if self.compression != "zstd" {
+            bail!(
+                "its compression {:?} is not one this volsnap knows",
+                crate::text::escape(&self.compression)
+            );
+        }
+        Ok(())
+    }
+
+    /// The name of this repository's local directories (index cache,
+    /// parent streams): derived from the id, never the id itself.
+    pub fn local_name(&self) -> String {
+        Id::digest(format!("volsnap-local\0{}", self.id).as_bytes()).hex()[..16].to_string()
+    }
 }
 
 /// One volume of a commit object.

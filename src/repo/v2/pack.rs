@@ -262,21 +262,23 @@ pub fn parse_header(pack: &[u8], open: Option<&KeyRing>) -> Result<PackHeader> {
 pub fn check_bounds(header: &PackHeader, blob_area: u64) -> Result<()> {
     let mut end = 0;
     for blob in &header.blobs {
+        // Checked: an offset near 2^64 must not wrap past the bound.
+        let blob_end = blob.offset.checked_add(blob.length);
         if blob.offset < end
             || blob.length == 0
             || blob.length > MAX_BLOB + MAX_STORED_EXTRA
             || blob.raw_length > MAX_BLOB
-            || blob.offset + blob.length > blob_area
+            || blob_end.is_none_or(|e| e > blob_area)
             || (blob.key as usize >= header.keys.len() && blob.key != 0)
         {
             bail!(
-                "blob {} claims bytes {}..{} of a {blob_area}-byte blob area",
+                "blob {} claims {} bytes at offset {} of a {blob_area}-byte blob area",
                 blob.id,
-                blob.offset,
-                blob.offset + blob.length
+                blob.length,
+                blob.offset
             );
         }
-        end = blob.offset + blob.length;
+        end = blob_end.unwrap_or(u64::MAX);
     }
     Ok(())
 }
