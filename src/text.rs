@@ -4,16 +4,18 @@
 
 use std::borrow::Cow;
 
-/// `s` with every control character escaped (`\u{1b}`, `\n`, ...); the
-/// string itself when it has none.
+/// `s` with every control character and backslash escaped (`\u{1b}`,
+/// `\n`, `\\`, ...); the string itself when it has none.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
         return Cow::Borrowed(s);
     }
     Cow::Owned(
         s.chars()
             .map(|c| {
-                if c.is_control() {
+                // A backslash is escaped too, so that no name prints like
+                // another's escape.
+                if c.is_control() || c == '\\' {
                     c.escape_default().to_string()
                 } else {
                     c.to_string()
@@ -50,6 +52,7 @@ mod tests {
     fn names_that_are_not_utf8_stay_apart() {
         assert_eq!(super::escape_bytes(b"a\xfe"), "a\\xfe");
         assert_ne!(super::escape_bytes(b"\xfe"), super::escape_bytes(b"\xff"));
+        assert_ne!(super::escape_bytes(b"\xfe"), super::escape_bytes(b"\\xfe"));
         assert_eq!(
             super::escape_bytes("d\u{e9}j\u{e0}".as_bytes()),
             "d\u{e9}j\u{e0}"

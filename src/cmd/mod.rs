@@ -59,9 +59,18 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
             prune::run(args)
         }
         Command::Protect(args) => prune::protect(args),
-        Command::Run(args) => job::run(args),
-        Command::Daemon(args) => daemon::run(args),
-        Command::Status(args) => job::status(args),
+        Command::Run(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            job::run(args)
+        }
+        Command::Daemon(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            daemon::run(args)
+        }
+        Command::Status(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            job::status(args)
+        }
         Command::Config { command } => job::config(command),
         Command::Systemd(args) => job::systemd(args),
         Command::Key { command } => key::run(command),

@@ -85,6 +85,15 @@ pub fn pin_location(root: &Path) -> String {
     }
 }
 
+/// A config read directly (the key commands read no index): checked, and
+/// compared with what this host pinned, as [`open`] does.
+fn checked_and_pinned(root: &Path, config: &crate::repo::v2::objects::Config) -> Result<()> {
+    config
+        .check()
+        .with_context(|| format!("the config of {} cannot be used", root.display()))?;
+    super::pin::Pins::in_state_dir(&state_dir()).check(&pin_location(root), config)
+}
+
 /// Records what the repository just created at `root` is (`init` on this
 /// host: it replaces whatever was pinned for that place before).
 pub fn pin_created(root: &Path, config: &crate::repo::v2::objects::Config) -> Result<()> {
@@ -427,6 +436,7 @@ fn keyed(root: &Path) -> Result<KeyedRepository> {
             }
         })?)
         .with_context(|| format!("the config of {} is not valid", root.display()))?;
+    checked_and_pinned(root, &config)?;
     let Some(encryption) = config.encryption else {
         return Err(crate::usage!(
             "{} is not encrypted: it has no keys to manage (volsnap init --recipient creates an encrypted repository)",
@@ -499,6 +509,7 @@ pub fn describe(root: &Path) -> Result<String> {
     let config: crate::repo::v2::objects::Config =
         serde_json::from_slice(&backend.read(crate::repo::v2::CONFIG)?)
             .with_context(|| format!("the config of {} is not valid", root.display()))?;
+    checked_and_pinned(root, &config)?;
     let Some(encryption) = config.encryption else {
         return Ok(format!("{} is not encrypted", root.display()));
     };

@@ -44,8 +44,12 @@ impl Note {
     }
 }
 
-/// The kind sealed notes are authenticated as.
-const NOTES_KIND: &str = "notes";
+/// What a sealed note is authenticated as: the backup it is about and its
+/// kind, so that a note moved onto another backup (a `verified` one onto a
+/// damaged backup) or renamed to another kind no longer opens.
+fn sealed_as(commit: &Id, note: Note) -> String {
+    format!("notes:{commit}:{}", note.prefix().trim_end_matches('-'))
+}
 
 /// Where one backup's notes are kept.
 pub enum NotesAt {
@@ -134,7 +138,7 @@ impl NotesAt {
                 let newest = Self::objects(backend, commit, note).ok()?.pop()?;
                 let bytes = backend.read(&newest.name).ok()?;
                 match seal {
-                    Some(key) => key.open(NOTES_KIND, &bytes).ok(),
+                    Some(key) => key.open(&sealed_as(commit, note), &bytes).ok(),
                     None => Some(bytes),
                 }
             }
@@ -154,7 +158,7 @@ impl NotesAt {
                 let sealed;
                 let bytes = match seal {
                     Some(key) => {
-                        sealed = key.seal(NOTES_KIND, bytes)?;
+                        sealed = key.seal(&sealed_as(commit, note), bytes)?;
                         &sealed[..]
                     }
                     None => bytes,

@@ -175,10 +175,18 @@ fn export_tar<W: Write>(
         }
         let raw = entry_path(&entry);
         let listed = checker.check(&raw, tar_type)?.clone();
+        // As for format 2: names that would leave the tree are refused here,
+        // not left to the tar that extracts the stream.
+        crate::restore::safe_relative(&raw)?;
         let link = match listed.kind {
             EntryKind::Symlink | EntryKind::Hardlink => {
                 let target = link_target(&entry, listed.kind);
                 checker.check_link(&listed, target.as_deref())?;
+                if listed.kind == EntryKind::Hardlink {
+                    if let Some(t) = &target {
+                        crate::restore::safe_relative(t)?;
+                    }
+                }
                 target.map(|t| match listed.kind {
                     EntryKind::Hardlink => join(prefix, &t),
                     _ => t,

@@ -189,8 +189,16 @@ impl Packs {
 /// stops the collection: its chunks could be anywhere.
 fn used_blobs(repo: &Repository, cancel: &Cancel) -> Result<HashSet<Id>> {
     let index = repo.load_index()?;
+    // Garbage is what no index describes: with an index set aside, what it
+    // described would count as garbage. Refuse rather than guess.
+    if let Some((id, why)) = index.quarantined.first() {
+        anyhow::bail!(
+            "index {id} of {} failed its checks ({why}); prune deletes nothing while an index is damaged or tampered with",
+            repo.backend().location()
+        );
+    }
     let mut used = HashSet::new();
-    for (_, commit) in repo.commits()? {
+    for (_, commit) in repo.commits_unchecked()? {
         for volume in &commit.volumes {
             used.extend(volume.tree.iter().copied());
             used.extend(volume.record.iter().copied());

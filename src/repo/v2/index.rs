@@ -95,6 +95,13 @@ impl IndexBuilder {
                 blobs: pack.blobs,
                 keys: pack.keys,
             };
+            if pack.size > super::pack::MAX_PACK {
+                anyhow::bail!(
+                    "index {id} gives pack {} a size of {} bytes, more than a pack can hold",
+                    pack.id,
+                    pack.size
+                );
+            }
             check_bounds(&header, pack.size)
                 .with_context(|| format!("index {id} describes pack {} wrongly", pack.id))?;
             checked.push((pack.id, pack.size, pack.recipients, header));

@@ -620,8 +620,21 @@ impl Repository {
         self.store_commit(commit)
     }
 
-    /// Every commit object (checked against its name), oldest first.
+    /// Every commit object (checked against its name), oldest first. One
+    /// whose fields are not what volsnap writes (an id not of its form,
+    /// control characters in a host, selection or volume name) is left
+    /// out and named: such strings name files and reach terminals.
     pub fn commits(&self) -> Result<Vec<(Id, Commit)>> {
+        self.read_commits(true)
+    }
+
+    /// Every commit object, whatever its fields say: what garbage
+    /// collection keeps (it never deletes what any commit might use).
+    pub fn commits_unchecked(&self) -> Result<Vec<(Id, Commit)>> {
+        self.read_commits(false)
+    }
+
+    fn read_commits(&self, checked: bool) -> Result<Vec<(Id, Commit)>> {
         let mut commits = Vec::new();
         for id in self.ids_in("snapshots")? {
             let bytes = match self.read_checked(&format!("snapshots/{id}"), &id) {
@@ -633,6 +646,15 @@ impl Repository {
                 self.parse_object("snapshots", &format!("backup object {id}"), &bytes)?;
             if commit.format != FORMAT {
                 bail!("backup object {id} says format {}", commit.format);
+            }
+            if checked {
+                if let Err(e) = commit.check() {
+                    tracing::warn!(
+                        "backup object {id} of {} is ignored: {e:#} (volsnap never writes such a backup: damaged or tampered with)",
+                        self.backend.location()
+                    );
+                    continue;
+                }
             }
             commits.push((id, commit));
         }

@@ -44,14 +44,22 @@ impl ChunkerParams {
                 crate::text::escape(&self.algorithm)
             );
         }
+        // Within fastcdc's own bounds too (it asserts them).
+        let (min_max, avg_max) = (
+            fastcdc::v2020::MINIMUM_MAX as u32,
+            fastcdc::v2020::AVERAGE_MAX as u32,
+        );
         if !(MIN_CHUNK <= self.min
             && self.min <= self.avg
             && self.avg <= self.max
+            && self.min <= min_max
+            && self.avg <= avg_max
             && u64::from(self.max) <= max_blob)
         {
             bail!(
                 "its {what} parameters (min {}, avg {}, max {}) are outside what volsnap writes \
-                 ({MIN_CHUNK} <= min <= avg <= max <= {max_blob} bytes)",
+                 ({MIN_CHUNK} <= min <= avg <= max, min <= {min_max}, avg <= {avg_max}, \
+                 max <= {max_blob} bytes)",
                 self.min,
                 self.avg,
                 self.max
@@ -124,6 +132,51 @@ impl Config {
     pub fn local_name(&self) -> String {
         Id::digest(format!("volsnap-local\0{}", self.id).as_bytes()).hex()[..16].to_string()
     }
+}
+
+impl Commit {
+    /// The fields that name things on the host or reach a terminal are what
+    /// volsnap writes: an id `YYYYMMDDTHHMMSSZ-hex`, a host, selection and
+    /// volume names without control characters, Docker volume names.
+    pub fn check(&self) -> Result<()> {
+        if !is_backup_id(&self.id) {
+            bail!(
+                "its backup id {:?} is not of the form YYYYMMDDTHHMMSSZ-xxxx",
+                crate::text::escape(&self.id.chars().take(64).collect::<String>())
+            );
+        }
+        let plain = |what: &str, s: &str, max: usize| -> Result<()> {
+            if s.chars().any(char::is_control) || s.len() > max {
+                bail!(
+                    "its {what} {:?} holds control characters or is over {max} bytes",
+                    crate::text::escape(&s.chars().take(64).collect::<String>())
+                );
+            }
+            Ok(())
+        };
+        plain("host", &self.host, 255)?;
+        plain("selection", &self.selection, 4096)?;
+        for v in &self.volumes {
+            plain("volume name", &v.name, 4096)?;
+            crate::repo::manifest::local_name(v.kind, &v.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `id` has the form of the backup ids volsnap makes.
+pub fn is_backup_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() >= 18
+        && b.len() <= 34
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 /// One volume of a commit object.

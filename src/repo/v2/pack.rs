@@ -24,6 +24,9 @@ const MAX_HEADER: u64 = 64 << 20;
 pub const MAX_BLOB: u64 = 8 << 20;
 /// What storing may add to a blob: the flag byte, and sealing's nonce and tag.
 const MAX_STORED_EXTRA: u64 = 1 + 64;
+/// The largest pack a writer closes: full, plus one more blob, a header
+/// and its length. Readers refuse to believe larger sizes.
+pub const MAX_PACK: u64 = PACK_TARGET as u64 + MAX_BLOB + MAX_STORED_EXTRA + MAX_HEADER + 4;
 const FLAG_ZSTD: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
