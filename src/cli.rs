@@ -140,6 +140,13 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Repair a damaged format-2 repository: `repair index` rebuilds the
+    /// index from the packs' own headers (after an index was lost,
+    /// truncated or tampered with; `verify --all` says when).
+    Repair {
+        #[command(subcommand)]
+        command: RepairCommand,
+    },
     /// What a repository is, as this host pinned it on first use (id,
     /// encryption, immutability, chunking), and accepting a change of it.
     Repo {
@@ -561,6 +568,31 @@ pub enum KeyCommand {
     /// file leaked): a copy of the old file no longer reads new indexes
     /// and backup records. Nothing already written is rewritten.
     Rotate(KeyRepoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs: every present pack is read and
+    /// checked against its name, each blob it lists is kept if its stored
+    /// bytes check out, and new index objects replace every old one (which
+    /// are deleted last: a kill at any point leaves a readable repository,
+    /// and running it again finishes). Needs only the write key in an
+    /// encrypted repository. Keeps other prunes out while it runs; backups
+    /// go on.
+    Index(RepairArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// The format-2 repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 /// This host pins what a format-2 repository is (its id, encryption and

@@ -23,8 +23,14 @@ pub fn run(args: ListArgs) -> Result<i32> {
             .iter()
             .map(|b| {
                 let m = &b.manifest;
+                // Format 2: the commit object's id, which names exactly
+                // one backup where a backup id might be claimed twice.
+                let object = (b.format == volsnap::repo::Format::Chunked)
+                    .then(|| b.dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .flatten();
                 json!({
                     "id": b.id,
+                    "object": object,
                     "host": m.host,
                     "started_at": m.started_at,
                     "selection": m.selection,

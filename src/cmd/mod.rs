@@ -14,6 +14,7 @@ mod list;
 mod plan;
 mod prune;
 mod recover;
+mod repair;
 mod repo;
 mod restore;
 mod snapshot;
@@ -75,6 +76,7 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
         Command::Systemd(args) => job::systemd(args),
         Command::Key { command } => key::run(command),
         Command::Repo { command } => repo::run(command),
+        Command::Repair { command } => repair::run(command),
         Command::Copy(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             copy::run(args)

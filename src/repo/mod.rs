@@ -665,11 +665,20 @@ pub fn list_any(root: &Path) -> Result<(Vec<BackupEntry>, Vec<String>)> {
 pub fn protect(root: &Path, id: &str, remove: bool) -> Result<String> {
     use notes::Note;
     let (backups, _) = list_any(root)?;
+    let by_object = backups
+        .iter()
+        .find(|b| b.format == Format::Chunked && b.dir.file_name().is_some_and(|n| n == id));
+    let claimed = backups.iter().filter(|b| b.id == id).count();
+    if by_object.is_none() && claimed > 1 {
+        return Err(usage!(
+            "backup id {} is ambiguous in {}: {claimed} backups claim it; name one by its commit object id (volsnap list --json shows it as \"object\")",
+            crate::text::escape(id),
+            root.display()
+        ));
+    }
     let entry = match id {
         "latest" => backups.last(),
-        _ => backups
-            .iter()
-            .find(|b| b.id == id || b.dir.file_name().is_some_and(|n| n == id)),
+        _ => by_object.or_else(|| backups.iter().find(|b| b.id == id)),
     }
     .ok_or_else(|| {
         usage!(
@@ -714,13 +723,35 @@ pub fn resolve_chunked(
             .find(|(o, _)| *o == object)
             .context("internal error: the newest backup vanished");
     }
-    let position = commits
+    // A commit object's id names one backup; a backup id is what the
+    // commit says of itself, and two commits may say the same (a planted
+    // one, say): never silently take one of them.
+    if let Some(position) = commits.iter().position(|(object, _)| object.hex() == id) {
+        return Ok(commits.swap_remove(position));
+    }
+    let matching: Vec<usize> = commits
         .iter()
-        .position(|(object, c)| c.id == id || object.hex() == id)
-        .ok_or_else(|| {
-            usage!("no backup {id} in {location}; 'volsnap list --repo {location}' shows the backups there")
-        })?;
-    Ok(commits.swap_remove(position))
+        .enumerate()
+        .filter(|(_, (_, c))| c.id == id)
+        .map(|(n, _)| n)
+        .collect();
+    match matching[..] {
+        [] => Err(usage!(
+            "no backup {} in {location}; 'volsnap list --repo {location}' shows the backups there",
+            crate::text::escape(id)
+        )),
+        [one] => Ok(commits.swap_remove(one)),
+        _ => Err(usage!(
+            "backup id {} is ambiguous in {location}: {} commit objects claim it ({}); name one by its commit object id (volsnap list --json shows them as \"object\"), and check the others: volsnap writes one per backup",
+            crate::text::escape(id),
+            matching.len(),
+            matching
+                .iter()
+                .map(|n| commits[*n].0.hex())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 impl Repo {

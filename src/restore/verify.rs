@@ -489,10 +489,14 @@ pub fn verify_repository(
     let mut report = RepositoryReport::default();
     let mut facts = PackFacts::list(repo)?;
     let mut files = Vec::new();
+    let mut index_trouble = false;
     for id in repo.index_ids()? {
         match repo.read_index(&id) {
             Ok(file) => files.push((id, file)),
-            Err(e) => report.problems.push(format!("index {id}: {e:#}")),
+            Err(e) => {
+                report.problems.push(format!("index {id}: {e:#}"));
+                index_trouble = true;
+            }
         }
     }
     let superseded: HashSet<Id> = files
@@ -556,7 +560,7 @@ pub fn verify_repository(
     let index = repo.load_index()?;
     for (_, commit) in repo.commits()? {
         let mut one = VerifyReport::default();
-        check_commit(
+        if let Err(e) = check_commit(
             repo,
             &index,
             &mut facts,
@@ -564,7 +568,10 @@ pub fn verify_repository(
             Level::Entries,
             cancel,
             &mut one,
-        )?;
+        ) {
+            cancel.check()?;
+            one.problems.push(format!("{e:#}"));
+        }
         report.backups += 1;
         report.files += one.files_checked;
         report.chunks += one.chunks_checked;
@@ -573,6 +580,15 @@ pub fn verify_repository(
                 .into_iter()
                 .map(|p| format!("backup {}: {p}", commit.id)),
         );
+    }
+    index_trouble |= !index.quarantined.is_empty();
+    if !report.problems.is_empty() && (index_trouble || report.unindexed > 0) {
+        // Packs describe themselves: what an index lost, they still say.
+        report.problems.push(format!(
+            "the index is damaged or incomplete ({} pack(s) no index describes): volsnap repair index --repo {} rebuilds it from the packs",
+            report.unindexed,
+            repo.backend().location()
+        ));
     }
     Ok(report)
 }

@@ -21,8 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Blobs described per index object a copy writes (as a backup's saver).
-const INDEX_BLOBS: usize = 40_000;
+use super::index::INDEX_BLOBS;
 
 /// What a copy did.
 #[derive(Debug, Default, Serialize)]
@@ -112,10 +111,20 @@ pub fn copy(
     )?;
     sync_key_objects(from, to)?;
 
-    let there: HashSet<String> = to.commits()?.into_iter().map(|(_, c)| c.id).collect();
-    let (commits, present): (Vec<_>, Vec<_>) = commits
-        .into_iter()
-        .partition(|(_, c)| !there.contains(&c.id));
+    // A backup is there when a commit of the destination is that backup
+    // (same id, host, start and manifests) and the destination's index
+    // holds its manifests; a commit that merely claims its id is not.
+    let there = to.commits()?;
+    let to_index = to.load_index()?;
+    let (commits, present): (Vec<_>, Vec<_>) = commits.into_iter().partition(|(_, c)| {
+        !there.iter().any(|(_, t)| {
+            t.same_backup(c)
+                && t.volumes
+                    .iter()
+                    .flat_map(|v| v.tree.iter().chain(&v.record))
+                    .all(|b| to_index.get(b).is_some())
+        })
+    });
     report.present = present.into_iter().map(|(_, c)| c.id).collect();
     if commits.is_empty() {
         lock.release()?;
@@ -124,10 +133,29 @@ pub fn copy(
         return Ok(report);
     }
 
-    let wanted: HashSet<Id> = commits
-        .iter()
-        .flat_map(|(_, c)| c.packs.iter().copied())
-        .collect();
+    // The packs to send follow from each backup's blobs through the
+    // source's index as it is now (a prune may have rewritten or deleted
+    // the packs the commit object lists).
+    let from_index = from.load_index()?;
+    let mut needs: Vec<HashSet<Id>> = Vec::with_capacity(commits.len());
+    for (_, commit) in &commits {
+        let mut blobs = HashSet::new();
+        super::gc::commit_blobs(from, &from_index, commit, cancel, &mut blobs)?;
+        let mut packs = HashSet::new();
+        for blob in &blobs {
+            let at = from_index.get(blob).with_context(|| {
+                format!(
+                    "backup {} uses blob {blob}, which no index of {} places in a present pack; run volsnap verify --repo {} --all",
+                    crate::text::escape(&commit.id),
+                    from.backend().location(),
+                    from.backend().location()
+                )
+            })?;
+            packs.insert(from_index.pack_id(&at));
+        }
+        needs.push(packs);
+    }
+    let wanted: HashSet<Id> = needs.iter().flatten().copied().collect();
     let described = described_packs(from, &wanted)?;
     let routes = plan_routes(to, &wanted, &described)?;
     let mut sending: Vec<&IndexedPack> = routes
@@ -151,10 +179,10 @@ pub fn copy(
     // As a backup's commit: a concurrent prune of the destination may have
     // deleted a pack a copied backup relies on; then nothing is committed.
     let landed = to.pack_ids()?;
-    for (_, mut commit) in commits {
+    for ((_, mut commit), needed) in commits.into_iter().zip(needs) {
         cancel.check()?;
         let mut packs: Vec<Id> = Vec::new();
-        for p in &commit.packs {
+        for p in &needed {
             match &routes[p] {
                 Route::Present | Route::Send => packs.push(*p),
                 Route::Covered(holders) => packs.extend(holders.iter().copied()),

@@ -64,19 +64,31 @@ fn mark_age() -> Duration {
 }
 
 /// The repository's packs as the indexes and the listing describe them.
+///
+/// Garbage collection trusts no single index object: a pack's blobs are the
+/// union of what every index (superseded ones too) says of it, so an index
+/// that omits or `supersedes` away a pack cannot make it look unused; a
+/// present pack no index describes is read, and described by its own
+/// header (checked against its name), before anything counts it as garbage.
 struct Packs {
     /// Every pack present, with its size.
     listed: HashMap<Id, u64>,
-    /// The blobs of every present pack an index describes.
+    /// The blobs of every present pack, as described.
     blobs: HashMap<Id, Vec<BlobEntry>>,
     /// Where each blob is: every present pack holding it.
     places: HashMap<Id, Vec<Id>>,
     /// The recipient set of each present pack (encrypted repositories).
     recipients: HashMap<Id, Option<Id>>,
+    /// Present packs described only by superseded index objects: what a
+    /// reader (which obeys `supersedes`) cannot find.
+    hidden: HashSet<Id>,
+    /// Present packs no index describes (read and described by their
+    /// headers here; `repair index` indexes them).
+    unindexed: Vec<Id>,
 }
 
 impl Packs {
-    fn read(repo: &Repository) -> Result<Self> {
+    fn read(repo: &Repository, cancel: &Cancel) -> Result<Self> {
         let listed: HashMap<Id, u64> = repo
             .backend()
             .list("data")?
@@ -85,7 +97,10 @@ impl Packs {
             .collect();
         let mut files = Vec::new();
         for id in repo.index_ids()? {
-            files.push((id, repo.read_index(&id)?));
+            let file = repo.read_index(&id).with_context(|| {
+                format!("prune relies on every index and cannot read index {id}; nothing was collected (run volsnap repair index --repo {})", repo.backend().location())
+            })?;
+            files.push((id, file));
         }
         let superseded: HashSet<Id> = files
             .iter()
@@ -93,12 +108,49 @@ impl Packs {
             .collect();
         let mut blobs: HashMap<Id, Vec<BlobEntry>> = HashMap::new();
         let mut recipients = HashMap::new();
-        for (_, file) in files.into_iter().filter(|(id, _)| !superseded.contains(id)) {
+        let mut live: HashSet<Id> = HashSet::new();
+        for (id, file) in files {
             for pack in file.packs {
-                if listed.get(&pack.id) == Some(&pack.size) {
-                    recipients.insert(pack.id, pack.recipients);
-                    blobs.insert(pack.id, pack.blobs);
+                if listed.get(&pack.id) != Some(&pack.size) {
+                    continue;
                 }
+                if !superseded.contains(&id) {
+                    live.insert(pack.id);
+                }
+                recipients.entry(pack.id).or_insert(pack.recipients);
+                let known = blobs.entry(pack.id).or_default();
+                for blob in pack.blobs {
+                    if !known.contains(&blob) {
+                        known.push(blob);
+                    }
+                }
+            }
+        }
+        let hidden = blobs
+            .keys()
+            .filter(|p| !live.contains(p))
+            .copied()
+            .collect();
+        let mut unindexed = Vec::new();
+        let undescribed: Vec<Id> = listed
+            .keys()
+            .filter(|p| !blobs.contains_key(p))
+            .copied()
+            .collect();
+        for pack in &undescribed {
+            cancel.check()?;
+            // Packs describe themselves: what this one holds is read before
+            // it can count as garbage. One that cannot be read (damaged,
+            // or mid-upload) holds nothing a reader could use.
+            match repo.read_pack(pack) {
+                Ok((_, header)) => {
+                    blobs.insert(*pack, header.blobs);
+                    recipients.insert(*pack, None);
+                    unindexed.push(*pack);
+                }
+                Err(e) => tracing::debug!(
+                    "pack {pack} is described by no index and cannot be read: {e:#}"
+                ),
             }
         }
         let mut places: HashMap<Id, Vec<Id>> = HashMap::new();
@@ -112,7 +164,92 @@ impl Packs {
             blobs,
             places,
             recipients,
+            hidden,
+            unindexed,
         })
+    }
+
+    /// What garbage collection relies on, checked before it condemns
+    /// anything: every used blob has a place in a present pack, a reader can
+    /// find it (no `supersedes` hides it), and no pack that holds a used blob
+    /// is given up for another copy before that copy's content is proven.
+    fn prove(
+        &self,
+        repo: &Repository,
+        used: &HashSet<Id>,
+        needed: &HashSet<Id>,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        let location = repo.backend().location();
+        let repair = format!("nothing was condemned or deleted; run volsnap verify --repo {location} --all, and volsnap repair index --repo {location} to rebuild the index from the packs");
+        let missing: Vec<&Id> = used
+            .iter()
+            .filter(|b| !self.places.contains_key(b))
+            .collect();
+        if let Some(first) = missing.first() {
+            anyhow::bail!(
+                "{} blob(s) that kept backups use are in no present pack (blob {first}, among others): the repository is damaged; {repair}",
+                missing.len()
+            );
+        }
+        if let Some(pack) = self.hidden.iter().find(|p| {
+            self.blobs[*p].iter().any(|b| used.contains(&b.id))
+                && self.blobs[*p].iter().any(|b| {
+                    used.contains(&b.id)
+                        && self.places[&b.id].iter().all(|q| self.hidden.contains(q))
+                })
+        }) {
+            anyhow::bail!(
+                "an index object supersedes the description of pack {pack}, which kept backups use: damaged or tampered with, and not obeyed; {repair}"
+            );
+        }
+        if let Some(pack) = self.unindexed.iter().find(|p| {
+            self.blobs[*p].iter().any(|b| {
+                used.contains(&b.id)
+                    && self.places[&b.id]
+                        .iter()
+                        .all(|q| self.unindexed.contains(q))
+            })
+        }) {
+            anyhow::bail!(
+                "pack {pack} holds blobs kept backups use, and no index describes it; {repair}"
+            );
+        }
+        // Copies kept in place of a pack given up: proven by content.
+        let mut to_prove: HashMap<Id, HashSet<Id>> = HashMap::new();
+        for (pack, entries) in &self.blobs {
+            if needed.contains(pack) {
+                continue;
+            }
+            for blob in entries.iter().filter(|b| used.contains(&b.id)) {
+                let kept = self.places[&blob.id]
+                    .iter()
+                    .find(|q| needed.contains(q))
+                    .with_context(|| {
+                        format!("internal error: blob {} has no needed pack", blob.id)
+                    })?;
+                to_prove.entry(*kept).or_default().insert(blob.id);
+            }
+        }
+        for (pack, ids) in to_prove {
+            cancel.check()?;
+            let (bytes, header) = repo.read_pack(&pack).with_context(|| {
+                format!("pack {pack} is to keep the only copy of blobs another pack also holds, and cannot be read; {repair}")
+            })?;
+            for id in ids {
+                let proven = header.blobs.iter().filter(|e| e.id == id).any(|e| {
+                    bytes
+                        .get(e.offset as usize..(e.offset + e.length) as usize)
+                        .is_some_and(|stored| repo.check_packed_blob(&header, e, stored).is_ok())
+                });
+                if !proven {
+                    anyhow::bail!(
+                        "an index says pack {pack} holds blob {id}, but the pack does not (damaged or tampered with): prune would have given up another copy for it; {repair}"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// (used bytes, all blob bytes) of a pack.
@@ -199,45 +336,53 @@ fn used_blobs(repo: &Repository, cancel: &Cancel) -> Result<HashSet<Id>> {
     }
     let mut used = HashSet::new();
     for (_, commit) in repo.commits_unchecked()? {
-        for volume in &commit.volumes {
-            used.extend(volume.tree.iter().copied());
-            used.extend(volume.record.iter().copied());
-            if let Some(refs) = &volume.refs {
-                // Encrypted: the refs blobs list the chunks, readable with
-                // the write key; the manifest may not be readable here.
-                for piece in refs {
-                    cancel.check()?;
-                    used.insert(*piece);
-                    let bytes = repo.read_blob(&index, piece).with_context(|| {
-                        format!(
-                            "cannot read the chunk list of backup {} (volume {}); nothing was collected (volsnap verify --all names the damage)",
-                            commit.id, volume.name
-                        )
-                    })?;
-                    used.extend(super::tree::parse_refs(&bytes)?);
-                }
-                continue;
-            }
-            if repo.keys().is_some() {
-                anyhow::bail!(
-                    "backup {} (volume {}) lists no chunk list; nothing was collected",
-                    commit.id,
-                    volume.name
-                );
-            }
-            let mut lines = TreeReader::new(repo, &index, &volume.tree, volume.tree_sha256);
-            while let Some(line) = lines.next_line::<TreeEntry>().with_context(|| {
-                format!(
-                    "cannot read the manifest of backup {} (volume {}); nothing was collected (volsnap verify --all names the damage)",
-                    commit.id, volume.name
-                )
-            })? {
-                cancel.check()?;
-                used.extend(line.chunks);
-            }
-        }
+        commit_blobs(repo, &index, &commit, cancel, &mut used)?;
     }
     Ok(used)
+}
+
+/// Adds every blob backup `commit` uses to `used`: its manifests' tree
+/// blobs, volume records, and every file's chunks (through the refs lists
+/// in an encrypted repository, readable with the write key).
+pub(super) fn commit_blobs(
+    repo: &Repository,
+    index: &super::index::Index,
+    commit: &super::objects::Commit,
+    cancel: &Cancel,
+    used: &mut HashSet<Id>,
+) -> Result<()> {
+    let id = crate::text::escape(&commit.id);
+    for volume in &commit.volumes {
+        let name = crate::text::escape(&volume.name);
+        used.extend(volume.tree.iter().copied());
+        used.extend(volume.record.iter().copied());
+        if let Some(refs) = &volume.refs {
+            for piece in refs {
+                cancel.check()?;
+                used.insert(*piece);
+                let bytes = repo.read_blob(index, piece).with_context(|| {
+                    format!(
+                        "cannot read the chunk list of backup {id} (volume {name}); nothing was done (volsnap verify --all names the damage)"
+                    )
+                })?;
+                used.extend(super::tree::parse_refs(&bytes)?);
+            }
+            continue;
+        }
+        if repo.keys().is_some() {
+            anyhow::bail!("backup {id} (volume {name}) lists no chunk list; nothing was done");
+        }
+        let mut lines = TreeReader::new(repo, index, &volume.tree, volume.tree_sha256);
+        while let Some(line) = lines.next_line::<TreeEntry>().with_context(|| {
+            format!(
+                "cannot read the manifest of backup {id} (volume {name}); nothing was done (volsnap verify --all names the damage)"
+            )
+        })? {
+            cancel.check()?;
+            used.extend(line.chunks);
+        }
+    }
+    Ok(())
 }
 
 /// Copies the used blobs of `packs` into new packs (stored as they are,
@@ -327,8 +472,9 @@ pub fn collect_garbage(repo: &Repository, host: &str, cancel: &Cancel) -> Result
         Err(e) => tracing::warn!("cannot remove the temporary objects of killed writes: {e:#}"),
     }
     let used = used_blobs(repo, cancel)?;
-    let packs = Packs::read(repo)?;
+    let packs = Packs::read(repo, cancel)?;
     let needed = packs.needed(&used);
+    packs.prove(repo, &used, &needed, cancel)?;
     let unneeded: HashSet<Id> = packs
         .listed
         .keys()
@@ -511,6 +657,8 @@ mod tests {
             blobs: layout.iter().cloned().collect(),
             places,
             recipients: HashMap::new(),
+            hidden: HashSet::new(),
+            unindexed: Vec::new(),
         }
     }
 

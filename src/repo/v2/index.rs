@@ -9,6 +9,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
+/// An index object is written once the packs it describes hold this many
+/// blobs (docs/FORMAT.md, "Index"): no object's text grows large.
+pub const INDEX_BLOBS: usize = 40_000;
+
 /// One `index/<id>` object.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IndexFile {

@@ -12,6 +12,7 @@ pub mod index;
 pub mod lock;
 pub mod objects;
 pub mod pack;
+pub mod repair;
 pub mod saver;
 pub mod tree;
 

@@ -164,6 +164,33 @@ impl Commit {
     }
 }
 
+impl Commit {
+    /// Whether `other` is the same backup: same id, host, selection and
+    /// start, and the same manifests (tree and record streams, by blob ids
+    /// and digests). What copies and prunes rewrite (`packs`) may differ.
+    pub fn same_backup(&self, other: &Commit) -> bool {
+        let manifests = |c: &Commit| -> Vec<(String, Vec<Id>, Id, Vec<Id>, Id)> {
+            c.volumes
+                .iter()
+                .map(|v| {
+                    (
+                        v.name.clone(),
+                        v.tree.clone(),
+                        v.tree_sha256,
+                        v.record.clone(),
+                        v.record_sha256,
+                    )
+                })
+                .collect()
+        };
+        self.id == other.id
+            && self.host == other.host
+            && self.selection == other.selection
+            && self.started_at == other.started_at
+            && manifests(self) == manifests(other)
+    }
+}
+
 /// Whether `id` has the form of the backup ids volsnap makes.
 pub fn is_backup_id(id: &str) -> bool {
     let b = id.as_bytes();

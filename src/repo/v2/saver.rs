@@ -16,10 +16,7 @@ use std::thread::JoinHandle;
 /// Blobs waiting for a worker (each at most the chunker's maximum).
 const QUEUE: usize = 8;
 
-/// An index object is written as soon as the packs stored since the last
-/// one hold this many blobs (about 6 MB of JSON), so a backup of millions
-/// of files never holds its whole index in memory.
-const INDEX_BLOBS: usize = 40_000;
+use super::index::INDEX_BLOBS;
 
 /// A blob for a worker: its id, kind and plaintext.
 type Work = (Id, BlobKind, Arc<Vec<u8>>);
