@@ -115,6 +115,18 @@ pub enum Command {
     Prune(PruneArgs),
     /// Protect a backup from prune (or lift it with --remove).
     Protect(ProtectArgs),
+    /// Delete one backup, named by its id or (format 2) its commit object
+    /// id: the way to remove a backup retention leaves alone, such as one
+    /// that does not verify as its host's. Its data goes with the next
+    /// prune's garbage collection.
+    Forget(ForgetArgs),
+    /// This host's signing key, and the keys of other hosts it trusts: a
+    /// format-2 backup counts as host X's (retention, latest, restore,
+    /// drills) only if signed by a key trusted for X (README, "Fleets").
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// Run one job of the configuration file now: host hooks, backup,
     /// verification, retention, run log, metrics, notifications.
     Run(RunArgs),
@@ -482,6 +494,51 @@ pub struct ProtectArgs {
     /// Lift the protection instead.
     #[arg(long)]
     pub remove: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// The backup: its id, or its commit object id (volsnap list --json
+    /// shows it as "object").
+    pub id: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// This host's key fingerprint, and the keys it trusts for other hosts.
+    Show(HostStateArgs),
+    /// Trust a key for host NAME: its backups then count as NAME's here.
+    /// Keys are added, never replaced: a reinstalled host's new key joins
+    /// its old one, and the old backups keep verifying.
+    Trust {
+        /// The host name the backups state.
+        name: String,
+        /// The key's fingerprint, as `volsnap host show` prints it on that
+        /// host (ed25519:…).
+        fingerprint: String,
+        #[command(flatten)]
+        state: HostStateArgs,
+    },
+    /// Trust a key no more, for every host name (after a host was
+    /// compromised): what it signed is listed as unverified.
+    Revoke {
+        /// The key's fingerprint (ed25519:…).
+        fingerprint: String,
+        #[command(flatten)]
+        state: HostStateArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct HostStateArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 /// Where volsnap keeps its state: the host lock, run journals, kept snapshots.

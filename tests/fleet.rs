@@ -112,7 +112,18 @@ fn two_hosts_share_a_bucket_and_back_up_while_a_prune_deletes() {
             &env,
         )
     };
+    // The pruning host counts a backup as alpha's or beta's only if signed
+    // by a key it trusts for that host.
     let pruner = p.tempdir();
+    for (host, _, state) in &stacks {
+        let fingerprint = host_fingerprint(state);
+        ok(run(as_host(
+            "pruner",
+            &pruner,
+            &["host", "trust", host, &fingerprint],
+            &env,
+        )));
+    }
     let first = json(&ok(run(prune_args(&pruner))));
     assert!(
         first["garbage"]["packs_condemned"].as_u64().unwrap() > 0,

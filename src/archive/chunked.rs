@@ -366,6 +366,7 @@ pub struct ChunkedBackup {
     new_parents: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// The backup the parent copies came from.
     parent_id: Option<String>,
+    signer: Option<std::sync::Arc<crate::repo::attest::HostKey>>,
 }
 
 /// What reading one volume produced.
@@ -389,6 +390,9 @@ pub struct ChunkedOptions {
     pub parents: Option<std::path::PathBuf>,
     /// Read every file even where the parent rule would let it through.
     pub force_read: bool,
+    /// This host's key, which signs the commit (docs/FORMAT.md,
+    /// "Attribution"); `None` leaves it unsigned.
+    pub signer: Option<std::sync::Arc<crate::repo::attest::HostKey>>,
 }
 
 impl ChunkedBackup {
@@ -468,6 +472,7 @@ impl ChunkedBackup {
             force_read: options.force_read,
             volumes: (0..volumes).map(|_| None).collect(),
             new_parents: Vec::new(),
+            signer: options.signer.clone(),
         })
     }
 
@@ -625,7 +630,12 @@ impl ChunkedBackup {
             parent,
             packs,
             stored_bytes: Some(stored_bytes),
+            signature: None,
         };
+        let mut commit = commit;
+        if let Some(key) = &self.signer {
+            key.sign(&mut commit)?;
+        }
         #[cfg(feature = "fault-injection")]
         crate::fault::point("v2-before-commit");
         let id = self.repo.save_commit(&commit)?;
@@ -757,6 +767,7 @@ mod tests {
             threads: 2,
             parents: Some(parents.to_path_buf()),
             force_read: false,
+            signer: None,
         };
         let mut backup = ChunkedBackup::begin(repo.clone(), 1, "h", "test", &options).unwrap();
         let summary = backup
@@ -794,12 +805,12 @@ mod tests {
         let repo = Arc::new(Repository::init(backend, None).unwrap());
         let parents = scratch.path().join("state");
 
-        let first = back_up(&repo, &src, &parents, "one");
+        let first = back_up(&repo, &src, &parents, "20260101T000001Z-0001");
         assert_eq!(first.reused_files, 0);
         let packs_after_first = repo.pack_ids().unwrap();
 
         // Nothing changed: every file comes from the parent, no new data.
-        let second = back_up(&repo, &src, &parents, "two");
+        let second = back_up(&repo, &src, &parents, "20260101T000002Z-0002");
         assert_eq!(second.reused_files, 5, "big, log, empty, small, x");
         assert_eq!(repo.pack_ids().unwrap(), packs_after_first);
 
@@ -810,13 +821,16 @@ mod tests {
             .unwrap()
             .write_all(b"more\n")
             .unwrap();
-        let third = back_up(&repo, &src, &parents, "three");
+        let third = back_up(&repo, &src, &parents, "20260101T000003Z-0003");
         assert_eq!(third.reused_files, 4);
 
         // The newest backup restores byte for byte.
         let commits = repo.commits().unwrap();
         assert_eq!(commits.len(), 3);
-        let (_, last) = commits.iter().find(|(_, c)| c.id == "three").unwrap();
+        let (_, last) = commits
+            .iter()
+            .find(|(_, c)| c.id == "20260101T000003Z-0003")
+            .unwrap();
         let index = repo.load_index().unwrap();
         let target = scratch.path().join("target");
         let payload = Payload::Chunked {
@@ -841,7 +855,7 @@ mod tests {
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(&repo_dir).unwrap());
         let repo = Arc::new(Repository::init(backend, None).unwrap());
         let parents = scratch.path().join("state");
-        back_up(&repo, &src, &parents, "one");
+        back_up(&repo, &src, &parents, "20260101T000001Z-0001");
         // Same size, same mtime (set back), but a new ctime: read again.
         let mtime = fs::metadata(src.join("f")).unwrap().modified().unwrap();
         fs::write(src.join("f"), b"version two").unwrap();
@@ -851,13 +865,13 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        let second = back_up(&repo, &src, &parents, "two");
+        let second = back_up(&repo, &src, &parents, "20260101T000002Z-0002");
         assert_eq!(second.reused_files, 0);
         // The parent's chunks gone from the index (a prune took them): read.
         for object in repo.backend().list("index").unwrap() {
             repo.backend().delete(&object.name).unwrap();
         }
-        let third = back_up(&repo, &src, &parents, "three");
+        let third = back_up(&repo, &src, &parents, "20260101T000003Z-0003");
         assert_eq!(third.reused_files, 0);
     }
 
@@ -954,6 +968,7 @@ mod tests {
                 containers: Vec::new(),
                 notes: Vec::new(),
                 stored_bytes: None,
+                signature: None,
                 volumes: vec![CommitVolume {
                     name: "vol".into(),
                     kind: VolumeKind::Volume,

@@ -41,6 +41,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
                     "archive_bytes": m.archive_bytes(),
                     "stored_bytes": m.bytes_stored(),
                     "volumes": m.volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+                    "attribution": b.attribution,
                     "protected": b.protected(),
                     "verified_at": b.notes().ok().and_then(|n| volsnap::restore::verify::verified_at(&n)),
                     "drill": b.notes().ok().and_then(|n| volsnap::jobs::drill::load_report(&n)).map(|d| json!({
@@ -96,7 +97,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
             escape(&m.selection)
         );
     }
-    outln!("flags: P protected from prune, V verified, D drill passed, d drill failed");
+    outln!("flags: P protected from prune, V verified, D drill passed, d drill failed, ? not attributable to its host (unsigned, untrusted key, tampered with, or dated in the future: never counted by retention nor taken as latest)");
     let newest = volsnap::repo::newest_by_host(&backups);
     if newest
         .iter()
@@ -135,6 +136,9 @@ fn flags(b: &volsnap::repo::BackupEntry) -> String {
         Some(d) if d.passed => flags.push('D'),
         Some(_) => flags.push('d'),
         None => {}
+    }
+    if !b.counts() {
+        flags.push('?');
     }
     if flags.is_empty() {
         flags.push('-');

@@ -60,6 +60,11 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
             prune::run(args)
         }
         Command::Protect(args) => prune::protect(args),
+        Command::Forget(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            prune::forget(args)
+        }
+        Command::Host { command } => prune::host(command),
         Command::Run(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             job::run(args)

@@ -1,10 +1,11 @@
 //! `volsnap prune` and `volsnap protect`.
 
-use crate::cli::{PolicyArgs, ProtectArgs, PruneArgs};
+use crate::cli::{ForgetArgs, HostCommand, PolicyArgs, ProtectArgs, PruneArgs};
 use anyhow::Result;
 use volsnap::cancel::Cancel;
 use volsnap::jobs::prune::{prune_at, PruneReport};
 use volsnap::repo::retention::Policy;
+use volsnap::text::escape;
 
 impl PolicyArgs {
     pub fn to_policy(&self) -> Policy {
@@ -87,23 +88,35 @@ pub fn print_report(report: &PruneReport) {
         let gone = group.decisions.iter().filter(|d| !d.keep).count();
         outln!(
             "{} from {}: keep {}, {verb} {gone}",
-            group.selection,
-            group.host,
+            escape(&group.selection),
+            escape(&group.host),
             group.decisions.len() - gone
         );
         for d in &group.decisions {
             if d.keep {
-                outln!("  keep   {}  ({})", d.id, d.reasons.join(", "));
+                outln!("  keep   {}  ({})", escape(&d.id), d.reasons.join(", "));
             } else {
                 outln!(
                     "  {:<6} {}",
                     if report.dry_run { "delete" } else { "gone" },
-                    d.id
+                    escape(&d.id)
                 );
             }
         }
+        for (id, why) in &group.unverified {
+            outln!(
+                "  untouched {}  (claims {}, {}: retention neither counts nor deletes it; volsnap forget does)",
+                escape(id),
+                escape(&group.host),
+                why
+            );
+        }
         for (id, problem) in &group.damaged {
-            eprintln!("volsnap: warning: backup {id} does not verify: {problem}");
+            eprintln!(
+                "volsnap: warning: backup {} does not verify: {}",
+                escape(id),
+                escape(problem)
+            );
         }
     }
     for r in &report.retained {
@@ -125,5 +138,31 @@ pub fn protect(args: ProtectArgs) -> Result<i32> {
             "protected: prune never deletes it"
         }
     );
+    Ok(0)
+}
+
+pub fn forget(args: ForgetArgs) -> Result<i32> {
+    let _lock = volsnap::jobs::begin_run(&args.state.state_dir)?;
+    let said = volsnap::jobs::prune::forget(&args.repo, &args.id)?;
+    outln!("{said}");
+    Ok(0)
+}
+
+pub fn host(command: HostCommand) -> Result<i32> {
+    use volsnap::repo::attest;
+    let said = match command {
+        HostCommand::Show(args) => attest::show(&args.state.state_dir)?,
+        HostCommand::Trust {
+            name,
+            fingerprint,
+            state,
+        } => attest::trust(&state.state.state_dir, &name, &fingerprint)
+            .map_err(|e| volsnap::usage!("{e:#}"))?,
+        HostCommand::Revoke { fingerprint, state } => {
+            attest::revoke(&state.state.state_dir, &fingerprint)
+                .map_err(|e| volsnap::usage!("{e:#}"))?
+        }
+    };
+    outln!("{said}");
     Ok(0)
 }

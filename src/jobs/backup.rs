@@ -147,6 +147,9 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
                     threads: request.archive.threads.max(1) as usize,
                     parents: Some(parents),
                     force_read: request.force_read,
+                    signer: Some(std::sync::Arc::new(
+                        crate::repo::attest::HostKey::load_or_create(run.state_dir)?,
+                    )),
                 },
             }
         }

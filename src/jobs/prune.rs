@@ -19,6 +19,11 @@ pub struct GroupReport {
     pub decisions: Vec<Decision>,
     /// Backups found damaged while looking for the newest one that verifies.
     pub damaged: Vec<(String, String)>,
+    /// Format 2: backups that claim this host but do not verify against a
+    /// key trusted for it (id, why). Retention neither counts nor deletes
+    /// them; `volsnap forget` does, when the operator says so.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unverified: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,6 +129,7 @@ pub fn prune(
             selection: group.to_string(),
             decisions,
             damaged,
+            unverified: Vec::new(),
         });
     }
     Ok(report)
@@ -151,6 +157,18 @@ pub fn prune_chunked(
         ));
     }
     let commits = repo.commits()?;
+    // Whose backups these are is decided by signatures this host checks,
+    // never by the host name a commit states about itself.
+    let verifier = crate::repo::attest::Verifier::for_this_host()?;
+    if let Some(host) = host {
+        if !verifier.trusts_someone_for(host) {
+            return Err(crate::usage!(
+                "this host trusts no key for host {}, so no backup of it can be told from a forgery; trust its key first (on that host: volsnap host show; here: volsnap host trust {} FINGERPRINT). Nothing was deleted",
+                crate::text::escape(host),
+                crate::text::escape(host)
+            ));
+        }
+    }
     let mut groups: Vec<(String, String)> = commits
         .iter()
         .map(|(_, c)| (c.host.clone(), c.selection.clone()))
@@ -167,23 +185,34 @@ pub fn prune_chunked(
         retained: Vec::new(),
     };
     for (group_host, group) in groups {
-        let members: Vec<_> = commits
+        let (members, unverified): (Vec<_>, Vec<_>) = commits
             .iter()
             .filter(|(_, c)| c.selection == group && c.host == group_host)
+            .map(|(o, c)| ((o, c), verifier.attribute(c)))
+            .partition(|(_, a)| a.verified());
+        let members: Vec<(&crate::repo::v2::id::Id, &crate::repo::v2::objects::Commit)> =
+            members.into_iter().map(|(m, _)| m).collect();
+        let unverified: Vec<(String, String)> = unverified
+            .into_iter()
+            .map(|((_, c), a)| (c.id.clone(), a.describe()))
             .collect();
+        // Decisions are about commit objects: a backup id is only what a
+        // commit says of itself, and two may say the same.
         let candidates: Vec<Candidate> = members
             .iter()
             .map(|(object, c)| Candidate {
-                id: c.id.clone(),
+                id: object.hex(),
                 time: c.started_at,
                 protected: notes_of(repo, object).read(Note::Protected).is_some(),
             })
             .collect();
         let mut decisions = decide(policy, &candidates, &chrono::Local);
+        let member = |d: &Decision| members.iter().find(|(o, _)| o.hex() == d.id);
+        let shown = |d: &Decision| member(d).map_or_else(|| d.id.clone(), |(_, c)| c.id.clone());
         let mut damaged = Vec::new();
         for decision in decisions.iter_mut() {
             cancel.check()?;
-            let Some((object, commit)) = members.iter().find(|(_, c)| c.id == decision.id) else {
+            let Some((object, commit)) = member(decision) else {
                 continue;
             };
             let check = verify_chunked(repo, commit, Level::Entries, cancel)?;
@@ -195,30 +224,34 @@ pub fn prune_chunked(
                 decision.reasons.push("newest backup that verifies".into());
                 break;
             }
-            damaged.push((decision.id.clone(), check.problems.join("; ")));
+            damaged.push((shown(decision), check.problems.join("; ")));
         }
         if !dry_run {
             for decision in decisions.iter().filter(|d| !d.keep) {
                 cancel.check()?;
-                if let Some((object, _)) = members.iter().find(|(_, c)| c.id == decision.id) {
+                if let Some((object, _)) = member(decision) {
                     if let Some(until) = repo.delete_commit(object)? {
                         report.retained.push(Retained {
-                            id: decision.id.clone(),
+                            id: shown(decision),
                             until,
                         });
                         continue;
                     }
                     // Notes outlive nothing: gone with their backup.
                     crate::repo::notes::remove_all(repo.backend().as_ref(), object)?;
-                    report.deleted.push(decision.id.clone());
+                    report.deleted.push(shown(decision));
                 }
             }
+        }
+        for decision in decisions.iter_mut() {
+            decision.id = shown(decision);
         }
         report.groups.push(GroupReport {
             host: group_host,
             selection: group,
             decisions,
             damaged,
+            unverified,
         });
     }
     #[cfg(feature = "fault-injection")]
@@ -263,6 +296,55 @@ pub fn prune_at(
             let (report, collected) =
                 prune_chunked(&repo, policy, selection, host, dry_run, cancel)?;
             Ok((report, Some(collected)))
+        }
+    }
+}
+
+/// `volsnap forget`: deletes one backup, named by the operator (its id, or
+/// in format 2 its commit object id; an id two commits claim is refused).
+/// A protected backup stays until its protection is lifted.
+pub fn forget(root: &std::path::Path, id: &str) -> Result<String> {
+    let shown = crate::text::escape(id);
+    match crate::repo::detect(root) {
+        crate::repo::Format::Tar => {
+            let repo = Repo::open(root)?;
+            let (found, dir) = repo.resolve(id)?;
+            if dir.join(Note::Protected.file()).exists() {
+                return Err(crate::usage!(
+                    "backup {shown} is protected; lift it first with volsnap protect --repo {} {shown} --remove",
+                    root.display()
+                ));
+            }
+            repo.delete(&found)?;
+            Ok(format!("forgot backup {found}"))
+        }
+        crate::repo::Format::Chunked => {
+            let repo = crate::repo::open_chunked(root)?;
+            let scope = crate::repo::Scope {
+                host: crate::execute::this_host(),
+                selection: None,
+            };
+            let (object, commit) = crate::repo::resolve_chunked(&repo, id, &scope)?;
+            if notes_of(&repo, &object).read(Note::Protected).is_some() {
+                return Err(crate::usage!(
+                    "backup {shown} is protected; lift it first with volsnap protect --repo {} {} --remove",
+                    root.display(),
+                    object.hex()
+                ));
+            }
+            if let Some(until) = repo.delete_commit(&object)? {
+                return Ok(format!(
+                    "backup {} stays: Object Lock retains it until {}",
+                    crate::text::escape(&commit.id),
+                    until.format("%Y-%m-%d %H:%M UTC")
+                ));
+            }
+            crate::repo::notes::remove_all(repo.backend().as_ref(), &object)?;
+            Ok(format!(
+                "forgot backup {} (commit object {}); the next prune collects the data only it used",
+                crate::text::escape(&commit.id),
+                object.hex()
+            ))
         }
     }
 }

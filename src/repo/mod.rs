@@ -5,6 +5,7 @@
 //! complete and fsynced, so a failed or killed run never leaves something
 //! that looks like a backup.
 
+pub mod attest;
 pub mod keys;
 pub mod manifest;
 pub mod notes;
@@ -419,6 +420,16 @@ pub struct BackupEntry {
     pub id: String,
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// Format 2: whether its claim to come from its host holds for this
+    /// host (docs/FORMAT.md, "Attribution"); format 1 has no signatures.
+    pub attribution: Option<attest::Attribution>,
+}
+
+impl BackupEntry {
+    /// Whether it may decide anything for its host (retention, `latest`).
+    pub fn counts(&self) -> bool {
+        self.attribution.as_ref().is_none_or(|a| a.verified())
+    }
 }
 
 impl Repo {
@@ -515,6 +526,7 @@ impl Repo {
             }
             match Manifest::load(&manifest_path) {
                 Ok(manifest) => backups.push(BackupEntry {
+                    attribution: None,
                     format: Format::Tar,
                     id: name,
                     dir: entry.path(),
@@ -615,11 +627,42 @@ pub fn newest_in<'b>(
     if let Some(newest) = of_stack
         .iter()
         .rev()
-        .find(|b| b.manifest.host == scope.host)
+        .find(|b| b.manifest.host == scope.host && b.counts())
     {
         return Ok(newest);
     }
-    let mut hosts: Vec<&str> = of_stack.iter().map(|b| b.manifest.host.as_str()).collect();
+    // Backups that claim the host but do not verify never become `latest`.
+    let claimed: Vec<String> = of_stack
+        .iter()
+        .filter(|b| b.manifest.host == scope.host)
+        .map(|b| {
+            let object = if b.id != b.manifest.id {
+                format!(", commit object {}", b.id)
+            } else {
+                String::new()
+            };
+            format!(
+                "{} ({}{object})",
+                crate::text::escape(&b.manifest.id),
+                b.attribution
+                    .as_ref()
+                    .map_or(String::new(), |a| a.describe())
+            )
+        })
+        .collect();
+    if !claimed.is_empty() {
+        return Err(usage!(
+            "no backup {}from host {} in {location} verifies against a key this host trusts for it; candidates: {}. If they are that host's, trust its key (on that host: volsnap host show; here: volsnap host trust {} FINGERPRINT), or name one by its commit object id",
+            scope.describe(),
+            crate::text::escape(&scope.host),
+            claimed.join(", "),
+            crate::text::escape(&scope.host)
+        ));
+    }
+    let mut hosts: Vec<String> = of_stack
+        .iter()
+        .map(|b| crate::text::escape(&b.manifest.host).into_owned())
+        .collect();
     hosts.sort_unstable();
     hosts.dedup();
     if hosts.is_empty() {
@@ -644,10 +687,12 @@ pub fn list_any(root: &Path) -> Result<(Vec<BackupEntry>, Vec<String>)> {
         Format::Chunked => {
             let repo = open_chunked(root)?;
             let commits = repo.commits()?;
+            let verifier = attest::Verifier::for_this_host()?;
             Ok((
                 commits
                     .into_iter()
                     .map(|(object, commit)| BackupEntry {
+                        attribution: Some(verifier.attribute(&commit)),
                         format: Format::Chunked,
                         id: commit.id.clone(),
                         dir: root.join("snapshots").join(object.hex()),
@@ -707,9 +752,11 @@ pub fn resolve_chunked(
     let location = repo.backend().location();
     let mut commits = repo.commits()?;
     if id == "latest" {
+        let verifier = attest::Verifier::for_this_host()?;
         let entries: Vec<BackupEntry> = commits
             .iter()
             .map(|(object, c)| BackupEntry {
+                attribution: Some(verifier.attribute(c)),
                 format: Format::Chunked,
                 id: object.hex(),
                 dir: PathBuf::new(),

@@ -673,3 +673,20 @@ pub fn restored(target: &Path) -> PathBuf {
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
 }
+
+/// The fingerprint of the signing key in state directory `state`, as
+/// `volsnap host show` prints it there.
+pub fn host_fingerprint(state: &Path) -> String {
+    let shown = ok(volsnap_env(
+        &["host", "show"],
+        &[(
+            "VOLSNAP_STATE_DIR",
+            state.to_str().expect("test paths are UTF-8"),
+        )],
+    ));
+    shown
+        .split_whitespace()
+        .find(|w| w.starts_with("ed25519:"))
+        .unwrap_or_else(|| panic!("no fingerprint in: {shown}"))
+        .to_string()
+}

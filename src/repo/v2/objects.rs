@@ -254,6 +254,11 @@ pub struct Commit {
     /// The bytes of the packs this backup wrote (what it added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_bytes: Option<u64>,
+    /// The signature of the host that made the backup, over every field
+    /// but `packs` and `stored_bytes` ([`crate::repo::attest`]); absent in
+    /// commits written before signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::repo::attest::CommitSignature>,
 }
 
 /// A `marks/<id>` object: packs a prune found unreferenced. Backups do not

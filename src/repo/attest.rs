@@ -1,0 +1,337 @@
+//! Who wrote a backup: every commit object is signed by the host that made
+//! it, and a host believes a commit's claim to come from host X only if it
+//! verifies against a key this host trusts for X (docs/FORMAT.md,
+//! "Attribution").
+//!
+//! In a fleet every host holds the shared write key, and some hold only
+//! PUT rights: any of them can write a commit that says `host: victim`.
+//! Retention and `latest` read that field, so without this a single
+//! compromised host could make the victim's own prune delete its real
+//! backups. Keys are trusted only from this host's side (its own key, and
+//! `volsnap host trust NAME FINGERPRINT`), never from the repository.
+
+use super::v2::objects::Commit;
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a signature covers is prefixed with this, so that no other
+/// volsnap signature (or anyone else's) can pass for a commit's.
+const DOMAIN: &[u8] = b"volsnap commit signature, version 1\0";
+/// A commit dated further ahead of this host's clock is never believed.
+pub const FUTURE_SLACK_MINUTES: i64 = 10;
+
+/// A commit's signature: the signer's public key and the signature, hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitSignature {
+    pub key: String,
+    pub sig: String,
+}
+
+/// The bytes a commit's signature covers: every field retention, `latest`,
+/// restore and drills read, as this volsnap stores them; not `packs` and
+/// `stored_bytes`, which copies rewrite.
+pub fn signed_bytes(commit: &Commit) -> Result<Vec<u8>> {
+    let mut covered = commit.clone();
+    covered.packs.clear();
+    covered.stored_bytes = None;
+    covered.signature = None;
+    let mut bytes = DOMAIN.to_vec();
+    bytes.extend(serde_json::to_vec(&covered)?);
+    Ok(bytes)
+}
+
+/// A key's fingerprint, as operators compare and type it.
+pub fn fingerprint(key: &VerifyingKey) -> String {
+    format!("ed25519:{}", &blake3::hash(key.as_bytes()).to_hex()[..32])
+}
+
+fn key_file(state_dir: &Path) -> PathBuf {
+    super::keys::key_dir(state_dir).join("host-signing.key")
+}
+
+/// This host's signing key (`<state dir>/keys/host-signing.key`, 0600).
+pub struct HostKey {
+    key: SigningKey,
+}
+
+impl HostKey {
+    /// The key, if this host has made one.
+    pub fn load(state_dir: &Path) -> Result<Option<HostKey>> {
+        let file = key_file(state_dir);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+        };
+        let seed: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| format!("{} is not a volsnap signing key", file.display()))?;
+        Ok(Some(HostKey {
+            key: SigningKey::from_bytes(&seed),
+        }))
+    }
+
+    /// The key, made on first use (said on stderr, with its fingerprint).
+    pub fn load_or_create(state_dir: &Path) -> Result<HostKey> {
+        if let Some(key) = Self::load(state_dir)? {
+            return Ok(key);
+        }
+        let mut seed = [0u8; 32];
+        crate::fsutil::random_bytes(&mut seed)?;
+        let dir = super::keys::key_dir(state_dir);
+        crate::fsutil::create_state_dir(state_dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::fsutil::write_private(&key_file(state_dir), hex::encode(seed).as_bytes())?;
+        let key = HostKey {
+            key: SigningKey::from_bytes(&seed),
+        };
+        eprintln!(
+            "volsnap: this host signs its backups with key {} (kept in {}); a host that prunes or restores its backups trusts it with: volsnap host trust {} {}",
+            key.fingerprint(),
+            key_file(state_dir).display(),
+            crate::execute::this_host(),
+            key.fingerprint()
+        );
+        Ok(key)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.key.verifying_key())
+    }
+
+    /// Signs `commit` (its signature field replaced).
+    pub fn sign(&self, commit: &mut Commit) -> Result<()> {
+        commit.signature = None;
+        let sig = self.key.sign(&signed_bytes(commit)?);
+        commit.signature = Some(CommitSignature {
+            key: hex::encode(self.key.verifying_key().as_bytes()),
+            sig: hex::encode(sig.to_bytes()),
+        });
+        Ok(())
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// The keys this host trusts, per host name (`<state dir>/trust.json`).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Trust {
+    /// Host name → fingerprints trusted for it (a reinstalled host's new
+    /// key joins its old one, so both keep verifying).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Vec<String>>,
+    /// Fingerprints trusted no more, whatever the list says.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+}
+
+impl Trust {
+    fn file(state_dir: &Path) -> PathBuf {
+        state_dir.join("trust.json")
+    }
+
+    pub fn load(state_dir: &Path) -> Result<Trust> {
+        let file = Self::file(state_dir);
+        match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not valid", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Trust::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+        }
+    }
+
+    pub fn save(&self, state_dir: &Path) -> Result<()> {
+        crate::fsutil::create_state_dir(state_dir)?;
+        crate::fsutil::replace_private_file(
+            &Self::file(state_dir),
+            &serde_json::to_vec_pretty(self)?,
+        )
+    }
+}
+
+/// Checks that `fingerprint` looks like one (`ed25519:` and 32 hex digits).
+pub fn parse_fingerprint(fingerprint: &str) -> Result<String> {
+    let ok = fingerprint
+        .strip_prefix("ed25519:")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        bail!(
+            "{fingerprint:?} is not a volsnap key fingerprint (ed25519: and 32 hex digits, as `volsnap host show` prints it on the host that owns the key)"
+        );
+    }
+    Ok(fingerprint.to_ascii_lowercase())
+}
+
+/// What this host makes of a commit's claim to come from its `host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "is")]
+pub enum Attribution {
+    /// Signed by a key this host trusts for that host name.
+    Verified,
+    /// No signature (written before signatures, or by someone who left it out).
+    Unsigned,
+    /// Signed, by a key this host does not trust for that name (or revoked).
+    Untrusted { fingerprint: String },
+    /// The signature does not match the commit (a field was changed).
+    BadSignature,
+    /// Dated more than ten minutes ahead of this host's clock.
+    FromTheFuture,
+}
+
+impl Attribution {
+    pub fn verified(&self) -> bool {
+        *self == Attribution::Verified
+    }
+
+    /// A few words for lists and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Attribution::Verified => "verified".into(),
+            Attribution::Unsigned => "unsigned".into(),
+            Attribution::Untrusted { fingerprint } => {
+                format!("signed by {fingerprint}, a key not trusted for its host")
+            }
+            Attribution::BadSignature => "signature does not match (tampered with)".into(),
+            Attribution::FromTheFuture => "dated in the future".into(),
+        }
+    }
+}
+
+/// Attributes commits for this host: its own key, and its trust list.
+pub struct Verifier {
+    own: Option<String>,
+    trust: Trust,
+    now: DateTime<Utc>,
+}
+
+impl Verifier {
+    pub fn new(state_dir: &Path) -> Result<Verifier> {
+        Ok(Verifier {
+            own: HostKey::load(state_dir)?.map(|k| k.fingerprint()),
+            trust: Trust::load(state_dir)?,
+            now: Utc::now(),
+        })
+    }
+
+    /// The verifier of this process's state directory.
+    pub fn for_this_host() -> Result<Verifier> {
+        Self::new(&super::keys::state_dir())
+    }
+
+    /// Whether any key is trusted for `host`: one named for it, or this
+    /// host's own (which signs whatever name this host's runs give).
+    pub fn trusts_someone_for(&self, host: &str) -> bool {
+        self.own.is_some()
+            || self
+                .trust
+                .hosts
+                .get(host)
+                .is_some_and(|keys| keys.iter().any(|k| !self.trust.revoked.contains(k)))
+    }
+
+    pub fn attribute(&self, commit: &Commit) -> Attribution {
+        let Some(signature) = &commit.signature else {
+            return Attribution::Unsigned;
+        };
+        let key = hex::decode(&signature.key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+        let sig = hex::decode(&signature.sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| Signature::from_bytes(&b));
+        let (Some(key), Some(sig)) = (key, sig) else {
+            return Attribution::BadSignature;
+        };
+        let Ok(bytes) = signed_bytes(commit) else {
+            return Attribution::BadSignature;
+        };
+        if key.verify(&bytes, &sig).is_err() {
+            return Attribution::BadSignature;
+        }
+        let fingerprint = fingerprint(&key);
+        let trusted = !self.trust.revoked.contains(&fingerprint)
+            && (self.own.as_deref() == Some(fingerprint.as_str())
+                || self
+                    .trust
+                    .hosts
+                    .get(&commit.host)
+                    .is_some_and(|keys| keys.contains(&fingerprint)));
+        if !trusted {
+            return Attribution::Untrusted { fingerprint };
+        }
+        let limit = self.now + chrono::Duration::minutes(FUTURE_SLACK_MINUTES);
+        if commit.started_at > limit || commit.completed_at > limit {
+            return Attribution::FromTheFuture;
+        }
+        Attribution::Verified
+    }
+}
+
+/// `volsnap host show`: this host's key and whom it trusts.
+pub fn show(state_dir: &Path) -> Result<String> {
+    let mut out = match HostKey::load(state_dir)? {
+        Some(key) => format!(
+            "this host ({}) signs its backups with {}",
+            crate::execute::this_host(),
+            key.fingerprint()
+        ),
+        None => format!(
+            "this host ({}) has no signing key yet: its first format-2 backup makes one",
+            crate::execute::this_host()
+        ),
+    };
+    let trust = Trust::load(state_dir)?;
+    if trust.hosts.is_empty() {
+        out.push_str("\nit trusts no other host's key");
+    }
+    for (host, keys) in &trust.hosts {
+        for key in keys {
+            let revoked = if trust.revoked.contains(key) {
+                " (revoked)"
+            } else {
+                ""
+            };
+            out.push_str(&format!("\ntrusted for {host}: {key}{revoked}"));
+        }
+    }
+    Ok(out)
+}
+
+/// `volsnap host trust NAME FINGERPRINT`.
+pub fn trust(state_dir: &Path, host: &str, fingerprint: &str) -> Result<String> {
+    let fingerprint = parse_fingerprint(fingerprint)?;
+    let mut trust = Trust::load(state_dir)?;
+    trust.revoked.retain(|k| *k != fingerprint);
+    let keys = trust.hosts.entry(host.to_string()).or_default();
+    if !keys.contains(&fingerprint) {
+        keys.push(fingerprint.clone());
+    }
+    trust.save(state_dir)?;
+    Ok(format!(
+        "backups signed by {fingerprint} count as {host}'s on this host (retention, latest, restore, drills)"
+    ))
+}
+
+/// `volsnap host revoke FINGERPRINT`.
+pub fn revoke(state_dir: &Path, fingerprint: &str) -> Result<String> {
+    let fingerprint = parse_fingerprint(fingerprint)?;
+    let mut trust = Trust::load(state_dir)?;
+    if !trust.revoked.contains(&fingerprint) {
+        trust.revoked.push(fingerprint.clone());
+    }
+    trust.save(state_dir)?;
+    Ok(format!(
+        "{fingerprint} is trusted no more on this host: backups it signed are listed as unverified, never counted by retention nor taken as latest, and deleted only by volsnap forget"
+    ))
+}

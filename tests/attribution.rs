@@ -1,0 +1,333 @@
+//! A host's backups are its own: commits are signed by the host that made
+//! them, and retention and `latest` believe a commit's host name only when
+//! it verifies against a key trusted for that name. Forged commits from
+//! another host holding the write key, a reinstalled host, a revoked key,
+//! a commit dated in the future, a tampered field, and copies.
+
+mod common;
+
+use common::craft;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// volsnap as host `host` with state directory `state`.
+fn as_host(host: &str, state: &Path, args: &[&str]) -> std::process::Output {
+    volsnap_env(
+        args,
+        &[
+            ("VOLSNAP_HOST", host),
+            ("VOLSNAP_STATE_DIR", state.to_str().unwrap()),
+        ],
+    )
+}
+
+struct Fleet {
+    _p: Project,
+    repo: PathBuf,
+    repo_s: String,
+    container: String,
+}
+
+fn fleet(prefix: &str) -> Fleet {
+    let mut p = Project::new(prefix);
+    let vol = p.volume("data", &[]);
+    make_fixture(&volume_path(&vol));
+    let mount = format!("{vol}:/data");
+    let container = p.service("app", &[], &["-v", &mount], &["idle"]);
+    let repo = p.tempdir().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let repo_s = repo.to_str().unwrap().to_string();
+    Fleet {
+        _p: p,
+        repo,
+        repo_s,
+        container,
+    }
+}
+
+impl Fleet {
+    fn backup(&self, host: &str, state: &Path) -> String {
+        let out = ok(as_host(
+            host,
+            state,
+            &[
+                "backup",
+                "--repo",
+                &self.repo_s,
+                "--container",
+                &self.container,
+                "--strategy",
+                "online",
+                "--json",
+            ],
+        ));
+        json(&out)["id"].as_str().unwrap().to_string()
+    }
+
+    /// `list --json` as seen from `state`: id → attribution.
+    fn attributions(&self, state: &Path) -> Vec<(String, String)> {
+        let listed = json(&ok(as_host(
+            "observer",
+            state,
+            &["list", "--repo", &self.repo_s, "--json"],
+        )));
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["id"].as_str().unwrap().to_string(),
+                    b["attribution"]["is"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        craft::commits(&self.repo)
+            .into_iter()
+            .map(|(_, c)| c["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn latest_of(f: &Fleet, host: &str, state: &Path) -> std::process::Output {
+    as_host(host, state, &["verify", "--repo", &f.repo_s])
+}
+
+#[test]
+fn forged_commits_from_another_host_never_make_the_victims_prune_delete_its_backups() {
+    let f = fleet("forge");
+    let victim = state_dir();
+    let attacker = f.p_tempdir();
+    let real: Vec<String> = (0..3).map(|_| f.backup("victim", &victim)).collect();
+    // A host holding the write key (here: the whole repository) writes
+    // newer backups that claim to be the victim's.
+    let forged: Vec<String> = (0..3).map(|_| f.backup("victim", &attacker)).collect();
+
+    let seen = f.attributions(&victim);
+    for id in &real {
+        assert!(seen.contains(&(id.clone(), "verified".into())), "{seen:?}");
+    }
+    for id in &forged {
+        assert!(seen.contains(&(id.clone(), "untrusted".into())), "{seen:?}");
+    }
+    let listed = ok(as_host("victim", &victim, &["list", "--repo", &f.repo_s]));
+    assert!(
+        listed.lines().filter(|l| l.contains('?')).count() >= 3,
+        "{listed}"
+    );
+    // `latest` is the victim's own newest, not the newer forgery.
+    let verified = ok(latest_of(&f, "victim", &victim));
+    assert!(
+        verified.contains(&format!("backup {} is intact", real[2])),
+        "{verified}"
+    );
+
+    // Retention counts only what verifies and deletes no forgery.
+    let pruned = ok(as_host(
+        "victim",
+        &victim,
+        &[
+            "prune",
+            "--repo",
+            &f.repo_s,
+            "--host",
+            "victim",
+            "--keep-last",
+            "3",
+        ],
+    ));
+    assert!(pruned.contains("untouched"), "{pruned}");
+    let ids = f.ids();
+    for id in real.iter().chain(&forged) {
+        assert!(ids.contains(id), "{id} survives keep-last 3: {pruned}");
+    }
+    ok(as_host(
+        "victim",
+        &victim,
+        &["prune", "--repo", &f.repo_s, "--keep-last", "1"],
+    ));
+    let ids = f.ids();
+    assert!(ids.contains(&real[2]) && !ids.contains(&real[0]) && !ids.contains(&real[1]));
+    for id in &forged {
+        assert!(
+            ids.contains(id),
+            "retention never deletes an unverified backup"
+        );
+    }
+    // Only the operator's explicit word removes one.
+    let said = ok(as_host(
+        "victim",
+        &victim,
+        &["forget", "--repo", &f.repo_s, &forged[0]],
+    ));
+    assert!(said.contains("forgot"), "{said}");
+    assert!(!f.ids().contains(&forged[0]));
+
+    // A host that trusts no key for the victim refuses to prune it.
+    let pruner = f.p_tempdir();
+    let out = as_host(
+        "pruner",
+        &pruner,
+        &[
+            "prune",
+            "--repo",
+            &f.repo_s,
+            "--host",
+            "victim",
+            "--keep-last",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("trusts no key"), "{}", stderr(&out));
+    // ...and `latest` of the victim lists the candidates instead.
+    let out = latest_of(&f, "victim", &pruner);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&real[2]), "{}", stderr(&out));
+
+    // Any one signed field changed: the signature no longer verifies.
+    let (object, mut commit) = craft::commits(&f.repo)
+        .into_iter()
+        .find(|(_, c)| c["id"] == real[2].as_str())
+        .unwrap();
+    commit["reason"] = Value::from("tampered");
+    craft::replace_commit(&f.repo, &object, &commit);
+    let seen = f.attributions(&victim);
+    assert!(
+        seen.contains(&(real[2].clone(), "bad_signature".into())),
+        "{seen:?}"
+    );
+    let out = latest_of(&f, "victim", &victim);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn a_reinstalled_host_keeps_its_old_backups_and_a_revoked_key_is_distrusted() {
+    let f = fleet("reinst");
+    let (before, after, pruner) = (f.p_tempdir(), f.p_tempdir(), state_dir());
+    let old = f.backup("web", &before);
+    let new = f.backup("web", &after); // the same host, reinstalled: a new key
+    for state in [&before, &after] {
+        let fingerprint = host_fingerprint(state);
+        ok(as_host(
+            "pruner",
+            &pruner,
+            &["host", "trust", "web", &fingerprint],
+        ));
+    }
+    let seen = f.attributions(&pruner);
+    assert!(seen.contains(&(old.clone(), "verified".into())), "{seen:?}");
+    assert!(seen.contains(&(new.clone(), "verified".into())), "{seen:?}");
+
+    // The old installation was compromised: its key is revoked.
+    ok(as_host(
+        "pruner",
+        &pruner,
+        &["host", "revoke", &host_fingerprint(&before)],
+    ));
+    let seen = f.attributions(&pruner);
+    assert!(
+        seen.contains(&(old.clone(), "untrusted".into())),
+        "{seen:?}"
+    );
+    ok(as_host(
+        "pruner",
+        &pruner,
+        &[
+            "prune",
+            "--repo",
+            &f.repo_s,
+            "--host",
+            "web",
+            "--keep-last",
+            "1",
+        ],
+    ));
+    let ids = f.ids();
+    assert!(
+        ids.contains(&old),
+        "a revoked key's backup is not deleted by retention"
+    );
+    assert!(ids.contains(&new));
+    let shown = ok(as_host("pruner", &pruner, &["host", "show"]));
+    assert!(shown.contains("(revoked)"), "{shown}");
+}
+
+#[test]
+fn a_commit_dated_in_the_future_never_wins_and_copies_keep_their_signatures() {
+    let f = fleet("future");
+    let host = state_dir();
+    let first = f.backup("db", &host);
+    let second = f.backup("db", &host);
+    // Signed by the host's own key, but dated a day ahead.
+    let (object, value) = craft::commits(&f.repo)
+        .into_iter()
+        .find(|(_, c)| c["id"] == second.as_str())
+        .unwrap();
+    let mut commit: volsnap::repo::v2::objects::Commit = serde_json::from_value(value).unwrap();
+    commit.started_at += chrono::Duration::days(1);
+    commit.completed_at += chrono::Duration::days(1);
+    let key = volsnap::repo::attest::HostKey::load(&host)
+        .unwrap()
+        .unwrap();
+    key.sign(&mut commit).unwrap();
+    craft::replace_commit(&f.repo, &object, &serde_json::to_value(&commit).unwrap());
+    let seen = f.attributions(&host);
+    assert!(
+        seen.contains(&(second.clone(), "from_the_future".into())),
+        "{seen:?}"
+    );
+    let verified = ok(latest_of(&f, "db", &host));
+    assert!(
+        verified.contains(&format!("backup {first} is intact")),
+        "{verified}"
+    );
+    ok(as_host(
+        "db",
+        &host,
+        &["prune", "--repo", &f.repo_s, "--keep-last", "1"],
+    ));
+    let ids = f.ids();
+    assert!(ids.contains(&first) && ids.contains(&second), "{ids:?}");
+
+    // A copy carries the signatures: they verify in the destination.
+    let third = f.backup("db", &host);
+    let dest = f.p_tempdir().join("dest");
+    let dest_s = dest.to_str().unwrap();
+    ok(as_host(
+        "db",
+        &host,
+        &["init", "--repo", dest_s, "--like", &f.repo_s],
+    ));
+    ok(as_host(
+        "db",
+        &host,
+        &["copy", "--from", &f.repo_s, "--to", dest_s, &third],
+    ));
+    let listed = json(&ok(as_host(
+        "db",
+        &host,
+        &["list", "--repo", dest_s, "--json"],
+    )));
+    let copied = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == third.as_str())
+        .unwrap();
+    assert_eq!(copied["attribution"]["is"], "verified", "{copied}");
+}
+
+impl Fleet {
+    fn p_tempdir(&self) -> PathBuf {
+        tempfile::tempdir().unwrap().keep()
+    }
+}
