@@ -865,6 +865,13 @@ fn a_prune_racing_a_backup_never_deletes_what_the_backup_references() {
     wait_until("backup 3 to reach z.bin", 60, || hold.exists());
 
     let other = other_state.to_str().unwrap();
+    // The pruning "other host" trusts this host's signing key.
+    let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+    let host = listed[0]["host"].as_str().unwrap().to_string();
+    ok(volsnap_env(
+        &["host", "trust", &host, &host_fingerprint(&state_dir())],
+        &[("VOLSNAP_STATE_DIR", other)],
+    ));
     let prune = || {
         json(&ok(volsnap_env(
             &["prune", "--repo", &repo_s, "--keep-last", "1", "--json"],

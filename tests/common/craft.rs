@@ -210,7 +210,26 @@ pub fn write_raw_pack(repo: &Path, mut body: Vec<u8>, entries: Vec<Value>) -> St
 }
 
 /// Writes `commit` as a new commit object and deletes `old`: the new name.
+///
+/// A signed commit is signed again with this test thread's host key: the
+/// crafting is then that of a trusted host gone bad, and what is tested is
+/// how the rest of the backup is read ([`replace_commit_as_is`] keeps the
+/// old signature, which then no longer matches).
 pub fn replace_commit(repo: &Path, old: &str, commit: &Value) -> String {
+    if commit.get("signature").is_some_and(|s| !s.is_null()) {
+        if let Some(key) = volsnap::repo::attest::HostKey::load(&super::state_dir()).unwrap() {
+            let mut parsed: volsnap::repo::v2::objects::Commit =
+                serde_json::from_value(commit.clone()).expect("a commit object");
+            key.sign(&mut parsed).unwrap();
+            return replace_commit_as_is(repo, old, &serde_json::to_value(&parsed).unwrap());
+        }
+    }
+    replace_commit_as_is(repo, old, commit)
+}
+
+/// Writes `commit` as a new commit object, byte for byte as given, and
+/// deletes `old`: the new name.
+pub fn replace_commit_as_is(repo: &Path, old: &str, commit: &Value) -> String {
     let name = put_named(repo, "snapshots", &serde_json::to_vec(commit).unwrap());
     if name != old {
         std::fs::remove_file(repo.join("snapshots").join(old)).unwrap();
