@@ -309,7 +309,8 @@ fn every_index_lost_is_rebuilt_by_repair_index() {
     let mut p = Project::new("pflost");
     let (project, src, pristine) = stack(&mut p);
     let id = online_backup_id(&project, &pristine);
-    let cases: [(&str, fn(&Path)); 3] = [
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 3] = [
         ("every index object deleted", |repo| {
             for name in names(repo, "index") {
                 std::fs::remove_file(repo.join("index").join(name)).unwrap();

@@ -169,25 +169,23 @@ impl Commit {
     /// start, and the same manifests (tree and record streams, by blob ids
     /// and digests). What copies and prunes rewrite (`packs`) may differ.
     pub fn same_backup(&self, other: &Commit) -> bool {
-        let manifests = |c: &Commit| -> Vec<(String, Vec<Id>, Id, Vec<Id>, Id)> {
-            c.volumes
-                .iter()
-                .map(|v| {
-                    (
-                        v.name.clone(),
-                        v.tree.clone(),
-                        v.tree_sha256,
-                        v.record.clone(),
-                        v.record_sha256,
-                    )
-                })
-                .collect()
+        let same_volume = |a: &CommitVolume, b: &CommitVolume| {
+            a.name == b.name
+                && a.tree == b.tree
+                && a.tree_sha256 == b.tree_sha256
+                && a.record == b.record
+                && a.record_sha256 == b.record_sha256
         };
         self.id == other.id
             && self.host == other.host
             && self.selection == other.selection
             && self.started_at == other.started_at
-            && manifests(self) == manifests(other)
+            && self.volumes.len() == other.volumes.len()
+            && self
+                .volumes
+                .iter()
+                .zip(&other.volumes)
+                .all(|(a, b)| same_volume(a, b))
     }
 }
 
