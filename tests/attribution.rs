@@ -331,3 +331,79 @@ impl Fleet {
         tempfile::tempdir().unwrap().keep()
     }
 }
+
+/// Notes are sealed to their backup and kind: a `verified` note moved onto
+/// another backup (say, a damaged one) no longer opens there.
+#[test]
+fn a_verified_note_moved_onto_another_backup_does_not_open_there() {
+    let mut p = Project::new("noteseal");
+    let keys = p.tempdir();
+    let (_, recipient) = keygen(&keys, "reader");
+    let vol = p.volume("data", &[]);
+    make_fixture(&volume_path(&vol));
+    let mount = format!("{vol}:/data");
+    let container = p.service("app", &[], &["-v", &mount], &["idle"]);
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        &repo_s,
+        "--recipient",
+        &recipient,
+    ]));
+    let backup = || {
+        let out = ok(volsnap(&[
+            "backup",
+            "--repo",
+            &repo_s,
+            "--container",
+            &container,
+            "--strategy",
+            "online",
+            "--json",
+        ]));
+        json(&out)["id"].as_str().unwrap().to_string()
+    };
+    let (first, second) = (backup(), backup());
+    ok(volsnap(&["verify", "--repo", &repo_s, &first]));
+    let object_of = |id: &str| {
+        craft::names(&repo, "snapshots")
+            .into_iter()
+            .find(|n| {
+                let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+                listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|b| b["id"] == id && b["object"] == n.as_str())
+            })
+            .unwrap()
+    };
+    let (a, b) = (object_of(&first), object_of(&second));
+    let notes = repo.join("notes");
+    let note = std::fs::read_dir(notes.join(&a))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("verified-")
+        })
+        .expect("a verified note");
+    std::fs::create_dir_all(notes.join(&b)).unwrap();
+    std::fs::copy(&note, notes.join(&b).join(note.file_name().unwrap())).unwrap();
+    let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+    let row = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert!(row(&first)["verified_at"].is_string(), "{listed}");
+    assert!(row(&second)["verified_at"].is_null(), "{listed}");
+}

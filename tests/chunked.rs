@@ -4,33 +4,13 @@
 
 mod common;
 
+use common::craft::objects;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-/// Every object under `dir` of the repository.
-fn objects(repo: &Path, dir: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut pending = vec![repo.join(dir)];
-    while let Some(d) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                pending.push(p);
-            } else {
-                out.push(p.strip_prefix(repo).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn stored_bytes(repo: &Path) -> u64 {

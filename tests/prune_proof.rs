@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::craft;
+use common::craft::{self, names};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -74,19 +74,6 @@ fn restores_exactly(p: &mut Project, repo: &Path, id: &str, expected: &Path) {
     let target = p.tempdir();
     restore_to_dir(s(repo), id, &target, &[]);
     assert_same_tree(expected, &restored(&target));
-}
-
-/// Names of the objects directly under `repo/dir`.
-fn names(repo: &Path, dir: &str) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(repo.join(dir))
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
 }
 
 /// Writes `value` as an index object named by its bytes: its name.

@@ -26,7 +26,7 @@ fn read_json(path: &Path) -> Value {
 }
 
 /// Names of the objects directly in `repo/dir` (hidden temporaries left out).
-fn names(repo: &Path, dir: &str) -> Vec<String> {
+pub fn names(repo: &Path, dir: &str) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(repo.join(dir)) else {
         return vec![];
     };
