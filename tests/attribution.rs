@@ -407,3 +407,83 @@ fn a_verified_note_moved_onto_another_backup_does_not_open_there() {
     assert!(row(&first)["verified_at"].is_string(), "{listed}");
     assert!(row(&second)["verified_at"].is_null(), "{listed}");
 }
+
+/// Copies of a real signed commit (another `stored_bytes`, so other
+/// objects with the same signature) are one backup to retention: they
+/// cannot fill keep-last's slots and push the host's older backups out.
+#[test]
+fn copies_of_a_signed_commit_count_once_in_retention() {
+    let f = fleet("dupsig");
+    let host = state_dir();
+    let real: Vec<String> = (0..3).map(|_| f.backup("db", &host)).collect();
+    let (_, newest) = craft::commits(&f.repo)
+        .into_iter()
+        .find(|(_, c)| c["id"] == real[2].as_str())
+        .unwrap();
+    for n in 0..3u64 {
+        let mut copy = newest.clone();
+        copy["stored_bytes"] = Value::from(1_000_000 + n);
+        let bytes = serde_json::to_vec(&copy).unwrap();
+        let name = craft::b3(&bytes);
+        std::fs::write(f.repo.join("snapshots").join(name), bytes).unwrap();
+    }
+    let seen = f.attributions(&host);
+    assert_eq!(
+        seen.iter()
+            .filter(|(id, a)| *id == real[2] && a == "verified")
+            .count(),
+        4,
+        "the copies verify: {seen:?}"
+    );
+    ok(as_host(
+        "db",
+        &host,
+        &["prune", "--repo", &f.repo_s, "--keep-last", "3"],
+    ));
+    let ids = f.ids();
+    for id in &real {
+        assert!(ids.contains(id), "{id} kept by keep-last 3: {ids:?}");
+    }
+}
+
+/// A newer note of junk never hides a real protection.
+#[test]
+fn a_planted_junk_note_never_lifts_a_protection() {
+    let mut p = Project::new("junknote");
+    let keys = p.tempdir();
+    let (_, recipient) = keygen(&keys, "reader");
+    let vol = p.volume("data", &[]);
+    make_fixture(&volume_path(&vol));
+    let mount = format!("{vol}:/data");
+    let container = p.service("app", &[], &["-v", &mount], &["idle"]);
+    let repo = p.tempdir().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        &repo_s,
+        "--recipient",
+        &recipient,
+    ]));
+    ok(volsnap(&[
+        "backup",
+        "--repo",
+        &repo_s,
+        "--container",
+        &container,
+        "--strategy",
+        "online",
+    ]));
+    ok(volsnap(&["protect", "--repo", &repo_s, "latest"]));
+    let object = craft::names(&repo, "notes")
+        .pop()
+        .expect("a note directory");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(
+        repo.join("notes").join(&object).join("protected-ffff"),
+        b"junk that opens with no key",
+    )
+    .unwrap();
+    let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+    assert_eq!(listed[0]["protected"], true, "{listed}");
+}

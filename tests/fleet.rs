@@ -185,8 +185,14 @@ fn two_hosts_share_a_bucket_and_back_up_while_a_prune_deletes() {
         assert_same_tree(src, &restored(&target));
     }
 
-    // One listing shows the fleet: each host's newest backup and its age.
-    let list = ok(volsnap_env(&["list", "--repo", &repo], &refs));
+    // One listing shows the fleet: each host's newest backup and its age,
+    // on a host that trusts their keys (others see them flagged `?`).
+    let list = ok(run(as_host(
+        "pruner",
+        &pruner,
+        &["list", "--repo", &repo],
+        &env,
+    )));
     let fleet = list
         .split("newest backup of each host and stack:")
         .nth(1)
@@ -206,7 +212,14 @@ fn two_hosts_share_a_bucket_and_back_up_while_a_prune_deletes() {
         "{list}"
     );
 
-    // So does alpha's status, for the repository of its job.
+    // So does alpha's status, for the repository of its job, once alpha
+    // trusts beta's key.
+    ok(run(as_host(
+        "alpha",
+        &alpha.2,
+        &["host", "trust", "beta", &host_fingerprint(&beta.2)],
+        &env,
+    )));
     let dir = p.tempdir();
     let config = dir.join("volsnap.toml");
     std::fs::write(

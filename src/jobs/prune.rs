@@ -161,7 +161,10 @@ pub fn prune_chunked(
     // never by the host name a commit states about itself.
     let verifier = crate::repo::attest::Verifier::for_this_host()?;
     if let Some(host) = host {
-        if !verifier.trusts_someone_for(host) {
+        let verifies = commits
+            .iter()
+            .any(|(_, c)| c.host == host && verifier.attribute(c).verified());
+        if !verifier.trusts_by_name(host) && !verifies {
             return Err(crate::usage!(
                 "this host trusts no key for host {}, so no backup of it can be told from a forgery; trust its key first (on that host: volsnap host show; here: volsnap host trust {} FINGERPRINT). Nothing was deleted",
                 crate::text::escape(host),
@@ -196,25 +199,44 @@ pub fn prune_chunked(
             .into_iter()
             .map(|((_, c), a)| (c.id.clone(), a.describe()))
             .collect();
-        // Decisions are about commit objects: a backup id is only what a
-        // commit says of itself, and two may say the same.
-        let candidates: Vec<Candidate> = members
+        // Decisions are about backups, not objects: commit objects that a
+        // signature covers alike are one backup (copies of a real commit
+        // with another `stored_bytes` would otherwise fill keep-last's
+        // slots), kept or deleted together; and never by a claimed id.
+        let mut backups: Vec<(
+            String,
+            Vec<(&crate::repo::v2::id::Id, &crate::repo::v2::objects::Commit)>,
+        )> = Vec::new();
+        for (object, commit) in members {
+            let signed = crate::repo::attest::signed_bytes(commit)?;
+            let key = blake3::hash(&signed).to_hex().to_string();
+            match backups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, objects)) => objects.push((object, commit)),
+                None => backups.push((key, vec![(object, commit)])),
+            }
+        }
+        let candidates: Vec<Candidate> = backups
             .iter()
-            .map(|(object, c)| Candidate {
-                id: object.hex(),
-                time: c.started_at,
-                protected: notes_of(repo, object).read(Note::Protected).is_some(),
+            .map(|(key, objects)| Candidate {
+                id: key.clone(),
+                time: objects[0].1.started_at,
+                protected: objects
+                    .iter()
+                    .any(|(o, _)| notes_of(repo, o).read(Note::Protected).is_some()),
             })
             .collect();
         let mut decisions = decide(policy, &candidates, &chrono::Local);
-        let member = |d: &Decision| members.iter().find(|(o, _)| o.hex() == d.id);
-        let shown = |d: &Decision| member(d).map_or_else(|| d.id.clone(), |(_, c)| c.id.clone());
+        let backup = |d: &Decision| backups.iter().find(|(k, _)| *k == d.id).map(|(_, o)| o);
+        let shown = |d: &Decision| {
+            backup(d).map_or_else(|| d.id.clone(), |objects| objects[0].1.id.clone())
+        };
         let mut damaged = Vec::new();
         for decision in decisions.iter_mut() {
             cancel.check()?;
-            let Some((object, commit)) = member(decision) else {
+            let Some(objects) = backup(decision) else {
                 continue;
             };
+            let (object, commit) = objects[0];
             let check = verify_chunked(repo, commit, Level::Entries, cancel)?;
             if check.problems.is_empty() {
                 if !dry_run {
@@ -228,18 +250,25 @@ pub fn prune_chunked(
         }
         if !dry_run {
             for decision in decisions.iter().filter(|d| !d.keep) {
-                cancel.check()?;
-                if let Some((object, _)) = member(decision) {
+                let Some(objects) = backup(decision) else {
+                    continue;
+                };
+                let mut retained = None;
+                for (object, _) in objects {
+                    cancel.check()?;
                     if let Some(until) = repo.delete_commit(object)? {
-                        report.retained.push(Retained {
-                            id: shown(decision),
-                            until,
-                        });
+                        retained = retained.max(Some(until));
                         continue;
                     }
                     // Notes outlive nothing: gone with their backup.
                     crate::repo::notes::remove_all(repo.backend().as_ref(), object)?;
-                    report.deleted.push(shown(decision));
+                }
+                match retained {
+                    Some(until) => report.retained.push(Retained {
+                        id: shown(decision),
+                        until,
+                    }),
+                    None => report.deleted.push(shown(decision)),
                 }
             }
         }

@@ -328,7 +328,7 @@ pub fn newest_verified(job: &Job) -> Option<(String, DateTime<Utc>)> {
     backups
         .iter()
         .rev()
-        .filter(|b| b.manifest.selection == selection)
+        .filter(|b| b.manifest.selection == selection && b.counts())
         .find(|b| {
             b.notes()
                 .ok()

@@ -227,15 +227,14 @@ impl Verifier {
         Self::new(&super::keys::state_dir())
     }
 
-    /// Whether any key is trusted for `host`: one named for it, or this
-    /// host's own (which signs whatever name this host's runs give).
-    pub fn trusts_someone_for(&self, host: &str) -> bool {
-        self.own.is_some()
-            || self
-                .trust
-                .hosts
-                .get(host)
-                .is_some_and(|keys| keys.iter().any(|k| !self.trust.revoked.contains(k)))
+    /// Whether a key is trusted for `host` by name (`volsnap host trust`).
+    /// This host's own key, which signs whatever name its runs give, counts
+    /// through the commits it verifies.
+    pub fn trusts_by_name(&self, host: &str) -> bool {
+        self.trust
+            .hosts
+            .get(host)
+            .is_some_and(|keys| keys.iter().any(|k| !self.trust.revoked.contains(k)))
     }
 
     pub fn attribute(&self, commit: &Commit) -> Attribution {

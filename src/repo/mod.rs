@@ -599,7 +599,9 @@ impl Repo {
 /// what an operator watching a fleet of hosts on one repository checks.
 pub fn newest_by_host(backups: &[BackupEntry]) -> Vec<&BackupEntry> {
     let mut newest: std::collections::BTreeMap<(&str, &str), &BackupEntry> = Default::default();
-    for b in backups {
+    // Only backups that verify as their host's: a forged, future-dated one
+    // would otherwise make a stale host look fresh.
+    for b in backups.iter().filter(|b| b.counts()) {
         newest.insert((&b.manifest.host, &b.manifest.selection), b);
     }
     newest.into_values().collect()
@@ -721,8 +723,17 @@ pub fn protect(root: &Path, id: &str, remove: bool) -> Result<String> {
             root.display()
         ));
     }
+    let latest_scope = Scope {
+        host: crate::execute::this_host(),
+        selection: None,
+    };
     let entry = match id {
-        "latest" => backups.last(),
+        // This host's newest that verifies as its own, as everywhere else.
+        "latest" => Some(newest_in(
+            &backups,
+            &latest_scope,
+            &root.display().to_string(),
+        )?),
         _ => by_object.or_else(|| backups.iter().find(|b| b.id == id)),
     }
     .ok_or_else(|| {

@@ -125,8 +125,9 @@ impl NotesAt {
         Ok(found)
     }
 
-    /// The note's content (the newest, in format 2), if there is one. A
-    /// note that cannot be read counts as absent.
+    /// The note's content (in format 2 the newest that opens), if there is
+    /// one. Notes that cannot be read count as absent: one planted newer
+    /// note of junk never hides a real one (a protection, say).
     pub fn read(&self, note: Note) -> Option<Vec<u8>> {
         match self {
             NotesAt::Dir(dir) => std::fs::read(dir.join(note.file())).ok(),
@@ -134,14 +135,17 @@ impl NotesAt {
                 backend,
                 commit,
                 seal,
-            } => {
-                let newest = Self::objects(backend, commit, note).ok()?.pop()?;
-                let bytes = backend.read(&newest.name).ok()?;
-                match seal {
-                    Some(key) => key.open(&sealed_as(commit, note), &bytes).ok(),
-                    None => Some(bytes),
-                }
-            }
+            } => Self::objects(backend, commit, note)
+                .ok()?
+                .iter()
+                .rev()
+                .find_map(|object| {
+                    let bytes = backend.read(&object.name).ok()?;
+                    match seal {
+                        Some(key) => key.open(&sealed_as(commit, note), &bytes).ok(),
+                        None => Some(bytes),
+                    }
+                }),
         }
     }
 

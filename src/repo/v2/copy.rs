@@ -111,38 +111,39 @@ pub fn copy(
     )?;
     sync_key_objects(from, to)?;
 
+    // Every blob each backup uses, through the source's index as it is now
+    // (a prune may have rewritten or deleted the packs the commit lists).
+    let from_index = from.load_index()?;
+    let mut blobs_of: Vec<HashSet<Id>> = Vec::with_capacity(commits.len());
+    for (_, commit) in &commits {
+        let mut blobs = HashSet::new();
+        super::gc::commit_blobs(from, &from_index, commit, cancel, &mut blobs)?;
+        blobs_of.push(blobs);
+    }
     // A backup is there when a commit of the destination is that backup
     // (same id, host, start and manifests) and the destination's index
-    // holds its manifests; a commit that merely claims its id is not.
+    // places every blob it uses; a commit that merely claims it is not.
     let there = to.commits()?;
     let to_index = to.load_index()?;
-    let (commits, present): (Vec<_>, Vec<_>) = commits.into_iter().partition(|(_, c)| {
-        !there.iter().any(|(_, t)| {
-            t.same_backup(c)
-                && t.volumes
-                    .iter()
-                    .flat_map(|v| v.tree.iter().chain(&v.record))
-                    .all(|b| to_index.get(b).is_some())
-        })
-    });
-    report.present = present.into_iter().map(|(_, c)| c.id).collect();
+    let (commits, present): (Vec<_>, Vec<_>) =
+        commits
+            .into_iter()
+            .zip(blobs_of)
+            .partition(|((_, c), blobs)| {
+                !(there.iter().any(|(_, t)| t.same_backup(c))
+                    && blobs.iter().all(|b| to_index.get(b).is_some()))
+            });
+    report.present = present.into_iter().map(|((_, c), _)| c.id).collect();
     if commits.is_empty() {
         lock.release()?;
         source_lock.release()?;
         report.seconds = clock.elapsed().as_secs_f64();
         return Ok(report);
     }
-
-    // The packs to send follow from each backup's blobs through the
-    // source's index as it is now (a prune may have rewritten or deleted
-    // the packs the commit object lists).
-    let from_index = from.load_index()?;
     let mut needs: Vec<HashSet<Id>> = Vec::with_capacity(commits.len());
-    for (_, commit) in &commits {
-        let mut blobs = HashSet::new();
-        super::gc::commit_blobs(from, &from_index, commit, cancel, &mut blobs)?;
+    for ((_, commit), blobs) in &commits {
         let mut packs = HashSet::new();
-        for blob in &blobs {
+        for blob in blobs {
             let at = from_index.get(blob).with_context(|| {
                 format!(
                     "backup {} uses blob {blob}, which no index of {} places in a present pack; run volsnap verify --repo {} --all",
@@ -155,6 +156,7 @@ pub fn copy(
         }
         needs.push(packs);
     }
+    let commits: Vec<(Id, Commit)> = commits.into_iter().map(|(c, _)| c).collect();
     let wanted: HashSet<Id> = needs.iter().flatten().copied().collect();
     let described = described_packs(from, &wanted)?;
     let routes = plan_routes(to, &wanted, &described)?;

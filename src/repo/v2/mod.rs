@@ -643,11 +643,28 @@ impl Repository {
                 Err(e) if crate::backend::is_missing(&e) => continue,
                 other => other?,
             };
-            let commit: Commit =
-                self.parse_object("snapshots", &format!("backup object {id}"), &bytes)?;
-            if commit.format != FORMAT {
-                bail!("backup object {id} says format {}", commit.format);
-            }
+            let parsed: Result<Commit> =
+                self.parse_object("snapshots", &format!("backup object {id}"), &bytes);
+            let commit = match parsed {
+                Ok(commit) if commit.format == FORMAT => commit,
+                // Garbage collection must know every commit: it refuses.
+                Err(e) if !checked => return Err(e),
+                Ok(commit) if !checked => {
+                    bail!("backup object {id} says format {}", commit.format)
+                }
+                // Readers set one unreadable object aside rather than stop.
+                other => {
+                    let why = other.map_or_else(
+                        |e| format!("{e:#}"),
+                        |c| format!("it says format {}", c.format),
+                    );
+                    tracing::warn!(
+                        "backup object {id} of {} is ignored: {why}",
+                        self.backend.location()
+                    );
+                    continue;
+                }
+            };
             if checked {
                 if let Err(e) = commit.check() {
                     tracing::warn!(
