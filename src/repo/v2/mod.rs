@@ -643,8 +643,20 @@ impl Repository {
                 Err(e) if crate::backend::is_missing(&e) => continue,
                 other => other?,
             };
+            // One that does not open is an error: most often a write key
+            // that is not (or no longer) the repository's, which the
+            // operator must hear of. One that opens but is not a commit is
+            // set aside by readers.
+            let name = format!("backup object {id}");
+            let opened = match &self.keys {
+                Some(keys) => keys
+                    .write
+                    .open("snapshots", &bytes)
+                    .with_context(|| format!("{name} cannot be opened"))?,
+                None => bytes,
+            };
             let parsed: Result<Commit> =
-                self.parse_object("snapshots", &format!("backup object {id}"), &bytes);
+                serde_json::from_slice(&opened).with_context(|| format!("{name} is not valid"));
             let commit = match parsed {
                 Ok(commit) if commit.format == FORMAT => commit,
                 // Garbage collection must know every commit: it refuses.
