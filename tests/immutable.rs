@@ -181,4 +181,21 @@ fn an_immutable_repository_survives_leaked_credentials_and_prune_names_what_it_k
         let target = p.tempdir();
         restore_to_dir(repo, id, &target, &env);
     }
+
+    // A protection is retained like the backup: the host's credentials
+    // cannot delete it to let a prune take the backup.
+    ok(volsnap_env(&["protect", "--repo", repo, &second], &env));
+    let retained = boto(
+        &s3,
+        "keys = [o['Key'] for o in s3.list_objects_v2(Bucket='locked-b', Prefix='r/notes/')['Contents'] if '/protected-' in o['Key']]\n\
+         h = s3.head_object(Bucket='locked-b', Key=keys[0])\n\
+         print(h.get('ObjectLockMode'))\n\
+         try:\n    s3.delete_object(Bucket='locked-b', Key=keys[0], VersionId=h['VersionId'])\n    print('deleted')\n\
+         except Exception:\n    print('refused')",
+    );
+    assert_eq!(
+        retained.split_whitespace().collect::<Vec<_>>(),
+        ["COMPLIANCE", "refused"],
+        "{retained}"
+    );
 }

@@ -748,7 +748,13 @@ pub fn protect(root: &Path, id: &str, remove: bool) -> Result<String> {
         at.remove(Note::Protected)?;
     } else if at.read(Note::Protected).is_none() {
         let when = format!("protected at {}\n", chrono::Utc::now().to_rfc3339());
-        at.write(Note::Protected, when.as_bytes())?;
+        let name = at.write_named(Note::Protected, when.as_bytes())?;
+        // Under Object Lock a protection is retained like the backup: a
+        // credential that deletes objects cannot lift it.
+        if let (Some(name), Format::Chunked) = (name, entry.format) {
+            let repo = open_chunked(root)?;
+            repo.retain(&[name])?;
+        }
     }
     Ok(entry.id.clone())
 }

@@ -151,8 +151,16 @@ impl NotesAt {
 
     /// Writes the note (replacing an older one of its kind).
     pub fn write(&self, note: Note, bytes: &[u8]) -> Result<()> {
+        self.write_named(note, bytes).map(|_| ())
+    }
+
+    /// [`Self::write`], and in format 2 the object's name (which an
+    /// immutable repository retains for a protection).
+    pub fn write_named(&self, note: Note, bytes: &[u8]) -> Result<Option<String>> {
         match self {
-            NotesAt::Dir(dir) => crate::fsutil::replace_file(&dir.join(note.file()), bytes),
+            NotesAt::Dir(dir) => {
+                crate::fsutil::replace_file(&dir.join(note.file()), bytes).map(|()| None)
+            }
             NotesAt::Objects {
                 backend,
                 commit,
@@ -170,9 +178,12 @@ impl NotesAt {
                 let name = format!("notes/{commit}/{}{}", note.prefix(), Id::digest(bytes));
                 backend.write(&name, bytes)?;
                 for o in older.into_iter().filter(|o| o.name != name) {
-                    backend.delete(&o.name)?;
+                    // Object Lock may keep an older one: it stays, harmless.
+                    if let Err(e) = backend.delete(&o.name) {
+                        tracing::debug!("cannot delete the older note {}: {e:#}", o.name);
+                    }
                 }
-                Ok(())
+                Ok(Some(name))
             }
         }
     }
