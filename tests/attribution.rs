@@ -34,6 +34,15 @@ struct Fleet {
 }
 
 fn fleet(prefix: &str) -> Fleet {
+    fleet_with(prefix, false)
+}
+
+/// The same, in a repository encrypted to a new age identity.
+fn encrypted_fleet(prefix: &str) -> Fleet {
+    fleet_with(prefix, true)
+}
+
+fn fleet_with(prefix: &str, encrypted: bool) -> Fleet {
     let mut p = Project::new(prefix);
     let vol = p.volume("data", &[]);
     make_fixture(&volume_path(&vol));
@@ -42,6 +51,16 @@ fn fleet(prefix: &str) -> Fleet {
     let repo = p.tempdir().join("repo");
     std::fs::create_dir(&repo).unwrap();
     let repo_s = repo.to_str().unwrap().to_string();
+    if encrypted {
+        let (_, recipient) = keygen(&p.tempdir(), "reader");
+        ok(volsnap(&[
+            "init",
+            "--repo",
+            &repo_s,
+            "--recipient",
+            &recipient,
+        ]));
+    }
     Fleet {
         _p: p,
         repo,
@@ -336,42 +355,15 @@ impl Fleet {
 /// another backup (say, a damaged one) no longer opens there.
 #[test]
 fn a_verified_note_moved_onto_another_backup_does_not_open_there() {
-    let mut p = Project::new("noteseal");
-    let keys = p.tempdir();
-    let (_, recipient) = keygen(&keys, "reader");
-    let vol = p.volume("data", &[]);
-    make_fixture(&volume_path(&vol));
-    let mount = format!("{vol}:/data");
-    let container = p.service("app", &[], &["-v", &mount], &["idle"]);
-    let repo = p.tempdir().join("repo");
-    let repo_s = repo.to_str().unwrap().to_string();
-    ok(volsnap(&[
-        "init",
-        "--repo",
-        &repo_s,
-        "--recipient",
-        &recipient,
-    ]));
-    let backup = || {
-        let out = ok(volsnap(&[
-            "backup",
-            "--repo",
-            &repo_s,
-            "--container",
-            &container,
-            "--strategy",
-            "online",
-            "--json",
-        ]));
-        json(&out)["id"].as_str().unwrap().to_string()
-    };
-    let (first, second) = (backup(), backup());
-    ok(volsnap(&["verify", "--repo", &repo_s, &first]));
+    let f = encrypted_fleet("noteseal");
+    let (repo, repo_s) = (&f.repo, &f.repo_s);
+    let (first, second) = (f.backup("db", &state_dir()), f.backup("db", &state_dir()));
+    ok(volsnap(&["verify", "--repo", repo_s, &first]));
     let object_of = |id: &str| {
-        craft::names(&repo, "snapshots")
+        craft::names(repo, "snapshots")
             .into_iter()
             .find(|n| {
-                let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+                let listed = json(&ok(volsnap(&["list", "--repo", repo_s, "--json"])));
                 listed
                     .as_array()
                     .unwrap()
@@ -394,7 +386,7 @@ fn a_verified_note_moved_onto_another_backup_does_not_open_there() {
         .expect("a verified note");
     std::fs::create_dir_all(notes.join(&b)).unwrap();
     std::fs::copy(&note, notes.join(&b).join(note.file_name().unwrap())).unwrap();
-    let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+    let listed = json(&ok(volsnap(&["list", "--repo", repo_s, "--json"])));
     let row = |id: &str| {
         listed
             .as_array()
@@ -449,41 +441,21 @@ fn copies_of_a_signed_commit_count_once_in_retention() {
 /// A newer note of junk never hides a real protection.
 #[test]
 fn a_planted_junk_note_never_lifts_a_protection() {
-    let mut p = Project::new("junknote");
-    let keys = p.tempdir();
-    let (_, recipient) = keygen(&keys, "reader");
-    let vol = p.volume("data", &[]);
-    make_fixture(&volume_path(&vol));
-    let mount = format!("{vol}:/data");
-    let container = p.service("app", &[], &["-v", &mount], &["idle"]);
-    let repo = p.tempdir().join("repo");
-    let repo_s = repo.to_str().unwrap().to_string();
-    ok(volsnap(&[
-        "init",
-        "--repo",
-        &repo_s,
-        "--recipient",
-        &recipient,
-    ]));
-    ok(volsnap(&[
-        "backup",
-        "--repo",
-        &repo_s,
-        "--container",
-        &container,
-        "--strategy",
-        "online",
-    ]));
-    ok(volsnap(&["protect", "--repo", &repo_s, "latest"]));
-    let object = craft::names(&repo, "notes")
-        .pop()
-        .expect("a note directory");
+    let f = encrypted_fleet("junknote");
+    let (repo, repo_s) = (&f.repo, &f.repo_s);
+    f.backup("db", &state_dir());
+    ok(as_host(
+        "db",
+        &state_dir(),
+        &["protect", "--repo", repo_s, "latest"],
+    ));
+    let object = craft::names(repo, "notes").pop().expect("a note directory");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     std::fs::write(
         repo.join("notes").join(&object).join("protected-ffff"),
         b"junk that opens with no key",
     )
     .unwrap();
-    let listed = json(&ok(volsnap(&["list", "--repo", &repo_s, "--json"])));
+    let listed = json(&ok(volsnap(&["list", "--repo", repo_s, "--json"])));
     assert_eq!(listed[0]["protected"], true, "{listed}");
 }

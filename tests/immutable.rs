@@ -9,31 +9,9 @@ mod common;
 use common::servers::*;
 use common::*;
 use serde_json::Value;
-use std::process::Command;
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// Runs a boto3 snippet against the server (`s3` is the client); its stdout.
-fn boto(server: &S3Server, code: &str) -> String {
-    let python = std::path::Path::new("/opt/volsnap-test/venv/bin/python3");
-    let script = format!(
-        "import boto3, sys, json, datetime\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='a', aws_secret_access_key='b', region_name='us-east-1')\n{code}\n",
-        server.endpoint()
-    );
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        script,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -41,9 +19,7 @@ fn an_immutable_repository_survives_leaked_credentials_and_prune_names_what_it_k
     let Some(s3) = S3Server::start(S3Kind::Moto, "immutable") else {
         return;
     };
-    boto(
-        &s3,
-        "s3.create_bucket(Bucket='locked-b', ObjectLockEnabledForBucket=True)\n\
+    s3.boto("s3.create_bucket(Bucket='locked-b', ObjectLockEnabledForBucket=True)\n\
          s3.create_bucket(Bucket='plain-b')\n\
          s3.create_bucket(Bucket='default-b', ObjectLockEnabledForBucket=True)\n\
          s3.put_object_lock_configuration(Bucket='default-b', ObjectLockConfiguration={'ObjectLockEnabled': 'Enabled', 'Rule': {'DefaultRetention': {'Mode': 'GOVERNANCE', 'Days': 1}}})",
@@ -62,10 +38,9 @@ fn an_immutable_repository_survives_leaked_credentials_and_prune_names_what_it_k
         let out = volsnap_env(&["init", "--repo", &repo, "--immutable", "2"], &env);
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert!(stderr(&out).contains(says), "{}", stderr(&out));
-        let listed = boto(
-            &s3,
-            &format!("print(s3.list_objects_v2(Bucket='{bucket}').get('KeyCount', 0))"),
-        );
+        let listed = s3.boto(&format!(
+            "print(s3.list_objects_v2(Bucket='{bucket}').get('KeyCount', 0))"
+        ));
         assert_eq!(listed.trim(), "0", "{bucket} stays empty");
     }
     let out = volsnap_env(&["init", "--repo", "/tmp/x", "--immutable", "2"], &env);
@@ -105,8 +80,7 @@ fn an_immutable_repository_survives_leaked_credentials_and_prune_names_what_it_k
 
     // Every object a backup needs is retained two days in compliance mode;
     // locks (released) and nothing else of the run is left unretained.
-    let described = boto(
-        &s3,
+    let described = s3.boto(
         "now = datetime.datetime.now(datetime.timezone.utc)\n\
          for o in s3.list_objects_v2(Bucket='locked-b', Prefix='r/')['Contents']:\n\
          \x20   h = s3.head_object(Bucket='locked-b', Key=o['Key'])\n\
@@ -141,9 +115,7 @@ fn an_immutable_repository_survives_leaked_credentials_and_prune_names_what_it_k
         .iter()
         .filter(|o| o[0].starts_with("r/data/") || o[0].starts_with("r/snapshots/"))
     {
-        let refused = boto(
-            &s3,
-            &format!(
+        let refused = s3.boto(&format!(
                 "try:\n    s3.delete_object(Bucket='locked-b', Key={:?}, VersionId={:?})\n    print('deleted')\nexcept Exception as e:\n    print('refused', e)",
                 o[0], o[3]
             ),
@@ -185,9 +157,7 @@ fn an_immutable_repository_survives_leaked_credentials_and_prune_names_what_it_k
     // A protection is retained like the backup: the host's credentials
     // cannot delete it to let a prune take the backup.
     ok(volsnap_env(&["protect", "--repo", repo, &second], &env));
-    let retained = boto(
-        &s3,
-        "keys = [o['Key'] for o in s3.list_objects_v2(Bucket='locked-b', Prefix='r/notes/')['Contents'] if '/protected-' in o['Key']]\n\
+    let retained = s3.boto("keys = [o['Key'] for o in s3.list_objects_v2(Bucket='locked-b', Prefix='r/notes/')['Contents'] if '/protected-' in o['Key']]\n\
          h = s3.head_object(Bucket='locked-b', Key=keys[0])\n\
          print(h.get('ObjectLockMode'))\n\
          try:\n    s3.delete_object(Bucket='locked-b', Key=keys[0], VersionId=h['VersionId'])\n    print('deleted')\n\

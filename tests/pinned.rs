@@ -10,7 +10,7 @@ use common::servers::*;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
@@ -169,34 +169,12 @@ fn another_repository_in_the_same_place_needs_repo_trust() {
     assert!(again.contains("unchanged"), "{again}");
 }
 
-/// Runs a boto3 snippet against the server (`s3` is the client).
-fn boto(server: &S3Server, code: &str) -> String {
-    let script = format!(
-        "import boto3, base64, hashlib, json\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='a', aws_secret_access_key='b', region_name='us-east-1')\n{code}\n",
-        server.endpoint()
-    );
-    let out = Command::new("/opt/volsnap-test/venv/bin/python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn an_immutable_repository_whose_config_drops_object_lock_is_refused() {
     let Some(s3) = S3Server::start(S3Kind::Moto, "pinlock") else {
         return;
     };
-    boto(
-        &s3,
-        "s3.create_bucket(Bucket='locked', ObjectLockEnabledForBucket=True)",
-    );
+    s3.boto("s3.create_bucket(Bucket='locked', ObjectLockEnabledForBucket=True)");
     let env = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let repo = "s3://locked/r";
@@ -218,13 +196,11 @@ fn an_immutable_repository_whose_config_drops_object_lock_is_refused() {
     ];
     ok(volsnap_env(&args, &env));
     let count = "print(len(s3.list_objects_v2(Bucket='locked', Prefix='r/snapshots/').get('Contents', [])))";
-    let commits = boto(&s3, count);
+    let commits = s3.boto(count);
 
     // A new version of config (the bucket is versioned; the locked one
     // stays underneath) that switches retention off.
-    boto(
-        &s3,
-        "c = json.loads(s3.get_object(Bucket='locked', Key='r/config')['Body'].read())\n\
+    s3.boto("c = json.loads(s3.get_object(Bucket='locked', Key='r/config')['Body'].read())\n\
          c['immutable_days'] = None\n\
          body = json.dumps(c).encode()\n\
          s3.put_object(Bucket='locked', Key='r/config', Body=body, ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())",
@@ -232,5 +208,5 @@ fn an_immutable_repository_whose_config_drops_object_lock_is_refused() {
     let out = volsnap_env(&args, &env);
     fails_saying(&out, 2, "immutability");
     assert!(is_running(&app), "the service was never stopped");
-    assert_eq!(boto(&s3, count), commits, "no backup was committed");
+    assert_eq!(s3.boto(count), commits, "no backup was committed");
 }

@@ -156,6 +156,26 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Runs a boto3 snippet against this server (`s3` is the client; json,
+    /// base64, hashlib and datetime are imported); its stdout.
+    pub fn boto(&self, code: &str) -> String {
+        let script = format!(
+            "import boto3, base64, datetime, hashlib, json, sys\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='a', aws_secret_access_key='b', region_name='us-east-1')\n{code}\n",
+            self.endpoint()
+        );
+        let out = Command::new("/opt/volsnap-test/venv/bin/python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("the test venv's python3");
+        assert!(
+            out.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("boto3 printed UTF-8")
+    }
+
     /// `s3://BUCKET/PREFIX`, its endpoint given in the environment.
     pub fn repo(&self, prefix: &str) -> String {
         format!("s3://{BUCKET}/{prefix}")
