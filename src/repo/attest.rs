@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// What a signature covers is prefixed with this, so that no other
@@ -119,8 +120,6 @@ impl HostKey {
         Ok(())
     }
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// The keys this host trusts, per host name (`<state dir>/trust.json`).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

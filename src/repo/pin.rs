@@ -17,6 +17,7 @@ use super::v2::id::Id;
 use super::v2::objects::{ChunkerParams, Config};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// The facts pinned about one repository.
@@ -174,8 +175,6 @@ impl Pins {
         }
     }
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// What the format-2 repository at `root` says it is now (its config,
 /// checked but not compared), and what this host pinned for it.
