@@ -525,6 +525,24 @@ pub enum HostCommand {
         #[command(flatten)]
         state: HostStateArgs,
     },
+    /// Sign, as attestations, this host's backups from before backups were
+    /// signed, so its retention and `latest` count them again. Only backups
+    /// this host's own history records are adopted (or those named).
+    Adopt {
+        /// The format-2 repository: a directory, s3://BUCKET/PREFIX or
+        /// sftp://USER@HOST/PATH.
+        #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+        repo: PathBuf,
+        /// Adopt exactly these backups (ids, or commit object ids), which
+        /// the operator vouches for, instead of those in this host's history.
+        #[arg(value_name = "ID")]
+        ids: Vec<String>,
+        /// Say what would be adopted, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        state: HostStateArgs,
+    },
     /// Trust a key no more, for every host name (after a host was
     /// compromised): what it signed is listed as unverified.
     Revoke {

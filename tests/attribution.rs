@@ -28,6 +28,8 @@ fn as_host(host: &str, state: &Path, args: &[&str]) -> std::process::Output {
 
 struct Fleet {
     _p: Project,
+    /// The backed-up volume's directory.
+    data: PathBuf,
     repo: PathBuf,
     repo_s: String,
     container: String,
@@ -45,7 +47,8 @@ fn encrypted_fleet(prefix: &str) -> Fleet {
 fn fleet_with(prefix: &str, encrypted: bool) -> Fleet {
     let mut p = Project::new(prefix);
     let vol = p.volume("data", &[]);
-    make_fixture(&volume_path(&vol));
+    let data = volume_path(&vol);
+    make_fixture(&data);
     let mount = format!("{vol}:/data");
     let container = p.service("app", &[], &["-v", &mount], &["idle"]);
     let repo = p.tempdir().join("repo");
@@ -63,6 +66,7 @@ fn fleet_with(prefix: &str, encrypted: bool) -> Fleet {
     }
     Fleet {
         _p: p,
+        data,
         repo,
         repo_s,
         container,
@@ -458,4 +462,209 @@ fn a_planted_junk_note_never_lifts_a_protection() {
     .unwrap();
     let listed = json(&ok(volsnap(&["list", "--repo", repo_s, "--json"])));
     assert_eq!(listed[0]["protected"], true, "{listed}");
+}
+
+/// A repository written before commits were signed: `host adopt` attests
+/// the backups this host's own history records, so its retention counts
+/// them again; an unsigned commit claiming its name that it did not write
+/// stays unverified, and one copying a real backup's time and selection
+/// makes that record ambiguous (neither adopted).
+#[test]
+fn host_adopt_attests_only_the_unsigned_backups_this_host_recorded() {
+    let f = fleet("adopt");
+    let victim = state_dir();
+    let attacker = f.p_tempdir();
+    let real: Vec<String> = (0..4).map(|_| f.backup("victim", &victim)).collect();
+    let forged = f.backup("victim", &attacker);
+    // Every commit as an older volsnap wrote it: no signature.
+    for (object, mut commit) in craft::commits(&f.repo) {
+        commit.as_object_mut().unwrap().remove("signature");
+        craft::replace_commit_as_is(&f.repo, &object, &commit);
+    }
+    // A copy of real[0] with its time and selection but other content.
+    let (_, mut twin) = craft::commits(&f.repo)
+        .into_iter()
+        .find(|(_, c)| c["id"] == real[0].as_str())
+        .unwrap();
+    twin["reason"] = Value::from("planted");
+    craft::put_named(&f.repo, "snapshots", &serde_json::to_vec(&twin).unwrap());
+    let unsigned = |seen: &[(String, String)], id: &str| {
+        seen.iter()
+            .filter(|(i, _)| i == id)
+            .all(|(_, a)| a == "unsigned")
+    };
+    let seen = f.attributions(&victim);
+    assert!(real.iter().all(|id| unsigned(&seen, id)), "{seen:?}");
+    // Unverified: retention keeps everything.
+    let prune = |keep: &str| {
+        ok(as_host(
+            "victim",
+            &victim,
+            &["prune", "--repo", &f.repo_s, "--keep-last", keep],
+        ))
+    };
+    prune("1");
+    assert_eq!(f.ids().len(), 6, "nothing unverified is deleted");
+
+    let said = ok(as_host(
+        "victim",
+        &victim,
+        &["host", "adopt", "--repo", &f.repo_s],
+    ));
+    assert!(said.contains("adopted 3 backup(s)"), "{said}");
+    assert!(
+        said.contains("ambiguous") || said.contains(&real[0]),
+        "{said}"
+    );
+    assert!(said.contains(&forged), "{said}");
+    let seen = f.attributions(&victim);
+    for id in &real[1..] {
+        assert!(seen.contains(&(id.clone(), "adopted".into())), "{seen:?}");
+    }
+    assert!(unsigned(&seen, &real[0]), "ambiguous: {seen:?}");
+    assert!(unsigned(&seen, &forged), "{seen:?}");
+    // Another host that trusts the victim's key believes the attestations;
+    // one that does not, does not.
+    let other = f.p_tempdir();
+    let seen = f.attributions(&other);
+    assert!(real[1..]
+        .iter()
+        .all(|id| !seen.contains(&(id.clone(), "adopted".into()))));
+
+    // Retention now counts the adopted ones: keep-last 2 deletes real[1].
+    let pruned = prune("2");
+    let ids = f.ids();
+    assert!(!ids.contains(&real[1]), "{pruned}");
+    assert!(ids.contains(&real[2]) && ids.contains(&real[3]), "{pruned}");
+    assert!(ids.contains(&forged), "{pruned}");
+    assert_eq!(ids.iter().filter(|i| **i == real[0]).count(), 2, "{pruned}");
+    // Its attestation went with it; the others stay.
+    assert_eq!(craft::names(&f.repo, "attestations").len(), 2);
+
+    // The operator may vouch for one by its commit object id.
+    let (object, _) = craft::commits(&f.repo)
+        .into_iter()
+        .find(|(_, c)| c["id"] == real[0].as_str() && c["reason"] != "planted")
+        .unwrap();
+    let out = as_host(
+        "victim",
+        &victim,
+        &["host", "adopt", "--repo", &f.repo_s, &real[0]],
+    );
+    assert_eq!(out.status.code(), Some(2), "ambiguous id: {}", stderr(&out));
+    let said = ok(as_host(
+        "victim",
+        &victim,
+        &["host", "adopt", "--repo", &f.repo_s, &object],
+    ));
+    assert!(said.contains("adopted 1 backup(s)"), "{said}");
+    let seen = f.attributions(&victim);
+    assert!(
+        seen.contains(&(real[0].clone(), "adopted".into())),
+        "{seen:?}"
+    );
+
+    // An adopted backup's attestation travels with a copy.
+    let dest = f.p_tempdir().join("dest");
+    ok(as_host(
+        "victim",
+        &victim,
+        &[
+            "init",
+            "--repo",
+            dest.to_str().unwrap(),
+            "--like",
+            &f.repo_s,
+        ],
+    ));
+    ok(as_host(
+        "victim",
+        &victim,
+        &[
+            "copy",
+            "--from",
+            &f.repo_s,
+            "--to",
+            dest.to_str().unwrap(),
+            &real[3],
+        ],
+    ));
+    let listed = json(&ok(as_host(
+        "victim",
+        &victim,
+        &["list", "--repo", dest.to_str().unwrap(), "--json"],
+    )));
+    assert_eq!(listed[0]["attribution"]["is"], "adopted", "{listed}");
+}
+
+/// A backup counts for retention only if every piece it uses is there: a
+/// verified newest backup whose packs were deleted does not take the place
+/// of an intact older one, and is not deleted either.
+#[test]
+fn a_backup_missing_its_packs_is_not_counted_by_retention() {
+    let f = fleet("incomplete");
+    let me = state_dir();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        std::fs::write(
+            f.data.join(format!("new-{n}.bin")),
+            vec![n as u8 + 7; 300_000],
+        )
+        .unwrap();
+        ids.push(f.backup("victim", &me));
+    }
+    let commits = craft::commits(&f.repo);
+    let packs_of = |id: &str| -> Vec<String> {
+        commits.iter().find(|(_, c)| c["id"] == id).unwrap().1["packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect()
+    };
+    let older: Vec<String> = packs_of(&ids[0])
+        .into_iter()
+        .chain(packs_of(&ids[1]))
+        .collect();
+    // Its data packs (its trees stay readable, so garbage collection
+    // still knows what it uses).
+    let data_packs: Vec<String> = craft::index(&f.repo)
+        .into_values()
+        .filter(|b| b.kind == "data")
+        .map(|b| b.pack)
+        .collect();
+    let only_newest: Vec<String> = packs_of(&ids[2])
+        .into_iter()
+        .filter(|p| !older.contains(p) && data_packs.contains(p))
+        .collect();
+    assert!(!only_newest.is_empty());
+    for pack in &only_newest {
+        std::fs::remove_file(craft::pack_path(&f.repo, pack)).unwrap();
+    }
+    let pruned = ok(as_host(
+        "victim",
+        &me,
+        &[
+            "prune",
+            "--repo",
+            &f.repo_s,
+            "--keep-last",
+            "2",
+            "--dry-run",
+        ],
+    ));
+    assert!(pruned.contains("incomplete"), "{pruned}");
+    // The real run keeps all three; its garbage collection then refuses
+    // to delete anything in a damaged repository, and says so.
+    let out = as_host(
+        "victim",
+        &me,
+        &["prune", "--repo", &f.repo_s, "--keep-last", "2"],
+    );
+    assert!(stderr(&out).contains("repair index"), "{}", stderr(&out));
+    let pruned = stdout(&out);
+    let left = f.ids();
+    for id in &ids {
+        assert!(left.contains(id), "{id} stays: {pruned}");
+    }
 }

@@ -213,36 +213,52 @@ fn two_hosts_share_a_bucket_and_back_up_while_a_prune_deletes() {
     );
 
     // So does alpha's status, for the repository of its job, once alpha
-    // trusts beta's key.
-    ok(run(as_host(
-        "alpha",
-        &alpha.2,
-        &["host", "trust", "beta", &host_fingerprint(&beta.2)],
-        &env,
-    )));
+    // trusts beta's key: here from its configuration file's [trust].
     let dir = p.tempdir();
     let config = dir.join("volsnap.toml");
+    let status_hosts = |trust: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "run_log = \"{}/runs.jsonl\"\n{trust}[jobs.nightly]\ncontainers = [\"{}\"]\nrepo = \"{repo}\"\n",
+                dir.display(),
+                containers[0]
+            ),
+        )
+        .unwrap();
+        let status = ok(run(as_host(
+            "alpha",
+            &alpha.2,
+            &["status", "--config", config.to_str().unwrap(), "--json"],
+            &env,
+        )));
+        let newest = &json(&status)[0]["repository_newest"];
+        newest
+            .as_array()
+            .unwrap_or_else(|| panic!("{status}"))
+            .iter()
+            .map(|n| n["host"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(status_hosts(""), ["alpha"], "beta's key is not trusted yet");
+    let trust = format!("[trust]\nbeta = [\"{}\"]\n", host_fingerprint(&beta.2));
+    assert_eq!(status_hosts(&trust), ["alpha", "beta"]);
+    // A fingerprint that is not one is refused with its line.
     std::fs::write(
         &config,
-        format!(
-            "run_log = \"{}/runs.jsonl\"\n[jobs.nightly]\ncontainers = [\"{}\"]\nrepo = \"{repo}\"\n",
-            dir.display(),
-            containers[0]
-        ),
+        format!("[trust]\nbeta = [\"sha256:00\"]\n[jobs.nightly]\ncontainers = [\"x\"]\nrepo = \"{repo}\"\n"),
     )
     .unwrap();
-    let status = ok(run(as_host(
+    let out = run(as_host(
         "alpha",
         &alpha.2,
-        &["status", "--config", config.to_str().unwrap(), "--json"],
+        &["config", "check", "--config", config.to_str().unwrap()],
         &env,
-    )));
-    let newest = &json(&status)[0]["repository_newest"];
-    let hosts: Vec<&str> = newest
-        .as_array()
-        .unwrap_or_else(|| panic!("{status}"))
-        .iter()
-        .map(|n| n["host"].as_str().unwrap())
-        .collect();
-    assert_eq!(hosts, ["alpha", "beta"], "{status}");
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 2") && stderr(&out).contains("fingerprint"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -158,6 +158,38 @@ pub fn host(command: HostCommand) -> Result<i32> {
             state,
         } => attest::trust(&state.state.state_dir, &name, &fingerprint)
             .map_err(|e| volsnap::usage!("{e:#}"))?,
+        HostCommand::Adopt {
+            repo,
+            ids,
+            dry_run,
+            state,
+        } => {
+            let _lock = volsnap::jobs::begin_run(&state.state.state_dir)?;
+            let done = volsnap::jobs::adopt::adopt(&repo, &state.state.state_dir, &ids, dry_run)?;
+            let mut said = format!(
+                "{} {} backup(s) of this host: {}",
+                if dry_run { "would adopt" } else { "adopted" },
+                done.adopted.len(),
+                if done.adopted.is_empty() {
+                    "none".to_string()
+                } else {
+                    done.adopted.join(", ")
+                }
+            );
+            if !done.ambiguous.is_empty() {
+                said.push_str(&format!(
+                    "\nnot adopted, another unsigned commit copies their time and selection (name the right one by its commit object id): {}",
+                    done.ambiguous.join(", ")
+                ));
+            }
+            if !done.unrecorded.is_empty() {
+                said.push_str(&format!(
+                    "\nnot adopted, this host's history does not record them (still unverified; name them to vouch for them): {}",
+                    done.unrecorded.join(", ")
+                ));
+            }
+            said
+        }
         HostCommand::Revoke { fingerprint, state } => {
             attest::revoke(&state.state.state_dir, &fingerprint)
                 .map_err(|e| volsnap::usage!("{e:#}"))?

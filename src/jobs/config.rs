@@ -24,6 +24,11 @@ pub struct Config {
     pub run_log: Option<PathBuf>,
     /// A Prometheus textfile-collector file rewritten after every run.
     pub metrics_file: Option<PathBuf>,
+    /// Keys trusted per host name, beside `volsnap host trust`: a host
+    /// name → the fingerprints whose backups count as that host's in this
+    /// file's runs (docs/FORMAT.md, "Attribution").
+    #[serde(default)]
+    pub trust: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub jobs: BTreeMap<String, Job>,
 }
@@ -146,25 +151,41 @@ impl Config {
                 anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
             }
         })?;
-        Config::parse(&text).map_err(|problems| {
+        let config = Config::parse(&text).map_err(|problems| {
             crate::usage!(
                 "{} has {} problem(s):\n{}",
                 path.display(),
                 problems.len(),
                 problems.join("\n")
             )
-        })
+        })?;
+        // Every run of this file believes the keys it trusts.
+        crate::repo::attest::set_configured_trust(&config.trust);
+        Ok(config)
     }
 
     /// Parses and checks the text of a configuration file; every problem
     /// found, each as "line N: …", in line order.
     pub fn parse(text: &str) -> std::result::Result<Config, Vec<String>> {
         let (config, mut problems) = parse_all(text);
-        let config = config.unwrap_or_else(|| Config {
+        let mut config = config.unwrap_or_else(|| Config {
             run_log: None,
             metrics_file: None,
+            trust: BTreeMap::new(),
             jobs: BTreeMap::new(),
         });
+        for (host, keys) in config.trust.iter_mut() {
+            let line = line_of(text, host);
+            if host.is_empty() || host.chars().any(char::is_control) {
+                problems.push((line, format!("trust: {host:?} is not a host name")));
+            }
+            for key in keys.iter_mut() {
+                match crate::repo::attest::parse_fingerprint(key) {
+                    Ok(parsed) => *key = parsed,
+                    Err(e) => problems.push((line_of(text, key), format!("trust.{host}: {e:#}"))),
+                }
+            }
+        }
         if config.jobs.is_empty() && problems.is_empty() {
             problems.push((1, "no job defined; add a [jobs.NAME] table".to_string()));
         }
@@ -200,6 +221,13 @@ impl Config {
             .clone()
             .unwrap_or_else(|| state_dir.join("runs.jsonl"))
     }
+}
+
+/// The first line of `text` that mentions `needle` (1 if none does).
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map_or(1, |n| n + 1)
 }
 
 struct Problem {

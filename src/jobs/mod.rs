@@ -2,6 +2,7 @@
 //! backup from start to end, a drill, retention, configured jobs with their
 //! hooks, run log, metrics and notifications.
 
+pub mod adopt;
 pub mod backup;
 pub mod config;
 pub mod contents;

@@ -157,9 +157,10 @@ pub fn prune_chunked(
         ));
     }
     let commits = repo.commits()?;
+    let index = repo.load_index()?;
     // Whose backups these are is decided by signatures this host checks,
     // never by the host name a commit states about itself.
-    let verifier = crate::repo::attest::Verifier::for_this_host()?;
+    let verifier = crate::repo::attest::Verifier::for_repository(repo)?;
     if let Some(host) = host {
         let verifies = commits
             .iter()
@@ -195,7 +196,7 @@ pub fn prune_chunked(
             .partition(|(_, a)| a.verified());
         let members: Vec<(&crate::repo::v2::id::Id, &crate::repo::v2::objects::Commit)> =
             members.into_iter().map(|(m, _)| m).collect();
-        let unverified: Vec<(String, String)> = unverified
+        let mut unverified: Vec<(String, String)> = unverified
             .into_iter()
             .map(|((_, c), a)| (c.id.clone(), a.describe()))
             .collect();
@@ -208,13 +209,28 @@ pub fn prune_chunked(
             Vec<(&crate::repo::v2::id::Id, &crate::repo::v2::objects::Commit)>,
         )> = Vec::new();
         for (object, commit) in members {
-            let signed = crate::repo::attest::signed_bytes(commit)?;
-            let key = blake3::hash(&signed).to_hex().to_string();
+            let key = crate::repo::attest::backup_digest(commit)?;
             match backups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, objects)) => objects.push((object, commit)),
                 None => backups.push((key, vec![(object, commit)])),
             }
         }
+        // A backup counts only if every blob it uses is there: one whose
+        // packs were deleted (by a credential with delete rights, say)
+        // must not fill a place an intact older backup needs.
+        let mut incomplete = Vec::new();
+        for (key, objects) in &backups {
+            cancel.check()?;
+            let missing = crate::repo::v2::gc::missing_blobs(repo, &index, objects[0].1, cancel)?;
+            if missing > 0 {
+                incomplete.push(key.clone());
+                unverified.push((
+                    objects[0].1.id.clone(),
+                    format!("incomplete: {missing} piece(s) of it are not in the repository"),
+                ));
+            }
+        }
+        backups.retain(|(key, _)| !incomplete.contains(key));
         let candidates: Vec<Candidate> = backups
             .iter()
             .map(|(key, objects)| Candidate {
@@ -262,6 +278,12 @@ pub fn prune_chunked(
                     }
                     // Notes outlive nothing: gone with their backup.
                     crate::repo::notes::remove_all(repo.backend().as_ref(), object)?;
+                }
+                if retained.is_none() {
+                    crate::repo::attest::remove_attestations(
+                        repo.backend().as_ref(),
+                        &decision.id,
+                    )?;
                 }
                 match retained {
                     Some(until) => report.retained.push(Retained {
@@ -369,6 +391,14 @@ pub fn forget(root: &std::path::Path, id: &str) -> Result<String> {
                 ));
             }
             crate::repo::notes::remove_all(repo.backend().as_ref(), &object)?;
+            let digest = crate::repo::attest::backup_digest(&commit)?;
+            let twins = repo
+                .commits_unchecked()?
+                .into_iter()
+                .any(|(_, c)| crate::repo::attest::backup_digest(&c).is_ok_and(|d| d == digest));
+            if !twins {
+                crate::repo::attest::remove_attestations(repo.backend().as_ref(), &digest)?;
+            }
             Ok(format!(
                 "forgot backup {} (commit object {}); the next prune collects the data only it used",
                 crate::text::escape(&commit.id),

@@ -11,6 +11,8 @@
 //! `volsnap host trust NAME FINGERPRINT`), never from the repository.
 
 use super::v2::objects::Commit;
+use super::v2::Repository;
+use crate::backend::Backend;
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
@@ -18,10 +20,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What a signature covers is prefixed with this, so that no other
 /// volsnap signature (or anyone else's) can pass for a commit's.
 const DOMAIN: &[u8] = b"volsnap commit signature, version 1\0";
+/// The same for an attestation: a host's signature, made later, over an
+/// unsigned commit it wrote before commits were signed (`host adopt`).
+const ATTESTATION_DOMAIN: &[u8] = b"volsnap commit attestation, version 1\0";
+/// Where attestations live: `attestations/<backup digest>-<key>`.
+pub const ATTESTATIONS: &str = "attestations";
+/// An attestation is a key and a signature; anything larger is not one.
+const MAX_ATTESTATION: u64 = 1024;
 /// A commit dated further ahead of this host's clock is never believed.
 pub const FUTURE_SLACK_MINUTES: i64 = 10;
 
@@ -42,6 +52,19 @@ pub fn signed_bytes(commit: &Commit) -> Result<Vec<u8>> {
     covered.signature = None;
     let mut bytes = DOMAIN.to_vec();
     bytes.extend(serde_json::to_vec(&covered)?);
+    Ok(bytes)
+}
+
+/// What identifies a backup to retention: the BLAKE3 digest of its signed
+/// bytes (copies of one commit differing in `packs` or `stored_bytes`
+/// share it), hex.
+pub fn backup_digest(commit: &Commit) -> Result<String> {
+    Ok(blake3::hash(&signed_bytes(commit)?).to_hex().to_string())
+}
+
+fn attestation_bytes(commit: &Commit) -> Result<Vec<u8>> {
+    let mut bytes = ATTESTATION_DOMAIN.to_vec();
+    bytes.extend(signed_bytes(commit)?.split_off(DOMAIN.len()));
     Ok(bytes)
 }
 
@@ -113,12 +136,43 @@ impl HostKey {
     pub fn sign(&self, commit: &mut Commit) -> Result<()> {
         commit.signature = None;
         let sig = self.key.sign(&signed_bytes(commit)?);
-        commit.signature = Some(CommitSignature {
-            key: hex::encode(self.key.verifying_key().as_bytes()),
-            sig: hex::encode(sig.to_bytes()),
-        });
+        commit.signature = Some(self.signature(sig));
         Ok(())
     }
+
+    fn signature(&self, sig: Signature) -> CommitSignature {
+        CommitSignature {
+            key: hex::encode(self.key.verifying_key().as_bytes()),
+            sig: hex::encode(sig.to_bytes()),
+        }
+    }
+
+    /// An attestation of an unsigned `commit`: the object's name and its
+    /// bytes. Its name depends only on what the signature covers, so a
+    /// copy of the commit in another repository finds it under the same
+    /// name.
+    pub fn attest(&self, commit: &Commit) -> Result<(String, Vec<u8>)> {
+        let sig = self.key.sign(&attestation_bytes(commit)?);
+        let name = format!(
+            "{ATTESTATIONS}/{}-{}",
+            backup_digest(commit)?,
+            &self.fingerprint()["ed25519:".len()..]
+        );
+        Ok((name, serde_json::to_vec(&self.signature(sig))?))
+    }
+}
+
+/// Parses a hex public key and signature; `None` if either is malformed.
+fn parse_signature(signature: &CommitSignature) -> Option<(VerifyingKey, Signature)> {
+    let key = hex::decode(&signature.key)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())?;
+    let sig = hex::decode(&signature.sig)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b))?;
+    Some((key, sig))
 }
 
 /// The keys this host trusts, per host name (`<state dir>/trust.json`).
@@ -176,6 +230,9 @@ pub fn parse_fingerprint(fingerprint: &str) -> Result<String> {
 pub enum Attribution {
     /// Signed by a key this host trusts for that host name.
     Verified,
+    /// Written unsigned, before commits were signed, and later attested by
+    /// a key this host trusts for that host name (`volsnap host adopt`).
+    Adopted { fingerprint: String },
     /// No signature (written before signatures, or by someone who left it out).
     Unsigned,
     /// Signed, by a key this host does not trust for that name (or revoked).
@@ -188,13 +245,16 @@ pub enum Attribution {
 
 impl Attribution {
     pub fn verified(&self) -> bool {
-        *self == Attribution::Verified
+        matches!(self, Attribution::Verified | Attribution::Adopted { .. })
     }
 
     /// A few words for lists and errors.
     pub fn describe(&self) -> String {
         match self {
             Attribution::Verified => "verified".into(),
+            Attribution::Adopted { fingerprint } => {
+                format!("verified (unsigned, adopted by {fingerprint})")
+            }
             Attribution::Unsigned => "unsigned".into(),
             Attribution::Untrusted { fingerprint } => {
                 format!("signed by {fingerprint}, a key not trusted for its host")
@@ -210,20 +270,60 @@ pub struct Verifier {
     own: Option<String>,
     trust: Trust,
     now: DateTime<Utc>,
+    /// The repository's attestation objects by backup digest, and where
+    /// to read them (only an unsigned commit's are ever read).
+    attestations: BTreeMap<String, Vec<String>>,
+    backend: Option<Arc<dyn Backend>>,
 }
 
 impl Verifier {
     pub fn new(state_dir: &Path) -> Result<Verifier> {
+        let mut trust = Trust::load(state_dir)?;
+        for (host, keys) in configured_trust() {
+            let listed = trust.hosts.entry(host).or_default();
+            for key in keys {
+                if !listed.contains(&key) {
+                    listed.push(key);
+                }
+            }
+        }
         Ok(Verifier {
             own: HostKey::load(state_dir)?.map(|k| k.fingerprint()),
-            trust: Trust::load(state_dir)?,
+            trust,
             now: Utc::now(),
+            attestations: BTreeMap::new(),
+            backend: None,
         })
     }
 
     /// The verifier of this process's state directory.
     pub fn for_this_host() -> Result<Verifier> {
         Self::new(&super::keys::state_dir())
+    }
+
+    /// [`Self::for_this_host`], also believing the attestations of `repo`
+    /// (one listing; an attestation is read only for an unsigned commit).
+    pub fn for_repository(repo: &Repository) -> Result<Verifier> {
+        let mut verifier = Self::for_this_host()?;
+        for object in repo.backend().list(ATTESTATIONS)? {
+            let Some((digest, _)) = object
+                .name
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.split_once('-'))
+            else {
+                continue;
+            };
+            if object.size <= MAX_ATTESTATION {
+                verifier
+                    .attestations
+                    .entry(digest.to_string())
+                    .or_default()
+                    .push(object.name.clone());
+            }
+        }
+        verifier.backend = Some(repo.backend().clone());
+        Ok(verifier)
     }
 
     /// Whether a key is trusted for `host` by name (`volsnap host trust`).
@@ -236,19 +336,47 @@ impl Verifier {
             .is_some_and(|keys| keys.iter().any(|k| !self.trust.revoked.contains(k)))
     }
 
+    /// Whether this host believes `fingerprint` speaks for `host`.
+    fn trusts(&self, fingerprint: &str, host: &str) -> bool {
+        !self.trust.revoked.iter().any(|k| k == fingerprint)
+            && (self.own.as_deref() == Some(fingerprint)
+                || self
+                    .trust
+                    .hosts
+                    .get(host)
+                    .is_some_and(|keys| keys.iter().any(|k| k == fingerprint)))
+    }
+
+    /// The fingerprint of a trusted key that attested unsigned `commit`.
+    fn adopted_by(&self, commit: &Commit) -> Option<String> {
+        let backend = self.backend.as_ref()?;
+        let names = self.attestations.get(&backup_digest(commit).ok()?)?;
+        let covered = attestation_bytes(commit).ok()?;
+        names.iter().find_map(|name| {
+            let bytes = backend.read(name).ok()?;
+            if bytes.len() as u64 > MAX_ATTESTATION {
+                return None;
+            }
+            let signature: CommitSignature = serde_json::from_slice(&bytes).ok()?;
+            let (key, sig) = parse_signature(&signature)?;
+            key.verify(&covered, &sig).ok()?;
+            let fingerprint = fingerprint(&key);
+            self.trusts(&fingerprint, &commit.host)
+                .then_some(fingerprint)
+        })
+    }
+
     pub fn attribute(&self, commit: &Commit) -> Attribution {
+        let limit = self.now + chrono::Duration::minutes(FUTURE_SLACK_MINUTES);
+        let from_the_future = commit.started_at > limit || commit.completed_at > limit;
         let Some(signature) = &commit.signature else {
-            return Attribution::Unsigned;
+            return match self.adopted_by(commit) {
+                Some(_) if from_the_future => Attribution::FromTheFuture,
+                Some(fingerprint) => Attribution::Adopted { fingerprint },
+                None => Attribution::Unsigned,
+            };
         };
-        let key = hex::decode(&signature.key)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
-        let sig = hex::decode(&signature.sig)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .map(|b| Signature::from_bytes(&b));
-        let (Some(key), Some(sig)) = (key, sig) else {
+        let Some((key, sig)) = parse_signature(signature) else {
             return Attribution::BadSignature;
         };
         let Ok(bytes) = signed_bytes(commit) else {
@@ -258,22 +386,77 @@ impl Verifier {
             return Attribution::BadSignature;
         }
         let fingerprint = fingerprint(&key);
-        let trusted = !self.trust.revoked.contains(&fingerprint)
-            && (self.own.as_deref() == Some(fingerprint.as_str())
-                || self
-                    .trust
-                    .hosts
-                    .get(&commit.host)
-                    .is_some_and(|keys| keys.contains(&fingerprint)));
-        if !trusted {
+        if !self.trusts(&fingerprint, &commit.host) {
             return Attribution::Untrusted { fingerprint };
         }
-        let limit = self.now + chrono::Duration::minutes(FUTURE_SLACK_MINUTES);
-        if commit.started_at > limit || commit.completed_at > limit {
+        if from_the_future {
             return Attribution::FromTheFuture;
         }
         Attribution::Verified
     }
+}
+
+/// Deletes the attestations of the backup whose digest is `digest` (once
+/// no commit object of it is left).
+pub fn remove_attestations(backend: &dyn Backend, digest: &str) -> Result<()> {
+    let prefix = format!("{digest}-");
+    for object in backend.list(ATTESTATIONS)? {
+        if object
+            .name
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            backend.delete(&object.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the attestations of the backups whose digests are `digests`
+/// from one repository to another (the names are the same in both).
+pub fn copy_attestations(
+    from: &dyn Backend,
+    to: &dyn Backend,
+    digests: &std::collections::HashSet<String>,
+) -> Result<()> {
+    if digests.is_empty() {
+        return Ok(());
+    }
+    for object in from.list(ATTESTATIONS)? {
+        let wanted = object
+            .name
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.split_once('-'))
+            .is_some_and(|(digest, _)| digests.contains(digest));
+        if wanted && object.size <= MAX_ATTESTATION {
+            let bytes = from.read(&object.name)?;
+            if bytes.len() as u64 <= MAX_ATTESTATION {
+                to.write(&object.name, &bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keys trusted by this process's configuration file (`[trust]`), beside
+/// `STATE/trust.json`: set once by the commands that load the file.
+static CONFIGURED_TRUST: std::sync::RwLock<BTreeMap<String, Vec<String>>> =
+    std::sync::RwLock::new(BTreeMap::new());
+
+/// Adds the configuration file's trusted keys (already checked).
+pub fn set_configured_trust(trust: &BTreeMap<String, Vec<String>>) {
+    if let Ok(mut configured) = CONFIGURED_TRUST.write() {
+        *configured = trust.clone();
+    }
+}
+
+fn configured_trust() -> BTreeMap<String, Vec<String>> {
+    CONFIGURED_TRUST
+        .read()
+        .map(|t| t.clone())
+        .unwrap_or_default()
 }
 
 /// `volsnap host show`: this host's key and whom it trusts.

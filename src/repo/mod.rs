@@ -689,7 +689,7 @@ pub fn list_any(root: &Path) -> Result<(Vec<BackupEntry>, Vec<String>)> {
         Format::Chunked => {
             let repo = open_chunked(root)?;
             let commits = repo.commits()?;
-            let verifier = attest::Verifier::for_this_host()?;
+            let verifier = attest::Verifier::for_repository(&repo)?;
             Ok((
                 commits
                     .into_iter()
@@ -769,7 +769,7 @@ pub fn resolve_chunked(
     let location = repo.backend().location();
     let mut commits = repo.commits()?;
     if id == "latest" {
-        let verifier = attest::Verifier::for_this_host()?;
+        let verifier = attest::Verifier::for_repository(repo)?;
         let entries: Vec<BackupEntry> = commits
             .iter()
             .map(|(object, c)| BackupEntry {

@@ -39,7 +39,7 @@ pub fn names(repo: &Path, dir: &str) -> Vec<String> {
 }
 
 /// Writes an object under `dir/<blake3 of bytes>`; returns its id.
-fn put_named(repo: &Path, dir: &str, bytes: &[u8]) -> String {
+pub fn put_named(repo: &Path, dir: &str, bytes: &[u8]) -> String {
     let id = b3(bytes);
     let d = repo.join(dir);
     std::fs::create_dir_all(&d).unwrap();

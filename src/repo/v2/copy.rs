@@ -110,6 +110,12 @@ pub fn copy(
         "copy",
     )?;
     sync_key_objects(from, to)?;
+    // An unsigned backup's attestations (`host adopt`) go with it.
+    let attested: HashSet<String> = commits
+        .iter()
+        .filter(|(_, c)| c.signature.is_none())
+        .filter_map(|(_, c)| crate::repo::attest::backup_digest(c).ok())
+        .collect();
 
     // Every blob each backup uses, through the source's index as it is now
     // (a prune may have rewritten or deleted the packs the commit lists).
@@ -134,6 +140,11 @@ pub fn copy(
                     && blobs.iter().all(|b| to_index.get(b).is_some()))
             });
     report.present = present.into_iter().map(|((_, c), _)| c.id).collect();
+    crate::repo::attest::copy_attestations(
+        from.backend().as_ref(),
+        to.backend().as_ref(),
+        &attested,
+    )?;
     if commits.is_empty() {
         lock.release()?;
         source_lock.release()?;

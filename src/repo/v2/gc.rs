@@ -341,6 +341,24 @@ fn used_blobs(repo: &Repository, cancel: &Cancel) -> Result<HashSet<Id>> {
     Ok(used)
 }
 
+/// How many blobs backup `commit` uses that the index does not place in a
+/// present pack (its trees unreadable count as one): a backup counts for
+/// retention only when this is 0.
+pub(crate) fn missing_blobs(
+    repo: &Repository,
+    index: &super::index::Index,
+    commit: &super::objects::Commit,
+    cancel: &Cancel,
+) -> Result<usize> {
+    let mut used = HashSet::new();
+    if let Err(e) = commit_blobs(repo, index, commit, cancel, &mut used) {
+        cancel.check()?;
+        tracing::debug!("backup {} is incomplete: {e:#}", commit.id);
+        return Ok(1);
+    }
+    Ok(used.iter().filter(|b| index.get(b).is_none()).count())
+}
+
 /// Adds every blob backup `commit` uses to `used`: its manifests' tree
 /// blobs, volume records, and every file's chunks (through the refs lists
 /// in an encrypted repository, readable with the write key).
