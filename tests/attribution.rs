@@ -112,6 +112,15 @@ impl Fleet {
             .collect()
     }
 
+    /// The backup ids `list` shows from `state` (an encrypted repository's
+    /// commits are sealed).
+    fn ids_listed(&self, state: &Path) -> Vec<String> {
+        self.attributions(state)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     fn ids(&self) -> Vec<String> {
         craft::commits(&self.repo)
             .into_iter()
@@ -667,4 +676,52 @@ fn a_backup_missing_its_packs_is_not_counted_by_retention() {
     for id in &ids {
         assert!(left.contains(id), "{id} stays: {pruned}");
     }
+}
+
+/// The credentials table's second row: a fleet host holding the shared
+/// write key of an encrypted repository writes newer backups claiming the
+/// victim's name, sealed like real ones; the victim's retention and
+/// `latest` still count only its own.
+#[test]
+fn a_host_with_the_write_key_cannot_make_the_victims_retention_count_its_forgeries() {
+    let f = encrypted_fleet("writekey");
+    let victim = state_dir();
+    let attacker = f.p_tempdir();
+    // The attacker holds the write key as every fleet host does.
+    let keys = victim.join("keys");
+    std::fs::create_dir_all(attacker.join("keys")).unwrap();
+    for key in std::fs::read_dir(&keys).unwrap() {
+        let key = key.unwrap().path();
+        if key.extension().is_some_and(|e| e == "key") && !key.ends_with("host-signing.key") {
+            std::fs::copy(&key, attacker.join("keys").join(key.file_name().unwrap())).unwrap();
+        }
+    }
+    let real: Vec<String> = (0..2).map(|_| f.backup("victim", &victim)).collect();
+    let forged: Vec<String> = (0..3).map(|_| f.backup("victim", &attacker)).collect();
+    let seen = f.attributions(&victim);
+    for id in &forged {
+        assert!(seen.contains(&(id.clone(), "untrusted".into())), "{seen:?}");
+    }
+    let pruned = ok(as_host(
+        "victim",
+        &victim,
+        &[
+            "prune",
+            "--repo",
+            &f.repo_s,
+            "--host",
+            "victim",
+            "--keep-last",
+            "2",
+        ],
+    ));
+    let ids = f.ids_listed(&victim);
+    for id in real.iter().chain(&forged) {
+        assert!(ids.contains(id), "{id} stays: {pruned}");
+    }
+    let verified = ok(latest_of(&f, "victim", &victim));
+    assert!(
+        verified.contains(&format!("backup {} is intact", real[1])),
+        "{verified}"
+    );
 }
