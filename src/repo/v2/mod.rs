@@ -637,22 +637,32 @@ impl Repository {
 
     fn read_commits(&self, checked: bool) -> Result<Vec<(Id, Commit)>> {
         let mut commits = Vec::new();
+        let mut unopened: Option<anyhow::Error> = None;
         for id in self.ids_in("snapshots")? {
             let bytes = match self.read_checked(&format!("snapshots/{id}"), &id) {
                 // Deleted by a concurrent prune's retention since the listing.
                 Err(e) if crate::backend::is_missing(&e) => continue,
                 other => other?,
             };
-            // One that does not open is an error: most often a write key
-            // that is not (or no longer) the repository's, which the
-            // operator must hear of. One that opens but is not a commit is
-            // set aside by readers.
+            // One that does not open is an error when none opens: most
+            // often a write key that is not (or no longer) the
+            // repository's, which the operator must hear of. When others
+            // open, readers set it aside and name it (a junk object
+            // planted by any PUT credential must not stop every reader);
+            // garbage collection, which must know every commit, refuses.
+            // One that opens but is not a commit is set aside by readers.
             let name = format!("backup object {id}");
             let opened = match &self.keys {
-                Some(keys) => keys
-                    .write
-                    .open("snapshots", &bytes)
-                    .with_context(|| format!("{name} cannot be opened"))?,
+                Some(keys) => match keys.write.open("snapshots", &bytes) {
+                    Ok(opened) => opened,
+                    Err(e) if checked => {
+                        let e = e.context(format!("{name} cannot be opened"));
+                        tracing::warn!("{} of {} is ignored: {e:#}", name, self.backend.location());
+                        unopened.get_or_insert(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e.context(format!("{name} cannot be opened"))),
+                },
                 None => bytes,
             };
             let parsed: Result<Commit> =
@@ -687,6 +697,9 @@ impl Repository {
                 }
             }
             commits.push((id, commit));
+        }
+        if let (Some(e), true) = (unopened, commits.is_empty()) {
+            return Err(e);
         }
         commits.sort_by(|a, b| {
             a.1.started_at
