@@ -210,3 +210,66 @@ fn an_immutable_repository_whose_config_drops_object_lock_is_refused() {
     assert!(is_running(&app), "the service was never stopped");
     assert_eq!(s3.boto(count), commits, "no backup was committed");
 }
+
+/// A former fleet host keeps a copy of the old write key file: after a
+/// rotation it makes up material that extends the old key with more
+/// generations of its own (`key rotate` twice, from its copy) and replaces
+/// the repository's key object. A host with an identity that has used the
+/// real rotation refuses the made-up material instead of sealing with
+/// keys the former host knows.
+#[test]
+fn write_key_material_that_drops_a_rotation_this_host_used_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let repo_s = repo.to_str().unwrap();
+    let (identity, recipient) = keygen(dir.path(), "reader");
+    let owner = dir.path().join("owner");
+    let reader = dir.path().join("reader-state");
+    let former = dir.path().join("former");
+    let as_state = |state: &Path, args: &[&str]| {
+        volsnap_env(args, &[("VOLSNAP_STATE_DIR", state.to_str().unwrap())])
+    };
+    let read = |args: &[&str]| {
+        let mut all = vec![
+            "list",
+            "--repo",
+            repo_s,
+            "--identity",
+            identity.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        as_state(&reader, &all)
+    };
+    ok(as_state(
+        &owner,
+        &["init", "--repo", repo_s, "--recipient", &recipient],
+    ));
+    ok(read(&[]));
+    // The former host's copy of the key file, from before the rotation.
+    std::fs::create_dir_all(former.join("keys")).unwrap();
+    for key in std::fs::read_dir(owner.join("keys")).unwrap() {
+        let key = key.unwrap().path();
+        std::fs::copy(&key, former.join("keys").join(key.file_name().unwrap())).unwrap();
+    }
+    ok(as_state(&owner, &["key", "rotate", "--repo", repo_s]));
+    ok(read(&[]));
+    let keys_before = count_files(&repo.join("keys"));
+    ok(as_state(&former, &["key", "rotate", "--repo", repo_s]));
+    ok(as_state(&former, &["key", "rotate", "--repo", repo_s]));
+    assert_eq!(count_files(&repo.join("keys")), keys_before, "replaced");
+    fails_saying(&read(&[]), 2, "lack generations");
+    // A host that never used the repository has nothing to tell by: it
+    // takes what it finds (first use).
+    let newcomer = dir.path().join("newcomer");
+    ok(as_state(
+        &newcomer,
+        &[
+            "list",
+            "--repo",
+            repo_s,
+            "--identity",
+            identity.to_str().unwrap(),
+        ],
+    ));
+}

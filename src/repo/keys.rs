@@ -146,8 +146,11 @@ fn key_file_name(dir: &Path, id: &crate::repo::v2::id::Id) -> PathBuf {
 /// Opens the repository at `root` with the keys this host holds for it.
 pub fn open(backend: Arc<dyn Backend>, root: &Path) -> Result<Repository> {
     let sources = sources_for(root);
+    let pins = super::pin::Pins::in_state_dir(&state_dir());
+    let location = pin_location(root);
+    let known = pins.generations(&location)?;
     let repo = Repository::open_with(backend, &|params, backend| {
-        unlock(&sources, params, backend)
+        unlock(&sources, params, backend, &known)
     })?;
     if repo.keys().is_none() {
         // Keys named for a plain repository: either the wrong repository,
@@ -168,7 +171,12 @@ pub fn open(backend: Arc<dyn Backend>, root: &Path) -> Result<Repository> {
             ));
         }
     }
-    super::pin::Pins::in_state_dir(&state_dir()).check(&pin_location(root), &repo.config)?;
+    pins.check(&location, &repo.config)?;
+    if let Some(keys) = repo.keys() {
+        if let Err(e) = pins.add_generations(&location, &keys.write.ids()) {
+            tracing::warn!("cannot record the write key generations of {location}: {e:#}");
+        }
+    }
     if let Ok(mut opened) = OPENED.lock() {
         opened
             .get_or_insert_with(HashMap::new)
@@ -191,7 +199,12 @@ pub fn sealing_for(root: &Path) -> Result<Option<Arc<KeyRing>>> {
 }
 
 /// The keys for an encrypted repository, from what the operator named.
-fn unlock(sources: &KeySources, params: &EncryptionParams, backend: &dyn Backend) -> Result<Keys> {
+fn unlock(
+    sources: &KeySources,
+    params: &EncryptionParams,
+    backend: &dyn Backend,
+    known: &[crate::repo::v2::id::Id],
+) -> Result<Keys> {
     let id = params.write_key_id;
     let identities = match (&sources.passphrase, &sources.identity) {
         (Some(file), _) => {
@@ -237,7 +250,7 @@ fn unlock(sources: &KeySources, params: &EncryptionParams, backend: &dyn Backend
             (writer.write, Some(writer.recipients))
         }
         (None, Some(identities)) => {
-            let writer = unwrap_material(backend, identities, &id)?;
+            let writer = unwrap_material(backend, identities, &id, known)?;
             // The recipients an object of the repository names are never
             // used: whoever holds the storage could have put their own
             // there. A passphrase's identity is its own recipient.
@@ -261,14 +274,18 @@ fn unlock(sources: &KeySources, params: &EncryptionParams, backend: &dyn Backend
 }
 
 /// The write key material an identity opens: of the `keys/write-*`
-/// objects that open and hold the repository's key, the one with the most
-/// generations (the newest rotation).
+/// objects that open, hold the repository's key and every generation this
+/// host has used (`known`), the one with the most generations (the newest
+/// rotation). Two that fork (neither holds the other's generations) are
+/// refused: one of them is not a rotation of this repository's key.
 fn unwrap_material(
     backend: &dyn Backend,
     identities: &Identities,
     id: &crate::repo::v2::id::Id,
+    known: &[crate::repo::v2::id::Id],
 ) -> Result<WriterKeys> {
-    let mut best: Option<WriterKeys> = None;
+    let mut fitting: Vec<(String, WriterKeys)> = Vec::new();
+    let mut unknown = Vec::new();
     let mut last_error = None;
     for object in backend.list("keys")? {
         if !object.name.starts_with(WRITE_KEY_PREFIX) {
@@ -279,24 +296,45 @@ fn unwrap_material(
             .and_then(|bytes| WriterKeys::unwrap_material(identities, &bytes));
         match opened {
             Ok(writer) if writer.write.ids().contains(id) => {
-                if best
-                    .as_ref()
-                    .is_none_or(|b| b.write.ids().len() < writer.write.ids().len())
-                {
-                    best = Some(writer);
+                let ids = writer.write.ids();
+                if known.iter().all(|k| ids.contains(k)) {
+                    fitting.push((object.name, writer));
+                } else {
+                    unknown.push(object.name);
                 }
             }
             Ok(_) => {}
             Err(e) => last_error = Some(e),
         }
     }
-    match (best, last_error) {
-        (Some(writer), _) => Ok(writer),
-        (None, Some(e)) => Err(e.context(format!(
+    fitting.sort_by_key(|(_, w)| w.write.ids().len());
+    if let Some((name, best)) = fitting.pop() {
+        let best_ids = best.write.ids();
+        if let Some((other, _)) = fitting
+            .iter()
+            .find(|(_, w)| !w.write.ids().iter().all(|i| best_ids.contains(i)))
+        {
+            return Err(crate::usage!(
+                "{} holds two write key objects that extend its key differently ({name} and {other}): only one can be a rotation made with volsnap key; the other was made by someone holding an older write key. Nothing was done. Ask the host that rotated which one it wrote (its write key file names the generation) and delete the other",
+                backend.location()
+            ));
+        }
+        return Ok(best);
+    }
+    if !unknown.is_empty() {
+        return Err(crate::usage!(
+            "the write key objects of {} ({}) lack generations of its key that this host has used: a rotation was replaced by key material made by someone holding an older write key. Nothing was done; restore the repository's keys/ from a copy, or if the keys were really rebuilt, run volsnap repo trust --repo {}",
+            backend.location(),
+            unknown.join(", "),
+            backend.location()
+        ));
+    }
+    match last_error {
+        Some(e) => Err(e.context(format!(
             "cannot open the write key of {}",
             backend.location()
         ))),
-        (None, None) => anyhow::bail!(
+        None => anyhow::bail!(
             "{} holds no wrapped write key (keys/write-…) for its key {}",
             backend.location(),
             &id.hex()[..16]

@@ -33,6 +33,12 @@ pub struct Pinned {
     pub chunker: ChunkerParams,
     pub tree_chunker: ChunkerParams,
     pub compression: String,
+    /// The generations of its write key this host has used (ids, hex): a
+    /// `keys/write-…` object must hold them all to be believed, so that a
+    /// rotation cannot be replaced by material a former holder of the old
+    /// key made up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_generations: Vec<String>,
 }
 
 impl Pinned {
@@ -54,6 +60,7 @@ impl Pinned {
             chunker: config.chunker.clone(),
             tree_chunker: config.tree_chunker.clone(),
             compression: config.compression.clone(),
+            write_generations: Vec::new(),
         })
     }
 
@@ -134,7 +141,43 @@ impl Pins {
         }
     }
 
-    /// Records `facts` (replacing what was pinned for the location).
+    /// The write key generations pinned for `location` (none if nothing is).
+    pub fn generations(&self, location: &str) -> Result<Vec<Id>> {
+        let Some(pinned) = self.get(location)? else {
+            return Ok(Vec::new());
+        };
+        pinned
+            .write_generations
+            .iter()
+            .map(|g| Id::parse(g))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| {
+                format!(
+                    "{} is not a valid record of this host's",
+                    self.file(location).display()
+                )
+            })
+    }
+
+    /// Adds the write key generations `ids` to the pin of `location`.
+    pub fn add_generations(&self, location: &str, ids: &[Id]) -> Result<()> {
+        let Some(mut pinned) = self.get(location)? else {
+            return Ok(());
+        };
+        let before = pinned.write_generations.len();
+        for id in ids {
+            if !pinned.write_generations.contains(&id.hex()) {
+                pinned.write_generations.push(id.hex());
+            }
+        }
+        if pinned.write_generations.len() == before {
+            return Ok(());
+        }
+        self.put(&pinned)
+    }
+
+    /// Records `facts` (replacing what was pinned for the location; the
+    /// write key generations are learnt again on the next open).
     pub fn put(&self, facts: &Pinned) -> Result<()> {
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -318,6 +318,17 @@ impl KeyRing {
     }
 
     /// Opens an object with the generation its tag names.
+    /// Whether `sealed` names a generation of this ring but for a
+    /// different one (another write key, or a rotation this ring lacks).
+    pub fn sealed_with_another_key(&self, sealed: &[u8]) -> bool {
+        let prefix = SEALED_MAGIC.len() + KEY_TAG;
+        sealed.len() >= prefix
+            && sealed[..4] == *SEALED_MAGIC
+            && !std::iter::once(&self.current)
+                .chain(&self.previous)
+                .any(|k| k.id().0[..KEY_TAG] == sealed[4..prefix])
+    }
+
     pub fn open(&self, kind: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         let prefix = SEALED_MAGIC.len() + KEY_TAG;
         let tagged = (sealed.len() >= prefix)

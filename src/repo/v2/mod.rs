@@ -644,18 +644,18 @@ impl Repository {
                 Err(e) if crate::backend::is_missing(&e) => continue,
                 other => other?,
             };
-            // One that does not open is an error when none opens: most
-            // often a write key that is not (or no longer) the
-            // repository's, which the operator must hear of. When others
-            // open, readers set it aside and name it (a junk object
-            // planted by any PUT credential must not stop every reader);
-            // garbage collection, which must know every commit, refuses.
-            // One that opens but is not a commit is set aside by readers.
+            // One sealed with a write key this host lacks is an error:
+            // most often its key file is stale after a rotation, which the
+            // operator must hear of. One that names this host's key but
+            // does not open (junk any PUT credential can plant) is set
+            // aside by readers while others open, and named; garbage
+            // collection, which must know every commit, refuses. One that
+            // opens but is not a commit is set aside by readers.
             let name = format!("backup object {id}");
             let opened = match &self.keys {
                 Some(keys) => match keys.write.open("snapshots", &bytes) {
                     Ok(opened) => opened,
-                    Err(e) if checked => {
+                    Err(e) if checked && !keys.write.sealed_with_another_key(&bytes) => {
                         let e = e.context(format!("{name} cannot be opened"));
                         tracing::warn!("{} of {} is ignored: {e:#}", name, self.backend.location());
                         unopened.get_or_insert(e);
