@@ -21,6 +21,10 @@ command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v age-keygen >/dev/null 2>&1 || need+=(age)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Debian 12's Compose (1.29): the real Milvus stack runs from a compose file.
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   apt-get update -qq

@@ -46,7 +46,7 @@ scripts/setup-host.sh || { failed=1; exit 1; }
 # S3 and SFTP servers for tests/remote.rs; with them installed, a missing
 # server fails its test instead of skipping it.
 scripts/setup-servers.sh || { failed=1; exit 1; }
-scripts/milvus-image.sh || { failed=1; exit 1; }
+scripts/milvus-stack.sh || { failed=1; exit 1; }
 scripts/host-docker-check start || { failed=1; exit 1; }
 sentinel=1
 export VOLSNAP_REQUIRE_SERVERS=1

@@ -798,9 +798,11 @@ pub struct StrategyArgs {
     /// Refuse rather than fall back to a best-effort (online) backup.
     #[arg(long)]
     pub require_consistent: bool,
-    /// Seconds a container gets to stop gracefully before it is killed.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub stop_timeout: u32,
+    /// Seconds each container gets to stop gracefully before it is killed.
+    /// Default: the container's own stop timeout (compose's
+    /// stop_grace_period, docker run --stop-timeout), else 30.
+    #[arg(long, value_name = "SECS")]
+    pub stop_timeout: Option<u32>,
     /// Seconds to wait for a restarted container to run (and be healthy).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub ready_timeout: u32,
@@ -814,6 +816,11 @@ pub struct StrategyArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub selection: SelectionArgs,
+    /// The repository the backup would go to: its format decides the
+    /// repository steps shown (default: format 2, what an empty
+    /// repository becomes).
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: Option<PathBuf>,
     #[command(flatten)]
     pub strategy: StrategyArgs,
     #[command(flatten)]

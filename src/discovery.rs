@@ -13,6 +13,9 @@ pub const PROJECT_LABEL: &str = "com.docker.compose.project";
 pub const SERVICE_LABEL: &str = "com.docker.compose.service";
 pub const DEPENDS_ON_LABEL: &str = "com.docker.compose.depends_on";
 pub const NUMBER_LABEL: &str = "com.docker.compose.container-number";
+/// volsnap's own way to give the order: the services (or, outside compose,
+/// container names) a container depends on, comma-separated.
+pub const VOLSNAP_DEPENDS_ON_LABEL: &str = "volsnap.depends_on";
 
 /// What survives `docker compose up` recreating a container: its project,
 /// service and replica number (the id and often the name do not).
@@ -109,21 +112,108 @@ pub struct Container {
     pub project: Option<String>,
     /// Compose services this one depends on.
     pub depends_on: Vec<String>,
+    /// Where `depends_on` came from (`None`: nowhere says).
+    pub order_source: Option<String>,
 }
 
 impl Container {
     pub fn new(info: ContainerInfo) -> Container {
-        let depends_on = info
-            .labels
-            .get(DEPENDS_ON_LABEL)
-            .map(|v| parse_depends_on(v))
-            .unwrap_or_default();
+        let own = |key: &str| own_label(&info, key).map(str::to_string);
+        let (depends_on, order_source) = if let Some(v) = own(VOLSNAP_DEPENDS_ON_LABEL) {
+            (
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                Some(format!("the label {VOLSNAP_DEPENDS_ON_LABEL}")),
+            )
+        } else if let Some(v) = own(DEPENDS_ON_LABEL) {
+            (
+                parse_depends_on(&v),
+                Some(format!("the label {DEPENDS_ON_LABEL} (Compose v2)")),
+            )
+        } else {
+            (Vec::new(), None)
+        };
         Container {
-            service: info.labels.get(SERVICE_LABEL).cloned(),
-            project: info.labels.get(PROJECT_LABEL).cloned(),
+            service: own(SERVICE_LABEL),
+            project: own(PROJECT_LABEL),
             depends_on,
+            order_source,
             info,
         }
+    }
+}
+
+/// A label the container carries that its image does not give it (with
+/// that value): only those speak for the container.
+pub fn own_label<'a>(info: &'a ContainerInfo, key: &str) -> Option<&'a str> {
+    let value = info.labels.get(key)?;
+    (info.image_labels.get(key) != Some(value)).then_some(value.as_str())
+}
+
+/// Fills in the order of compose containers whose labels do not give one
+/// from the compose files they name (docker-compose 1.29 writes no
+/// depends_on label); what was read, and what could not be, in `notes`.
+fn order_from_compose_files(containers: &mut [Container], notes: &mut Vec<String>) {
+    let mut read: BTreeMap<(String, String), crate::compose::ComposeOrder> = BTreeMap::new();
+    for c in containers.iter_mut() {
+        if c.order_source.is_some() {
+            continue;
+        }
+        let (Some(service), Some(dir), Some(files)) = (
+            c.service.clone(),
+            own_label(&c.info, crate::compose::WORKING_DIR_LABEL),
+            own_label(&c.info, crate::compose::CONFIG_FILES_LABEL),
+        ) else {
+            continue;
+        };
+        let order = read
+            .entry((dir.to_string(), files.to_string()))
+            .or_insert_with(|| {
+                let order = crate::compose::read_order(dir, files);
+                for problem in &order.problems {
+                    notes.push(format!("compose file not read (ignored): {problem}"));
+                }
+                order
+            });
+        if order.files.is_empty() {
+            continue;
+        }
+        c.depends_on = order.depends_on.get(&service).cloned().unwrap_or_default();
+        c.order_source = Some(format!(
+            "the compose file{} {}",
+            if order.files.len() > 1 { "s" } else { "" },
+            order
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+}
+
+/// What `plan` says of the order: where it came from, or a warning when
+/// a stack of several services has none.
+fn describe_order(containers: &[Container], notes: &mut Vec<String>) {
+    let mut sources: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c.order_source.as_deref())
+        .collect();
+    sources.sort_unstable();
+    sources.dedup();
+    if !sources.is_empty() {
+        notes.insert(0, format!("order from {}", sources.join("; ")));
+    } else if containers.len() > 1 {
+        notes.insert(
+            0,
+            format!(
+                "warning: nothing gives an order for these {} containers (no compose depends_on, no {VOLSNAP_DEPENDS_ON_LABEL} label): they stop and start by name, which may stop a database before the service that writes to it",
+                containers.len()
+            ),
+        );
     }
 }
 
@@ -168,6 +258,9 @@ pub struct Stack {
     pub volumes: Vec<Volume>,
     /// Mounts not backed up, with the reason (tmpfs, single files, …).
     pub skipped: Vec<String>,
+    /// Where the stop and start order came from, and compose files that
+    /// could not be read.
+    pub order_notes: Vec<String>,
     /// Whether the volumes' `bytes` and `files` were measured (a full
     /// walk of the data: done only when something needs the sizes).
     pub measured: bool,
@@ -243,13 +336,18 @@ pub fn parse_depends_on(value: &str) -> Vec<String> {
 /// as much as a stat of every file.
 pub fn discover(docker: &Docker, selection: &Selection) -> Result<Stack> {
     let infos = select_containers(docker, selection)?;
-    let containers = start_order(infos.into_iter().map(Container::new).collect())?;
+    let mut containers: Vec<Container> = infos.into_iter().map(Container::new).collect();
+    let mut order_notes = Vec::new();
+    order_from_compose_files(&mut containers, &mut order_notes);
+    describe_order(&containers, &mut order_notes);
+    let containers = start_order(containers)?;
     let (volumes, skipped) = resolve_volumes(docker, &containers)?;
     Ok(Stack {
         selection: selection.clone(),
         containers,
         volumes,
         skipped,
+        order_notes,
         measured: false,
         changed_bytes: None,
     })
@@ -526,11 +624,15 @@ mod tests {
             id: format!("id-{name}"),
             name: name.to_string(),
             image: "img".into(),
+            image_id: "sha256:1".into(),
             labels,
+            image_labels: BTreeMap::new(),
+            stop_timeout: None,
             running: true,
             paused: false,
             health: None,
             started_at: String::new(),
+            exit_code: 0,
             mounts: vec![],
             tmpfs: vec![],
         })

@@ -52,7 +52,15 @@ pub struct ContainerInfo {
     pub id: String,
     pub name: String,
     pub image: String,
+    /// The id of the image it runs (`sha256:…`).
+    pub image_id: String,
     pub labels: BTreeMap<String, String>,
+    /// The labels its image carries: a container label with the same
+    /// value is inherited, not the container's own.
+    pub image_labels: BTreeMap<String, String>,
+    /// Its own stop timeout in seconds (`docker run --stop-timeout`,
+    /// compose's `stop_grace_period`), when set.
+    pub stop_timeout: Option<u32>,
     pub running: bool,
     pub paused: bool,
     /// Health status ("healthy", "starting", …) when a healthcheck is set.
@@ -60,6 +68,8 @@ pub struct ContainerInfo {
     /// When the current run of the container began (State.StartedAt);
     /// changes on every restart.
     pub started_at: String,
+    /// The exit code of its last run (0 while running).
+    pub exit_code: i64,
     pub mounts: Vec<MountInfo>,
     /// Destinations of `--tmpfs` mounts (HostConfig.Tmpfs).
     pub tmpfs: Vec<String>,
@@ -332,7 +342,21 @@ impl Docker {
             .collect();
         let mut tmpfs: Vec<String> = host_config.tmpfs.unwrap_or_default().into_keys().collect();
         tmpfs.sort();
+        let image_id = response.image.unwrap_or_default();
+        // An image removed since the container was made has no labels.
+        let image_labels = match self.request(|| self.client.inspect_image(&image_id)) {
+            Ok(image) => image
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
         Ok(Some(ContainerInfo {
+            image_id,
+            image_labels,
+            stop_timeout: config.stop_timeout.and_then(|t| u32::try_from(t).ok()),
             id: response.id.unwrap_or_default(),
             name: response
                 .name
@@ -349,6 +373,7 @@ impl Docker {
                 .map(|s| s.to_string())
                 .filter(|s| !s.is_empty() && s != "none"),
             started_at: state.started_at.unwrap_or_default(),
+            exit_code: state.exit_code.unwrap_or_default(),
             mounts,
             tmpfs,
         }))

@@ -88,6 +88,13 @@ pub struct Job<'a> {
     pub observer: &'a dyn Observer,
 }
 
+impl Job<'_> {
+    /// Whether it writes into a format-2 repository.
+    fn chunked(&self) -> bool {
+        matches!(self.repo, Some(Destination::Chunked { .. }))
+    }
+}
+
 /// What a finished run produced.
 #[derive(Debug)]
 pub struct Outcome {
@@ -122,6 +129,8 @@ struct Run<'a> {
     /// Restarted containers without a healthcheck, confirmed still up at
     /// the end of the run.
     settles: Vec<Settle>,
+    /// How each container stopped (by container id).
+    stops: HashMap<String, crate::repo::manifest::StopRecord>,
     committed: Option<(Manifest, PathBuf)>,
     snapshot_label: Option<String>,
     /// The format-2 backup being written (from `Prepare` to `Commit`).
@@ -150,6 +159,7 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         problems: Vec::new(),
         left_for_recover: Vec::new(),
         settles: Vec::new(),
+        stops: HashMap::new(),
         committed: None,
         snapshot_label: None,
         chunked: None,
@@ -182,7 +192,7 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         let pending: Vec<String> = run
             .left_for_recover
             .iter()
-            .map(|undo| undo.describe(job.stack))
+            .map(|undo| undo.describe_for(job.stack, job.chunked()))
             .collect();
         run.problems.push(format!(
             "not done, kept in the journal for 'volsnap recover' (the next run also retries): {}",
@@ -208,7 +218,7 @@ impl<'a> Run<'a> {
         #[allow(unused_variables)]
         for (index, step) in job.plan.steps.iter().enumerate() {
             job.cancel.check()?;
-            let description = step.action.describe(job.stack);
+            let description = step.action.describe_for(job.stack, job.chunked());
             job.observer.step_started(step, &description);
             let begun = Instant::now();
             #[cfg(feature = "fault-injection")]
@@ -328,7 +338,26 @@ impl<'a> Run<'a> {
                 container,
                 timeout_secs,
                 ..
-            } => docker.stop(container, *timeout_secs),
+            } => {
+                let clock = Instant::now();
+                docker.stop(container, *timeout_secs)?;
+                let took = clock.elapsed();
+                if let Some(info) = docker.inspect_container(container)? {
+                    // 137 is SIGKILL: at the timeout, Docker's kill.
+                    let killed = info.exit_code == 137
+                        && took.as_secs_f64() + 0.5 >= f64::from(*timeout_secs);
+                    self.stops.insert(
+                        container.clone(),
+                        crate::repo::manifest::StopRecord {
+                            timeout_secs: *timeout_secs,
+                            took_ms: took.as_millis() as u64,
+                            exit_code: info.exit_code,
+                            killed,
+                        },
+                    );
+                }
+                Ok(())
+            }
             Action::Start { container, name } => {
                 docker.start(&self.current_container(container, name)?)
             }
@@ -693,6 +722,25 @@ impl<'a> Run<'a> {
             consistency = Consistency::BestEffort;
             notes.extend(incomplete);
         }
+        for c in &job.stack.containers {
+            let Some(stop) = self.stops.get(&c.info.id).filter(|s| !s.clean()) else {
+                continue;
+            };
+            // A service killed at its timeout (or failing on its way
+            // down) left its files as a crash would: never "consistent".
+            consistency = Consistency::BestEffort;
+            notes.push(if stop.killed {
+                format!(
+                    "{} was still running at its {} s stop timeout and was killed: its volumes are crash-consistent (as a snapshot of a running service is), not cleanly stopped; give it more time (its stop_grace_period, or the job's stop_timeout) or shorten its own shutdown",
+                    c.info.name, stop.timeout_secs
+                )
+            } else {
+                format!(
+                    "{} exited with code {} when stopped: it did not stop cleanly, so its volumes may be crash-consistent only",
+                    c.info.name, stop.exit_code
+                )
+            });
+        }
         if let Some(since) = self.down_since.take() {
             self.downtime += since.elapsed();
         }
@@ -721,6 +769,13 @@ impl<'a> Run<'a> {
                     service: c.service.clone(),
                     project: c.project.clone(),
                     was_running: c.info.running,
+                    image_id: Some(c.info.image_id.clone()).filter(|i| !i.is_empty()),
+                    config_hash: crate::discovery::own_label(
+                        &c.info,
+                        "com.docker.compose.config-hash",
+                    )
+                    .map(str::to_string),
+                    stop: self.stops.get(&c.info.id).cloned(),
                 })
                 .collect(),
             volumes,
@@ -773,7 +828,7 @@ impl<'a> Run<'a> {
     fn unwind(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         while let Some(undo) = self.cleanup.pop() {
-            let description = undo.describe(self.job.stack);
+            let description = undo.describe_for(self.job.stack, self.job.chunked());
             tracing::info!("cleanup: {description}");
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(&undo)))

@@ -14,6 +14,7 @@
 //! - [`archive`]: the archiver (walk, staged pipeline, tar guard);
 //! - [`restore`]: restore and verify (knows no run: it records its steps
 //!   through [`restore::RecoveryLog`]);
+//! - [`discovery`] and [`compose`]: the stack, from Docker and its compose files;
 //! - the run: [`plan`] (steps as data), [`execute`] (the executor and its
 //!   cleanup stack), [`journal`] (what `recover` repairs), [`snapshots`];
 //! - [`jobs`]: the job lifecycle the CLI and the daemon call (backup, drill,
@@ -26,6 +27,7 @@ pub mod archive;
 pub mod backend;
 pub mod beneath;
 pub mod cancel;
+pub mod compose;
 pub mod discovery;
 pub mod docker;
 pub mod error;

@@ -84,6 +84,7 @@ fn json_report(done: &Done) -> serde_json::Value {
             "excluded": v.excluded,
             "excluded_entries": v.excluded_entries,
         })).collect::<Vec<_>>(),
+        "containers": m.containers,
         "notes": m.notes,
         "problems": done.problems,
     })

@@ -19,6 +19,7 @@ struct PlanReport<'a> {
     containers: Vec<ContainerLine<'a>>,
     volumes: Vec<VolumeLine<'a>>,
     skipped: &'a [String],
+    order: &'a [String],
     steps: Vec<StepLine<'a>>,
 }
 
@@ -28,6 +29,9 @@ struct ContainerLine<'a> {
     service: Option<&'a str>,
     running: bool,
     depends_on: &'a [String],
+    /// Seconds it gets to stop, and whose setting that is.
+    stop_timeout_secs: u32,
+    stop_timeout_from: &'static str,
 }
 
 #[derive(Serialize)]
@@ -56,7 +60,14 @@ pub fn run(args: PlanArgs) -> Result<i32> {
         args.strategy.snapshot_size,
         &args.state.state_dir,
     )?;
-    let report = report(&stack, &storage, &plan);
+    let options = args.strategy.to_options();
+    // Without --repo: format 2, what an empty repository becomes.
+    let chunked = match args.repo.as_deref() {
+        None => true,
+        Some(repo) if !repo.exists() && !volsnap::backend::is_remote(repo) => true,
+        Some(repo) => volsnap::repo::backup_format(repo)?.0 == volsnap::repo::Format::Chunked,
+    };
+    let report = report(&stack, &storage, &plan, &options, chunked);
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -65,7 +76,13 @@ pub fn run(args: PlanArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn report<'a>(stack: &'a Stack, storage: &'a [StorageInfo], plan: &'a Plan) -> PlanReport<'a> {
+fn report<'a>(
+    stack: &'a Stack,
+    storage: &'a [StorageInfo],
+    plan: &'a Plan,
+    options: &volsnap::plan::PlanOptions,
+    chunked: bool,
+) -> PlanReport<'a> {
     PlanReport {
         selection: stack.selection.to_string(),
         strategy: plan.strategy.to_string(),
@@ -81,6 +98,13 @@ fn report<'a>(stack: &'a Stack, storage: &'a [StorageInfo], plan: &'a Plan) -> P
                 service: c.service.as_deref(),
                 running: c.info.running,
                 depends_on: &c.depends_on,
+                stop_timeout_secs: volsnap::plan::stop_timeout(c, options),
+                stop_timeout_from: match (options.stop_timeout_secs, c.info.stop_timeout) {
+                    (Some(mine), Some(own)) if own > mine => "--stop-timeout, shorter than its own",
+                    (Some(_), _) => "--stop-timeout",
+                    (None, Some(_)) => "its own",
+                    (None, None) => "volsnap's default",
+                },
             })
             .collect(),
         volumes: stack
@@ -97,12 +121,13 @@ fn report<'a>(stack: &'a Stack, storage: &'a [StorageInfo], plan: &'a Plan) -> P
             })
             .collect(),
         skipped: &stack.skipped,
+        order: &stack.order_notes,
         steps: plan
             .steps
             .iter()
             .map(|s| StepLine {
                 name: s.action.name(),
-                description: s.action.describe(stack),
+                description: s.action.describe_for(stack, chunked),
                 step: s,
             })
             .collect(),
@@ -119,6 +144,9 @@ fn print_human(r: &PlanReport<'_>) {
     );
     outln!("estimate:    {}", r.estimate_source);
     outln!("containers (start order):");
+    for note in r.order {
+        outln!("  {note}");
+    }
     for c in &r.containers {
         let deps = if c.depends_on.is_empty() {
             String::new()
@@ -126,7 +154,19 @@ fn print_human(r: &PlanReport<'_>) {
             format!(", depends on {}", c.depends_on.join(", "))
         };
         let state = if c.running { "running" } else { "not running" };
-        outln!("  {} [{}{deps}]", c.name, state);
+        outln!(
+            "  {} [{}{deps}; stop timeout {} s, {}]",
+            c.name,
+            state,
+            c.stop_timeout_secs,
+            c.stop_timeout_from
+        );
+        if c.stop_timeout_from.contains("shorter") {
+            outln!(
+                "  warning: {} asks for more time to stop than it gets: it may be killed, leaving its data crash-consistent",
+                c.name
+            );
+        }
     }
     outln!("volumes:");
     for v in &r.volumes {

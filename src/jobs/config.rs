@@ -49,6 +49,8 @@ pub struct Job {
     pub max_downtime: Option<u64>,
     #[serde(default)]
     pub require_consistent: bool,
+    /// Seconds each container gets to stop (default: its own stop timeout,
+    /// compose's stop_grace_period; else 30).
     pub stop_timeout: Option<u32>,
     pub ready_timeout: Option<u32>,
     pub snapshot_size: Option<String>,

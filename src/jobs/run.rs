@@ -36,7 +36,7 @@ pub fn backup_request(job: &Job) -> Result<BackupRequest> {
             quiesce: job.quiesce,
             max_downtime: job.max_downtime.map(std::time::Duration::from_secs),
             require_consistent: job.require_consistent,
-            stop_timeout_secs: job.stop_timeout.unwrap_or(30),
+            stop_timeout_secs: job.stop_timeout,
             ready_timeout_secs: job.ready_timeout.unwrap_or(120),
             history: Vec::new(),
         },

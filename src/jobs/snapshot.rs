@@ -53,7 +53,7 @@ pub fn keep(request: &KeepRequest, run: &RunContext<'_>) -> Result<Kept> {
     let storage = detect_stack(&SystemRunner, &stack, args.snapshot_size)?;
     let options = PlanOptions {
         quiesce: args.quiesce,
-        stop_timeout_secs: args.stop_timeout,
+        stop_timeout_secs: Some(args.stop_timeout),
         ready_timeout_secs: args.ready_timeout,
         ..PlanOptions::default()
     };

@@ -124,7 +124,14 @@ pub fn downtime(shape: &Shape<'_>, history: &[PastRun]) -> Estimate {
     // archive rate, each the median of what the runs showed.
     let mut per_container: Vec<u64> = history
         .iter()
-        .filter(|r| r.containers > 0 && r.quiesce != Some(Quiesce::Pause))
+        // Only runs that stopped something: an online backup (or a
+        // snapshot without quiescing) stops nothing and would teach a
+        // per-container cost of zero.
+        .filter(|r| {
+            r.containers > 0
+                && r.strategy != Strategy::Online
+                && !matches!(r.quiesce, Some(Quiesce::Pause) | Some(Quiesce::None))
+        })
         .map(|r| r.downtime_ms.saturating_sub(r.archive_down_ms) / r.containers)
         .collect();
     let mut rates: Vec<u64> = history
@@ -238,6 +245,7 @@ mod tests {
                 files: 1,
                 exclude: Vec::new(),
             }],
+            order_notes: Vec::new(),
             skipped: Vec::new(),
             measured: true,
             changed_bytes: None,
@@ -267,6 +275,19 @@ mod tests {
             containers,
             stack,
         }
+    }
+
+    #[test]
+    fn online_backups_teach_no_per_container_stop_cost() {
+        let s = stack(0);
+        let history = vec![
+            past("--project other", Strategy::Online, 0, 0, 1 << 20),
+            past("--project other", Strategy::Online, 0, 0, 1 << 20),
+            past("--project third", Strategy::Cold, 3_000, 1_000, 1 << 20),
+        ];
+        let e = downtime(&cold(&s, 2), &history);
+        // 1000 ms per container from the cold run, not 0 from the online ones.
+        assert_eq!(e.ms, 2_000, "{}", e.source);
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub enum Quiesce {
     None,
 }
 
+/// What a container without a stop timeout of its own gets, unless the
+/// operator or job sets one.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
+
 /// Settings that shape a plan.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
@@ -51,7 +55,9 @@ pub struct PlanOptions {
     pub quiesce: Quiesce,
     pub max_downtime: Option<Duration>,
     pub require_consistent: bool,
-    pub stop_timeout_secs: u32,
+    /// Seconds each container gets to stop when the operator or job says;
+    /// otherwise its own stop timeout, or [`DEFAULT_STOP_TIMEOUT_SECS`].
+    pub stop_timeout_secs: Option<u32>,
     pub ready_timeout_secs: u32,
     /// This host's past backups, for downtime estimates.
     pub history: Vec<estimate::PastRun>,
@@ -64,7 +70,7 @@ impl Default for PlanOptions {
             quiesce: Quiesce::Stop,
             max_downtime: None,
             require_consistent: false,
-            stop_timeout_secs: 30,
+            stop_timeout_secs: None,
             ready_timeout_secs: 120,
             history: Vec::new(),
         }
@@ -216,6 +222,23 @@ impl Action {
     }
 
     /// One line for people.
+    /// One line for people, for a repository of format 2 (`chunked`) or 1.
+    pub fn describe_for(&self, stack: &Stack, chunked: bool) -> String {
+        match (self, chunked) {
+            (Action::Prepare, true) => {
+                "take a shared lock on the repository and open the backup (nothing is visible until its commit)".into()
+            }
+            (Action::RemovePartial, true) => {
+                "drop the unfinished backup and release its lock (its packs stay for prune)".into()
+            }
+            (Action::Commit, true) => {
+                "write the index, check the packs it relies on, then the signed commit object: from then on the backup exists".into()
+            }
+            _ => self.describe(stack),
+        }
+    }
+
+    /// One line for people (format 1's wording of the repository steps).
     pub fn describe(&self, stack: &Stack) -> String {
         let vol = |i: &usize| {
             stack
@@ -446,13 +469,22 @@ pub fn choose_strategy(
     }
 }
 
+/// The seconds `c` gets to stop: the operator's or job's setting, else its
+/// own stop timeout (compose's `stop_grace_period`), else volsnap's default.
+pub fn stop_timeout(c: &Container, options: &PlanOptions) -> u32 {
+    options
+        .stop_timeout_secs
+        .or(c.info.stop_timeout)
+        .unwrap_or(DEFAULT_STOP_TIMEOUT_SECS)
+}
+
 /// Stop a container gracefully; its undo starts it again.
 pub fn stop_step(c: &Container, options: &PlanOptions) -> Step {
     Step::with_undo(
         Action::Stop {
             container: c.info.id.clone(),
             name: c.info.name.clone(),
-            timeout_secs: options.stop_timeout_secs,
+            timeout_secs: stop_timeout(c, options),
         },
         Action::Start {
             container: c.info.id.clone(),

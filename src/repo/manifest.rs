@@ -93,6 +93,36 @@ pub struct ContainerRecord {
     pub project: Option<String>,
     /// Whether it was running when the backup started.
     pub was_running: bool,
+    /// The id of the image it ran (`sha256:…`): what a rollback needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Compose's hash of the service's configuration, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// How it stopped for the backup, when it was stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopRecord>,
+}
+
+/// How a container stopped for a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRecord {
+    /// The seconds it was given before being killed.
+    pub timeout_secs: u32,
+    /// What it took.
+    pub took_ms: u64,
+    /// Its exit code.
+    pub exit_code: i64,
+    /// Still running when its time was up: killed (SIGKILL).
+    pub killed: bool,
+}
+
+impl StopRecord {
+    /// Whether it stopped as asked: by itself within its time, exiting 0
+    /// (or 143, ended by the SIGTERM it was sent without handling it).
+    pub fn clean(&self) -> bool {
+        !self.killed && matches!(self.exit_code, 0 | 143)
+    }
 }
 
 /// Where a volume is mounted.
