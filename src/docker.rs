@@ -97,6 +97,16 @@ pub struct ExecOutcome {
     pub output: String,
 }
 
+/// A container label holding a command run inside it that exits 0 once
+/// the service answers its clients (`sh -c`).
+pub const READY_LABEL: &str = "volsnap.ready";
+/// A container label holding a command run inside it after a restore put
+/// data back and the container started, before the services that depend
+/// on it start (Milvus: clear the stale sessions of the restored etcd).
+pub const AFTER_RESTORE_LABEL: &str = "volsnap.after-restore";
+/// Its time limit in seconds (default 60).
+pub const AFTER_RESTORE_TIMEOUT_LABEL: &str = "volsnap.after-restore-timeout";
+
 /// A mount of a container copy.
 #[derive(Debug, Clone)]
 pub struct CopyMount {
@@ -491,6 +501,34 @@ impl Docker {
                 }
                 Some(_) => std::thread::sleep(Duration::from_millis(100)),
             }
+        }
+    }
+
+    /// Waits until the container's readiness command (label `volsnap.ready`,
+    /// run inside it) exits 0, for at most `timeout`: what its clients
+    /// see, beyond a healthcheck. Without the label: at once.
+    pub fn wait_answering(&self, id: &str, name: &str, timeout: Duration) -> Result<()> {
+        let Some(info) = self.inspect_container(id)? else {
+            return Err(anyhow!("container {name} disappeared while starting"));
+        };
+        let Some(command) = crate::discovery::own_label(&info, READY_LABEL) else {
+            return Ok(());
+        };
+        let deadline = crate::fsutil::deadline_after(timeout);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let outcome = self.exec(id, command, left.min(Duration::from_secs(30)))?;
+            if outcome.exit_code == Some(0) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "container {name} does not answer its readiness check ({READY_LABEL}) after {} s; its last output: {}",
+                    timeout.as_secs(),
+                    crate::text::escape(outcome.output.trim())
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 

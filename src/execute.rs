@@ -131,6 +131,10 @@ struct Run<'a> {
     settles: Vec<Settle>,
     /// How each container stopped (by container id).
     stops: HashMap<String, crate::repo::manifest::StopRecord>,
+    /// When each container was started again, and the milliseconds until
+    /// it answered (healthy, and its `volsnap.ready` check passed).
+    restarted: HashMap<String, Instant>,
+    answered: HashMap<String, u64>,
     committed: Option<(Manifest, PathBuf)>,
     snapshot_label: Option<String>,
     /// The format-2 backup being written (from `Prepare` to `Commit`).
@@ -160,6 +164,8 @@ pub fn run_plan(job: &Job<'_>, journal: Option<Journal>) -> Result<Outcome> {
         left_for_recover: Vec::new(),
         settles: Vec::new(),
         stops: HashMap::new(),
+        restarted: HashMap::new(),
+        answered: HashMap::new(),
         committed: None,
         snapshot_label: None,
         chunked: None,
@@ -359,6 +365,7 @@ impl<'a> Run<'a> {
                 Ok(())
             }
             Action::Start { container, name } => {
+                self.restarted.insert(container.clone(), Instant::now());
                 docker.start(&self.current_container(container, name)?)
             }
             Action::WaitReady {
@@ -366,11 +373,14 @@ impl<'a> Run<'a> {
                 name,
                 timeout_secs,
             } => {
-                let settle = docker.wait_ready(
-                    &self.current_container(container, name)?,
-                    name,
-                    Duration::from_secs((*timeout_secs).into()),
-                )?;
+                let current = self.current_container(container, name)?;
+                let limit = Duration::from_secs((*timeout_secs).into());
+                let settle = docker.wait_ready(&current, name, limit)?;
+                docker.wait_answering(&current, name, limit)?;
+                if let Some(started) = self.restarted.get(container) {
+                    self.answered
+                        .insert(container.clone(), started.elapsed().as_millis() as u64);
+                }
                 self.settles.extend(settle);
                 Ok(())
             }
@@ -776,6 +786,7 @@ impl<'a> Run<'a> {
                     )
                     .map(str::to_string),
                     stop: self.stops.get(&c.info.id).cloned(),
+                    answered_ms: self.answered.get(&c.info.id).copied(),
                 })
                 .collect(),
             volumes,

@@ -245,7 +245,11 @@ pub fn perform(
         for c in ordered.iter().rev() {
             eprintln!("stopping {}", c.info.name);
             journal.push(&start_undo(c))?;
-            if let Err(e) = docker.stop(&c.info.id, 30) {
+            let timeout = c
+                .info
+                .stop_timeout
+                .unwrap_or(crate::plan::DEFAULT_STOP_TIMEOUT_SECS);
+            if let Err(e) = docker.stop(&c.info.id, timeout) {
                 result = Err(e);
                 break;
             }
@@ -264,13 +268,13 @@ pub fn perform(
         );
     }
     let mut restart_errors = Vec::new();
+    let mut step_failed = None;
     if let Some(docker) = &docker {
-        for c in stopped.iter().rev() {
-            eprintln!("starting {}", c.info.name);
-            match docker.start(&c.info.id) {
-                Ok(()) => journal.discharge(&start_undo(c))?,
-                Err(e) => restart_errors.push(format!("{e:#}")),
-            }
+        let in_order: Vec<&Container> = stopped.iter().rev().copied().collect();
+        let restored = result.is_ok();
+        match start_again(docker, &in_order, restored, &mut journal)? {
+            Ok(errors) => restart_errors = errors,
+            Err(failure) => step_failed = Some(failure),
         }
     }
     let volumes = match result {
@@ -280,6 +284,12 @@ pub fn perform(
             return Err(e);
         }
     };
+    if let Some(failure) = step_failed {
+        journal.finish()?;
+        return Err(anyhow::anyhow!(
+            "backup {id} was restored, but {failure}; the restored stack is left stopped, with its new data: fix the cause and start it (docker start, or docker-compose up -d)"
+        ));
+    }
     let problem = if restart_errors.is_empty() {
         journal.finish()?;
         None
@@ -294,6 +304,88 @@ pub fn perform(
         volumes,
         problem,
     })
+}
+
+/// Starts the containers a restore stopped, in start order, each once the
+/// one before answers (healthy, and its `volsnap.ready` check passed).
+/// After a restore (`restored`), a container's `volsnap.after-restore`
+/// step runs in it once it has started and before its dependents start;
+/// one that fails stops what was started and leaves the rest stopped: the
+/// outer error names it. The inner list: containers that did not come
+/// back, for the report.
+fn start_again(
+    docker: &Docker,
+    in_order: &[&Container],
+    restored: bool,
+    journal: &mut Journal,
+) -> Result<std::result::Result<Vec<String>, String>> {
+    use crate::docker::{AFTER_RESTORE_LABEL, AFTER_RESTORE_TIMEOUT_LABEL};
+    let ready = std::time::Duration::from_secs(180);
+    let mut errors = Vec::new();
+    let mut started: Vec<&Container> = Vec::new();
+    for (n, c) in in_order.iter().enumerate() {
+        eprintln!("starting {}", c.info.name);
+        if let Err(e) = docker.start(&c.info.id) {
+            errors.push(format!("{e:#}"));
+            continue;
+        }
+        journal.discharge(&start_undo(c))?;
+        started.push(c);
+        let answering = docker
+            .wait_ready_settled(&c.info.id, &c.info.name, ready)
+            .and_then(|()| docker.wait_answering(&c.info.id, &c.info.name, ready));
+        let step = crate::discovery::own_label(&c.info, AFTER_RESTORE_LABEL).filter(|_| restored);
+        let failure = match (answering, step) {
+            (Err(e), Some(_)) => Some(format!(
+                "{} did not answer, so its after-restore step could not run: {e:#}",
+                c.info.name
+            )),
+            (Err(e), None) => {
+                errors.push(format!("{e:#}"));
+                None
+            }
+            (Ok(()), Some(command)) => {
+                let secs = crate::discovery::own_label(&c.info, AFTER_RESTORE_TIMEOUT_LABEL)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(60);
+                eprintln!("running the after-restore step of {}", c.info.name);
+                match docker.exec(&c.info.id, command, std::time::Duration::from_secs(secs)) {
+                    Ok(o) if o.exit_code == Some(0) => None,
+                    Ok(o) => Some(format!(
+                        "the after-restore step of {} ({AFTER_RESTORE_LABEL}) {}: {}",
+                        c.info.name,
+                        o.exit_code
+                            .map_or(format!("ran out of its {secs} s"), |code| format!(
+                                "exited with {code}"
+                            )),
+                        crate::text::escape(o.output.trim())
+                    )),
+                    Err(e) => Some(format!(
+                        "the after-restore step of {} could not run: {e:#}",
+                        c.info.name
+                    )),
+                }
+            }
+            (Ok(()), None) => None,
+        };
+        if let Some(failure) = failure {
+            for done in started.iter().rev() {
+                let timeout = done
+                    .info
+                    .stop_timeout
+                    .unwrap_or(crate::plan::DEFAULT_STOP_TIMEOUT_SECS);
+                if let Err(e) = docker.stop(&done.info.id, timeout) {
+                    tracing::warn!("cannot stop {} again: {e:#}", done.info.name);
+                }
+            }
+            // Left stopped on purpose: nothing for recover to start.
+            for rest in &in_order[n + 1..] {
+                journal.discharge(&start_undo(rest))?;
+            }
+            return Ok(Err(failure));
+        }
+    }
+    Ok(Ok(errors))
 }
 
 /// `--target-dir DIR` as given, made and resolved once: the operator

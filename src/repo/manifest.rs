@@ -102,6 +102,10 @@ pub struct ContainerRecord {
     /// How it stopped for the backup, when it was stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopRecord>,
+    /// Milliseconds from its start after the backup until it answered
+    /// (healthy, and its `volsnap.ready` check passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_ms: Option<u64>,
 }
 
 /// How a container stopped for a backup.
