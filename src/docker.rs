@@ -389,6 +389,11 @@ impl Docker {
         }))
     }
 
+    /// Whether an image with this id (or name) is on this host.
+    pub fn image_exists(&self, image: &str) -> bool {
+        self.request(|| self.client.inspect_image(image)).is_ok()
+    }
+
     /// Inspects a named volume; `None` when it does not exist.
     pub fn inspect_volume(&self, name: &str) -> Result<Option<VolumeInfo>> {
         match self.request(|| self.client.inspect_volume(name)) {

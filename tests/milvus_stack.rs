@@ -467,15 +467,55 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
         )
     };
     let clean = check(0);
+    // An upgrade since the backup: a newer image tag (here the same server
+    // with a label more) runs the stack. The restore says the backup was
+    // taken with another image, and names it.
+    let upgraded = format!("volsnap-test/milvus:2.3.5-{project}");
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", &upgraded, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = build.stdin.take().unwrap();
+        stdin
+            .write_all(b"FROM volsnap-test/milvus:2.3.5\nLABEL volsnap.test.upgraded=1\n")
+            .unwrap();
+    }
+    assert!(build.wait().unwrap().success());
+    let compose_file = live.dir.join("docker-compose.yml");
+    let text = std::fs::read_to_string(&compose_file).unwrap();
+    std::fs::write(
+        &compose_file,
+        text.replace(
+            "image: volsnap-test/milvus:2.3.5",
+            &format!("image: {upgraded}"),
+        ),
+    )
+    .unwrap();
+    live.compose(&["up", "-d"]);
+    wait_healthy(&standalone, Duration::from_secs(180));
     let clock = Instant::now();
-    let restored = ok(volsnap(&[
+    let out = volsnap(&[
         "restore",
         "--repo",
         repo_s,
         cold["id"].as_str().unwrap(),
         "--force",
-    ]));
+    ]);
     let restore_s = clock.elapsed().as_secs_f64();
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &upgraded])
+        .output();
+    let restored = ok(out.clone());
+    assert!(
+        stderr(&out).contains(&format!("runs image {upgraded}"))
+            && stderr(&out).contains("backup was taken with volsnap-test/milvus:2.3.5"),
+        "{}",
+        stderr(&out)
+    );
     let after = check(acked);
     figures.push(format!(
         "in place: restore until Milvus answered {restore_s:.1} s; first strong query {} s after a clean restart, {} s after the restore; checker {after}",

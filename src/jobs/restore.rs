@@ -212,6 +212,11 @@ pub fn perform(
             }
         }
     }
+    if let Some(docker) = &docker {
+        for warning in image_changes(docker, &users, &manifest) {
+            eprintln!("volsnap: warning: {warning}");
+        }
+    }
     if !args.force {
         let mut reasons = Vec::new();
         if !users.is_empty() {
@@ -304,6 +309,54 @@ pub fn perform(
         volumes,
         problem,
     })
+}
+
+/// The containers that will run on the restored data with another image
+/// than the backup recorded: an upgrade may have migrated the data, and
+/// older data under a newer image (or the reverse) can break the service.
+pub fn image_changes(docker: &Docker, live: &[ContainerInfo], manifest: &Manifest) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in live {
+        let service = crate::discovery::own_label(c, crate::discovery::SERVICE_LABEL);
+        let recorded = manifest
+            .containers
+            .iter()
+            .find(|r| match (service, &r.service) {
+                (Some(s), Some(rs)) => s == rs,
+                _ => r.name == c.name,
+            });
+        let Some(recorded) = recorded else { continue };
+        // Only an image id of the form Docker gives goes to Docker.
+        let Some(was) = recorded.image_id.as_deref().filter(|id| {
+            id.strip_prefix("sha256:")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        }) else {
+            continue;
+        };
+        if was == c.image_id {
+            continue;
+        }
+        let short = |id: &str| {
+            id.trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>()
+        };
+        out.push(format!(
+            "{} runs image {} ({}), but the backup was taken with {} ({}), which is {}: data written by one version may not work under another (an upgrade migrates metadata); roll the image back with the data if needed",
+            c.name,
+            crate::text::escape(&c.image),
+            short(&c.image_id),
+            crate::text::escape(&recorded.image),
+            short(was),
+            if docker.image_exists(was) {
+                "still on this host"
+            } else {
+                "no longer on this host"
+            }
+        ));
+    }
+    out
 }
 
 /// Starts the containers a restore stopped, in start order, each once the
