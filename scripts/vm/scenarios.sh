@@ -17,9 +17,10 @@ IMAGE=volsnap-test/busybox:1
 REPO=/var/tmp/volsnap-repo
 STATE=/var/tmp/volsnap-state
 export VOLSNAP_STATE_DIR=$STATE
-# Format 1: the fault checks below look for its .partial-* directories.
+ERR=/var/tmp/volsnap-err
+# Format 2, the default, like everything else.
 mkdir -p "$REPO"
-[ -e "$REPO/volsnap-format-1" ] || volsnap init --repo "$REPO" --format tar >/dev/null
+[ -e "$REPO/config" ] || volsnap init --repo "$REPO" >/dev/null
 failures=0
 pass() { echo "PASS $*"; }
 fail() { echo "FAIL $*"; failures=$((failures + 1)); }
@@ -64,11 +65,11 @@ scenario() { # name mountpoint
   start_stack $p "$dir"
   local plan; plan=$(volsnap plan --project $p --json)
   check "$name: plan picks snapshot" grep -q '"strategy": "snapshot"' <<<"$plan"
-  local out; out=$(volsnap -v backup --project $p --repo "$REPO" --json 2>"$REPO/err")
+  local out; out=$(volsnap -v backup --project $p --repo "$REPO" --json 2>"$ERR")
   local rc=$?
-  grep -E 'INFO' "$REPO/err" | sed -E 's/^([^ ]+) +INFO /   \1 /' | cut -c1-110
+  grep -E 'INFO' "$ERR" | sed -E 's/^([^ ]+) +INFO /   \1 /' | cut -c1-110
   check "$name: snapshot backup succeeds" test $rc = 0
-  [ $rc = 0 ] || sed 's/^/   /' "$REPO/err"
+  [ $rc = 0 ] || sed 's/^/   /' "$ERR"
   check "$name: backup is consistent" grep -q '"consistency": "consistent"' <<<"$out"
   local small; small=$(downtime_of "$out")
   # The claim is "downtime does not grow with the data": no archive step
@@ -76,15 +77,15 @@ scenario() { # name mountpoint
   # steps, not on seconds (a busy or emulated machine is slow for every
   # step alike: here stop and start take seconds under TCG); the downtimes
   # with 24 MiB and with 5x the data are reported beside it.
-  check "$name: every service runs again before archiving starts" archived_after_resume "$REPO/err"
+  check "$name: every service runs again before archiving starts" archived_after_resume "$ERR"
   check "$name: nothing left behind" eval '! leftovers'
   check "$name: verify --deep" volsnap verify --repo "$REPO" latest --deep
   head -c 96M /dev/urandom > "$dir/minio/more.bin"
-  out=$(volsnap -v backup --project $p --repo "$REPO" --json 2>"$REPO/err")
+  out=$(volsnap -v backup --project $p --repo "$REPO" --json 2>"$ERR")
   local large; large=$(downtime_of "$out")
   echo "   downtime ${small:-?} ms with 24 MiB, ${large:-?} ms with 120 MiB (reported, not checked)"
-  check "$name: with 5x the data, still no archiving while a service is down" archived_after_resume "$REPO/err"
-  out=$(volsnap backup --project $p --repo "$REPO" --quiesce pause --json 2>"$REPO/err")
+  check "$name: with 5x the data, still no archiving while a service is down" archived_after_resume "$ERR"
+  out=$(volsnap backup --project $p --repo "$REPO" --quiesce pause --json 2>"$ERR")
   echo "   downtime with --quiesce pause: $(downtime_of "$out") ms (reported, not checked)"
   check "$name: pause backup is consistent" grep -q '"consistency": "consistent"' <<<"$out"
   check "$name: nothing left behind (pause)" eval '! leftovers' 
@@ -115,21 +116,23 @@ lvm_faults() {
   # Rewrites 32 MiB over and over while the snapshot is archived.
   docker run -d --network none --name $p-churn $(labels $p churn) -v ${p}_minio:/data $IMAGE \
     sh -c 'trap "exit 0" TERM; while :; do dd if=/dev/urandom of=/data/churn bs=1M count=32 conv=notrunc 2>/dev/null; done' >/dev/null
-  volsnap backup --project $p --repo "$REPO" --strategy snapshot --snapshot-size 8M >/dev/null 2>"$REPO/err"
+  local commits; commits=$(ls "$REPO/snapshots" 2>/dev/null | wc -l)
+  volsnap backup --project $p --repo "$REPO" --strategy snapshot --snapshot-size 8M >/dev/null 2>"$ERR"
   local rc=$?
   check "faults: overflowing COW fails the backup" test $rc = 1
-  grep -q . "$REPO/err" && sed 's/^/   /' "$REPO/err" | head -3
+  grep -q . "$ERR" && sed 's/^/   /' "$ERR" | head -3
   check "faults: no snapshot or mount left after overflow" eval '! leftovers'
   check "faults: services running after overflow" eval "running $p-etcd && running $p-minio && running $p-churn"
-  check "faults: no partial backup" eval '! ls -A "$REPO" | grep -q "^\.partial"'
+  check "faults: no backup committed" test "$(ls "$REPO/snapshots" 2>/dev/null | wc -l)" = "$commits"
+  check "faults: no repository lock left" eval '! ls -A "$REPO/locks" 2>/dev/null | grep -q .'
   docker rm -f $p-churn >/dev/null
   local started; started=$(docker inspect -f '{{.State.StartedAt}}' $p-etcd)
   lvcreate -q -l 100%FREE -n filler vsvg >/dev/null
-  volsnap backup --project $p --repo "$REPO" --strategy snapshot >/dev/null 2>"$REPO/err"
+  volsnap backup --project $p --repo "$REPO" --strategy snapshot >/dev/null 2>"$ERR"
   rc=$?
   lvremove -q -y vsvg/filler >/dev/null
   check "faults: full VG refused (exit 2)" test $rc = 2
-  check "faults: refusal says why" grep -q "free" "$REPO/err"
+  check "faults: refusal says why" grep -q "free" "$ERR"
   check "faults: nothing stopped by the refusal" test "$(docker inspect -f '{{.State.StartedAt}}' $p-etcd)" = "$started"
   stop_stack $p
 }
