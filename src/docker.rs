@@ -519,6 +519,18 @@ impl Docker {
         let Some(command) = crate::discovery::own_label(&info, READY_LABEL) else {
             return Ok(());
         };
+        self.wait_for_check(id, name, command, timeout)
+    }
+
+    /// Runs `command` inside the container until it exits 0, for at most
+    /// `timeout`.
+    pub fn wait_for_check(
+        &self,
+        id: &str,
+        name: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = crate::fsutil::deadline_after(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

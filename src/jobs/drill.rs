@@ -331,6 +331,16 @@ fn run_drill(
         docker
             .wait_ready_settled(&id, &name, left)
             .with_context(|| format!("the drill copy of {} did not come up", c.info.name))?;
+        // As after a restore: the service's own step (from the live
+        // container's label, never from the backup) before its dependents
+        // start, and its readiness check.
+        if let Err(failure) = super::restore::after_restore_step(docker, &id, &c.info) {
+            anyhow::bail!("in the drill copy: {failure}");
+        }
+        if let Some(command) = crate::discovery::own_label(&c.info, crate::docker::READY_LABEL) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            docker.wait_for_check(&id, &name, command, left)?;
+        }
         report.containers.push(name.clone());
         copies.push((id, name, c.service.clone(), c.info.name.clone()));
     }

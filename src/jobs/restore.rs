@@ -359,6 +359,39 @@ pub fn image_changes(docker: &Docker, live: &[ContainerInfo], manifest: &Manifes
     out
 }
 
+/// Runs the `volsnap.after-restore` step `declared_by` (a live container)
+/// declares, inside container `run_in` (itself, or its drill copy); what
+/// went wrong, for people. No label: nothing to do.
+pub(crate) fn after_restore_step(
+    docker: &Docker,
+    run_in: &str,
+    declared_by: &ContainerInfo,
+) -> std::result::Result<(), String> {
+    use crate::docker::{AFTER_RESTORE_LABEL, AFTER_RESTORE_TIMEOUT_LABEL};
+    let Some(command) = crate::discovery::own_label(declared_by, AFTER_RESTORE_LABEL) else {
+        return Ok(());
+    };
+    let secs = crate::discovery::own_label(declared_by, AFTER_RESTORE_TIMEOUT_LABEL)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(60);
+    match docker.exec(run_in, command, std::time::Duration::from_secs(secs)) {
+        Ok(o) if o.exit_code == Some(0) => Ok(()),
+        Ok(o) => Err(format!(
+            "the after-restore step of {} ({AFTER_RESTORE_LABEL}) {}: {}",
+            declared_by.name,
+            o.exit_code
+                .map_or(format!("ran out of its {secs} s"), |code| format!(
+                    "exited with {code}"
+                )),
+            crate::text::escape(o.output.trim())
+        )),
+        Err(e) => Err(format!(
+            "the after-restore step of {} could not run: {e:#}",
+            declared_by.name
+        )),
+    }
+}
+
 /// Starts the containers a restore stopped, in start order, each once the
 /// one before answers (healthy, and its `volsnap.ready` check passed).
 /// After a restore (`restored`), a container's `volsnap.after-restore`
@@ -372,7 +405,7 @@ fn start_again(
     restored: bool,
     journal: &mut Journal,
 ) -> Result<std::result::Result<Vec<String>, String>> {
-    use crate::docker::{AFTER_RESTORE_LABEL, AFTER_RESTORE_TIMEOUT_LABEL};
+    use crate::docker::AFTER_RESTORE_LABEL;
     let ready = std::time::Duration::from_secs(180);
     let mut errors = Vec::new();
     let mut started: Vec<&Container> = Vec::new();
@@ -397,27 +430,9 @@ fn start_again(
                 errors.push(format!("{e:#}"));
                 None
             }
-            (Ok(()), Some(command)) => {
-                let secs = crate::discovery::own_label(&c.info, AFTER_RESTORE_TIMEOUT_LABEL)
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(60);
+            (Ok(()), Some(_)) => {
                 eprintln!("running the after-restore step of {}", c.info.name);
-                match docker.exec(&c.info.id, command, std::time::Duration::from_secs(secs)) {
-                    Ok(o) if o.exit_code == Some(0) => None,
-                    Ok(o) => Some(format!(
-                        "the after-restore step of {} ({AFTER_RESTORE_LABEL}) {}: {}",
-                        c.info.name,
-                        o.exit_code
-                            .map_or(format!("ran out of its {secs} s"), |code| format!(
-                                "exited with {code}"
-                            )),
-                        crate::text::escape(o.output.trim())
-                    )),
-                    Err(e) => Some(format!(
-                        "the after-restore step of {} could not run: {e:#}",
-                        c.info.name
-                    )),
-                }
+                after_restore_step(docker, &c.info.id, &c.info).err()
             }
             (Ok(()), None) => None,
         };
