@@ -169,6 +169,24 @@ impl Stack {
         clock.elapsed().as_secs_f64()
     }
 
+    /// The checker's collection, and the inserter running against it until
+    /// dropped, once Milvus has acknowledged inserts for a few seconds.
+    fn under_load(&self, acks: &Path) -> Inserter {
+        let out = Command::new(python())
+            .arg(checker())
+            .args(["setup", "--host", &self.ip()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let inserter = Inserter::start(&self.ip(), acks);
+        inserter.wait_acked(acks);
+        inserter
+    }
+
     fn ip(&self) -> String {
         let out = Command::new("docker")
             .args([
@@ -319,6 +337,21 @@ fn restore_and_check(
     (report, restore_s, healthy_s)
 }
 
+/// The record of container `name` in a backup's JSON.
+fn record<'a>(backup: &'a Value, name: &str) -> &'a Value {
+    backup["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {backup}"))
+}
+
+/// Seconds a stop took, from a backup's record of the container.
+fn stop_took(backup: &Value, name: &str) -> f64 {
+    record(backup, name)["stop"]["took_ms"].as_f64().unwrap() / 1000.0
+}
+
 fn backup(repo: &str, project: &str, extra: &[&str]) -> Value {
     let mut args = vec!["backup", "--repo", repo, "--project", project, "--json"];
     args.extend_from_slice(extra);
@@ -334,21 +367,9 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
     let project = format!("vtmilvus{}", std::process::id());
     let live = Stack::new(&project, 10);
     let started = live.up();
-    let host = live.ip();
-    let out = Command::new(python())
-        .arg(checker())
-        .args(["setup", "--host", &host])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let scratch = tempfile::tempdir().unwrap();
     let acks = scratch.path().join("acks");
-    let inserter = Inserter::start(&host, &acks);
-    inserter.wait_acked(&acks);
+    let inserter = live.under_load(&acks);
 
     // docker-compose 1.29 writes no depends_on label: the order comes from
     // the compose file the containers name, and Milvus stops first.
@@ -382,13 +403,7 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
         .collect();
     assert!(stops.iter().all(|s| s["killed"] == false), "{cold}");
     let standalone = live.container("standalone");
-    let stop_took = cold["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == standalone.as_str())
-        .map(|c| c["stop"]["took_ms"].as_f64().unwrap() / 1000.0)
-        .unwrap();
+    let stop_took = stop_took(&cold, &standalone);
     let acked = acked_before(&acks, finished_at(&standalone) - stop_took);
     assert!(
         acked > 0,
@@ -402,13 +417,10 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
         acked,
     );
     let report_cold_max = report["max_id"].as_u64();
-    let answered = cold["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == standalone.as_str())
-        .map(|c| c["answered_ms"].as_f64().unwrap_or(0.0) / 1000.0)
-        .unwrap();
+    let answered = record(&cold, &standalone)["answered_ms"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1000.0;
     figures.push(format!(
         "cold: downtime {:.1} s (Milvus stopping {stop_took:.1} s), Milvus answered a query {answered:.1} s after its start, backup {cold_s:.1} s; restore {restore_s:.1} s, copy (started by compose) healthy after {healthy_s:.1} s, checker {report}",
         cold["downtime_ms"].as_f64().unwrap() / 1000.0
@@ -467,14 +479,11 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
         &["--strategy", "cold", "--stop-timeout", "2"],
     );
     assert_eq!(killed["consistency"], "best-effort", "{killed}");
-    let record = killed["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == standalone.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(record["stop"]["killed"], true, "{killed}");
+    assert_eq!(
+        record(&killed, &standalone)["stop"]["killed"],
+        true,
+        "{killed}"
+    );
     let notes = killed["notes"].to_string();
     assert!(
         notes.contains("was killed") && notes.contains(&standalone),
@@ -596,21 +605,9 @@ fn a_snapshot_backup_of_the_real_milvus_stack_on_btrfs_restores_every_acknowledg
     let project = format!("vtmilvusb{}", std::process::id());
     let live = Stack::new(&project, 10).on_btrfs(&fs);
     live.up();
-    let host = live.ip();
-    let out = Command::new(python())
-        .arg(checker())
-        .args(["setup", "--host", &host])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let scratch = tempfile::tempdir().unwrap();
     let acks = scratch.path().join("acks");
-    let inserter = Inserter::start(&host, &acks);
-    inserter.wait_acked(&acks);
+    let inserter = live.under_load(&acks);
 
     let plan = ok(volsnap(&[
         "plan",
@@ -633,13 +630,7 @@ fn a_snapshot_backup_of_the_real_milvus_stack_on_btrfs_restores_every_acknowledg
     assert_eq!(snap["strategy"], "snapshot", "{snap}");
     assert_eq!(snap["consistency"], "consistent", "{snap}");
     let standalone = live.container("standalone");
-    let stop_took = snap["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == standalone.as_str())
-        .map(|c| c["stop"]["took_ms"].as_f64().unwrap() / 1000.0)
-        .unwrap();
+    let stop_took = stop_took(&snap, &standalone);
     let acked = acked_before(&acks, finished_at(&standalone) - stop_took);
     assert!(acked > 0);
     let (report, restore_s, healthy_s) = restore_and_check(
