@@ -420,6 +420,12 @@ pub struct DrillArgs {
     /// healthy. Repeat for several.
     #[arg(long, value_name = "SERVICE=CMD")]
     pub check: Vec<String>,
+    /// CMD runs on this host once the copies answer, with
+    /// VOLSNAP_DRILL_<SERVICE> holding the address of SERVICE's copy on the
+    /// drill network (e.g. a client program: `my-check --host
+    /// $VOLSNAP_DRILL_STANDALONE`); exit 0 means healthy. Repeat for several.
+    #[arg(long, value_name = "CMD")]
+    pub check_host: Vec<String>,
     /// Seconds to wait for every container and check to be healthy.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub timeout: u64,
@@ -579,9 +585,10 @@ pub struct SnapshotArgs {
     #[arg(long, value_enum, default_value_t = Quiesce::Stop)]
     pub quiesce: Quiesce,
     /// Seconds each service gets to stop gracefully (SIGTERM) before it is
-    /// killed, with --quiesce stop.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub stop_timeout: u32,
+    /// killed, with --quiesce stop. Default: the container's own stop
+    /// timeout (compose's stop_grace_period), else 30.
+    #[arg(long, value_name = "SECS")]
+    pub stop_timeout: Option<u32>,
     /// Seconds to wait for each service to run (and be healthy, if it has
     /// a healthcheck) after it is started again.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
@@ -710,9 +717,10 @@ pub struct RollbackArgs {
     /// The snapshot to roll back to.
     pub name: String,
     /// Seconds each service gets to stop gracefully (SIGTERM) before it is
-    /// killed; the stack is stopped for the rollback.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub stop_timeout: u32,
+    /// killed; the stack is stopped for the rollback. Default: the
+    /// container's own stop timeout (compose's stop_grace_period), else 30.
+    #[arg(long, value_name = "SECS")]
+    pub stop_timeout: Option<u32>,
     /// Seconds to wait for each service to run (and be healthy, if it has
     /// a healthcheck) after the rollback.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
@@ -1007,6 +1015,13 @@ pub struct RestoreArgs {
     /// NAME, only those volumes).
     #[arg(long, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
+    /// Write out only the stack's definition that the backup keeps (its
+    /// compose files and the files its containers bind read-only, such as
+    /// milvus.yaml), under their host paths, into DIR (new or empty).
+    /// Nothing else is restored and the live files are never touched:
+    /// compare, then copy what you need into place.
+    #[arg(long, value_name = "DIR")]
+    pub definition_to: Option<PathBuf>,
     /// Restore only what matches PATTERN (a name at any depth, or with a
     /// `/` a path from the volume's root; a matching directory brings all
     /// beneath it); repeat for several. Into --target-dir or a new volume

@@ -117,6 +117,23 @@ pub struct Container {
 }
 
 impl Container {
+    /// What a backup or a kept snapshot records of it, as it is now.
+    pub fn record(&self) -> crate::repo::manifest::ContainerRecord {
+        crate::repo::manifest::ContainerRecord {
+            name: self.info.name.clone(),
+            id: self.info.id.clone(),
+            image: self.info.image.clone(),
+            service: self.service.clone(),
+            project: self.project.clone(),
+            was_running: self.info.running,
+            image_id: Some(self.info.image_id.clone()).filter(|i| !i.is_empty()),
+            config_hash: own_label(&self.info, "com.docker.compose.config-hash")
+                .map(str::to_string),
+            stop: None,
+            answered_ms: None,
+        }
+    }
+
     pub fn new(info: ContainerInfo) -> Container {
         let own = |key: &str| own_label(&info, key).map(str::to_string);
         let (depends_on, order_source) = if let Some(v) = own(VOLSNAP_DEPENDS_ON_LABEL) {

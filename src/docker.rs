@@ -629,6 +629,22 @@ impl Docker {
         })
     }
 
+    /// The IPv4 address of container `id` on `network`, if it has one.
+    pub fn address_on(&self, id: &str, network: &str) -> Result<Option<String>> {
+        let response = self
+            .request(|| {
+                self.client
+                    .inspect_container(id, None::<InspectContainerOptions>)
+            })
+            .map_err(|e| self.failure(e, format!("cannot inspect container {id}")))?;
+        Ok(response
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|endpoint| endpoint.ip_address)
+            .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()))
+    }
+
     /// Creates an internal network (no route out, nothing published).
     pub fn create_internal_network(
         &self,
@@ -650,6 +666,7 @@ impl Docker {
     /// command, entrypoint, environment, user, working directory and
     /// healthcheck; on `network` only, known there by `aliases`; with
     /// exactly `mounts`; no published ports, no restart policy.
+    #[allow(clippy::too_many_arguments)]
     pub fn create_copy(
         &self,
         source: &str,
@@ -657,6 +674,7 @@ impl Docker {
         network: &str,
         aliases: Vec<String>,
         mounts: Vec<CopyMount>,
+        image: Option<&str>,
         labels: &BTreeMap<String, String>,
     ) -> Result<String> {
         use bollard::models::{
@@ -700,7 +718,7 @@ impl Docker {
             },
         );
         let body = ContainerCreateBody {
-            image: config.image,
+            image: image.map(str::to_string).or(config.image),
             cmd: config.cmd,
             entrypoint: config.entrypoint,
             env: config.env,

@@ -318,7 +318,8 @@ impl<'a> Run<'a> {
                 Destination::Chunked { repo, options } => {
                     self.chunked = Some(ChunkedBackup::begin(
                         repo.clone(),
-                        job.stack.volumes.len(),
+                        // and the stack's definition, last
+                        job.stack.volumes.len() + 1,
                         &job.host,
                         &format!("backup {}", job.id),
                         options,
@@ -636,6 +637,62 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Format 2: stores the stack's definition (its compose files and
+    /// read-only bound files, see [`crate::definition`]) as one more tree,
+    /// after the volumes; its record, if the stack has any such file.
+    fn archive_definition(&mut self, notes: &mut Vec<String>) -> Result<Option<VolumeRecord>> {
+        let job = self.job;
+        let (paths, left_out) = crate::definition::files(job.stack);
+        notes.extend(left_out);
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let staging = tempfile::Builder::new()
+            .prefix("volsnap-definition-")
+            .tempdir()
+            .context("cannot create a staging directory for the stack's definition")?;
+        let staged = crate::definition::stage(&paths, staging.path())?;
+        notes.extend(staged.notes);
+        if staged.files == 0 {
+            return Ok(None);
+        }
+        let index = job.stack.volumes.len();
+        let chunked = self
+            .chunked
+            .as_mut()
+            .context("internal error: archive before prepare")?;
+        let summary = chunked.archive(
+            index,
+            // Not a Docker volume name: its parent copy is its own.
+            "@definition",
+            staging.path(),
+            None,
+            &crate::archive::Exclude::new(&[])?,
+            job.cancel,
+            &|_| {},
+        )?;
+        Ok(Some(VolumeRecord {
+            name: crate::repo::manifest::DEFINITION_NAME.to_string(),
+            kind: crate::repo::manifest::VolumeKind::Definition,
+            source_path: String::new(),
+            driver: None,
+            driver_opts: Default::default(),
+            labels: Default::default(),
+            mounted_by: Vec::new(),
+            archive: crate::repo::manifest::DEFINITION_NAME.to_string(),
+            sha256: summary.sha256,
+            archive_bytes: summary.archive_bytes,
+            files: summary.files,
+            bytes: summary.bytes,
+            changed_during_read: Vec::new(),
+            vanished_during_read: Vec::new(),
+            left_out: Vec::new(),
+            excluded: Vec::new(),
+            excluded_entries: 0,
+            entries: summary.entries,
+        }))
+    }
+
     fn commit(&mut self) -> Result<()> {
         let job = self.job;
         let chunked = matches!(self.destination()?, Destination::Chunked { .. });
@@ -751,6 +808,9 @@ impl<'a> Run<'a> {
                 )
             });
         }
+        if chunked {
+            volumes.extend(self.archive_definition(&mut notes)?);
+        }
         if let Some(since) = self.down_since.take() {
             self.downtime += since.elapsed();
         }
@@ -773,20 +833,9 @@ impl<'a> Run<'a> {
                 .containers
                 .iter()
                 .map(|c| ContainerRecord {
-                    name: c.info.name.clone(),
-                    id: c.info.id.clone(),
-                    image: c.info.image.clone(),
-                    service: c.service.clone(),
-                    project: c.project.clone(),
-                    was_running: c.info.running,
-                    image_id: Some(c.info.image_id.clone()).filter(|i| !i.is_empty()),
-                    config_hash: crate::discovery::own_label(
-                        &c.info,
-                        "com.docker.compose.config-hash",
-                    )
-                    .map(str::to_string),
                     stop: self.stops.get(&c.info.id).cloned(),
                     answered_ms: self.answered.get(&c.info.id).copied(),
+                    ..c.record()
                 })
                 .collect(),
             volumes,

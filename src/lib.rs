@@ -28,6 +28,7 @@ pub mod backend;
 pub mod beneath;
 pub mod cancel;
 pub mod compose;
+pub mod definition;
 pub mod discovery;
 pub mod docker;
 pub mod error;

@@ -5,8 +5,6 @@
 //! volume back to them, with the services stopped around it.
 
 use crate::discovery::Container;
-use crate::discovery::Stack;
-use crate::docker::Docker;
 use crate::journal::{Journal, Undo};
 use crate::storage::{backend_for, Runner, StorageInfo};
 use crate::usage;
@@ -14,7 +12,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Where volsnap keeps its state unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/volsnap";
@@ -29,6 +26,10 @@ pub struct SnapshotRecord {
     pub selection: crate::discovery::Selection,
     pub downtime_ms: u64,
     pub volumes: Vec<KeptVolume>,
+    /// The containers of the stack when it was taken: their images, which
+    /// a rollback compares with the running ones.
+    #[serde(default)]
+    pub containers: Vec<crate::repo::manifest::ContainerRecord>,
 }
 
 /// One volume's snapshot.
@@ -151,19 +152,9 @@ pub fn drop_snapshots(runner: &dyn Runner, record: &SnapshotRecord) -> Result<()
     }
 }
 
-/// Rolls every volume of `record` back, stopping the running containers
-/// of `stack` around it (dependents first) and starting them again
-/// (dependencies first) whatever happens.
-pub fn rollback(
-    docker: &Docker,
-    runner: &dyn Runner,
-    record: &SnapshotRecord,
-    stack: &Stack,
-    stop_timeout_secs: u32,
-    ready_timeout: Duration,
-    journal: &mut Journal,
-) -> Result<()> {
-    // Refuse before stopping anything when a volume cannot roll back.
+/// Refuses, before anything is stopped, a record with a volume that
+/// cannot roll back.
+pub fn check_rollback(record: &SnapshotRecord) -> Result<()> {
     for kept in &record.volumes {
         let backend = backend_for(&kept.storage)
             .ok_or_else(|| anyhow!("{} is on storage that cannot snapshot", kept.name))?;
@@ -171,81 +162,46 @@ pub fn rollback(
             .can_rollback(&kept.storage)
             .map_err(|e| anyhow::Error::new(crate::error::UsageError(format!("{e:#}"))))?;
     }
-    let mut stopped = Vec::new();
-    let mut failure: Option<anyhow::Error> = None;
-    for c in stack.stop_order().filter(|c| c.info.running) {
-        tracing::info!("stopping {}", c.info.name);
-        journal.push(&start_undo(c))?;
-        if let Err(e) = docker.stop(&c.info.id, stop_timeout_secs) {
-            failure = Some(e);
-            break;
-        }
-        stopped.push(c);
-    }
+    Ok(())
+}
+
+/// Rolls every volume of `record` back (the services using them are
+/// stopped: see [`crate::jobs::snapshot::roll_back`]), each through the
+/// journal; an error says which were rolled back already.
+pub fn roll_back_volumes(
+    runner: &dyn Runner,
+    record: &SnapshotRecord,
+    journal: &mut Journal,
+) -> Result<()> {
     let mut rolled_back = Vec::new();
     let mut units_done: Vec<String> = Vec::new();
-    if failure.is_none() {
-        for kept in &record.volumes {
-            let unit = backend_for(&kept.storage)
-                .map(|b| b.unit(&kept.storage))
-                .unwrap_or_default();
-            if units_done.contains(&unit) {
-                rolled_back.push(kept.name.as_str());
-                continue; // shares its LV or dataset with a volume already rolled back
-            }
-            units_done.push(unit);
-            tracing::info!("rolling back {}", kept.name);
-            let backend = backend_for(&kept.storage).expect("checked above");
-            let in_progress = Undo::FinishRollback {
-                storage: kept.storage.clone(),
-                label: record.label.clone(),
+    for kept in &record.volumes {
+        let backend = backend_for(&kept.storage)
+            .ok_or_else(|| anyhow!("{} is on storage that cannot snapshot", kept.name))?;
+        let unit = backend.unit(&kept.storage);
+        if units_done.contains(&unit) {
+            rolled_back.push(kept.name.as_str());
+            continue; // shares its LV or dataset with a volume already rolled back
+        }
+        units_done.push(unit);
+        tracing::info!("rolling back {}", kept.name);
+        let in_progress = Undo::FinishRollback {
+            storage: kept.storage.clone(),
+            label: record.label.clone(),
+        };
+        journal.push(&in_progress)?;
+        if let Err(e) = backend.rollback(runner, &kept.storage, &record.label) {
+            let done = if rolled_back.is_empty() {
+                "no volume was rolled back".to_string()
+            } else {
+                format!("already rolled back: {}", rolled_back.join(", "))
             };
-            journal.push(&in_progress)?;
-            match backend.rollback(runner, &kept.storage, &record.label) {
-                Ok(()) => {
-                    journal.discharge(&in_progress)?;
-                    rolled_back.push(kept.name.as_str());
-                }
-                Err(e) => {
-                    let done = if rolled_back.is_empty() {
-                        "no volume was rolled back".to_string()
-                    } else {
-                        format!("already rolled back: {}", rolled_back.join(", "))
-                    };
-                    failure = Some(e.context(format!("rollback of {} failed ({done})", kept.name)));
-                    break;
-                }
-            }
+            return Err(e.context(format!("rollback of {} failed ({done})", kept.name)));
         }
+        journal.discharge(&in_progress)?;
+        rolled_back.push(kept.name.as_str());
     }
-    let mut start_errors = Vec::new();
-    for c in stack
-        .containers
-        .iter()
-        .filter(|c| stopped.iter().any(|s| s.info.id == c.info.id))
-    {
-        tracing::info!("starting {}", c.info.name);
-        if let Err(e) = docker
-            .start(&c.info.id)
-            .and_then(|_| docker.wait_ready_settled(&c.info.id, &c.info.name, ready_timeout))
-        {
-            start_errors.push(format!("{e:#}"));
-        } else {
-            journal.discharge(&start_undo(c))?;
-        }
-    }
-    match (failure, start_errors.is_empty()) {
-        (None, true) => Ok(()),
-        (None, false) => bail!(
-            "rolled back, but services did not come back: {}",
-            start_errors.join("; ")
-        ),
-        (Some(e), true) => Err(e.context("services were started again")),
-        (Some(e), false) => Err(e.context(format!(
-            "and services did not come back: {}",
-            start_errors.join("; ")
-        ))),
-    }
+    Ok(())
 }
 
 /// The journal entry that restarts a container volsnap stopped.

@@ -235,9 +235,51 @@ fn pre_upgrade_snapshot_and_rollback_round_trip() {
         "echo 'torn rec' >> /data/records.log",
     ]);
 
-    ok(volsnap(&["rollback", "before-upgrade", "--state-dir", st]));
+    // ... and minio now runs a newer image tag (the same files, a label
+    // more), recreated as compose would.
+    let upgraded = format!("{IMAGE}-{name}");
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", &upgraded, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = build.stdin.take().unwrap();
+        writeln!(stdin, "FROM {IMAGE}\nLABEL volsnap.test.upgraded=1").unwrap();
+    }
+    assert!(build.wait().unwrap().success());
+    let minio_mount = format!(
+        "{}:/data",
+        inspect(&s.minio, "{{range .Mounts}}{{.Name}}{{end}}")
+    );
+    docker(&["rm", "-f", &s.minio]);
+    let mut p = s.p;
+    let minio = p.service_of(
+        &upgraded,
+        "none",
+        "minio",
+        &["etcd"],
+        &["-v", &minio_mount],
+        &["idle"],
+    );
+
+    // The rollback says the snapshot was taken with another image, and
+    // which, before it stops anything.
+    let out = volsnap(&["rollback", "before-upgrade", "--state-dir", st]);
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &upgraded])
+        .output();
+    ok(out.clone());
     assert!(
-        is_running(&s.etcd) && is_running(&s.minio),
+        stderr(&out).contains(&format!("runs image {upgraded}"))
+            && stderr(&out).contains(&format!("snapshot before-upgrade was taken with {IMAGE}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        is_running(&s.etcd) && is_running(&minio),
         "services run after the rollback"
     );
     assert!(!s.minio_dir.join("upgrade-garbage").exists());

@@ -80,10 +80,14 @@ fn a_drill_of_a_good_backup_passes_and_leaves_nothing() {
         "db=grep -qx ok /data/state",
         "--check",
         "app=ping -c1 -W2 db",
+        // On the host: the variable holds the address of a drill copy.
+        "--check-host",
+        "docker ps -q --filter label=volsnap.drill | xargs docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' | grep -qx \"$VOLSNAP_DRILL_DB\"",
         "--json",
     ]));
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["checks"][2]["service"], "(host)", "{report}");
     assert_eq!(report["backup_id"], id.as_str());
     assert_eq!(report["containers"].as_array().unwrap().len(), 2);
     assert!(report["healthy_ms"].as_u64().is_some());
@@ -118,12 +122,19 @@ fn a_drill_whose_restored_data_fails_its_check_fails_and_leaves_nothing() {
         &p.name,
         "--check",
         "db=grep -qx ok /data/state",
+        "--check-host",
+        "echo no rows; exit 3",
         "--timeout",
         "5",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stdout(&out).contains("FAILED"), "{}", stdout(&out));
     assert!(stdout(&out).contains("check db"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("exit status 3: no rows"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(drill_leftovers(&id), 0, "nothing left running");
     let list = ok(volsnap(&["list", "--repo", repo.to_str().unwrap()]));
     assert!(list.contains(" d "), "list marks the failed drill: {list}");
@@ -187,5 +198,75 @@ fn a_drill_killed_midway_is_cleaned_up_by_recover() {
     assert!(
         is_running(&format!("{}-db", p.name)),
         "the stack itself runs on"
+    );
+}
+
+/// Builds `tag` from the test image with a label more: another image id.
+fn derived_image(tag: &str) {
+    let mut build = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = build.stdin.take().unwrap();
+        writeln!(stdin, "FROM {IMAGE}\nLABEL volsnap.test.tag={tag}").unwrap();
+    }
+    assert!(build.wait().unwrap().success());
+}
+
+/// After an image change, a drill runs the image the backup was taken with
+/// while it is still on the host (by id), and says when it is not.
+#[test]
+fn a_drill_runs_the_recorded_image_while_it_exists_and_says_when_it_does_not() {
+    let mut p = Project::new("drillimg");
+    let repo = p.tempdir();
+    let old = format!("{IMAGE}-{}", p.name);
+    derived_image(&old);
+    let vol = p.volume("data", &[]);
+    std::fs::write(volume_path(&vol).join("state"), "ok\n").unwrap();
+    let m = format!("{vol}:/data");
+    let db = p.service_of(&old, "none", "db", &[], &["-v", &m], &["idle"]);
+    wait_until("db to run", 30, || is_running(&db));
+    let id = backup(&p, &repo);
+    let old_id = inspect(&db, "{{.Image}}");
+
+    // The "upgrade": db recreated from another image.
+    docker(&["rm", "-f", &db]);
+    let db = p.service("db", &[], &["-v", &m], &["idle"]);
+    wait_until("db to run", 30, || is_running(&db));
+    let drill = |what: &str| -> Value {
+        let out = ok(volsnap(&[
+            "drill",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--project",
+            &p.name,
+            "--check",
+            "db=grep -qx ok /data/state",
+            "--json",
+        ]));
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["passed"], true, "{what}: {report}");
+        report
+    };
+    let report = drill("recorded image present");
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains(&format!("runs the image the backup was taken with, {old}"))
+            && notes.contains(&old_id.trim_start_matches("sha256:")[..12]),
+        "{notes}"
+    );
+    assert_eq!(id, report["backup_id"].as_str().unwrap());
+
+    docker(&["rmi", &old]);
+    let report = drill("recorded image gone");
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains(&format!("taken with image {old}"))
+            && notes.contains("no longer on this host"),
+        "{notes}"
     );
 }

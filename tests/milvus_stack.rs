@@ -409,13 +409,41 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
         acked > 0,
         "the inserter acknowledged nothing before the stop"
     );
-    let (report, restore_s, healthy_s) = restore_and_check(
+    // The stack's definition travels with its data: the compose file and
+    // the read-only milvus.yaml, listed by ls, written out only into a
+    // directory asked for, and only a new or empty one.
+    let cold_id = cold["id"].as_str().unwrap();
+    let listing = ok(volsnap(&["ls", "--repo", repo_s, cold_id]));
+    let out_dir = scratch.path().join("definition");
+    let out_s = out_dir.to_str().unwrap();
+    let definition = [
+        "restore",
+        "--repo",
         repo_s,
-        cold["id"].as_str().unwrap(),
-        &live,
-        &format!("{project}c"),
-        acked,
-    );
+        cold_id,
+        "--definition-to",
+        out_s,
+    ];
+    ok(volsnap(&definition));
+    for name in ["docker-compose.yml", "milvus.yaml"] {
+        let live_file = live.dir.join(name);
+        assert!(
+            listing.contains(&format!("stack-definition{}", live_file.display())),
+            "{name} is not listed: {listing}"
+        );
+        let written = out_dir.join(live_file.strip_prefix("/").unwrap());
+        assert_eq!(
+            std::fs::read(&written).unwrap_or_default(),
+            std::fs::read(&live_file).unwrap(),
+            "{}",
+            written.display()
+        );
+    }
+    let again = volsnap(&definition);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+
+    let (report, restore_s, healthy_s) =
+        restore_and_check(repo_s, cold_id, &live, &format!("{project}c"), acked);
     let report_cold_max = report["max_id"].as_u64();
     let answered = record(&cold, &standalone)["answered_ms"]
         .as_f64()
@@ -429,23 +457,29 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
 
     // A drill of the cold backup: scratch volumes, copies of the live
     // containers on an isolated network, the etcd copy's after-restore step,
-    // Milvus's readiness check, then a query for the first row inside it.
-    let query = r#"curl -sf -X POST http://127.0.0.1:19530/v1/vector/query -d '{"collectionName":"volsnap_check","filter":"id in [1]","outputFields":["id"]}' | grep -q '"id":"1"'"#;
-    let check = format!("standalone={query}");
+    // Milvus's readiness check, then the checker itself, run on the host
+    // against the Milvus copy's address: every row acknowledged before the
+    // stop, gapless, every vector and search.
+    let check_host = format!(
+        "{} {} check --host $VOLSNAP_DRILL_STANDALONE --acked {acked} --timeout 60",
+        python().display(),
+        checker().display()
+    );
     let drill = json(&ok(volsnap(&[
         "drill",
         "--repo",
         repo_s,
         "--project",
         &project,
-        cold["id"].as_str().unwrap(),
-        "--check",
-        &check,
+        cold_id,
+        "--check-host",
+        &check_host,
         "--timeout",
         "120",
         "--json",
     ])));
     assert_eq!(drill["passed"], true, "{drill}");
+    assert_eq!(drill["checks"][0]["service"], "(host)", "{drill}");
     figures.push(format!(
         "drill of the cold backup: restore {:.1} s, healthy and answering {:.1} s (RTO {:.1} s)",
         drill["restore_ms"].as_f64().unwrap_or(0.0) / 1000.0,

@@ -22,6 +22,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
             .transpose()?,
         volumes: args.volumes.clone(),
         target_dir: args.target_dir.clone(),
+        definition_to: args.definition_to.clone(),
         force: args.force,
         allow_special: args.allow_special,
         include: args.include.clone(),
@@ -52,11 +53,22 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
     if let Some(problem) = done.problem {
         anyhow::bail!(problem);
     }
+    if args.definition_to.is_some() {
+        outln!("wrote out the stack definition of backup {}", done.id);
+        return Ok(0);
+    }
     outln!(
         "restored backup {} ({} volume(s))",
         done.id,
         done.volumes.len()
     );
+    if done.definition_left > 0 {
+        outln!(
+            "the backup also keeps the stack's definition ({} file(s): compose files, read-only bound files); 'volsnap restore {} --definition-to DIR' writes it out",
+            done.definition_left,
+            done.id
+        );
+    }
     Ok(0)
 }
 

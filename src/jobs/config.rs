@@ -133,6 +133,10 @@ pub struct Drill {
     /// SERVICE = command run inside the drill copy of SERVICE; exit 0 is healthy.
     #[serde(default)]
     pub checks: BTreeMap<String, String>,
+    /// Commands run on the host against the copies (`VOLSNAP_DRILL_<SERVICE>`
+    /// holds each copy's address); exit 0 is healthy.
+    #[serde(default)]
+    pub host_checks: Vec<String>,
     /// Seconds to wait for every container to be healthy (default 300).
     pub timeout: Option<u64>,
 }

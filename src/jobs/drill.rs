@@ -35,7 +35,28 @@ use std::time::{Duration, Instant};
 pub struct DrillSpec {
     /// (service or container name, command run inside its drill copy).
     pub checks: Vec<(String, String)>,
+    /// Commands run on the host once the copies answer, each with
+    /// `VOLSNAP_DRILL_<SERVICE>` set to the address of that service's copy
+    /// on the drill network (a client program the images lack, such as a
+    /// Milvus client). The operator's commands, never a backup's.
+    pub host_checks: Vec<String>,
     pub timeout: Duration,
+}
+
+/// The variable a host check finds the address of `service`'s copy in:
+/// `VOLSNAP_DRILL_` and the name in capitals, other characters as `_`.
+pub fn address_variable(service: &str) -> String {
+    let name: String = service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("VOLSNAP_DRILL_{name}")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +150,7 @@ pub fn run_job_drill(
     let settings = job.drill.clone().unwrap_or_default();
     let spec = DrillSpec {
         checks: settings.checks.into_iter().collect(),
+        host_checks: settings.host_checks,
         timeout: Duration::from_secs(settings.timeout.unwrap_or(DEFAULT_DRILL_TIMEOUT_SECS)),
     };
     let clock = Instant::now();
@@ -258,6 +280,9 @@ fn run_drill(
     let mut scratch: BTreeMap<usize, String> = BTreeMap::new();
     for (i, v) in manifest.volumes.iter().enumerate() {
         cancel.check()?;
+        if v.kind == VolumeKind::Definition {
+            continue; // files of the host, not of a volume
+        }
         let name = format!("{prefix}-v{i}");
         let info = docker.create_volume(&name, "local", &BTreeMap::new(), labels)?;
         restore_volume(
@@ -287,6 +312,7 @@ fn run_drill(
             let backed_up = manifest.volumes.iter().position(|v| match v.kind {
                 VolumeKind::Volume => m.name.as_deref() == Some(v.name.as_str()),
                 VolumeKind::Bind => m.kind == "bind" && m.source == v.source_path,
+                VolumeKind::Definition => false,
             });
             let (source, bind) = match (backed_up, m.kind.as_str()) {
                 (Some(i), _) => (scratch[&i].clone(), false),
@@ -325,7 +351,35 @@ fn run_drill(
         let name = format!("{prefix}-{short}");
         let mut aliases = vec![c.info.name.clone()];
         aliases.extend(c.service.clone());
-        let id = docker.create_copy(&c.info.id, &name, &network, aliases, mounts, labels)?;
+        // The image the backup was taken with, when the service runs
+        // another now and that image (by id) is still here: never pulled,
+        // and nothing else of the copy's configuration from the backup.
+        let image = match super::services::other_recorded_image(&c.info, &manifest.containers) {
+            Some((recorded, was)) if docker.image_exists(was) => {
+                report.notes.push(format!(
+                    "{}: the copy runs the image the backup was taken with, {} ({}), not the current {} ({})",
+                    c.info.name,
+                    crate::text::escape(&recorded.image),
+                    super::services::short_id(was),
+                    crate::text::escape(&c.info.image),
+                    super::services::short_id(&c.info.image_id)
+                ));
+                Some(was)
+            }
+            Some((recorded, was)) => {
+                report.notes.push(format!(
+                    "{}: the backup was taken with image {} ({}), which is no longer on this host; the copy runs the current {} ({}), so the drill does not prove the backup under its own version",
+                    c.info.name,
+                    crate::text::escape(&recorded.image),
+                    super::services::short_id(was),
+                    crate::text::escape(&c.info.image),
+                    super::services::short_id(&c.info.image_id)
+                ));
+                None
+            }
+            None => None,
+        };
+        let id = docker.create_copy(&c.info.id, &name, &network, aliases, mounts, image, labels)?;
         docker.start(&id)?;
         let left = deadline.saturating_duration_since(Instant::now());
         docker
@@ -334,7 +388,7 @@ fn run_drill(
         // As after a restore: the service's own step (from the live
         // container's label, never from the backup) before its dependents
         // start, and its readiness check.
-        if let Err(failure) = super::restore::after_restore_step(docker, &id, &c.info) {
+        if let Err(failure) = super::services::after_restore_step(docker, &id, &c.info) {
             anyhow::bail!("in the drill copy: {failure}");
         }
         if let Some(command) = crate::discovery::own_label(&c.info, crate::docker::READY_LABEL) {
@@ -361,12 +415,13 @@ fn run_drill(
         };
         let mut detail = String::new();
         let mut passed = false;
+        let mut attempts = 0;
         while !passed {
             cancel.check()?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let Some(left) = attempt_time(deadline, attempts) else {
                 break;
-            }
+            };
+            attempts += 1;
             let outcome = docker.exec(id, command, left.min(Duration::from_secs(30)))?;
             passed = outcome.exit_code == Some(0);
             if !passed {
@@ -387,10 +442,61 @@ fn run_drill(
             detail: if passed { String::new() } else { detail },
         });
     }
+    // 4. The host's checks, against the copies' addresses.
+    let mut env = Vec::new();
+    for (id, _, service, original) in &copies {
+        if let Some(ip) = docker.address_on(id, &network)? {
+            for name in service.iter().chain(std::iter::once(original)) {
+                env.push((address_variable(name), ip.clone()));
+            }
+        }
+    }
+    for command in &spec.host_checks {
+        let mut detail = String::new();
+        let mut passed = false;
+        let mut attempts = 0;
+        while !passed {
+            cancel.check()?;
+            let Some(left) = attempt_time(deadline, attempts) else {
+                break;
+            };
+            attempts += 1;
+            let (code, output) = super::notify::run_shell_captured(command, &env, left)?;
+            passed = code == Some(0);
+            if !passed {
+                let status = code.map_or("killed at the drill's timeout".to_string(), |c| {
+                    format!("exit status {c}")
+                });
+                detail = format!("{status}: {}", crate::text::escape(output.trim()));
+                std::thread::sleep(Duration::from_secs(1).min(left));
+            }
+        }
+        if !passed && detail.is_empty() {
+            detail = format!("no time left within {} s", spec.timeout.as_secs());
+        }
+        report.checks.push(CheckResult {
+            service: "(host)".to_string(),
+            command: command.clone(),
+            passed,
+            detail: if passed { String::new() } else { detail },
+        });
+    }
     if report.checks.iter().all(|c| c.passed) {
         report.healthy_ms = Some(healthy_clock.elapsed().as_millis() as u64);
     }
     Ok(())
+}
+
+/// How long the next attempt of a check may take: what is left of the
+/// drill's time, and at least 10 s for its first attempt (a check that
+/// never ran would report nothing); `None` once time is up.
+fn attempt_time(deadline: Instant, attempts: u32) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match (attempts, left.is_zero()) {
+        (0, _) => Some(left.max(Duration::from_secs(10))),
+        (_, true) => None,
+        (_, false) => Some(left),
+    }
 }
 
 /// Stores the report beside the backup (best effort: a read-only

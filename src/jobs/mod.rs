@@ -15,6 +15,7 @@ pub mod restore;
 pub mod run;
 pub mod runlog;
 pub mod schedule;
+mod services;
 pub mod snapshot;
 mod source;
 

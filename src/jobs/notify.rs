@@ -16,6 +16,55 @@ pub fn run_shell(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<()> {
+    match bounded_shell(command, env, stdin, None, timeout)? {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => bail!("{command:?} failed ({status})"),
+        None => bail!(
+            "{command:?} did not finish within {} s and was killed",
+            timeout.as_secs()
+        ),
+    }
+}
+
+/// Runs `sh -c command` on the host like [`run_shell`], with no input and
+/// its output (stdout and stderr, at most the last 4 KiB) captured: its
+/// exit code (`None` when killed at `timeout`, or ended by a signal) and
+/// its output.
+pub fn run_shell_captured(
+    command: &str,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<(Option<i32>, String)> {
+    use std::io::{Read, Seek};
+    let mut out = tempfile::tempfile().context("cannot create a file for a command's output")?;
+    let status = bounded_shell(command, env, None, Some(&out), timeout)?;
+    let mut text = Vec::new();
+    out.rewind()?;
+    out.read_to_end(&mut text)?;
+    let tail = &text[text.len().saturating_sub(4096)..];
+    Ok((
+        status.and_then(|s| s.code()),
+        String::from_utf8_lossy(tail).into_owned(),
+    ))
+}
+
+/// Runs `sh -c command` (its stdout and stderr to `output`, else to
+/// volsnap's) in a process group of its own; its exit status, or `None`
+/// once it was killed, with every process it started, at `timeout`.
+fn bounded_shell(
+    command: &str,
+    env: &[(String, String)],
+    stdin: Option<&[u8]>,
+    output: Option<&std::fs::File>,
+    timeout: Duration,
+) -> Result<Option<std::process::ExitStatus>> {
+    let (stdout, stderr) = match output {
+        Some(file) => (
+            Stdio::from(file.try_clone()?),
+            Stdio::from(file.try_clone()?),
+        ),
+        None => (Stdio::inherit(), Stdio::inherit()),
+    };
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -25,8 +74,8 @@ pub fn run_shell(
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stdout(stdout)
+        .stderr(stderr)
         // Its own process group: no terminal signal meant for volsnap
         // reaches it, and it can be killed as a whole.
         .process_group(0)
@@ -43,18 +92,12 @@ pub fn run_shell(
     let deadline = crate::fsutil::deadline_after(timeout);
     loop {
         if let Some(status) = child.try_wait()? {
-            if status.success() {
-                return Ok(());
-            }
-            bail!("{command:?} failed ({status})");
+            return Ok(Some(status));
         }
         if Instant::now() >= deadline {
             crate::process::kill_tree(child.id() as i32);
             let _ = child.wait();
-            bail!(
-                "{command:?} did not finish within {} s and was killed",
-                timeout.as_secs()
-            );
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

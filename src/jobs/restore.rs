@@ -3,6 +3,7 @@
 //! backup's word alone), the containers using them stopped and started
 //! again, every volume swapped in as one through the run's journal.
 
+use super::services::{image_changes, start_again, stop_in_order};
 use super::source::{open_backup, Source};
 use super::RunContext;
 use crate::cancel::Cancel;
@@ -12,7 +13,6 @@ use crate::journal::Journal;
 use crate::repo::manifest::{Manifest, VolumeKind, VolumeRecord};
 use crate::repo::Scope;
 use crate::restore::{restore_volumes, RestoreOptions, VolumeRestore};
-use crate::snapshots::start_undo;
 use crate::usage;
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashSet};
@@ -31,6 +31,10 @@ pub struct RestoreRequest {
     /// restored (every volume when empty).
     pub volumes: Vec<String>,
     pub target_dir: Option<PathBuf>,
+    /// Write out only the stack's definition (compose files, read-only
+    /// bound files), under their host paths, into this new or empty
+    /// directory; Docker is not touched.
+    pub definition_to: Option<PathBuf>,
     pub force: bool,
     pub allow_special: bool,
     /// Only the entries matching these patterns (and what lies beneath a
@@ -61,6 +65,9 @@ pub struct RestoreDone {
     pub volumes: Vec<RestoredVolume>,
     /// Set when the data is restored but something after it failed.
     pub problem: Option<String>,
+    /// Files of the stack's definition the backup holds and this restore
+    /// did not write out (`--definition-to` does).
+    pub definition_left: u64,
 }
 
 /// One volume to restore and where.
@@ -80,12 +87,26 @@ pub fn perform(
     let cancel = run.cancel;
     let (id, source, manifest, check) = open_backup(&args.repo, &args.id, &args.scope, cancel)?;
     let (mapping, only) = parse_mapping(&args.volumes, &manifest)?;
+    let definition_only = args.definition_to.is_some();
+    if definition_only && (args.target_dir.is_some() || !args.volumes.is_empty() || args.force) {
+        return Err(usage!(
+            "--definition-to writes out only the stack's definition, into a new or empty directory; it takes no --target-dir, --volume or --force"
+        ));
+    }
+    if definition_only && !manifest.volumes.iter().any(is_definition) {
+        return Err(usage!(
+            "backup {id} keeps no stack definition (its stack had no compose file or read-only bound file, it is a format-1 backup, or it was taken before volsnap kept one)"
+        ));
+    }
     if args.target_dir.is_some() && !mapping.is_empty() {
         return Err(usage!(
             "--target-dir restores each volume into DIR/<volume>; --volume there takes names only (--volume NAME), not OLD=NEW"
         ));
     }
     let chosen = |v: &VolumeRecord| {
+        if definition_only || is_definition(v) {
+            return definition_only && is_definition(v);
+        }
         (mapping.is_empty() && only.is_empty())
             || mapping.contains_key(&v.name)
             || only.contains(&v.name)
@@ -125,7 +146,7 @@ pub fn perform(
         eprintln!("volsnap: warning: not restored, and damaged: {problem}");
     }
     let include = crate::archive::Exclude::new(&args.include)?;
-    if !include.is_empty() && args.target_dir.is_none() {
+    if !include.is_empty() && args.target_dir.is_none() && !definition_only {
         let in_place: Vec<&str> = manifest
             .volumes
             .iter()
@@ -152,11 +173,27 @@ pub fn perform(
         &super::command_line(),
     )?;
 
-    let docker = match &args.target_dir {
-        Some(_) => None,
-        None => Some(Docker::connect()?),
+    let docker = match (&args.target_dir, &args.definition_to) {
+        (None, None) => Some(Docker::connect()?),
+        _ => None,
     };
-    let targets = match (&args.target_dir, &docker) {
+    let targets = match (
+        args.target_dir.as_ref().or(args.definition_to.as_ref()),
+        &docker,
+    ) {
+        (Some(dir), _) if definition_only => {
+            let root = target_root(dir)?;
+            manifest
+                .volumes
+                .iter()
+                .filter(|v| chosen(v))
+                .map(|v| Target {
+                    volume: v,
+                    label: root.display().to_string(),
+                    path: root.clone(),
+                })
+                .collect()
+        }
         (Some(root), _) => {
             let root = target_root(root)?;
             manifest
@@ -213,7 +250,7 @@ pub fn perform(
         }
     }
     if let Some(docker) = &docker {
-        for warning in image_changes(docker, &users, &manifest) {
+        for warning in image_changes(docker, &users, &manifest.containers, "the backup") {
             eprintln!("volsnap: warning: {warning}");
         }
     }
@@ -247,18 +284,10 @@ pub fn perform(
     let mut stopped: Vec<&Container> = Vec::new();
     let mut result = Ok(Vec::new());
     if let Some(docker) = &docker {
-        for c in ordered.iter().rev() {
-            eprintln!("stopping {}", c.info.name);
-            journal.push(&start_undo(c))?;
-            let timeout = c
-                .info
-                .stop_timeout
-                .unwrap_or(crate::plan::DEFAULT_STOP_TIMEOUT_SECS);
-            if let Err(e) = docker.stop(&c.info.id, timeout) {
-                result = Err(e);
-                break;
-            }
-            stopped.push(c);
+        let (done, failure) = stop_in_order(docker, &ordered, None, &mut journal)?;
+        stopped = done;
+        if let Some(e) = failure {
+            result = Err(e);
         }
     }
     if result.is_ok() {
@@ -277,7 +306,8 @@ pub fn perform(
     if let Some(docker) = &docker {
         let in_order: Vec<&Container> = stopped.iter().rev().copied().collect();
         let restored = result.is_ok();
-        match start_again(docker, &in_order, restored, &mut journal)? {
+        let ready = std::time::Duration::from_secs(180);
+        match start_again(docker, &in_order, restored, ready, &mut journal)? {
             Ok(errors) => restart_errors = errors,
             Err(failure) => step_failed = Some(failure),
         }
@@ -304,156 +334,18 @@ pub fn perform(
             restart_errors.join("; ")
         ))
     };
+    let definition_left = manifest
+        .volumes
+        .iter()
+        .filter(|v| is_definition(v) && !chosen(v))
+        .map(|v| v.files)
+        .sum();
     Ok(RestoreDone {
         id,
         volumes,
         problem,
+        definition_left,
     })
-}
-
-/// The containers that will run on the restored data with another image
-/// than the backup recorded: an upgrade may have migrated the data, and
-/// older data under a newer image (or the reverse) can break the service.
-pub fn image_changes(docker: &Docker, live: &[ContainerInfo], manifest: &Manifest) -> Vec<String> {
-    let mut out = Vec::new();
-    for c in live {
-        let service = crate::discovery::own_label(c, crate::discovery::SERVICE_LABEL);
-        let recorded = manifest
-            .containers
-            .iter()
-            .find(|r| match (service, &r.service) {
-                (Some(s), Some(rs)) => s == rs,
-                _ => r.name == c.name,
-            });
-        let Some(recorded) = recorded else { continue };
-        // Only an image id of the form Docker gives goes to Docker.
-        let Some(was) = recorded.image_id.as_deref().filter(|id| {
-            id.strip_prefix("sha256:")
-                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        }) else {
-            continue;
-        };
-        if was == c.image_id {
-            continue;
-        }
-        let short = |id: &str| {
-            id.trim_start_matches("sha256:")
-                .chars()
-                .take(12)
-                .collect::<String>()
-        };
-        out.push(format!(
-            "{} runs image {} ({}), but the backup was taken with {} ({}), which is {}: data written by one version may not work under another (an upgrade migrates metadata); roll the image back with the data if needed",
-            c.name,
-            crate::text::escape(&c.image),
-            short(&c.image_id),
-            crate::text::escape(&recorded.image),
-            short(was),
-            if docker.image_exists(was) {
-                "still on this host"
-            } else {
-                "no longer on this host"
-            }
-        ));
-    }
-    out
-}
-
-/// Runs the `volsnap.after-restore` step `declared_by` (a live container)
-/// declares, inside container `run_in` (itself, or its drill copy); what
-/// went wrong, for people. No label: nothing to do.
-pub(crate) fn after_restore_step(
-    docker: &Docker,
-    run_in: &str,
-    declared_by: &ContainerInfo,
-) -> std::result::Result<(), String> {
-    use crate::docker::{AFTER_RESTORE_LABEL, AFTER_RESTORE_TIMEOUT_LABEL};
-    let Some(command) = crate::discovery::own_label(declared_by, AFTER_RESTORE_LABEL) else {
-        return Ok(());
-    };
-    let secs = crate::discovery::own_label(declared_by, AFTER_RESTORE_TIMEOUT_LABEL)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(60);
-    match docker.exec(run_in, command, std::time::Duration::from_secs(secs)) {
-        Ok(o) if o.exit_code == Some(0) => Ok(()),
-        Ok(o) => Err(format!(
-            "the after-restore step of {} ({AFTER_RESTORE_LABEL}) {}: {}",
-            declared_by.name,
-            o.exit_code
-                .map_or(format!("ran out of its {secs} s"), |code| format!(
-                    "exited with {code}"
-                )),
-            crate::text::escape(o.output.trim())
-        )),
-        Err(e) => Err(format!(
-            "the after-restore step of {} could not run: {e:#}",
-            declared_by.name
-        )),
-    }
-}
-
-/// Starts the containers a restore stopped, in start order, each once the
-/// one before answers (healthy, and its `volsnap.ready` check passed).
-/// After a restore (`restored`), a container's `volsnap.after-restore`
-/// step runs in it once it has started and before its dependents start;
-/// one that fails stops what was started and leaves the rest stopped: the
-/// outer error names it. The inner list: containers that did not come
-/// back, for the report.
-fn start_again(
-    docker: &Docker,
-    in_order: &[&Container],
-    restored: bool,
-    journal: &mut Journal,
-) -> Result<std::result::Result<Vec<String>, String>> {
-    use crate::docker::AFTER_RESTORE_LABEL;
-    let ready = std::time::Duration::from_secs(180);
-    let mut errors = Vec::new();
-    let mut started: Vec<&Container> = Vec::new();
-    for (n, c) in in_order.iter().enumerate() {
-        eprintln!("starting {}", c.info.name);
-        if let Err(e) = docker.start(&c.info.id) {
-            errors.push(format!("{e:#}"));
-            continue;
-        }
-        journal.discharge(&start_undo(c))?;
-        started.push(c);
-        let answering = docker
-            .wait_ready_settled(&c.info.id, &c.info.name, ready)
-            .and_then(|()| docker.wait_answering(&c.info.id, &c.info.name, ready));
-        let step = crate::discovery::own_label(&c.info, AFTER_RESTORE_LABEL).filter(|_| restored);
-        let failure = match (answering, step) {
-            (Err(e), Some(_)) => Some(format!(
-                "{} did not answer, so its after-restore step could not run: {e:#}",
-                c.info.name
-            )),
-            (Err(e), None) => {
-                errors.push(format!("{e:#}"));
-                None
-            }
-            (Ok(()), Some(_)) => {
-                eprintln!("running the after-restore step of {}", c.info.name);
-                after_restore_step(docker, &c.info.id, &c.info).err()
-            }
-            (Ok(()), None) => None,
-        };
-        if let Some(failure) = failure {
-            for done in started.iter().rev() {
-                let timeout = done
-                    .info
-                    .stop_timeout
-                    .unwrap_or(crate::plan::DEFAULT_STOP_TIMEOUT_SECS);
-                if let Err(e) = docker.stop(&done.info.id, timeout) {
-                    tracing::warn!("cannot stop {} again: {e:#}", done.info.name);
-                }
-            }
-            // Left stopped on purpose: nothing for recover to start.
-            for rest in &in_order[n + 1..] {
-                journal.discharge(&start_undo(rest))?;
-            }
-            return Ok(Err(failure));
-        }
-    }
-    Ok(Ok(errors))
 }
 
 /// `--target-dir DIR` as given, made and resolved once: the operator
@@ -626,8 +518,22 @@ fn parse_mapping(
             Some((o, n)) if !o.is_empty() && !n.is_empty() => (o, n),
             Some(_) => return Err(usage!("--volume takes OLD=NEW or NAME, not {pair:?}")),
         };
+        if manifest
+            .volumes
+            .iter()
+            .any(|v| v.name == old && is_definition(v))
+        {
+            return Err(usage!(
+                "{old} is the stack's definition, not a volume: --definition-to DIR writes it out"
+            ));
+        }
         if !manifest.volumes.iter().any(|v| v.name == old) {
-            let names: Vec<&str> = manifest.volumes.iter().map(|v| v.name.as_str()).collect();
+            let names: Vec<&str> = manifest
+                .volumes
+                .iter()
+                .filter(|v| !is_definition(v))
+                .map(|v| v.name.as_str())
+                .collect();
             return Err(usage!(
                 "backup {} has no volume {old:?}; it has {}",
                 manifest.id,
@@ -680,6 +586,8 @@ fn docker_targets<'m>(
             continue;
         }
         match v.kind {
+            // Written out only with --definition-to.
+            VolumeKind::Definition => continue,
             VolumeKind::Volume => {
                 v.local_name()?; // a Docker volume name, or refused
                 let info = match docker.inspect_volume(&v.name)? {
@@ -735,6 +643,10 @@ fn docker_targets<'m>(
         }
     }
     Ok(targets)
+}
+
+fn is_definition(v: &VolumeRecord) -> bool {
+    v.kind == VolumeKind::Definition
 }
 
 /// Containers that mount a restore target.

@@ -20,7 +20,8 @@ pub struct KeepRequest {
     pub name: Option<String>,
     pub selection: Selection,
     pub quiesce: Quiesce,
-    pub stop_timeout: u32,
+    /// Seconds each container gets to stop; its own stop timeout if `None`.
+    pub stop_timeout: Option<u32>,
     pub ready_timeout: u32,
     pub snapshot_size: Option<u64>,
 }
@@ -53,7 +54,7 @@ pub fn keep(request: &KeepRequest, run: &RunContext<'_>) -> Result<Kept> {
     let storage = detect_stack(&SystemRunner, &stack, args.snapshot_size)?;
     let options = PlanOptions {
         quiesce: args.quiesce,
-        stop_timeout_secs: Some(args.stop_timeout),
+        stop_timeout_secs: args.stop_timeout,
         ready_timeout_secs: args.ready_timeout,
         ..PlanOptions::default()
     };
@@ -95,6 +96,7 @@ pub fn keep(request: &KeepRequest, run: &RunContext<'_>) -> Result<Kept> {
                 storage: s,
             })
             .collect(),
+        containers: stack.containers.iter().map(|c| c.record()).collect(),
     };
     if let Err(e) = store.save(&record) {
         // Unrecorded snapshots would be orphans: drop them.
@@ -107,15 +109,21 @@ pub fn keep(request: &KeepRequest, run: &RunContext<'_>) -> Result<Kept> {
     })
 }
 
-/// Rolls the volumes of a kept snapshot back to it (the snapshot stays).
+/// Rolls the volumes of a kept snapshot back to it (the snapshot stays):
+/// the stack's running containers are stopped around it, dependents first
+/// and each with `stop_timeout` or else its own; then started again in
+/// order, each answering before the next starts, with their after-restore
+/// steps (the volumes hold older data again). Warnings (a container now
+/// running another image than the snapshot recorded) go to stderr.
 pub fn roll_back(
     name: &str,
-    stop_timeout: u32,
+    stop_timeout: Option<u32>,
     ready_timeout: Duration,
     state_dir: &std::path::Path,
 ) -> Result<SnapshotRecord> {
     let store = SnapshotStore::open(state_dir)?;
     let record = store.load(name)?;
+    crate::snapshots::check_rollback(&record)?;
     let _lock = super::begin_run(state_dir)?;
     let mut journal = Journal::create(
         state_dir,
@@ -124,16 +132,45 @@ pub fn roll_back(
     )?;
     let docker = Docker::connect()?;
     let stack = discover(&docker, &record.selection)?;
-    crate::snapshots::rollback(
+    let live: Vec<_> = stack.containers.iter().map(|c| c.info.clone()).collect();
+    let taken = format!("snapshot {}", record.name);
+    for warning in super::services::image_changes(&docker, &live, &record.containers, &taken) {
+        eprintln!("volsnap: warning: {warning}");
+    }
+    let (stopped, mut failure) =
+        super::services::stop_in_order(&docker, &stack.containers, stop_timeout, &mut journal)?;
+    if failure.is_none() {
+        failure = crate::snapshots::roll_back_volumes(&SystemRunner, &record, &mut journal).err();
+    }
+    let in_order: Vec<_> = stopped.iter().rev().copied().collect();
+    let restarted = super::services::start_again(
         &docker,
-        &SystemRunner,
-        &record,
-        &stack,
-        stop_timeout,
+        &in_order,
+        failure.is_none(),
         ready_timeout,
         &mut journal,
-    )
-    .map_err(|e| e.context(format!("rollback to {} failed", record.name)))?;
-    journal.finish()?;
-    Ok(record)
+    )?;
+    let failed = |e: anyhow::Error| Err(e.context(format!("rollback to {} failed", record.name)));
+    match (failure, restarted) {
+        (Some(e), Ok(errors)) if errors.is_empty() => failed(e.context("services were started again")),
+        (Some(e), Ok(errors)) => failed(e.context(format!(
+            "and services did not come back: {}",
+            errors.join("; ")
+        ))),
+        (Some(e), Err(step)) => failed(e.context(step)),
+        (None, Err(step)) => {
+            journal.finish()?;
+            failed(anyhow::anyhow!(
+                "the volumes were rolled back, but {step}; the stack is left stopped: fix the cause and start it (docker start, or docker-compose up -d)"
+            ))
+        }
+        (None, Ok(errors)) if errors.is_empty() => {
+            journal.finish()?;
+            Ok(record)
+        }
+        (None, Ok(errors)) => failed(anyhow::anyhow!(
+            "the volumes were rolled back, but services did not come back (the journal is kept: 'volsnap recover' retries): {}",
+            errors.join("; ")
+        )),
+    }
 }

@@ -73,13 +73,20 @@ impl Compression {
     }
 }
 
-/// Whether a volume is a Docker named volume or a bind-mounted host path.
+/// Whether a volume is a Docker named volume or a bind-mounted host path,
+/// or the stack's definition: its compose files and the files its
+/// containers bind read-only, under their host paths (format 2 only;
+/// written out only where the operator asks, `restore --definition-to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeKind {
     Volume,
     Bind,
+    Definition,
 }
+
+/// The name of the stack's definition in a backup (see [`VolumeKind`]).
+pub const DEFINITION_NAME: &str = "stack-definition";
 
 /// One container of the stack, as it was when backed up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,6 +273,7 @@ pub fn local_name(kind: VolumeKind, name: &str) -> Result<String> {
                 .collect();
             Ok(format!("bind-{flat}"))
         }
+        VolumeKind::Definition => Ok(DEFINITION_NAME.to_string()),
     }
 }
 
