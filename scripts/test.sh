@@ -65,6 +65,14 @@ if [ "$rc" != 0 ]; then
   exit "$rc"
 fi
 
+# The real-data benchmark in its quick mode (two Linux source versions' Documentation/,
+# one round, no ratio checks): it runs end to end and every tool restores the last version.
+if VOLSNAP_BIN=$CARGO_TARGET_DIR/release/volsnap scripts/bench-real --quick 2>&1 | tee "$log"; then
+  echo "PASS bench-real --quick"; passed=$((passed + 1))
+else
+  echo "FAIL bench-real --quick"; failed=$((failed + 1)); exit 1
+fi
+
 # The VM lane: LVM and ZFS snapshots for real in a qemu guest (the host
 # kernel has neither device-mapper nor ZFS).
 if [ "${VOLSNAP_SKIP_VM:-0}" = 1 ]; then

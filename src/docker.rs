@@ -394,6 +394,29 @@ impl Docker {
         self.request(|| self.client.inspect_image(image)).is_ok()
     }
 
+    /// The repositories image `id` is known by here (`volsnap-test/milvus`
+    /// for `volsnap-test/milvus:2.3.5`), from its tags and digests; empty
+    /// when there is no such image.
+    pub fn image_repositories(&self, id: &str) -> Vec<String> {
+        let Ok(image) = self.request(|| self.client.inspect_image(id)) else {
+            return Vec::new();
+        };
+        let tags = image.repo_tags.unwrap_or_default();
+        let digests = image.repo_digests.unwrap_or_default();
+        let mut out: Vec<String> = tags
+            .iter()
+            .map(|t| repository_of(t).to_string())
+            .chain(
+                digests
+                    .iter()
+                    .filter_map(|d| d.split_once('@').map(|(repo, _)| repo.to_string())),
+            )
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Inspects a named volume; `None` when it does not exist.
     pub fn inspect_volume(&self, name: &str) -> Result<Option<VolumeInfo>> {
         match self.request(|| self.client.inspect_volume(name)) {
@@ -840,5 +863,32 @@ impl Docker {
             }
         }
         Ok(out)
+    }
+}
+
+/// The repository part of an image reference: `registry:5000/a/b:tag` is
+/// `registry:5000/a/b`, `a@sha256:…` is `a`.
+pub fn repository_of(reference: &str) -> &str {
+    let reference = reference.split('@').next().unwrap_or(reference);
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => reference,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repository_of;
+
+    #[test]
+    fn the_repository_of_an_image_reference() {
+        assert_eq!(
+            repository_of("volsnap-test/milvus:2.3.5"),
+            "volsnap-test/milvus"
+        );
+        assert_eq!(repository_of("registry:5000/a/b:tag"), "registry:5000/a/b");
+        assert_eq!(repository_of("registry:5000/a/b"), "registry:5000/a/b");
+        assert_eq!(repository_of("busybox"), "busybox");
+        assert_eq!(repository_of("a/b@sha256:00"), "a/b");
     }
 }

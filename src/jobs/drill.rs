@@ -352,10 +352,15 @@ fn run_drill(
         let mut aliases = vec![c.info.name.clone()];
         aliases.extend(c.service.clone());
         // The image the backup was taken with, when the service runs
-        // another now and that image (by id) is still here: never pulled,
-        // and nothing else of the copy's configuration from the backup.
+        // another now and that image (by id) is still here, known by the
+        // repository of the one running now (an older tag of the same
+        // software, not whatever image a backup names): never pulled, and
+        // nothing else of the copy's configuration from the backup.
+        let lineage = crate::docker::repository_of(&c.info.image);
         let image = match super::services::other_recorded_image(&c.info, &manifest.containers) {
-            Some((recorded, was)) if docker.image_exists(was) => {
+            Some((recorded, was))
+                if docker.image_repositories(was).iter().any(|r| r == lineage) =>
+            {
                 report.notes.push(format!(
                     "{}: the copy runs the image the backup was taken with, {} ({}), not the current {} ({})",
                     c.info.name,
@@ -368,7 +373,7 @@ fn run_drill(
             }
             Some((recorded, was)) => {
                 report.notes.push(format!(
-                    "{}: the backup was taken with image {} ({}), which is no longer on this host; the copy runs the current {} ({}), so the drill does not prove the backup under its own version",
+                    "{}: the backup was taken with image {} ({}), which is no longer on this host as {lineage}; the copy runs the current {} ({}), so the drill does not prove the backup under its own version",
                     c.info.name,
                     crate::text::escape(&recorded.image),
                     super::services::short_id(was),
