@@ -238,18 +238,7 @@ fn pre_upgrade_snapshot_and_rollback_round_trip() {
     // ... and minio now runs a newer image tag (the same files, a label
     // more), recreated as compose would.
     let upgraded = format!("{IMAGE}-{name}");
-    let mut build = Command::new("docker")
-        .args(["build", "-q", "-t", &upgraded, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = build.stdin.take().unwrap();
-        writeln!(stdin, "FROM {IMAGE}\nLABEL volsnap.test.upgraded=1").unwrap();
-    }
-    assert!(build.wait().unwrap().success());
+    derived_image(IMAGE, &upgraded);
     let minio_mount = format!(
         "{}:/data",
         inspect(&s.minio, "{{range .Mounts}}{{.Name}}{{end}}")

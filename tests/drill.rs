@@ -201,22 +201,6 @@ fn a_drill_killed_midway_is_cleaned_up_by_recover() {
     );
 }
 
-/// Builds `tag` from the test image with a label more: another image id.
-fn derived_image(tag: &str) {
-    let mut build = std::process::Command::new("docker")
-        .args(["build", "-q", "-t", tag, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = build.stdin.take().unwrap();
-        writeln!(stdin, "FROM {IMAGE}\nLABEL volsnap.test.tag={tag}").unwrap();
-    }
-    assert!(build.wait().unwrap().success());
-}
-
 /// After an image change, a drill runs the image the backup was taken with
 /// while it is still on the host (by id), and says when it is not.
 #[test]
@@ -224,7 +208,7 @@ fn a_drill_runs_the_recorded_image_while_it_exists_and_says_when_it_does_not() {
     let mut p = Project::new("drillimg");
     let repo = p.tempdir();
     let old = format!("{IMAGE}-{}", p.name);
-    derived_image(&old);
+    derived_image(IMAGE, &old);
     let vol = p.volume("data", &[]);
     std::fs::write(volume_path(&vol).join("state"), "ok\n").unwrap();
     let m = format!("{vol}:/data");

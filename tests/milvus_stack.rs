@@ -553,21 +553,7 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
     // with a label more) runs the stack. The restore says the backup was
     // taken with another image, and names it.
     let upgraded = format!("volsnap-test/milvus:2.3.5-{project}");
-    let mut build = Command::new("docker")
-        .args(["build", "-q", "-t", &upgraded, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = build.stdin.take().unwrap();
-        stdin
-            .write_all(b"FROM volsnap-test/milvus:2.3.5\nLABEL volsnap.test.upgraded=1\n")
-            .unwrap();
-    }
-    assert!(build.wait().unwrap().success());
+    derived_image("volsnap-test/milvus:2.3.5", &upgraded);
     let compose_file = live.dir.join("docker-compose.yml");
     let text = std::fs::read_to_string(&compose_file).unwrap();
     std::fs::write(
@@ -595,7 +581,10 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
     let restored = ok(out.clone());
     assert!(
         stderr(&out).contains(&format!("runs image {upgraded}"))
-            && stderr(&out).contains("backup was taken with volsnap-test/milvus:2.3.5"),
+            && stderr(&out).contains("backup was taken with volsnap-test/milvus:2.3.5")
+            && stderr(&out).contains(&format!(
+                "compose configuration of {standalone} changed since the backup"
+            )),
         "{}",
         stderr(&out)
     );

@@ -82,51 +82,86 @@ pub struct ChunkStats {
     pub reused_bytes: u64,
 }
 
-/// Work for the file hasher thread.
-enum FileHash {
-    Data(Arc<Vec<u8>>),
-    /// The file ended: send its SHA-256, hex, and start the next.
-    End(std::sync::mpsc::Sender<String>),
+/// Work for the digest thread, in walk order.
+enum DigestWork {
+    /// One chunk of the current file: its blob id, and into its SHA-256.
+    Chunk(Arc<Vec<u8>>),
+    /// The current file ended: its SHA-256, and start the next.
+    EndFile,
 }
 
-/// A thread computing files' SHA-256 from their chunks, in order.
-struct Hasher {
-    sender: Option<std::sync::mpsc::SyncSender<FileHash>>,
+/// What the digest thread answers, in the same order.
+enum Digested {
+    Id(Id),
+    Sha256(String),
+}
+
+/// A thread computing chunks' blob ids (BLAKE3) and files' SHA-256 beside
+/// the walk, which reads and chunks: the two hashes were a third of the
+/// walk thread's time. Answers come back in the order the work went in,
+/// so the manifest is the same as if this thread were not there.
+struct Digester {
+    sender: Option<std::sync::mpsc::SyncSender<DigestWork>>,
+    answers: std::sync::mpsc::Receiver<Digested>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Hasher {
-    fn start() -> Result<Self> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<FileHash>(4);
+impl Digester {
+    fn start(repo: Arc<crate::repo::v2::Repository>) -> Result<Self> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<DigestWork>(64);
+        let (answer, answers) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
-            .name("file-hash".into())
+            .name("digest".into())
             .spawn(move || {
-                let mut hasher = Sha256::new();
+                let mut file = Sha256::new();
                 for work in receiver {
-                    match work {
-                        FileHash::Data(bytes) => hasher.update(&*bytes),
-                        FileHash::End(reply) => {
-                            let digest = std::mem::take(&mut hasher).finalize();
-                            let _ = reply.send(hex::encode(digest));
+                    let digested = match work {
+                        DigestWork::Chunk(bytes) => {
+                            file.update(&*bytes);
+                            Digested::Id(repo.blob_id(&bytes))
                         }
+                        DigestWork::EndFile => {
+                            Digested::Sha256(hex::encode(std::mem::take(&mut file).finalize()))
+                        }
+                    };
+                    if answer.send(digested).is_err() {
+                        return;
                     }
                 }
             })?;
         Ok(Self {
             sender: Some(sender),
+            answers,
             thread: Some(thread),
         })
     }
 
-    fn send(&self, work: FileHash) -> Result<()> {
+    fn send(&self, work: DigestWork) -> Result<()> {
         self.sender
             .as_ref()
             .and_then(|s| s.send(work).ok())
-            .ok_or_else(|| anyhow::anyhow!("the file hasher stopped"))
+            .ok_or_else(|| anyhow::anyhow!("the digest thread stopped"))
+    }
+
+    /// The next answer: waiting for it, or only if there is one.
+    fn next(&self, wait: bool) -> Result<Option<Digested>> {
+        use std::sync::mpsc::TryRecvError;
+        if wait {
+            return self
+                .answers
+                .recv()
+                .map(Some)
+                .map_err(|_| anyhow::anyhow!("the digest thread stopped"));
+        }
+        match self.answers.try_recv() {
+            Ok(d) => Ok(Some(d)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(anyhow::anyhow!("the digest thread stopped")),
+        }
     }
 }
 
-impl Drop for Hasher {
+impl Drop for Digester {
     fn drop(&mut self) {
         self.sender = None;
         if let Some(thread) = self.thread.take() {
@@ -135,9 +170,27 @@ impl Drop for Hasher {
     }
 }
 
+/// A manifest line waiting for the digest thread: the chunks whose ids
+/// are still to come (saved once they are known), then its SHA-256.
+struct Waiting {
+    line: TreeEntry,
+    chunks: std::collections::VecDeque<Arc<Vec<u8>>>,
+    /// Whether its file's SHA-256 is still to come.
+    digest: bool,
+}
+
+/// Chunk bytes handed to the digest thread and not yet saved, at most:
+/// past this, the walk waits for the digest thread.
+const MAX_WAITING_BYTES: usize = 32 << 20;
+/// Nor more lines than this (a run of unchanged files after a read one).
+const MAX_WAITING_LINES: usize = 4096;
+
 pub struct ChunkEmitter<'s> {
     saver: &'s mut BlobSaver,
-    hasher: Hasher,
+    digester: Digester,
+    /// Lines in walk order, waiting for digests (or for those before them).
+    waiting: std::collections::VecDeque<Waiting>,
+    waiting_bytes: usize,
     tree: TreeWriter,
     /// The data blobs the files use (encrypted repositories).
     refs: Option<RefsWriter>,
@@ -159,9 +212,12 @@ impl<'s> ChunkEmitter<'s> {
         parent: Option<ParentCursor>,
         keep: Option<File>,
     ) -> Result<Self> {
+        let repo = saver.repository();
         Ok(Self {
             saver,
-            hasher: Hasher::start()?,
+            digester: Digester::start(repo)?,
+            waiting: Default::default(),
+            waiting_bytes: 0,
             tree: TreeWriter::new(tree_params, seed),
             refs: refs.then(RefsWriter::new),
             chunker: Chunker::new(&params, seed),
@@ -176,7 +232,8 @@ impl<'s> ChunkEmitter<'s> {
 
     /// The stream's tree blobs and SHA-256, and its refs blobs when
     /// encrypted; the parent copy flushed.
-    pub fn finish(self) -> Result<(Vec<Id>, Id, Option<Vec<Id>>)> {
+    pub fn finish(mut self) -> Result<(Vec<Id>, Id, Option<Vec<Id>>)> {
+        self.settle(0)?;
         if let Some(keep) = self.keep {
             keep.finish()?.sync_all()?;
         }
@@ -185,41 +242,83 @@ impl<'s> ChunkEmitter<'s> {
         Ok((tree, sha, refs))
     }
 
-    /// Chunks and saves one file's content; its chunk ids and SHA-256.
-    /// The SHA-256 of a file of several chunks runs on a thread of its own,
-    /// beside chunking and the chunk ids on this one; a file of one chunk
-    /// (every small file) is hashed here, sparing the round trip.
-    fn read_file(&mut self, content: &mut Content<'_>) -> Result<(Vec<Id>, String)> {
-        let mut ids = Vec::new();
-        let mut first: Option<Arc<Vec<u8>>> = None;
-        let mut hashing = false;
-        let saver = &mut *self.saver;
-        let hasher = &self.hasher;
+    /// Chunks one file's content and hands the chunks to the digest
+    /// thread; its line waits for their ids and the file's SHA-256.
+    fn read_file(&mut self, line: TreeEntry, content: &mut Content<'_>) -> Result<()> {
+        let mut chunks = std::collections::VecDeque::new();
+        let digester = &self.digester;
+        let mut bytes = 0;
         self.chunker.chunks(content, |chunk| {
             let chunk = Arc::new(chunk);
-            match first.take() {
-                None if !hashing => first = Some(chunk.clone()),
-                earlier => {
-                    if let Some(earlier) = earlier {
-                        hasher.send(FileHash::Data(earlier))?;
-                    }
-                    hashing = true;
-                    hasher.send(FileHash::Data(chunk.clone()))?;
-                }
-            }
-            ids.push(saver.save_shared(BlobKind::Data, chunk)?);
+            bytes += chunk.len();
+            digester.send(DigestWork::Chunk(chunk.clone()))?;
+            chunks.push_back(chunk);
             Ok(())
         })?;
-        let digest = if hashing {
-            let (reply, answer) = std::sync::mpsc::channel();
-            hasher.send(FileHash::End(reply))?;
-            answer
-                .recv()
-                .map_err(|_| anyhow::anyhow!("the file hasher stopped"))?
-        } else {
-            hex::encode(Sha256::digest(first.as_deref().map_or(&[][..], |c| &c[..])))
-        };
-        Ok((ids, digest))
+        digester.send(DigestWork::EndFile)?;
+        self.waiting_bytes += bytes;
+        self.waiting.push_back(Waiting {
+            line,
+            chunks,
+            digest: true,
+        });
+        self.settle(MAX_WAITING_BYTES)
+    }
+
+    /// Takes the digest thread's answers as they come: saves each chunk
+    /// once its id is known and writes every line that is complete, in
+    /// order; waits while more than `at_most` bytes are waiting (0: until
+    /// every line is written).
+    fn settle(&mut self, at_most: usize) -> Result<()> {
+        loop {
+            // Lines at the front with nothing to wait for.
+            while self
+                .waiting
+                .front()
+                .is_some_and(|w| w.chunks.is_empty() && !w.digest)
+            {
+                let done = self.waiting.pop_front().expect("checked");
+                self.push(&done.line)?;
+            }
+            if self.waiting.is_empty() {
+                return Ok(());
+            }
+            let wait = at_most == 0
+                || self.waiting_bytes > at_most
+                || self.waiting.len() > MAX_WAITING_LINES;
+            let Some(answer) = self.digester.next(wait)? else {
+                return Ok(());
+            };
+            let front = self.waiting.front_mut().expect("checked");
+            match answer {
+                Digested::Id(id) => {
+                    let chunk = front
+                        .chunks
+                        .pop_front()
+                        .context("internal error: a digest with no chunk")?;
+                    self.waiting_bytes -= chunk.len();
+                    self.saver.save_with_id(id, BlobKind::Data, chunk)?;
+                    front.line.chunks.push(id);
+                }
+                Digested::Sha256(digest) => {
+                    front.line.entry.sha256 = Some(digest);
+                    front.digest = false;
+                }
+            }
+        }
+    }
+
+    /// Writes `line` after those waiting before it.
+    fn emit_line(&mut self, line: TreeEntry) -> Result<()> {
+        if self.waiting.is_empty() {
+            return self.push(&line);
+        }
+        self.waiting.push_back(Waiting {
+            line,
+            chunks: Default::default(),
+            digest: false,
+        });
+        self.settle(MAX_WAITING_BYTES)
     }
 
     fn push(&mut self, line: &TreeEntry) -> Result<()> {
@@ -252,6 +351,10 @@ fn xattr_records(xattrs: &Xattrs) -> Vec<XattrRecord> {
 }
 
 impl Emit for ChunkEmitter<'_> {
+    fn reads_every_file(&self) -> bool {
+        self.parent.is_none()
+    }
+
     fn reuse(&mut self, rel: &[u8], meta: &fs::Metadata) -> bool {
         let Some(parent) = &mut self.parent else {
             return false;
@@ -305,11 +408,7 @@ impl Emit for ChunkEmitter<'_> {
         };
         if line.entry.kind == EntryKind::File {
             match content {
-                Some(content) => {
-                    let (ids, digest) = self.read_file(content)?;
-                    line.chunks = ids;
-                    line.entry.sha256 = Some(digest);
-                }
+                Some(content) => return self.read_file(line, content),
                 None => {
                     let parent = self
                         .reuse_next
@@ -323,7 +422,7 @@ impl Emit for ChunkEmitter<'_> {
                 }
             }
         }
-        self.push(&line)
+        self.emit_line(line)
     }
 }
 

@@ -22,6 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use xattr::FileExt as _;
 
 pub use exclude::Exclude;
@@ -30,6 +31,7 @@ pub mod chunk;
 pub mod chunked;
 pub mod exclude;
 mod guard;
+mod prefetch;
 mod stage;
 
 const IO_BUFFER: usize = 1 << 20;
@@ -175,7 +177,15 @@ pub(crate) fn walk(
     cancel: &Cancel,
     progress: &dyn Fn(u64),
 ) -> Result<ArchiveSummary> {
+    // Read ahead only when every file will be read, and not under a rate
+    // limit (the hints would read past it).
+    let prefetch = if bwlimit.is_none() && emit.reads_every_file() {
+        prefetch::Prefetcher::start()
+    } else {
+        None
+    };
     let mut walker = Walker {
+        prefetch,
         emit,
         exclude,
         summary: ArchiveSummary::default(),
@@ -211,6 +221,12 @@ pub(crate) type Xattrs = Vec<(std::ffi::OsString, Vec<u8>)>;
 /// chunk writer of format 2. Entries come in archive order: depth first,
 /// names sorted bytewise, a directory before its content.
 pub(crate) trait Emit {
+    /// Whether every regular file will be read (no parent to take files
+    /// from): then the walk reads ahead.
+    fn reads_every_file(&self) -> bool {
+        true
+    }
+
     /// Whether the regular file at `rel` may be taken from the parent
     /// backup without being read (format 2's parent rule). When it says
     /// yes, [`Emit::entry`] follows with no content for it.
@@ -288,6 +304,8 @@ impl Read for Content<'_> {
 }
 
 struct Walker<'a> {
+    /// Asks the kernel for the next files while one is read.
+    prefetch: Option<prefetch::Prefetcher>,
     emit: &'a mut dyn Emit,
     exclude: &'a Exclude,
     summary: ArchiveSummary,
@@ -412,10 +430,31 @@ impl Walker<'_> {
             self.write_entry(Source::Dir(&dir, &next.abs), &next.rel, &meta)?;
             let children =
                 list_dir(&dir).with_context(|| format!("cannot list {}", next.abs.display()))?;
+            let ahead = match &self.prefetch {
+                Some(_) => dir.try_clone().ok().map(Arc::new),
+                None => None,
+            };
+            let mut asked = 0;
             let dir = std::rc::Rc::new(dir);
             let mut subdirs = Vec::new();
-            for (name, meta) in children {
+            for (index, (name, meta)) in children.iter().enumerate() {
                 self.cancel.check()?;
+                if let (Some(prefetch), Some(ahead)) = (&self.prefetch, &ahead) {
+                    while asked < children.len() && asked <= index + prefetch::WINDOW {
+                        if let (name, Some(meta)) = &children[asked] {
+                            let rel = if next.rel == b"." {
+                                name.as_bytes().to_vec()
+                            } else {
+                                [&next.rel[..], b"/", name.as_bytes()].concat()
+                            };
+                            if meta.is_file() && meta.len() > 0 && !self.exclude.matches(&rel) {
+                                prefetch.ask(ahead, name, meta);
+                            }
+                        }
+                        asked += 1;
+                    }
+                }
+                let (name, meta) = (name.clone(), meta.clone());
                 let child_abs = next.abs.join(&name);
                 let child_rel = if next.rel == b"." {
                     name.as_bytes().to_vec()

@@ -418,34 +418,17 @@ fn run_drill(
             });
             continue;
         };
-        let mut detail = String::new();
-        let mut passed = false;
-        let mut attempts = 0;
-        while !passed {
-            cancel.check()?;
-            let Some(left) = attempt_time(deadline, attempts) else {
-                break;
-            };
-            attempts += 1;
+        let result = retried(deadline, cancel, |left| {
             let outcome = docker.exec(id, command, left.min(Duration::from_secs(30)))?;
-            passed = outcome.exit_code == Some(0);
-            if !passed {
-                let status = outcome
-                    .exit_code
-                    .map_or("timed out".to_string(), |c| format!("exit status {c}"));
-                detail = format!("{status}: {}", outcome.output.trim());
-                std::thread::sleep(Duration::from_secs(1).min(left));
-            }
-        }
-        if !passed && detail.is_empty() {
-            detail = format!("not healthy within {} s", spec.timeout.as_secs());
-        }
-        report.checks.push(CheckResult {
-            service: service.clone(),
-            command: command.clone(),
-            passed,
-            detail: if passed { String::new() } else { detail },
-        });
+            Ok((
+                outcome.exit_code,
+                "timed out",
+                crate::text::escape(outcome.output.trim()).into_owned(),
+            ))
+        })?;
+        report
+            .checks
+            .push(check_result(service, command, result, spec));
     }
     // 4. The host's checks, against the copies' addresses.
     let mut env = Vec::new();
@@ -457,39 +440,66 @@ fn run_drill(
         }
     }
     for command in &spec.host_checks {
-        let mut detail = String::new();
-        let mut passed = false;
-        let mut attempts = 0;
-        while !passed {
-            cancel.check()?;
-            let Some(left) = attempt_time(deadline, attempts) else {
-                break;
-            };
-            attempts += 1;
+        let result = retried(deadline, cancel, |left| {
             let (code, output) = super::notify::run_shell_captured(command, &env, left)?;
-            passed = code == Some(0);
-            if !passed {
-                let status = code.map_or("killed at the drill's timeout".to_string(), |c| {
-                    format!("exit status {c}")
-                });
-                detail = format!("{status}: {}", crate::text::escape(output.trim()));
-                std::thread::sleep(Duration::from_secs(1).min(left));
-            }
-        }
-        if !passed && detail.is_empty() {
-            detail = format!("no time left within {} s", spec.timeout.as_secs());
-        }
-        report.checks.push(CheckResult {
-            service: "(host)".to_string(),
-            command: command.clone(),
-            passed,
-            detail: if passed { String::new() } else { detail },
-        });
+            Ok((
+                code.map(i64::from),
+                "killed at the drill's timeout",
+                crate::text::escape(output.trim()).into_owned(),
+            ))
+        })?;
+        report
+            .checks
+            .push(check_result("(host)", command, result, spec));
     }
     if report.checks.iter().all(|c| c.passed) {
         report.healthy_ms = Some(healthy_clock.elapsed().as_millis() as u64);
     }
     Ok(())
+}
+
+/// Runs a check's `attempt` (given the time it may take; its exit code,
+/// what to call no exit code, its output) until it exits 0 or time runs
+/// out, a second apart: `None` once it passed, else what the last attempt
+/// said (empty if none ran).
+fn retried(
+    deadline: Instant,
+    cancel: &Cancel,
+    mut attempt: impl FnMut(Duration) -> Result<(Option<i64>, &'static str, String)>,
+) -> Result<Option<String>> {
+    let mut detail = String::new();
+    let mut attempts = 0;
+    while let Some(left) = attempt_time(deadline, attempts) {
+        cancel.check()?;
+        attempts += 1;
+        let (code, no_code, output) = attempt(left)?;
+        if code == Some(0) {
+            return Ok(None);
+        }
+        let status = code.map_or(no_code.to_string(), |c| format!("exit status {c}"));
+        detail = format!("{status}: {output}");
+        std::thread::sleep(Duration::from_secs(1).min(left));
+    }
+    Ok(Some(detail))
+}
+
+/// A check's line in the report, from what [`retried`] said.
+fn check_result(
+    service: &str,
+    command: &str,
+    failed: Option<String>,
+    spec: &DrillSpec,
+) -> CheckResult {
+    CheckResult {
+        service: service.to_string(),
+        command: command.to_string(),
+        passed: failed.is_none(),
+        detail: match failed {
+            None => String::new(),
+            Some(d) if d.is_empty() => format!("no time left within {} s", spec.timeout.as_secs()),
+            Some(d) => d,
+        },
+    }
 }
 
 /// How long the next attempt of a check may take: what is left of the

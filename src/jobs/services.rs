@@ -39,6 +39,8 @@ pub(crate) fn stop_in_order<'c>(
 /// The containers that will run on the restored data with another image
 /// than the backup recorded: an upgrade may have migrated the data, and
 /// older data under a newer image (or the reverse) can break the service.
+/// Also those whose compose configuration changed since (another config
+/// hash), the other half of an upgrade.
 pub fn image_changes(
     docker: &Docker,
     live: &[ContainerInfo],
@@ -47,39 +49,62 @@ pub fn image_changes(
 ) -> Vec<String> {
     let mut out = Vec::new();
     for c in live {
-        let Some((recorded, was)) = other_recorded_image(c, recorded) else {
-            continue;
-        };
-        out.push(format!(
-            "{} runs image {} ({}), but {taken} was taken with {} ({}), which is {}: data written by one version may not work under another (an upgrade migrates metadata); roll the image back with the data if needed",
-            c.name,
-            crate::text::escape(&c.image),
-            short_id(&c.image_id),
-            crate::text::escape(&recorded.image),
-            short_id(was),
-            if docker.image_exists(was) {
-                "still on this host"
-            } else {
-                "no longer on this host"
+        if let Some((recorded, was)) = other_recorded_image(c, recorded) {
+            out.push(format!(
+                "{} runs image {} ({}), but {taken} was taken with {} ({}), which is {}: data written by one version may not work under another (an upgrade migrates metadata); roll the image back with the data if needed",
+                c.name,
+                crate::text::escape(&c.image),
+                short_id(&c.image_id),
+                crate::text::escape(&recorded.image),
+                short_id(was),
+                if docker.image_exists(was) {
+                    "still on this host"
+                } else {
+                    "no longer on this host"
+                }
+            ));
+        }
+        let now = crate::discovery::own_label(c, CONFIG_HASH_LABEL);
+        let then = record_of(c, recorded).and_then(|r| r.config_hash.as_deref());
+        if let (Some(now), Some(then)) = (now, then) {
+            if now != then {
+                out.push(format!(
+                    "the compose configuration of {} changed since {taken} was taken (its config hash was {}, is {})",
+                    c.name,
+                    crate::text::escape(&then.chars().take(12).collect::<String>()),
+                    crate::text::escape(&now.chars().take(12).collect::<String>())
+                ));
             }
-        ));
+        }
     }
     out
 }
 
-/// The record of live container `c` (same compose service, else same
-/// name) and the image id it recorded, when that differs from the one `c`
-/// runs. Only an id of the form Docker gives (`sha256:` and 64 hex
-/// digits) counts: it is the only part of a record that goes to Docker.
+/// The label Compose gives a container: a digest of its service's
+/// configuration.
+const CONFIG_HASH_LABEL: &str = "com.docker.compose.config-hash";
+
+/// The record of live container `c`: same compose service, else same name.
+fn record_of<'r>(
+    c: &ContainerInfo,
+    recorded: &'r [ContainerRecord],
+) -> Option<&'r ContainerRecord> {
+    let service = crate::discovery::own_label(c, crate::discovery::SERVICE_LABEL);
+    recorded.iter().find(|r| match (service, &r.service) {
+        (Some(s), Some(rs)) => s == rs,
+        _ => r.name == c.name,
+    })
+}
+
+/// The record of live container `c` and the image id it recorded, when
+/// that differs from the one `c` runs. Only an id of the form Docker gives
+/// (`sha256:` and 64 hex digits) counts: it is the only part of a record
+/// that goes to Docker.
 pub(crate) fn other_recorded_image<'r>(
     c: &ContainerInfo,
     recorded: &'r [ContainerRecord],
 ) -> Option<(&'r ContainerRecord, &'r str)> {
-    let service = crate::discovery::own_label(c, crate::discovery::SERVICE_LABEL);
-    let record = recorded.iter().find(|r| match (service, &r.service) {
-        (Some(s), Some(rs)) => s == rs,
-        _ => r.name == c.name,
-    })?;
+    let record = record_of(c, recorded)?;
     let was = record.image_id.as_deref().filter(|id| {
         id.strip_prefix("sha256:")
             .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))

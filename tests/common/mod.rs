@@ -690,3 +690,24 @@ pub fn host_fingerprint(state: &Path) -> String {
         .unwrap_or_else(|| panic!("no fingerprint in: {shown}"))
         .to_string()
 }
+
+/// Builds image `tag` from `from` with a label more: another image id, as
+/// an upgrade gives (the same files here).
+pub fn derived_image(from: &str, tag: &str) {
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker build");
+    {
+        use std::io::Write;
+        let mut stdin = build.stdin.take().expect("stdin");
+        writeln!(stdin, "FROM {from}\nLABEL volsnap.test.tag={tag}").expect("Dockerfile");
+    }
+    assert!(
+        build.wait().expect("docker build").success(),
+        "docker build of {tag}"
+    );
+}

@@ -110,6 +110,12 @@ impl BlobSaver {
         self.save_shared(kind, Arc::new(plain))
     }
 
+    /// The repository the blobs go to (its blob ids are keyed when
+    /// encrypted).
+    pub fn repository(&self) -> Arc<Repository> {
+        self.shared.repo.clone()
+    }
+
     /// As [`BlobSaver::save`], for bytes someone else reads too.
     pub fn save_shared(&mut self, kind: BlobKind, plain: Arc<Vec<u8>>) -> Result<Id> {
         let id = self.shared.repo.blob_id(&plain);
