@@ -426,6 +426,13 @@ pub struct DrillArgs {
     /// $VOLSNAP_DRILL_STANDALONE`); exit 0 means healthy. Repeat for several.
     #[arg(long, value_name = "CMD")]
     pub check_host: Vec<String>,
+    /// When a service now runs another image than its backup was taken
+    /// with, run its copy on the recorded image (by id, never pulled; only
+    /// if this host has it under the running image's repository, an older
+    /// tag of the same software). Without it the copies run the current
+    /// images and the report names the recorded ones.
+    #[arg(long)]
+    pub recorded_images: bool,
     /// Seconds to wait for every container and check to be healthy.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub timeout: u64,

@@ -109,29 +109,44 @@ pub fn stage(paths: &[PathBuf], dir: &Path) -> Result<Staged> {
         }
         let relative = path.strip_prefix("/").unwrap_or(path);
         let to = dir.join(relative);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+        // A file where another file's directory goes (two paths of the
+        // definition, one inside the other): noted, not a failed backup.
+        if let Err(e) = write_staged(&to, &bytes, mode) {
+            staged.notes.push(format!(
+                "stack definition: {} cannot be kept ({e:#}): not kept",
+                path.display()
+            ));
+            continue;
         }
-        crate::fsutil::write_private(&to, &bytes)?;
-        // Its permission bits as they are (the staging directory is 0700).
-        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", to.display()))?;
         staged.files += 1;
         staged.bytes += bytes.len() as u64;
     }
     Ok(staged)
 }
 
+fn write_staged(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    crate::fsutil::write_private(to, bytes)?;
+    // Its permission bits as they are (the staging directory is 0700).
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", to.display()))
+}
+
 /// A regular file's content and permission bits, if it is one and not
 /// too large; else why not.
 fn read_bounded(path: &Path) -> std::result::Result<(Vec<u8>, u32), String> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    // Non-blocking, so that a FIFO put in a file's place cannot hang the
+    // The file itself may sit in a directory a container writes (a
+    // project bound into its service): a symlink put in its place is not
+    // followed (it could name a secret of the host's), nor is a device
+    // made a terminal; non-blocking, so that a FIFO cannot hang the
     // backup; checked to be a regular file once open.
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
         .open(path)
         .map_err(|e| format!("cannot be read ({e})"))?;
     let meta = file
@@ -165,10 +180,18 @@ mod tests {
         let big = src.path().join("big.bin");
         std::fs::write(&big, vec![0u8; (MAX_FILE + 1) as usize]).unwrap();
         let missing = src.path().join("gone.yml");
+        // A symlink put in a file's place (to a host secret, say).
+        let link = src.path().join(".env");
+        std::os::unix::fs::symlink(&small, &link).unwrap();
         let out = tempfile::tempdir().unwrap();
-        let staged = stage(&[small.clone(), big, missing], out.path()).unwrap();
+        let staged = stage(&[small.clone(), big, missing, link], out.path()).unwrap();
         assert_eq!(staged.files, 1);
-        assert_eq!(staged.notes.len(), 2, "{:?}", staged.notes);
+        assert_eq!(staged.notes.len(), 3, "{:?}", staged.notes);
+        assert!(!out
+            .path()
+            .join(src.path().strip_prefix("/").unwrap())
+            .join(".env")
+            .exists());
         let copy = out.path().join(small.strip_prefix("/").unwrap());
         assert_eq!(std::fs::read(copy).unwrap(), b"common: {}\n");
     }

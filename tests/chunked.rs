@@ -973,3 +973,35 @@ fn every_file_read_again_gives_the_same_manifest_whatever_the_threads() {
     assert_eq!(listing(&first["id"]), listing(&second["id"]));
     verify_deep(&repo, second["id"].as_str().unwrap());
 }
+
+/// However large a file, the chunks waiting for their digests are bounded:
+/// a 2 GiB sparse file (a container can make one in no time) is backed up
+/// by a volsnap that never holds more than a fraction of it.
+#[test]
+fn a_huge_file_is_backed_up_in_bounded_memory() {
+    let mut p = Project::new("hugefile");
+    let repo = p.tempdir();
+    let vol = p.volume("data", &[]);
+    let file = std::fs::File::create(volume_path(&vol).join("sparse")).unwrap();
+    file.set_len(2 << 30).unwrap();
+    let mount = format!("{vol}:/data");
+    p.service("app", &[], &["-v", &mount], &["idle"]);
+    let out = json(&ok(volsnap(&backup_args(
+        &p.name,
+        &repo,
+        &["--strategy", "online", "--json"],
+    ))));
+    assert_eq!(out["volumes"][0]["bytes"], 2u64 << 30, "{out}");
+    // The largest resident size of any child this test binary waited for.
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let peak_mib = usage.ru_maxrss / 1024;
+    assert!(
+        peak_mib < 1024,
+        "volsnap held {peak_mib} MiB while backing up a 2 GiB file"
+    );
+}

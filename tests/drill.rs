@@ -221,8 +221,8 @@ fn a_drill_runs_the_recorded_image_while_it_exists_and_says_when_it_does_not() {
     docker(&["rm", "-f", &db]);
     let db = p.service("db", &[], &["-v", &m], &["idle"]);
     wait_until("db to run", 30, || is_running(&db));
-    let drill = |what: &str| -> Value {
-        let out = ok(volsnap(&[
+    let drill = |what: &str, recorded: bool| -> Value {
+        let mut args = vec![
             "drill",
             "--repo",
             repo.to_str().unwrap(),
@@ -231,12 +231,25 @@ fn a_drill_runs_the_recorded_image_while_it_exists_and_says_when_it_does_not() {
             "--check",
             "db=grep -qx ok /data/state",
             "--json",
-        ]));
+        ];
+        if recorded {
+            args.push("--recorded-images");
+        }
+        let out = ok(volsnap(&args));
         let report: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(report["passed"], true, "{what}: {report}");
         report
     };
-    let report = drill("recorded image present");
+    // The backup's word alone does not pick an image: the operator asks.
+    let report = drill("without --recorded-images", false);
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains(&format!("taken with image {old}"))
+            && notes.contains("the copy runs the current")
+            && notes.contains("--recorded-images"),
+        "{notes}"
+    );
+    let report = drill("recorded image present", true);
     let notes = report["notes"].to_string();
     assert!(
         notes.contains(&format!("runs the image the backup was taken with, {old}"))
@@ -246,7 +259,7 @@ fn a_drill_runs_the_recorded_image_while_it_exists_and_says_when_it_does_not() {
     assert_eq!(id, report["backup_id"].as_str().unwrap());
 
     docker(&["rmi", &old]);
-    let report = drill("recorded image gone");
+    let report = drill("recorded image gone", true);
     let notes = report["notes"].to_string();
     assert!(
         notes.contains(&format!("taken with image {old}"))

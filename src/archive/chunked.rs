@@ -194,7 +194,8 @@ pub struct ChunkEmitter<'s> {
     tree: TreeWriter,
     /// The data blobs the files use (encrypted repositories).
     refs: Option<RefsWriter>,
-    chunker: Chunker,
+    /// Taken out while a file is chunked (its callback needs the rest).
+    chunker: Option<Chunker>,
     parent: Option<ParentCursor>,
     /// This stream, kept for the next backup as its parent.
     keep: Option<zstd::stream::write::Encoder<'static, File>>,
@@ -220,7 +221,7 @@ impl<'s> ChunkEmitter<'s> {
             waiting_bytes: 0,
             tree: TreeWriter::new(tree_params, seed),
             refs: refs.then(RefsWriter::new),
-            chunker: Chunker::new(&params, seed),
+            chunker: Some(Chunker::new(&params, seed)),
             parent,
             keep: keep
                 .map(|f| zstd::stream::write::Encoder::new(f, 3))
@@ -243,25 +244,33 @@ impl<'s> ChunkEmitter<'s> {
     }
 
     /// Chunks one file's content and hands the chunks to the digest
-    /// thread; its line waits for their ids and the file's SHA-256.
+    /// thread; its line waits for their ids and the file's SHA-256. Chunks
+    /// are saved as their ids come back, while the file is still being
+    /// read: however large the file, at most [`MAX_WAITING_BYTES`] wait.
     fn read_file(&mut self, line: TreeEntry, content: &mut Content<'_>) -> Result<()> {
-        let mut chunks = std::collections::VecDeque::new();
-        let digester = &self.digester;
-        let mut bytes = 0;
-        self.chunker.chunks(content, |chunk| {
-            let chunk = Arc::new(chunk);
-            bytes += chunk.len();
-            digester.send(DigestWork::Chunk(chunk.clone()))?;
-            chunks.push_back(chunk);
-            Ok(())
-        })?;
-        digester.send(DigestWork::EndFile)?;
-        self.waiting_bytes += bytes;
         self.waiting.push_back(Waiting {
             line,
-            chunks,
+            chunks: Default::default(),
             digest: true,
         });
+        let mut chunker = self
+            .chunker
+            .take()
+            .context("internal error: the chunker is in use")?;
+        let chunked = chunker.chunks(content, |chunk| {
+            let chunk = Arc::new(chunk);
+            self.waiting_bytes += chunk.len();
+            self.waiting
+                .back_mut()
+                .context("internal error: no line for a chunk")?
+                .chunks
+                .push_back(chunk.clone());
+            self.digester.send(DigestWork::Chunk(chunk))?;
+            self.settle(MAX_WAITING_BYTES)
+        });
+        self.chunker = Some(chunker);
+        chunked?;
+        self.digester.send(DigestWork::EndFile)?;
         self.settle(MAX_WAITING_BYTES)
     }
 

@@ -23,6 +23,7 @@ pub fn run(args: DrillArgs) -> Result<i32> {
     let spec = DrillSpec {
         checks,
         host_checks: args.check_host.clone(),
+        recorded_images: args.recorded_images,
         timeout: Duration::from_secs(args.timeout),
     };
     let cancel = Cancel::from_signals()?;

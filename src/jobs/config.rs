@@ -137,6 +137,10 @@ pub struct Drill {
     /// holds each copy's address); exit 0 is healthy.
     #[serde(default)]
     pub host_checks: Vec<String>,
+    /// Copies run on the images the backup was taken with, while they are
+    /// on this host (see `drill --recorded-images`).
+    #[serde(default)]
+    pub recorded_images: bool,
     /// Seconds to wait for every container to be healthy (default 300).
     pub timeout: Option<u64>,
 }

@@ -40,6 +40,10 @@ pub struct DrillSpec {
     /// on the drill network (a client program the images lack, such as a
     /// Milvus client). The operator's commands, never a backup's.
     pub host_checks: Vec<String>,
+    /// Run a copy on the image its service's backup was taken with (by
+    /// id, if still here under the running image's repository) rather
+    /// than the current one.
+    pub recorded_images: bool,
     pub timeout: Duration,
 }
 
@@ -151,6 +155,7 @@ pub fn run_job_drill(
     let spec = DrillSpec {
         checks: settings.checks.into_iter().collect(),
         host_checks: settings.host_checks,
+        recorded_images: settings.recorded_images,
         timeout: Duration::from_secs(settings.timeout.unwrap_or(DEFAULT_DRILL_TIMEOUT_SECS)),
     };
     let clock = Instant::now();
@@ -352,12 +357,24 @@ fn run_drill(
         let mut aliases = vec![c.info.name.clone()];
         aliases.extend(c.service.clone());
         // The image the backup was taken with, when the service runs
-        // another now and that image (by id) is still here, known by the
+        // another now: only if the operator asks (the id is the backup's
+        // word), and that image (by id) is still here, known by the
         // repository of the one running now (an older tag of the same
-        // software, not whatever image a backup names): never pulled, and
+        // software, not whatever image a backup names). Never pulled, and
         // nothing else of the copy's configuration from the backup.
         let lineage = crate::docker::repository_of(&c.info.image);
         let image = match super::services::other_recorded_image(&c.info, &manifest.containers) {
+            Some((recorded, was)) if !spec.recorded_images => {
+                report.notes.push(format!(
+                    "{}: the backup was taken with image {} ({}); the copy runs the current {} ({}) (--recorded-images runs the one recorded, while it is on this host)",
+                    c.info.name,
+                    crate::text::escape(&recorded.image),
+                    super::services::short_id(was),
+                    crate::text::escape(&c.info.image),
+                    super::services::short_id(&c.info.image_id)
+                ));
+                None
+            }
             Some((recorded, was))
                 if docker.image_repositories(was).iter().any(|r| r == lineage) =>
             {

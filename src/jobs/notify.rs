@@ -38,13 +38,14 @@ pub fn run_shell_captured(
     use std::io::{Read, Seek};
     let mut out = tempfile::tempfile().context("cannot create a file for a command's output")?;
     let status = bounded_shell(command, env, None, Some(&out), timeout)?;
-    let mut text = Vec::new();
-    out.rewind()?;
-    out.read_to_end(&mut text)?;
-    let tail = &text[text.len().saturating_sub(4096)..];
+    // Only the end, whatever the command wrote.
+    let end = out.seek(std::io::SeekFrom::End(0))?;
+    out.seek(std::io::SeekFrom::Start(end.saturating_sub(4096)))?;
+    let mut tail = Vec::new();
+    out.read_to_end(&mut tail)?;
     Ok((
         status.and_then(|s| s.code()),
-        String::from_utf8_lossy(tail).into_owned(),
+        String::from_utf8_lossy(&tail).into_owned(),
     ))
 }
 

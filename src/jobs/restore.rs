@@ -93,7 +93,21 @@ pub fn perform(
             "--definition-to writes out only the stack's definition, into a new or empty directory; it takes no --target-dir, --volume or --force"
         ));
     }
-    if definition_only && !manifest.volumes.iter().any(is_definition) {
+    let definitions: Vec<&VolumeRecord> = manifest
+        .volumes
+        .iter()
+        .filter(|v| is_definition(v))
+        .collect();
+    if definitions.len() > 1 {
+        anyhow::bail!(
+            "backup {id} holds {} stack definitions where a backup has at most one (damaged or tampered with); nothing was restored",
+            definitions.len()
+        );
+    }
+    for d in &definitions {
+        d.local_name()?; // its one name, or refused
+    }
+    if definition_only && definitions.is_empty() {
         return Err(usage!(
             "backup {id} keeps no stack definition (its stack had no compose file or read-only bound file, it is a format-1 backup, or it was taken before volsnap kept one)"
         ));

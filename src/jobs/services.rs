@@ -65,13 +65,16 @@ pub fn image_changes(
             ));
         }
         let now = crate::discovery::own_label(c, CONFIG_HASH_LABEL);
-        let then = record_of(c, recorded).and_then(|r| r.config_hash.as_deref());
+        // Compose's hashes are 64 hex digits; nothing else is shown.
+        let then = record_of(c, recorded)
+            .and_then(|r| r.config_hash.as_deref())
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
         if let (Some(now), Some(then)) = (now, then) {
             if now != then {
                 out.push(format!(
                     "the compose configuration of {} changed since {taken} was taken (its config hash was {}, is {})",
                     c.name,
-                    crate::text::escape(&then.chars().take(12).collect::<String>()),
+                    &then[..12],
                     crate::text::escape(&now.chars().take(12).collect::<String>())
                 ));
             }

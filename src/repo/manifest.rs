@@ -273,7 +273,11 @@ pub fn local_name(kind: VolumeKind, name: &str) -> Result<String> {
                 .collect();
             Ok(format!("bind-{flat}"))
         }
-        VolumeKind::Definition => Ok(DEFINITION_NAME.to_string()),
+        VolumeKind::Definition if name == DEFINITION_NAME => Ok(DEFINITION_NAME.to_string()),
+        VolumeKind::Definition => bail!(
+            "the backup names its stack definition {:?}, not {DEFINITION_NAME} (damaged or tampered with)",
+            crate::text::escape(name)
+        ),
     }
 }
 
