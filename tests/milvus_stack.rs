@@ -382,8 +382,8 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
     };
     assert!(stop_line("standalone") < stop_line("etcd"), "{plan}");
     assert!(stop_line("standalone") < stop_line("minio"), "{plan}");
-    // Its own stop timeout (stop_grace_period: 40s) applies.
-    assert!(plan.contains("stop timeout 40 s, its own"), "{plan}");
+    // Its own stop timeout (stop_grace_period: 90s) applies.
+    assert!(plan.contains("stop timeout 90 s, its own"), "{plan}");
 
     let repo = scratch.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
@@ -533,7 +533,7 @@ fn the_real_milvus_stack_backs_up_and_restores_every_acknowledged_row() {
     // Milvus answers a query (its volsnap.ready label).
     // Clean: given the time its graceful stop needs (compose's own
     // restart waits only 10 s), so Milvus deregisters its sessions.
-    live.compose(&["restart", "-t", "40"]);
+    live.compose(&["restart", "-t", "90"]);
     wait_healthy(&standalone, Duration::from_secs(180));
     let check = |acked: u64| {
         let out = Command::new(python())
