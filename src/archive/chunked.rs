@@ -12,67 +12,21 @@
 //! only if every chunk it lists is in a live pack of the repository now.
 
 use super::chunk::Chunker;
+use super::parent::{KeepWriter, ParentCursor};
 use super::{Content, Emit, Xattrs};
 use crate::repo::manifest::{encode_name, EntryKind, FileEntry};
 use crate::repo::v2::id::Id;
 use crate::repo::v2::objects::ChunkerParams;
 use crate::repo::v2::pack::BlobKind;
 use crate::repo::v2::saver::BlobSaver;
-use crate::repo::v2::tree::{walk_order, RefsWriter, TreeEntry, TreeWriter, XattrRecord};
+use crate::repo::v2::tree::{RefsWriter, TreeEntry, TreeWriter, XattrRecord};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use std::cmp::Ordering;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-
-/// A parent stream being walked alongside the tree.
-pub struct ParentCursor {
-    lines: std::io::Lines<BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>>,
-    current: Option<TreeEntry>,
-}
-
-impl ParentCursor {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let decoder = zstd::stream::read::Decoder::new(file)?;
-        let mut cursor = Self {
-            lines: BufReader::new(decoder).lines(),
-            current: None,
-        };
-        cursor.advance()?;
-        Ok(cursor)
-    }
-
-    fn advance(&mut self) -> Result<()> {
-        self.current = match self.lines.next() {
-            Some(line) => Some(serde_json::from_str(&line?).context("a parent line is not valid")?),
-            None => None,
-        };
-        Ok(())
-    }
-
-    /// The parent's line for the regular file at `rel`, if it has one;
-    /// skips the lines of entries that are gone.
-    fn find_file(&mut self, rel: &[u8]) -> Result<Option<TreeEntry>> {
-        while let Some(line) = &self.current {
-            let path = line.entry.raw_path()?;
-            match walk_order(&path, line.entry.kind == EntryKind::Dir, rel, false) {
-                Ordering::Less => self.advance()?,
-                Ordering::Equal => {
-                    let found = self.current.take();
-                    self.advance()?;
-                    return Ok(found.filter(|l| l.entry.kind == EntryKind::File));
-                }
-                Ordering::Greater => return Ok(None),
-            }
-        }
-        Ok(None)
-    }
-}
 
 /// What the emitter adds up besides the walk's own summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -198,7 +152,9 @@ pub struct ChunkEmitter<'s> {
     chunker: Option<Chunker>,
     parent: Option<ParentCursor>,
     /// This stream, kept for the next backup as its parent.
-    keep: Option<zstd::stream::write::Encoder<'static, File>>,
+    keep: Option<KeepWriter>,
+    /// The line being written, encoded (reused from line to line).
+    encoded: Vec<u8>,
     reuse_next: Option<TreeEntry>,
     pub stats: ChunkStats,
 }
@@ -223,9 +179,8 @@ impl<'s> ChunkEmitter<'s> {
             refs: refs.then(RefsWriter::new),
             chunker: Some(Chunker::new(&params, seed)),
             parent,
-            keep: keep
-                .map(|f| zstd::stream::write::Encoder::new(f, 3))
-                .transpose()?,
+            keep: keep.map(KeepWriter::start).transpose()?,
+            encoded: Vec::new(),
             reuse_next: None,
             stats: ChunkStats::default(),
         })
@@ -236,7 +191,7 @@ impl<'s> ChunkEmitter<'s> {
     pub fn finish(mut self) -> Result<(Vec<Id>, Id, Option<Vec<Id>>)> {
         self.settle(0)?;
         if let Some(keep) = self.keep {
-            keep.finish()?.sync_all()?;
+            keep.finish()?;
         }
         let (tree, sha) = self.tree.finish(self.saver)?;
         let refs = self.refs.map(|r| r.finish(self.saver)).transpose()?;
@@ -330,16 +285,20 @@ impl<'s> ChunkEmitter<'s> {
         self.settle(MAX_WAITING_BYTES)
     }
 
+    /// Writes a complete line: encoded once, into the tree stream and the
+    /// parent copy alike.
     fn push(&mut self, line: &TreeEntry) -> Result<()> {
-        self.tree.push(line, self.saver)?;
+        self.encoded.clear();
+        serde_json::to_writer(&mut self.encoded, line).context("cannot encode a manifest line")?;
+        self.encoded.push(b'\n');
+        self.tree.push_encoded(&self.encoded, self.saver)?;
         if let Some(refs) = &mut self.refs {
             for chunk in &line.chunks {
                 refs.push(chunk, self.saver)?;
             }
         }
         if let Some(keep) = &mut self.keep {
-            serde_json::to_writer(&mut *keep, line)?;
-            keep.write_all(b"\n")?;
+            keep.write(&self.encoded)?;
         }
         Ok(())
     }
@@ -784,6 +743,7 @@ mod tests {
     };
     use crate::repo::v2::Repository;
     use crate::restore::{restore_volume, Payload, RestoreOptions};
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
 

@@ -31,6 +31,7 @@ pub mod chunk;
 pub mod chunked;
 pub mod exclude;
 mod guard;
+mod parent;
 mod prefetch;
 mod stage;
 
@@ -514,7 +515,7 @@ impl Walker<'_> {
     fn write_entry(&mut self, source: Source<'_>, rel: &[u8], meta: &fs::Metadata) -> Result<()> {
         let abs = source.path();
         let file_type = meta.file_type();
-        let shown = display(rel);
+        let shown = || display(rel);
         let mut entry = FileEntry {
             path: String::new(),
             path_hex: None,
@@ -560,12 +561,12 @@ impl Walker<'_> {
             let target = match source.read_link() {
                 Ok(t) => t,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.summary.vanished_during_read.push(shown);
+                    self.summary.vanished_during_read.push(shown());
                     return Ok(());
                 }
                 // Replaced by something else since it was listed.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.summary.changed_during_read.push(shown);
+                    self.summary.changed_during_read.push(shown());
                     return Ok(());
                 }
                 Err(e) => {
@@ -586,16 +587,16 @@ impl Walker<'_> {
                 (self.progress)(entry.size);
             } else {
                 #[cfg(feature = "fault-injection")]
-                crate::fault::before_open(&shown);
+                crate::fault::before_open(&shown());
                 let file = match source.open_file() {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        self.summary.vanished_during_read.push(shown);
+                        self.summary.vanished_during_read.push(shown());
                         return Ok(());
                     }
                     // Replaced by a symlink since it was listed.
                     Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                        self.summary.changed_during_read.push(shown);
+                        self.summary.changed_during_read.push(shown());
                         return Ok(());
                     }
                     Err(e) => {
@@ -611,7 +612,7 @@ impl Walker<'_> {
                     .metadata()
                     .with_context(|| format!("cannot read {}", abs.display()))?;
                 if !opened.is_file() || !same_inode(&opened, meta) {
-                    self.summary.changed_during_read.push(shown);
+                    self.summary.changed_during_read.push(shown());
                     return Ok(());
                 }
                 let xattrs = read_xattrs(file.list_xattr(), |name| file.get_xattr(name));
@@ -631,7 +632,7 @@ impl Walker<'_> {
                     .metadata()
                     .with_context(|| format!("cannot read {}", abs.display()))?;
                 if came_up_short || changed_while_read(meta, &after) {
-                    self.summary.changed_during_read.push(shown);
+                    self.summary.changed_during_read.push(shown());
                 }
             }
             self.summary.files += 1;
@@ -651,7 +652,7 @@ impl Walker<'_> {
             self.emit.entry(entry, rel, meta, &xattrs, None)?;
         } else {
             // Sockets cannot be archived (GNU tar skips them too).
-            self.summary.skipped.push(format!("{shown} (socket)"));
+            self.summary.skipped.push(format!("{} (socket)", shown()));
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ struct Compact {
 }
 
 /// The union of a repository's indexes: a table sorted by blob id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Index {
     /// (pack id, pack size), in the order first seen.
     pub packs: Vec<(Id, u64)>,
@@ -71,6 +71,10 @@ pub struct Index {
     /// Each pack's recipient set (encrypted repositories).
     pack_recipients: Vec<Option<Id>>,
     blobs: Vec<(Id, Compact)>,
+    /// Where the ids starting with each two-byte prefix begin in `blobs`
+    /// (65,537 entries): a lookup searches a handful of ids, not all of
+    /// them (an unchanged file's chunks are looked up once a file).
+    fanout: Vec<u32>,
     /// Index objects set aside because they failed their checks, and why.
     pub quarantined: Vec<(Id, String)>,
 }
@@ -164,14 +168,36 @@ impl IndexBuilder {
         blobs.sort_by_key(|b| b.0);
         blobs.dedup_by(|later, first| later.0 == first.0 && later.1.pack == first.1.pack);
         blobs.shrink_to_fit();
+        let mut fanout = vec![0u32; PREFIXES + 1];
+        for (id, _) in &blobs {
+            fanout[prefix(id) + 1] += 1;
+        }
+        for i in 1..fanout.len() {
+            fanout[i] += fanout[i - 1];
+        }
         Index {
             packs: self.packs,
             pack_keys: self.pack_keys,
             pack_recipients: self.pack_recipients,
             blobs,
+            fanout,
             quarantined: Vec::new(),
         }
     }
+}
+
+impl Default for Index {
+    /// An empty index (its fan-out table too).
+    fn default() -> Self {
+        IndexBuilder::default().finish()
+    }
+}
+
+/// The number of two-byte id prefixes (see [`Index::fanout`]).
+const PREFIXES: usize = 1 << 16;
+
+fn prefix(id: &Id) -> usize {
+    usize::from(u16::from_be_bytes([id.0[0], id.0[1]]))
 }
 
 impl Index {
@@ -191,9 +217,11 @@ impl Index {
 
     /// Every copy of the blob, the first described first.
     pub fn copies(&self, blob: &Id) -> impl Iterator<Item = Location> + '_ {
-        let from = self.blobs.partition_point(|(id, _)| id < blob);
+        let p = prefix(blob);
+        let bucket = &self.blobs[self.fanout[p] as usize..self.fanout[p + 1] as usize];
+        let from = bucket.partition_point(|(id, _)| id < blob);
         let blob = *blob;
-        self.blobs[from..]
+        bucket[from..]
             .iter()
             .take_while(move |(id, _)| *id == blob)
             .map(|(_, place)| Location {

@@ -61,17 +61,19 @@ pub struct XattrRecord {
 /// by its content. Comparing two entries this way lets a backup walk its
 /// parent's stream alongside the tree, holding one line of it.
 pub fn walk_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> Ordering {
+    // Each component, marked 1 when a directory (every one but a
+    // non-directory's last). No allocation: this runs for every parent
+    // line a backup passes.
     fn key(path: &[u8], is_dir: bool) -> impl Iterator<Item = (u8, &[u8])> {
-        let components: Vec<&[u8]> = if path == b"." {
-            Vec::new()
-        } else {
-            path.split(|&c| c == b'/').collect()
-        };
-        let last = components.len().saturating_sub(1);
-        components
+        let mut components = (path != b".")
+            .then(|| path.split(|&c| c == b'/'))
             .into_iter()
-            .enumerate()
-            .map(move |(i, c)| (u8::from(i < last || is_dir), c))
+            .flatten()
+            .peekable();
+        std::iter::from_fn(move || {
+            let component = components.next()?;
+            Some((u8::from(is_dir || components.peek().is_some()), component))
+        })
     }
     key(a, a_dir).cmp(key(b, b_dir))
 }
@@ -101,6 +103,18 @@ impl TreeWriter {
         serde_json::to_writer(&mut self.buffer, line).context("cannot encode a manifest line")?;
         self.buffer.push(b'\n');
         self.hasher.update(&self.buffer[start..]);
+        self.cut_when_full(saver)
+    }
+
+    /// Appends a line encoded already (one JSON value and its newline).
+    pub fn push_encoded(&mut self, line: &[u8], saver: &mut BlobSaver) -> Result<()> {
+        debug_assert!(line.ends_with(b"\n"));
+        self.buffer.extend_from_slice(line);
+        self.hasher.update(line);
+        self.cut_when_full(saver)
+    }
+
+    fn cut_when_full(&mut self, saver: &mut BlobSaver) -> Result<()> {
         if self.buffer.len() >= 2 * self.params.max as usize {
             self.cut(false, saver)?;
         }
