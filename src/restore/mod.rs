@@ -11,6 +11,7 @@
 
 pub mod export;
 pub mod verify;
+mod write;
 
 use crate::archive::{entry_path, entry_xattrs, link_target, ArchiveReader, EntryChecker};
 use crate::beneath::{open_path, proc_fd_path, At, Beneath};
@@ -25,22 +26,19 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
-use xattr::FileExt as _;
 
 /// Prefix of the staging directory inside the target.
 pub const STAGING_PREFIX: &str = ".volsnap-restore-";
 /// Prefix of the directory the previous content is moved to during the swap.
 pub const ASIDE_PREFIX: &str = ".volsnap-replaced-";
-const CHUNK: usize = 1 << 16;
 
 /// What restore may do beyond plain files, directories and links.
 #[derive(Debug, Clone, Copy, Default)]
@@ -283,7 +281,7 @@ pub fn restore_volumes(
     for one in &mut staged {
         if let Some((record, xattrs)) = one.root.take() {
             let dir = File::from(Beneath::open(&one.target)?.root().try_clone_to_owned()?);
-            apply_to_open(&dir, &record, &xattrs, &one.target.display().to_string())?;
+            write::apply_to_open(&dir, &record, &xattrs, &one.target.display().to_string())?;
         }
     }
 
@@ -501,6 +499,8 @@ pub(crate) struct Materializer<'p> {
     stats: RestoreStats,
     root: Option<RootMeta>,
     dirs: Vec<(PathBuf, FileEntry, Xattrs)>,
+    /// Threads writing small files (taken when finished).
+    writers: Option<write::Writers>,
 }
 
 impl<'p> Materializer<'p> {
@@ -520,7 +520,14 @@ impl<'p> Materializer<'p> {
             stats: RestoreStats::default(),
             root: None,
             dirs: Vec::new(),
+            writers: Some(write::Writers::start(volume)?),
         })
+    }
+
+    fn writers(&mut self) -> Result<&mut write::Writers> {
+        self.writers
+            .as_mut()
+            .context("internal error: the restore is finished")
     }
 
     pub(crate) fn put(&mut self, incoming: Incoming<'_>) -> Result<()> {
@@ -572,24 +579,29 @@ impl<'p> Materializer<'p> {
             }
             EntryKind::File => {
                 let content = content.with_context(|| format!("{path:?} has no content"))?;
-                let mut file =
-                    create_file(&at).with_context(|| format!("cannot create {path:?}"))?;
-                let (digest, len) = write_file(content, &mut file, &path, self.progress)?;
-                if len != record.size {
-                    bail!(
-                        "{}: file {path} holds {len} of its {} bytes; the backup is truncated or corrupt",
-                        self.volume,
-                        record.size
-                    );
+                if record.size <= write::HANDED_OFF {
+                    // Read whole (one byte more shows a longer content),
+                    // written and checked by a writing thread.
+                    let mut bytes = Vec::with_capacity(record.size as usize);
+                    content
+                        .take(record.size + 1)
+                        .read_to_end(&mut bytes)
+                        .context("cannot read the backup")?;
+                    let len = bytes.len() as u64;
+                    // A short content is named here, before the entries
+                    // after it fail for the same reason.
+                    write::check_length(&self.volume, &path, &record, len)?;
+                    (self.progress)(len);
+                    self.stats.files += 1;
+                    self.stats.bytes += len;
+                    let job = write::FileJob::new(&at, bytes, record, xattrs, path)?;
+                    return self.writers()?.submit(job);
                 }
-                if Some(&digest) != record.sha256.as_ref() {
-                    bail!(
-                        "{}: file {path} does not match the manifest (SHA-256 {digest}, expected {}); the backup is corrupt",
-                        self.volume,
-                        record.sha256.as_deref().unwrap_or("none")
-                    );
-                }
-                apply_to_open(&file, &record, &xattrs, &path)?;
+                let mut file = write::create_file(&*at.dir, &at.name)
+                    .with_context(|| format!("cannot create {path:?}"))?;
+                let (digest, len) = write::write_file(content, &mut file, &path, self.progress)?;
+                write::check_written(&self.volume, &path, &record, &digest, len)?;
+                write::apply_to_open(&file, &record, &xattrs, &path)?;
                 self.stats.files += 1;
                 self.stats.bytes += len;
             }
@@ -608,6 +620,8 @@ impl<'p> Materializer<'p> {
                     anyhow!("hard link {path:?} points to {shown:?}, which is not an earlier regular file of the backup")
                 };
                 let source_rel = safe_relative(&link)?;
+                // Its target may still be with a writing thread.
+                self.writers()?.wait()?;
                 let source = self
                     .tree
                     .parent_of(&source_rel, false)
@@ -670,14 +684,17 @@ impl<'p> Materializer<'p> {
     }
 
     /// Applies directory metadata and flushes the staging tree to disk.
-    pub(crate) fn finish(self) -> Result<(RestoreStats, Option<RootMeta>)> {
+    pub(crate) fn finish(mut self) -> Result<(RestoreStats, Option<RootMeta>)> {
+        if let Some(writers) = self.writers.take() {
+            writers.finish()?;
+        }
         for (rel, record, xattrs) in self.dirs.iter().rev() {
             let dir = File::from(
                 self.tree
                     .dir(rel)
                     .with_context(|| format!("cannot open {}", rel.display()))?,
             );
-            apply_to_open(&dir, record, xattrs, &rel.to_string_lossy())?;
+            write::apply_to_open(&dir, record, xattrs, &rel.to_string_lossy())?;
         }
         // Everything staged reaches the disk before anything is swapped in.
         nix::unistd::syncfs(self.tree.root())
@@ -976,68 +993,6 @@ pub fn safe_relative(raw: &[u8]) -> Result<PathBuf> {
 
 /// Creates a new regular file in the staging tree (never through a
 /// symlink, never over an existing name).
-fn create_file(at: &At) -> nix::Result<File> {
-    let flags =
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    nix::fcntl::openat(
-        &*at.dir,
-        at.name.as_os_str(),
-        flags,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map(File::from)
-}
-
-/// Writes a regular file's content, leaving holes where the data is zeros.
-fn write_file(
-    entry: &mut dyn Read,
-    file: &mut File,
-    path: &str,
-    progress: &dyn Fn(u64),
-) -> Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut len = 0u64;
-    let write_err = || format!("cannot write {path:?}");
-    loop {
-        let n = entry.read(&mut buf).context("cannot read the backup")?;
-        if n == 0 {
-            break;
-        }
-        let chunk = &buf[..n];
-        hasher.update(chunk);
-        if chunk.iter().all(|&b| b == 0) {
-            file.seek(SeekFrom::Current(n as i64))
-                .with_context(write_err)?;
-        } else {
-            file.write_all(chunk).with_context(write_err)?;
-        }
-        len += n as u64;
-        progress(n as u64);
-    }
-    file.set_len(len).with_context(write_err)?;
-    Ok((hex::encode(hasher.finalize()), len))
-}
-
-/// Owner, extended attributes, mode and mtime of an open file or
-/// directory, in an order that keeps them all (chown clears setuid bits, so
-/// mode comes after it).
-fn apply_to_open(file: &File, record: &FileEntry, xattrs: &Xattrs, path: &str) -> Result<()> {
-    nix::unistd::fchown(file, Some(record.uid.into()), Some(record.gid.into()))
-        .with_context(|| format!("cannot set the owner of {path:?}"))?;
-    for (name, value) in xattrs {
-        if let Err(e) = file.set_xattr(name, value) {
-            tracing::warn!("cannot restore extended attribute {name} on {path:?}: {e}");
-        }
-    }
-    nix::sys::stat::fchmod(file, Mode::from_bits_truncate(record.mode))
-        .with_context(|| format!("cannot set the mode of {path:?}"))?;
-    let mtime = nix::sys::time::TimeSpec::new(record.mtime, 0);
-    nix::sys::stat::futimens(file, &mtime, &mtime)
-        .with_context(|| format!("cannot set the modification time of {path:?}"))?;
-    Ok(())
-}
-
 /// The same for a symlink, FIFO or device node just created at `at`: by
 /// name in its directory, never following it; the mode (not for symlinks)
 /// through an `O_PATH` descriptor checked to be what was created.
