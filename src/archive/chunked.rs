@@ -319,8 +319,15 @@ fn xattr_records(xattrs: &Xattrs) -> Vec<XattrRecord> {
 }
 
 impl Emit for ChunkEmitter<'_> {
-    fn reads_every_file(&self) -> bool {
-        self.parent.is_none()
+    /// Without a parent, every file is read. With one, a file whose
+    /// inode changed after the parent copy was written (its ctime, which
+    /// no one sets at will) will not match it: an upgrade that touches
+    /// every file (a new release's mtimes) reads them all, ahead.
+    fn likely_read(&self, meta: &fs::Metadata) -> bool {
+        match &self.parent {
+            None => true,
+            Some(parent) => meta.ctime() >= parent.written(),
+        }
     }
 
     fn reuse(&mut self, rel: &[u8], meta: &fs::Metadata) -> bool {

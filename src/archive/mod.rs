@@ -178,9 +178,9 @@ pub(crate) fn walk(
     cancel: &Cancel,
     progress: &dyn Fn(u64),
 ) -> Result<ArchiveSummary> {
-    // Read ahead only when every file will be read, and not under a rate
-    // limit (the hints would read past it).
-    let prefetch = if bwlimit.is_none() && emit.reads_every_file() {
+    // Read ahead, but not under a rate limit (the hints would read past
+    // it).
+    let prefetch = if bwlimit.is_none() {
         prefetch::Prefetcher::start()
     } else {
         None
@@ -222,9 +222,10 @@ pub(crate) type Xattrs = Vec<(std::ffi::OsString, Vec<u8>)>;
 /// chunk writer of format 2. Entries come in archive order: depth first,
 /// names sorted bytewise, a directory before its content.
 pub(crate) trait Emit {
-    /// Whether every regular file will be read (no parent to take files
-    /// from): then the walk reads ahead.
-    fn reads_every_file(&self) -> bool {
+    /// Whether the regular file `meta` describes will likely be read, so
+    /// that the walk reads it ahead. Only a hint: a wrong guess costs a
+    /// read ahead for nothing, or a file read without one.
+    fn likely_read(&self, _meta: &fs::Metadata) -> bool {
         true
     }
 
@@ -448,7 +449,11 @@ impl Walker<'_> {
                             } else {
                                 [&next.rel[..], b"/", name.as_bytes()].concat()
                             };
-                            if meta.is_file() && meta.len() > 0 && !self.exclude.matches(&rel) {
+                            if meta.is_file()
+                                && meta.len() > 0
+                                && self.emit.likely_read(meta)
+                                && !self.exclude.matches(&rel)
+                            {
                                 prefetch.ask(ahead, name, meta);
                             }
                         }

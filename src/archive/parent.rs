@@ -16,9 +16,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-/// Lines a batch of the parent copy holds.
+/// Lines a batch of the parent copy holds, at most.
 const BATCH_LINES: usize = 512;
-/// Bytes of encoded lines handed to the keep thread at once.
+/// Bytes of encoded lines a batch holds, at most one line past (either
+/// way).
 const BATCH_BYTES: usize = 256 << 10;
 /// Batches in flight either way: bounded memory whatever the tree.
 const BATCHES_AHEAD: usize = 4;
@@ -29,11 +30,14 @@ pub struct ParentCursor {
     batches: Receiver<std::result::Result<Vec<TreeEntry>, String>>,
     batch: std::vec::IntoIter<TreeEntry>,
     current: Option<TreeEntry>,
+    /// When the copy was last written (seconds since the epoch).
+    written: i64,
 }
 
 impl ParentCursor {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let written = std::os::unix::fs::MetadataExt::mtime(&file.metadata()?);
         let decoder = zstd::stream::read::Decoder::new(file)?;
         let (sender, batches) = sync_channel(BATCHES_AHEAD);
         std::thread::Builder::new()
@@ -43,6 +47,7 @@ impl ParentCursor {
             batches,
             batch: Vec::new().into_iter(),
             current: None,
+            written,
         };
         cursor.advance()?;
         Ok(cursor)
@@ -64,6 +69,11 @@ impl ParentCursor {
                 }
             }
         }
+    }
+
+    /// When the copy was written: the end of the parent backup's walk.
+    pub fn written(&self) -> i64 {
+        self.written
     }
 
     /// The parent's line for the regular file at `rel`, if it has one;
@@ -93,6 +103,9 @@ fn read_batches(
 ) {
     let mut text = String::new();
     let mut batch = Vec::with_capacity(BATCH_LINES);
+    // Bounded by bytes as well as lines: a line lists every chunk of its
+    // file, and a huge file's line is megabytes.
+    let mut batch_bytes = 0;
     loop {
         text.clear();
         let line = match lines.read_line(&mut text) {
@@ -102,14 +115,17 @@ fn read_batches(
             Err(e) => Err(format!("cannot read the parent copy: {e}")),
         };
         match line {
-            Ok(line) => batch.push(line),
+            Ok(line) => {
+                batch_bytes += text.len();
+                batch.push(line);
+            }
             Err(e) => {
                 let _ = sender.send(Ok(std::mem::take(&mut batch)));
                 let _ = sender.send(Err(e));
                 return;
             }
         }
-        if batch.len() == BATCH_LINES
+        if (batch.len() == BATCH_LINES || batch_bytes >= BATCH_BYTES)
             && sender
                 .send(Ok(std::mem::replace(
                     &mut batch,
@@ -118,6 +134,9 @@ fn read_batches(
                 .is_err()
         {
             return;
+        }
+        if batch.is_empty() {
+            batch_bytes = 0;
         }
     }
     let _ = sender.send(Ok(batch));

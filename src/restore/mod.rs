@@ -599,7 +599,11 @@ impl<'p> Materializer<'p> {
                 }
                 let mut file = write::create_file(&*at.dir, &at.name)
                     .with_context(|| format!("cannot create {path:?}"))?;
-                let (digest, len) = write::write_file(content, &mut file, &path, self.progress)?;
+                // Never more than one byte past its size: a crafted chunk
+                // list cannot fill the disk before the length check.
+                let mut content = content.take(record.size + 1);
+                let (digest, len) =
+                    write::write_file(&mut content, &mut file, &path, self.progress)?;
                 write::check_written(&self.volume, &path, &record, &digest, len)?;
                 write::apply_to_open(&file, &record, &xattrs, &path)?;
                 self.stats.files += 1;
@@ -991,10 +995,8 @@ pub fn safe_relative(raw: &[u8]) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Creates a new regular file in the staging tree (never through a
-/// symlink, never over an existing name).
-/// The same for a symlink, FIFO or device node just created at `at`: by
-/// name in its directory, never following it; the mode (not for symlinks)
+/// Owner, attributes, mode and mtime of a symlink, FIFO or device node
+/// just created at `at`: by name in its directory, never following it; the mode (not for symlinks)
 /// through an `O_PATH` descriptor checked to be what was created.
 fn apply_at(at: &At, record: &FileEntry, xattrs: &Xattrs, path: &str) -> Result<()> {
     let name = at.name.as_os_str();
@@ -1185,6 +1187,61 @@ pub fn roll_back_swap(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A content that never ends, counting what is read of it.
+    struct Endless(u64);
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(b'a');
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+    }
+
+    /// A content longer than its record (a crafted chunk list repeating
+    /// one chunk) is refused after one byte more than the record's size,
+    /// small file or large: it cannot fill the target's disk first.
+    #[test]
+    fn a_content_longer_than_its_record_is_read_one_byte_past_it() {
+        for size in [1000u64, 3 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut out =
+                Materializer::new(dir.path(), "vol", RestoreOptions::default(), &|_| {}).unwrap();
+            let record = FileEntry {
+                path: "big".into(),
+                path_hex: None,
+                kind: EntryKind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                size,
+                sha256: Some("0".repeat(64)),
+                target: None,
+                target_hex: None,
+            };
+            let mut content = Endless(0);
+            let refused = out.put(Incoming {
+                raw: b"big".to_vec(),
+                record,
+                link: Vec::new(),
+                xattrs: Xattrs::new(),
+                device: (0, 0),
+                content: Some(&mut content),
+            });
+            let err = refused.expect_err("a longer content was restored");
+            assert!(
+                format!("{err:#}").contains("holds more than its"),
+                "{err:#}"
+            );
+            assert!(
+                content.0 <= size + (1 << 16),
+                "read {} of {size}",
+                content.0
+            );
+        }
+    }
 
     #[test]
     fn interrupted_swaps_roll_back_at_every_point() {

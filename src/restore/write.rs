@@ -102,7 +102,13 @@ pub(super) fn check_written(
 
 /// A file's content is as long as its record says.
 pub(super) fn check_length(volume: &str, path: &str, record: &FileEntry, len: u64) -> Result<()> {
-    if len != record.size {
+    if len > record.size {
+        bail!(
+            "{volume}: file {path} holds more than its {} bytes; the backup is corrupt",
+            record.size
+        );
+    }
+    if len < record.size {
         bail!(
             "{volume}: file {path} holds {len} of its {} bytes; the backup is truncated or corrupt",
             record.size
@@ -217,7 +223,12 @@ impl Writers {
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let done = job.write(&volume);
+                        // A panic is a failure of this file, never a
+                        // thread gone with its file still counted.
+                        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            job.write(&volume)
+                        }))
+                        .unwrap_or_else(|_| Err(anyhow!("internal error writing a restored file")));
                         let (lock, changed) = &*state;
                         let Ok(mut state) = lock.lock() else { return };
                         state.pending -= 1;
