@@ -11,8 +11,8 @@
 //! its size, mtime, ctime (both to the nanosecond) and inode match, and
 //! only if every chunk it lists is in a live pack of the repository now.
 
-use super::chunk::Chunker;
 use super::parent::{KeepWriter, ParentCursor};
+use super::readers::{Event, FileJob, Readers};
 use super::{Content, Emit, Xattrs};
 use crate::repo::manifest::{encode_name, EntryKind, FileEntry};
 use crate::repo::v2::id::Id;
@@ -21,12 +21,10 @@ use crate::repo::v2::pack::BlobKind;
 use crate::repo::v2::saver::BlobSaver;
 use crate::repo::v2::tree::{RefsWriter, TreeEntry, TreeWriter, XattrRecord};
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
 
 /// What the emitter adds up besides the walk's own summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -36,120 +34,33 @@ pub struct ChunkStats {
     pub reused_bytes: u64,
 }
 
-/// Work for the digest thread, in walk order.
-enum DigestWork {
-    /// One chunk of the current file: its blob id, and into its SHA-256.
-    Chunk(Arc<Vec<u8>>),
-    /// The current file ended: its SHA-256, and start the next.
-    EndFile,
-}
-
-/// What the digest thread answers, in the same order.
-enum Digested {
-    Id(Id),
-    Sha256(String),
-}
-
-/// A thread computing chunks' blob ids (BLAKE3) and files' SHA-256 beside
-/// the walk, which reads and chunks: the two hashes were a third of the
-/// walk thread's time. Answers come back in the order the work went in,
-/// so the manifest is the same as if this thread were not there.
-struct Digester {
-    sender: Option<std::sync::mpsc::SyncSender<DigestWork>>,
-    answers: std::sync::mpsc::Receiver<Digested>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Digester {
-    fn start(repo: Arc<crate::repo::v2::Repository>) -> Result<Self> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<DigestWork>(64);
-        let (answer, answers) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("digest".into())
-            .spawn(move || {
-                let mut file = Sha256::new();
-                for work in receiver {
-                    let digested = match work {
-                        DigestWork::Chunk(bytes) => {
-                            file.update(&*bytes);
-                            Digested::Id(repo.blob_id(&bytes))
-                        }
-                        DigestWork::EndFile => {
-                            Digested::Sha256(hex::encode(std::mem::take(&mut file).finalize()))
-                        }
-                    };
-                    if answer.send(digested).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Self {
-            sender: Some(sender),
-            answers,
-            thread: Some(thread),
-        })
-    }
-
-    fn send(&self, work: DigestWork) -> Result<()> {
-        self.sender
-            .as_ref()
-            .and_then(|s| s.send(work).ok())
-            .ok_or_else(|| anyhow::anyhow!("the digest thread stopped"))
-    }
-
-    /// The next answer: waiting for it, or only if there is one.
-    fn next(&self, wait: bool) -> Result<Option<Digested>> {
-        use std::sync::mpsc::TryRecvError;
-        if wait {
-            return self
-                .answers
-                .recv()
-                .map(Some)
-                .map_err(|_| anyhow::anyhow!("the digest thread stopped"));
-        }
-        match self.answers.try_recv() {
-            Ok(d) => Ok(Some(d)),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => Err(anyhow::anyhow!("the digest thread stopped")),
-        }
-    }
-}
-
-impl Drop for Digester {
-    fn drop(&mut self) {
-        self.sender = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A manifest line waiting for the digest thread: the chunks whose ids
-/// are still to come (saved once they are known), then its SHA-256.
+/// A manifest line waiting, in walk order, for its file to be read (or
+/// for the lines before it).
 struct Waiting {
     line: TreeEntry,
-    chunks: std::collections::VecDeque<Arc<Vec<u8>>>,
-    /// Whether its file's SHA-256 is still to come.
-    digest: bool,
+    /// Whether its file is still being read.
+    reading: bool,
 }
 
-/// Chunk bytes handed to the digest thread and not yet saved, at most:
-/// past this, the walk waits for the digest thread.
-const MAX_WAITING_BYTES: usize = 32 << 20;
-/// Nor more lines than this (a run of unchanged files after a read one).
+/// Lines waiting at most (a run of small files behind a large one): past
+/// this, the walk waits for the reading threads.
 const MAX_WAITING_LINES: usize = 4096;
+/// Files being read at most: each holds an open descriptor.
+const MAX_READING_FILES: usize = 256;
 
 pub struct ChunkEmitter<'s> {
     saver: &'s mut BlobSaver,
-    digester: Digester,
-    /// Lines in walk order, waiting for digests (or for those before them).
+    readers: Readers,
+    /// Lines in walk order, waiting for their files (or those before them).
     waiting: std::collections::VecDeque<Waiting>,
-    waiting_bytes: usize,
+    /// The line number of the first waiting line.
+    written: u64,
+    /// Files that came up short or changed while a reading thread read
+    /// them.
+    changed: Vec<Vec<u8>>,
     tree: TreeWriter,
     /// The data blobs the files use (encrypted repositories).
     refs: Option<RefsWriter>,
-    /// Taken out while a file is chunked (its callback needs the rest).
-    chunker: Option<Chunker>,
     parent: Option<ParentCursor>,
     /// This stream, kept for the next backup as its parent.
     keep: Option<KeepWriter>,
@@ -160,6 +71,7 @@ pub struct ChunkEmitter<'s> {
 }
 
 impl<'s> ChunkEmitter<'s> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         saver: &'s mut BlobSaver,
         params: ChunkerParams,
@@ -168,16 +80,18 @@ impl<'s> ChunkEmitter<'s> {
         refs: bool,
         parent: Option<ParentCursor>,
         keep: Option<File>,
+        readers: usize,
+        cancel: &crate::cancel::Cancel,
     ) -> Result<Self> {
         let repo = saver.repository();
         Ok(Self {
             saver,
-            digester: Digester::start(repo)?,
+            readers: Readers::start(readers, repo, &params, seed, cancel.clone())?,
             waiting: Default::default(),
-            waiting_bytes: 0,
+            written: 0,
+            changed: Vec::new(),
             tree: TreeWriter::new(tree_params, seed),
             refs: refs.then(RefsWriter::new),
-            chunker: Some(Chunker::new(&params, seed)),
             parent,
             keep: keep.map(KeepWriter::start).transpose()?,
             encoded: Vec::new(),
@@ -189,7 +103,7 @@ impl<'s> ChunkEmitter<'s> {
     /// The stream's tree blobs and SHA-256, and its refs blobs when
     /// encrypted; the parent copy flushed.
     pub fn finish(mut self) -> Result<(Vec<Id>, Id, Option<Vec<Id>>)> {
-        self.settle(0)?;
+        self.settle(true)?;
         if let Some(keep) = self.keep {
             keep.finish()?;
         }
@@ -198,75 +112,69 @@ impl<'s> ChunkEmitter<'s> {
         Ok((tree, sha, refs))
     }
 
-    /// Chunks one file's content and hands the chunks to the digest
-    /// thread; its line waits for their ids and the file's SHA-256. Chunks
-    /// are saved as their ids come back, while the file is still being
-    /// read: however large the file, at most [`MAX_WAITING_BYTES`] wait.
-    fn read_file(&mut self, line: TreeEntry, content: &mut Content<'_>) -> Result<()> {
+    /// Hands one file to the reading threads; its line waits for them.
+    fn read_file(
+        &mut self,
+        line: TreeEntry,
+        rel: &[u8],
+        meta: &fs::Metadata,
+        content: &mut Content<'_>,
+    ) -> Result<()> {
+        let (file, size) = content.hand_off()?;
+        let number = self.written + self.waiting.len() as u64;
         self.waiting.push_back(Waiting {
             line,
-            chunks: Default::default(),
-            digest: true,
+            reading: true,
         });
-        let mut chunker = self
-            .chunker
-            .take()
-            .context("internal error: the chunker is in use")?;
-        let chunked = chunker.chunks(content, |chunk| {
-            let chunk = Arc::new(chunk);
-            self.waiting_bytes += chunk.len();
-            self.waiting
-                .back_mut()
-                .context("internal error: no line for a chunk")?
-                .chunks
-                .push_back(chunk.clone());
-            self.digester.send(DigestWork::Chunk(chunk))?;
-            self.settle(MAX_WAITING_BYTES)
-        });
-        self.chunker = Some(chunker);
-        chunked?;
-        self.digester.send(DigestWork::EndFile)?;
-        self.settle(MAX_WAITING_BYTES)
+        self.readers.add(FileJob {
+            line: number,
+            file,
+            size,
+            listed: meta.clone(),
+            rel: rel.to_vec(),
+        })?;
+        self.settle(false)
     }
 
-    /// Takes the digest thread's answers as they come: saves each chunk
-    /// once its id is known and writes every line that is complete, in
-    /// order; waits while more than `at_most` bytes are waiting (0: until
-    /// every line is written).
-    fn settle(&mut self, at_most: usize) -> Result<()> {
+    /// Takes what the reading threads found as it comes: saves each chunk
+    /// at once and writes every line that is complete, in walk order;
+    /// waits while too many lines or files are outstanding, or, with
+    /// `all`, until every line is written.
+    fn settle(&mut self, all: bool) -> Result<()> {
         loop {
             // Lines at the front with nothing to wait for.
-            while self
-                .waiting
-                .front()
-                .is_some_and(|w| w.chunks.is_empty() && !w.digest)
-            {
+            while self.waiting.front().is_some_and(|w| !w.reading) {
                 let done = self.waiting.pop_front().expect("checked");
+                self.written += 1;
                 self.push(&done.line)?;
             }
             if self.waiting.is_empty() {
                 return Ok(());
             }
-            let wait = at_most == 0
-                || self.waiting_bytes > at_most
-                || self.waiting.len() > MAX_WAITING_LINES;
-            let Some(answer) = self.digester.next(wait)? else {
+            let wait = all
+                || self.waiting.len() > MAX_WAITING_LINES
+                || self.readers.outstanding() > MAX_READING_FILES;
+            let Some(events) = self.readers.next(wait)? else {
                 return Ok(());
             };
-            let front = self.waiting.front_mut().expect("checked");
-            match answer {
-                Digested::Id(id) => {
-                    let chunk = front
-                        .chunks
-                        .pop_front()
-                        .context("internal error: a digest with no chunk")?;
-                    self.waiting_bytes -= chunk.len();
-                    self.saver.save_with_id(id, BlobKind::Data, chunk)?;
-                    front.line.chunks.push(id);
-                }
-                Digested::Sha256(digest) => {
-                    front.line.entry.sha256 = Some(digest);
-                    front.digest = false;
+            for event in events {
+                let (Event::Chunk { line, .. } | Event::Done { line, .. }) = &event;
+                let waiting = line
+                    .checked_sub(self.written)
+                    .and_then(|at| self.waiting.get_mut(at as usize))
+                    .context("internal error: a read for a line not waiting")?;
+                match event {
+                    Event::Chunk { id, bytes, .. } => {
+                        self.saver.save_with_id(id, BlobKind::Data, bytes)?;
+                        waiting.line.chunks.push(id);
+                    }
+                    Event::Done {
+                        sha256, changed, ..
+                    } => {
+                        waiting.line.entry.sha256 = Some(sha256);
+                        waiting.reading = false;
+                        self.changed.extend(changed);
+                    }
                 }
             }
         }
@@ -275,14 +183,14 @@ impl<'s> ChunkEmitter<'s> {
     /// Writes `line` after those waiting before it.
     fn emit_line(&mut self, line: TreeEntry) -> Result<()> {
         if self.waiting.is_empty() {
+            self.written += 1;
             return self.push(&line);
         }
         self.waiting.push_back(Waiting {
             line,
-            chunks: Default::default(),
-            digest: false,
+            reading: false,
         });
-        self.settle(MAX_WAITING_BYTES)
+        self.settle(false)
     }
 
     /// Writes a complete line: encoded once, into the tree stream and the
@@ -361,10 +269,15 @@ impl Emit for ChunkEmitter<'_> {
         true
     }
 
+    fn finish_reads(&mut self) -> Result<Vec<Vec<u8>>> {
+        self.settle(true)?;
+        Ok(std::mem::take(&mut self.changed))
+    }
+
     fn entry(
         &mut self,
         entry: FileEntry,
-        _rel: &[u8],
+        rel: &[u8],
         meta: &fs::Metadata,
         xattrs: &Xattrs,
         content: Option<&mut Content<'_>>,
@@ -383,7 +296,7 @@ impl Emit for ChunkEmitter<'_> {
         };
         if line.entry.kind == EntryKind::File {
             match content {
-                Some(content) => return self.read_file(line, content),
+                Some(content) => return self.read_file(line, rel, meta, content),
                 None => {
                     let parent = self
                         .reuse_next
@@ -433,6 +346,7 @@ pub struct ChunkedBackup {
     saver: Option<BlobSaver>,
     parents: Option<std::path::PathBuf>,
     force_read: bool,
+    readers: usize,
     /// Per volume: tree blobs, stream SHA-256, refs blobs, what the
     /// parent saved.
     volumes: Vec<Option<Walked>>,
@@ -459,6 +373,8 @@ const PARENT_ID_FILE: &str = "backup-id";
 pub struct ChunkedOptions {
     pub level: i32,
     pub threads: usize,
+    /// Threads reading, chunking and hashing files at once.
+    pub readers: usize,
     /// Where the parent streams of this host and selection live; `None`
     /// reads every file and keeps no parent.
     pub parents: Option<std::path::PathBuf>,
@@ -544,6 +460,7 @@ impl ChunkedBackup {
             saver: Some(saver),
             parents: options.parents.clone(),
             force_read: options.force_read,
+            readers: options.readers,
             volumes: (0..volumes).map(|_| None).collect(),
             new_parents: Vec::new(),
             signer: options.signer.clone(),
@@ -599,6 +516,8 @@ impl ChunkedBackup {
             self.repo.keys().is_some(),
             parent,
             keep,
+            self.readers,
+            cancel,
         )?;
         let summary = super::walk(source, &mut emitter, bwlimit, exclude, cancel, progress)?;
         let stats = emitter.stats;
@@ -750,6 +669,7 @@ mod tests {
     };
     use crate::repo::v2::Repository;
     use crate::restore::{restore_volume, Payload, RestoreOptions};
+    use sha2::{Digest, Sha256};
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
@@ -840,6 +760,7 @@ mod tests {
         let options = ChunkedOptions {
             level: 1,
             threads: 2,
+            readers: 3,
             parents: Some(parents.to_path_buf()),
             force_read: false,
             signer: None,
@@ -917,6 +838,64 @@ mod tests {
         assert_eq!(tree(&target), tree(&src));
         let restored = fs::metadata(target.join("sub/link")).unwrap();
         assert_eq!(restored.nlink(), 2, "the hard link came back as one");
+    }
+
+    /// Reads `src` whole with `readers` threads: the volume's tree blobs,
+    /// the stream's SHA-256 and the walk's counts.
+    fn tree_read_by(src: &Path, readers: usize) -> (Vec<Id>, Id, u64, u64) {
+        let scratch = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(scratch.path()).unwrap());
+        let repo = Arc::new(Repository::init(backend, None).unwrap());
+        let options = ChunkedOptions {
+            level: 1,
+            threads: 2,
+            readers,
+            parents: None,
+            force_read: false,
+            signer: None,
+        };
+        let mut backup = ChunkedBackup::begin(repo, 1, "h", "test", &options).unwrap();
+        let exclude = super::super::Exclude::default();
+        let summary = backup
+            .archive(0, "vol", src, None, &exclude, &Cancel::new(), &|_| {})
+            .unwrap();
+        assert!(summary.changed_during_read.is_empty());
+        let walked = backup.volumes[0].clone().unwrap();
+        (
+            walked.tree,
+            walked.tree_sha256,
+            summary.files,
+            summary.bytes,
+        )
+    }
+
+    #[test]
+    fn one_and_several_reading_threads_write_the_same_tree() {
+        let scratch = tempfile::tempdir().unwrap();
+        let src = scratch.path().join("src");
+        // Small files of many sizes (batched), some large enough for
+        // several chunks (alone, in pieces), links between them.
+        for n in 0..400usize {
+            let dir = src.join(format!("d{}", n % 7)).join(format!("e{}", n % 3));
+            fs::create_dir_all(&dir).unwrap();
+            let len = (n * 7919) % 150_000;
+            fs::write(dir.join(format!("f{n}")), pseudo_random(len, n as u64 + 1)).unwrap();
+        }
+        fs::write(src.join("d1/huge"), pseudo_random(11 << 20, 5)).unwrap();
+        fs::write(src.join("d3/e0/large"), pseudo_random(3 << 20, 6)).unwrap();
+        fs::write(src.join("d5/empty"), b"").unwrap();
+        fs::hard_link(src.join("d1/huge"), src.join("d6/huge-link")).unwrap();
+        std::os::unix::fs::symlink("../d1/huge", src.join("d2/sym")).unwrap();
+
+        let one = tree_read_by(&src, 1);
+        assert_eq!(one.2, 403, "every file was read");
+        assert!(one.3 > 14 << 20);
+        for readers in [2, 5] {
+            assert!(
+                tree_read_by(&src, readers) == one,
+                "{readers} reading threads wrote another tree than one"
+            );
+        }
     }
 
     #[test]

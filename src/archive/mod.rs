@@ -33,6 +33,7 @@ pub mod exclude;
 mod guard;
 mod parent;
 mod prefetch;
+mod readers;
 mod stage;
 
 const IO_BUFFER: usize = 1 << 20;
@@ -195,7 +196,15 @@ pub(crate) fn walk(
         cancel,
         progress,
     };
-    walker.walk(source).map_err(|e| {
+    let walked = walker.walk(source).and_then(|()| {
+        let changed = walker.emit.finish_reads()?;
+        walker
+            .summary
+            .changed_during_read
+            .extend(changed.iter().map(|rel| display(rel)));
+        Ok(())
+    });
+    walked.map_err(|e| {
         unwrap_cancelled(e).context(format!("archiving {} failed", source.display()))
     })?;
     Ok(walker.summary)
@@ -236,6 +245,12 @@ pub(crate) trait Emit {
         false
     }
 
+    /// Waits for the files handed to reading threads ([`Content::hand_off`])
+    /// and names those that changed while they were read.
+    fn finish_reads(&mut self) -> Result<Vec<Vec<u8>>> {
+        Ok(Vec::new())
+    }
+
     /// One entry. `content` is the open file for a regular file being
     /// read, `None` for everything else (and for a reused file).
     fn entry(
@@ -256,6 +271,8 @@ pub(crate) struct Content<'w> {
     file: &'w File,
     remaining: u64,
     short: bool,
+    /// Given to a reading thread, which reads and checks it.
+    handed_off: bool,
     throttle: &'w mut Throttle,
     cancel: &'w Cancel,
     progress: &'w dyn Fn(u64),
@@ -271,32 +288,57 @@ impl Content<'_> {
         if self.cancel.is_cancelled() {
             return Err(io::Error::other(Cancelled));
         }
-        let want = buf
-            .len()
-            .min(self.remaining.min(usize::MAX as u64) as usize);
-        if want == 0 {
-            return Ok(0);
-        }
-        let buf = &mut buf[..want];
-        let mut n = 0;
-        if !self.short {
-            n = loop {
-                match (&mut &*self.file).read(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other?,
-                }
-            };
-        }
-        if n == 0 {
-            self.short = true;
-            buf.fill(0);
-            n = want;
-        }
-        self.remaining -= n as u64;
+        let n = read_listed(self.file, buf, &mut self.remaining, &mut self.short)?;
         (self.progress)(n as u64);
         self.throttle.consume(n as u64);
         Ok(n)
     }
+
+    /// Gives the file to a reading thread: counted as read now (progress,
+    /// rate limit), and read and checked against its listing there
+    /// (reported by [`Emit::finish_reads`]), not by the walk.
+    pub(crate) fn hand_off(&mut self) -> io::Result<(File, u64)> {
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other(Cancelled));
+        }
+        let file = self.file.try_clone()?;
+        let size = std::mem::take(&mut self.remaining);
+        self.handed_off = true;
+        (self.progress)(size);
+        self.throttle.consume(size);
+        Ok((file, size))
+    }
+}
+
+/// Reads a listed file's content: exactly `remaining` bytes, cut if the
+/// file grew, padded with zeros if it shrank (and then `short`).
+fn read_listed(
+    file: &File,
+    buf: &mut [u8],
+    remaining: &mut u64,
+    short: &mut bool,
+) -> io::Result<usize> {
+    let want = buf.len().min((*remaining).min(usize::MAX as u64) as usize);
+    if want == 0 {
+        return Ok(0);
+    }
+    let buf = &mut buf[..want];
+    let mut n = 0;
+    if !*short {
+        n = loop {
+            match (&mut &*file).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+    }
+    if n == 0 {
+        *short = true;
+        buf.fill(0);
+        n = want;
+    }
+    *remaining -= n as u64;
+    Ok(n)
 }
 
 impl Read for Content<'_> {
@@ -625,6 +667,7 @@ impl Walker<'_> {
                     file: &file,
                     remaining: entry.size,
                     short: false,
+                    handed_off: false,
                     throttle: &mut self.throttle,
                     cancel: self.cancel,
                     progress: self.progress,
@@ -632,12 +675,14 @@ impl Walker<'_> {
                 self.emit
                     .entry(entry.clone(), rel, meta, &xattrs, Some(&mut content))
                     .with_context(|| format!("cannot archive {}", abs.display()))?;
-                let came_up_short = content.short;
-                let after = file
-                    .metadata()
-                    .with_context(|| format!("cannot read {}", abs.display()))?;
-                if came_up_short || changed_while_read(meta, &after) {
-                    self.summary.changed_during_read.push(shown());
+                if !content.handed_off {
+                    let came_up_short = content.short;
+                    let after = file
+                        .metadata()
+                        .with_context(|| format!("cannot read {}", abs.display()))?;
+                    if came_up_short || changed_while_read(meta, &after) {
+                        self.summary.changed_during_read.push(shown());
+                    }
                 }
             }
             self.summary.files += 1;

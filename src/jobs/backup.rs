@@ -145,6 +145,9 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
                 options: ChunkedOptions {
                     level: request.archive.level,
                     threads: request.archive.threads.max(1) as usize,
+                    // One more than the cores: reads that wait on the disk
+                    // overlap with the hashing of others.
+                    readers: request.archive.threads.max(1) as usize + 1,
                     parents: Some(parents),
                     force_read: request.force_read,
                     signer: Some(std::sync::Arc::new(
