@@ -2,7 +2,8 @@
 # Installs and starts everything volsnap's tests and demo need on a fresh
 # Debian machine (run as root): Docker (Debian's docker.io), busybox-static
 # for the local test image, btrfs-progs, zstd, age (the encryption tests
-# open volsnap's key objects with Debian's age); starts dockerd when it is not
+# open volsnap's key objects with Debian's age), chromium and openssl (the
+# dashboard's browser tests); starts dockerd when it is not
 # running; builds the local test image (no registry is needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# The dashboard's tests: a real browser, and a certificate for its TLS.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   apt-get update -qq

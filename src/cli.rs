@@ -173,6 +173,62 @@ pub enum Command {
     /// What changed between two backups, entry by entry (+ added,
     /// - removed, M content, U metadata only, T type).
     Diff(DiffArgs),
+    /// Serve a read-only dashboard of a repository in the browser: every
+    /// stack's newest backup against its schedule, drills, plots, growth,
+    /// file lists and diffs (README, "Dashboard").
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  volsnap serve --repo /backups                       # http://127.0.0.1:8470/, loopback only
+  ssh -L 8470:127.0.0.1:8470 backup-host              # then open the login link it printed
+  volsnap serve --repo s3://bucket/volsnap --listen 0.0.0.0:8443 --server-name backups.example.org \\
+      --tls-cert /etc/volsnap/dash.crt --tls-key /etc/volsnap/dash.key
+
+Every request needs the token (made on first start, 0600, in the state directory): the
+login link printed at start sets a session cookie once; scripts send
+'Authorization: Bearer TOKEN', and POST /api/login-link mints a new link. Requests must
+name the server in their Host header. Off loopback, TLS is required unless
+--insecure-http. The repository is only read, and no identity is loaded (--identity is
+refused): an encrypted repository is listed with its write key, and shows its backups,
+not their file lists.")]
+pub struct ServeArgs {
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8470")]
+    pub listen: std::net::SocketAddr,
+    /// A name clients reach the server by (the Host header they send),
+    /// besides its address; repeatable.
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_names: Vec<String>,
+    /// The token file (default: serve-token in the state directory; made
+    /// on first start).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); with --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP off loopback (the token then crosses the network
+    /// in clear: only on a network you trust).
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// A stack whose newest backup is older than this is flagged overdue:
+    /// a number with s, m, h or d (a bare number is hours).
+    #[arg(long, value_name = "AGE", default_value = "26h", value_parser = parse_age)]
+    pub overdue_after: std::time::Duration,
+    /// Read the repository again after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub refresh: u64,
 }
 
 #[derive(Args, Debug)]
@@ -1063,6 +1119,29 @@ pub struct RecoverArgs {
     pub state: StateArgs,
 }
 
+/// An age such as `90m`, `26h` or `7d` (a bare number is hours).
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not an age such as 90m, 26h or 7d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    number
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long an age"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1093,5 +1172,17 @@ mod tests {
         let mut missing = Vec::new();
         without_help(&Cli::command(), "volsnap", &mut missing);
         assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
+
+    #[test]
+    fn ages_take_a_unit_and_bare_numbers_are_hours() {
+        let secs = |t| parse_age(t).map(|d| d.as_secs());
+        assert_eq!(secs("90m"), Ok(5400));
+        assert_eq!(secs("26"), Ok(26 * 3600));
+        assert_eq!(secs("7d"), Ok(7 * 86_400));
+        assert_eq!(secs("20s"), Ok(20));
+        assert!(parse_age("5w").is_err());
+        assert!(parse_age("h").is_err());
+        assert!(parse_age("99999999999999999999d").is_err());
     }
 }

@@ -18,7 +18,8 @@
 //! - the run: [`plan`] (steps as data), [`execute`] (the executor and its
 //!   cleanup stack), [`journal`] (what `recover` repairs), [`snapshots`];
 //! - [`jobs`]: the job lifecycle the CLI and the daemon call (backup, drill,
-//!   prune, hooks, run log, metrics, notifications, configuration).
+//!   prune, hooks, run log, metrics, notifications, configuration);
+//! - [`serve`]: the read-only dashboard over a repository.
 //!
 //! `src/main.rs` and `src/cmd/` parse arguments, call one entry point and
 //! print.
@@ -44,6 +45,7 @@ pub mod plan;
 pub mod process;
 pub mod repo;
 pub mod restore;
+pub mod serve;
 pub mod snapshots;
 pub mod storage;
 pub mod text;

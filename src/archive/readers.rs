@@ -32,6 +32,10 @@ const BATCH_FILES: usize = 64;
 /// A reading thread sends what it has once this many chunk bytes wait in
 /// it (a large file streams through in pieces of about this size).
 const FLUSH_BYTES: usize = 1 << 20;
+/// Past this size, a file's SHA-256 is taken on a thread of its own,
+/// which this many chunks may wait for.
+const LARGE_FILE: u64 = 8 << 20;
+const SHA_QUEUED: usize = 4;
 /// Messages from the reading threads not yet taken: with
 /// [`FLUSH_BYTES`], what bounds the chunk bytes in flight.
 const EVENTS_QUEUED: usize = 4;
@@ -248,24 +252,47 @@ fn read_file(
         short: false,
         cancel,
     };
-    let mut sha = Sha256::new();
-    chunker.chunks(&mut content, |chunk| {
-        sha.update(&chunk);
-        let id = repo.blob_id(&chunk);
-        *pending += chunk.len();
-        events.push(Event::Chunk {
-            line: job.line,
-            id,
-            bytes: Arc::new(chunk),
-        });
-        if *pending >= FLUSH_BYTES {
-            *pending = 0;
-            if sender.send(Ok(std::mem::take(events))).is_err() {
-                anyhow::bail!("the backup stopped listening");
-            }
-        }
-        Ok(())
-    })?;
+    // A large file's SHA-256 is taken on a thread of its own, beside the
+    // chunking and the blob ids: a lone large file (a database that
+    // changed) would otherwise be hashed twice over on one core.
+    let sha256 = if job.size > LARGE_FILE {
+        std::thread::scope(|scope| -> Result<String> {
+            let (chunks, receiver) = sync_channel::<Arc<Vec<u8>>>(SHA_QUEUED);
+            let hasher = scope.spawn(move || {
+                let mut sha = Sha256::new();
+                for chunk in receiver {
+                    sha.update(&*chunk);
+                }
+                hex::encode(sha.finalize())
+            });
+            chunker.chunks(&mut content, |chunk| {
+                let chunk = Arc::new(chunk);
+                chunks
+                    .send(chunk.clone())
+                    .map_err(|_| anyhow::anyhow!("the hashing thread stopped"))?;
+                emit(
+                    job.line,
+                    repo.blob_id(&chunk),
+                    chunk,
+                    events,
+                    pending,
+                    sender,
+                )
+            })?;
+            drop(chunks);
+            hasher
+                .join()
+                .map_err(|_| anyhow::anyhow!("the hashing thread failed"))
+        })?
+    } else {
+        let mut sha = Sha256::new();
+        chunker.chunks(&mut content, |chunk| {
+            sha.update(&chunk);
+            let id = repo.blob_id(&chunk);
+            emit(job.line, id, Arc::new(chunk), events, pending, sender)
+        })?;
+        hex::encode(sha.finalize())
+    };
     let after = job
         .file
         .metadata()
@@ -273,9 +300,29 @@ fn read_file(
     let changed = content.short || super::changed_while_read(&job.listed, &after);
     events.push(Event::Done {
         line: job.line,
-        sha256: hex::encode(sha.finalize()),
+        sha256,
         changed: changed.then(|| job.rel.clone()),
     });
+    Ok(())
+}
+
+/// Adds one chunk to `events`, sending them once [`FLUSH_BYTES`] wait.
+fn emit(
+    line: u64,
+    id: Id,
+    bytes: Arc<Vec<u8>>,
+    events: &mut Vec<Event>,
+    pending: &mut usize,
+    sender: &SyncSender<Events>,
+) -> Result<()> {
+    *pending += bytes.len();
+    events.push(Event::Chunk { line, id, bytes });
+    if *pending >= FLUSH_BYTES {
+        *pending = 0;
+        if sender.send(Ok(std::mem::take(events))).is_err() {
+            anyhow::bail!("the backup stopped listening");
+        }
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ mod recover;
 mod repair;
 mod repo;
 mod restore;
+mod serve;
 mod snapshot;
 mod verify;
 
@@ -87,6 +88,10 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
             copy::run(args)
         }
         Command::Ls(args) => contents::ls(args),
+        Command::Serve(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            serve::run(args, keys)
+        }
         Command::Diff(args) => contents::diff(args),
         Command::Drill(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);

@@ -364,40 +364,30 @@ fn run_drill(
         // nothing else of the copy's configuration from the backup.
         let lineage = crate::docker::repository_of(&c.info.image);
         let image = match super::services::other_recorded_image(&c.info, &manifest.containers) {
-            Some((recorded, was)) if !spec.recorded_images => {
-                report.notes.push(format!(
-                    "{}: the backup was taken with image {} ({}); the copy runs the current {} ({}) (--recorded-images runs the one recorded, while it is on this host)",
-                    c.info.name,
-                    crate::text::escape(&recorded.image),
-                    super::services::short_id(was),
-                    crate::text::escape(&c.info.image),
-                    super::services::short_id(&c.info.image_id)
-                ));
-                None
-            }
-            Some((recorded, was))
-                if docker.image_repositories(was).iter().any(|r| r == lineage) =>
-            {
-                report.notes.push(format!(
-                    "{}: the copy runs the image the backup was taken with, {} ({}), not the current {} ({})",
-                    c.info.name,
-                    crate::text::escape(&recorded.image),
-                    super::services::short_id(was),
-                    crate::text::escape(&c.info.image),
-                    super::services::short_id(&c.info.image_id)
-                ));
-                Some(was)
-            }
             Some((recorded, was)) => {
-                report.notes.push(format!(
-                    "{}: the backup was taken with image {} ({}), which is no longer on this host as {lineage}; the copy runs the current {} ({}), so the drill does not prove the backup under its own version",
-                    c.info.name,
-                    crate::text::escape(&recorded.image),
-                    super::services::short_id(was),
-                    crate::text::escape(&c.info.image),
-                    super::services::short_id(&c.info.image_id)
-                ));
-                None
+                // "image (id)" of the recorded and the current image.
+                let (then, now) = (
+                    format!(
+                        "{} ({})",
+                        crate::text::escape(&recorded.image),
+                        super::services::short_id(was)
+                    ),
+                    format!(
+                        "{} ({})",
+                        crate::text::escape(&c.info.image),
+                        super::services::short_id(&c.info.image_id)
+                    ),
+                );
+                let name = &c.info.name;
+                let (note, image) = if !spec.recorded_images {
+                    (format!("{name}: the backup was taken with image {then}; the copy runs the current {now} (--recorded-images runs the one recorded, while it is on this host)"), None)
+                } else if docker.image_repositories(was).iter().any(|r| r == lineage) {
+                    (format!("{name}: the copy runs the image the backup was taken with, {then}, not the current {now}"), Some(was))
+                } else {
+                    (format!("{name}: the backup was taken with image {then}, which is no longer on this host as {lineage}; the copy runs the current {now}, so the drill does not prove the backup under its own version"), None)
+                };
+                report.notes.push(note);
+                image
             }
             None => None,
         };

@@ -1,0 +1,29 @@
+//! `volsnap serve`: the read-only dashboard (the library's `serve`).
+
+use crate::cli::ServeArgs;
+use anyhow::Result;
+use std::time::Duration;
+
+pub fn run(args: ServeArgs, keys: &crate::cli::KeyArgs) -> Result<i32> {
+    if let Some(identity) = &keys.identity {
+        return Err(volsnap::usage!(
+            "volsnap serve never loads an identity ({} was given, by --identity or VOLSNAP_IDENTITY_FILE): whoever reaches the dashboard would read through it. Serve with the write key only; read files with volsnap ls or restore",
+            identity.display()
+        ));
+    }
+    let options = volsnap::serve::ServeOptions {
+        token_file: args
+            .token_file
+            .unwrap_or_else(|| args.state.state_dir.join("serve-token")),
+        repo: args.repo,
+        listen: args.listen,
+        server_names: args.server_names,
+        tls: args.tls_cert.zip(args.tls_key),
+        insecure_http: args.insecure_http,
+        overdue_after: args.overdue_after,
+        refresh: Duration::from_secs(args.refresh.max(1)),
+    };
+    let cancel = volsnap::cancel::Cancel::from_signals()?;
+    volsnap::serve::run(options, cancel, &|text| outln!("{text}"))?;
+    Ok(0)
+}

@@ -1,0 +1,198 @@
+//! What the dashboard shows, read from a repository in one pass and kept
+//! until it is refreshed: a page view never reads the repository per
+//! backup. Everything here came from storage and is an attacker's: names
+//! are escaped where they are rendered (maud escapes every string), and
+//! numbers are checked here before anything plots them.
+
+use crate::repo::{self, BackupEntry, Format};
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use std::path::{Path, PathBuf};
+
+/// Bytes past this (a pebibyte) are not believed: plotted as nothing,
+/// shown as out of range.
+pub(crate) const MAX_BYTES: u64 = 1 << 50;
+/// Durations past this (thirty days) are not believed either.
+pub(crate) const MAX_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// A number from the repository: kept only when plausible.
+pub(crate) fn plausible(value: u64, max: u64) -> Option<u64> {
+    (value <= max).then_some(value)
+}
+
+pub(crate) struct Drill {
+    pub passed: bool,
+    pub at: DateTime<Utc>,
+    /// Restore plus start until healthy, when both are plausible.
+    pub rto_ms: Option<u64>,
+}
+
+pub(crate) struct Backup {
+    /// What URLs name it by: the commit object (format 2), else its id.
+    pub key: String,
+    pub id: String,
+    pub host: String,
+    pub selection: String,
+    pub strategy: String,
+    pub consistency: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    pub bytes: Option<u64>,
+    pub stored: Option<u64>,
+    pub volumes: Vec<String>,
+    pub protected: bool,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub drill: Option<Drill>,
+    /// Whether its claim to come from its host holds for this host.
+    pub attributed: bool,
+}
+
+/// One repository as the dashboard shows it.
+pub(crate) struct Model {
+    pub location: String,
+    pub root: PathBuf,
+    pub loaded_at: DateTime<Utc>,
+    pub format: Format,
+    pub encrypted: bool,
+    /// Whether file lists can be read (plain, or an identity loaded: never
+    /// by the dashboard itself).
+    pub browsable: bool,
+    /// Oldest first.
+    pub backups: Vec<Backup>,
+    pub warnings: Vec<String>,
+    /// (size, free) of the file system holding a local repository.
+    pub capacity: Option<(u64, u64)>,
+}
+
+impl Model {
+    pub(crate) fn load(root: &Path) -> Result<Model> {
+        let format = repo::detect(root);
+        let (encrypted, browsable) = match format {
+            Format::Chunked => {
+                let opened = repo::open_chunked(root)?;
+                (opened.keys().is_some(), opened.can_read_contents())
+            }
+            Format::Tar => (false, true),
+        };
+        let (entries, warnings) = repo::list_any(root)?;
+        let mut backups: Vec<Backup> = entries.iter().map(backup).collect();
+        backups.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.key.cmp(&b.key)));
+        Ok(Model {
+            location: root.display().to_string(),
+            root: root.to_path_buf(),
+            loaded_at: Utc::now(),
+            format,
+            encrypted,
+            browsable,
+            backups,
+            warnings,
+            capacity: capacity(root),
+        })
+    }
+
+    /// Every (host, stack) pair, sorted.
+    pub(crate) fn stacks(&self) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = self
+            .backups
+            .iter()
+            .map(|b| (b.host.clone(), b.selection.clone()))
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        pairs
+    }
+
+    /// The backups of one stack, oldest first.
+    pub(crate) fn of_stack<'m>(
+        &'m self,
+        host: &'m str,
+        selection: &'m str,
+    ) -> impl Iterator<Item = &'m Backup> + 'm {
+        self.backups
+            .iter()
+            .filter(move |b| b.host == host && b.selection == selection)
+    }
+
+    pub(crate) fn find(&self, key: &str) -> Option<&Backup> {
+        self.backups.iter().find(|b| b.key == key)
+    }
+}
+
+fn backup(entry: &BackupEntry) -> Backup {
+    let m = &entry.manifest;
+    let key = match entry.format {
+        Format::Chunked => entry
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| entry.id.clone()),
+        Format::Tar => entry.id.clone(),
+    };
+    let notes = entry.notes().ok();
+    let drill = notes
+        .as_ref()
+        .and_then(crate::jobs::drill::load_report)
+        .map(|d| Drill {
+            passed: d.passed,
+            at: d.drilled_at,
+            rto_ms: d
+                .healthy_ms
+                .and_then(|h| h.checked_add(d.restore_ms))
+                .and_then(|ms| plausible(ms, MAX_MS)),
+        });
+    let stored = if entry.format == Format::Chunked {
+        m.stored_bytes
+    } else {
+        Some(m.bytes_stored())
+    };
+    Backup {
+        key,
+        id: entry.id.clone(),
+        host: m.host.clone(),
+        selection: m.selection.clone(),
+        strategy: m.strategy.to_string(),
+        consistency: m.consistency.to_string(),
+        started_at: m.started_at,
+        duration_ms: u64::try_from((m.completed_at - m.started_at).num_milliseconds())
+            .ok()
+            .and_then(|ms| plausible(ms, MAX_MS)),
+        downtime_ms: plausible(m.downtime_ms, MAX_MS),
+        bytes: m
+            .volumes
+            .iter()
+            .try_fold(0u64, |sum, v| sum.checked_add(v.bytes))
+            .and_then(|b| plausible(b, MAX_BYTES)),
+        stored: stored.and_then(|b| plausible(b, MAX_BYTES)),
+        volumes: m.volumes.iter().map(|v| v.name.clone()).collect(),
+        protected: entry.protected(),
+        verified_at: notes.as_ref().and_then(crate::restore::verify::verified_at),
+        drill,
+        attributed: entry.counts(),
+    }
+}
+
+/// The size and free space of a local repository's file system.
+fn capacity(root: &Path) -> Option<(u64, u64)> {
+    if crate::backend::is_remote(root) {
+        return None;
+    }
+    let stat = nix::sys::statvfs::statvfs(root).ok()?;
+    let block = stat.fragment_size() as u64;
+    Some((
+        (stat.blocks() as u64).checked_mul(block)?,
+        (stat.blocks_available() as u64).checked_mul(block)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implausible_numbers_are_dropped() {
+        assert_eq!(plausible(1 << 63, MAX_BYTES), None);
+        assert_eq!(plausible(5, MAX_BYTES), Some(5));
+        assert_eq!(plausible(MAX_MS + 1, MAX_MS), None);
+    }
+}
