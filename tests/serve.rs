@@ -373,6 +373,23 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
     assert_eq!(code, 200, "the session cookie opens the pages");
     let (code, _, _) = served.curl(&served.first_link, &[]);
     assert_eq!(code, 401, "a login link used twice");
+    // `next` leads only to a path here: a tab that browsers drop would
+    // make `/\t/evil.example` another site.
+    for next in [
+        "%2F%09%2Fevil.example",
+        "%2F%2Fevil.example",
+        "https%3A%2F%2Fevil.example",
+    ] {
+        let link = served.login_link("/");
+        let link = link.replace("next=%2F", &format!("next={next}"));
+        let (code, headers, _) = served.curl(&link, &[]);
+        assert_eq!(code, 303, "{headers}");
+        let location = headers
+            .lines()
+            .find(|l| l.to_lowercase().starts_with("location:"))
+            .unwrap_or_else(|| panic!("no location: {headers}"));
+        assert_eq!(location.split_once(':').unwrap().1.trim(), "/", "{next}");
+    }
 
     // Right after beta's backup: alpha is overdue, beta is not.
     let row = |page: &str, host: &str| -> String {
@@ -495,12 +512,14 @@ fn off_loopback_it_needs_tls_and_serves_it() {
         ],
     );
     assert_fails(&refused, 2, "without TLS");
-    let refused = as_host(
-        "alpha",
-        state.path(),
-        &["serve", "--repo", repo_s, "--identity", "/dev/null"],
-    );
-    assert_fails(&refused, 2, "never loads an identity");
+    for key in ["--identity", "--passphrase-file"] {
+        let refused = as_host(
+            "alpha",
+            state.path(),
+            &["serve", "--repo", repo_s, key, "/dev/null"],
+        );
+        assert_fails(&refused, 2, "never loads a key that reads backups");
+    }
 
     let cert = state.path().join("cert.pem");
     let key = state.path().join("key.pem");

@@ -301,11 +301,14 @@ impl Content<'_> {
         if self.cancel.is_cancelled() {
             return Err(io::Error::other(Cancelled));
         }
+        // Under a rate limit the walk waits here, before the file is read:
+        // the rate holds on average, and the wait stops on a signal.
+        self.throttle
+            .consume_cancellable(self.remaining, self.cancel)?;
         let file = self.file.try_clone()?;
         let size = std::mem::take(&mut self.remaining);
         self.handed_off = true;
         (self.progress)(size);
-        self.throttle.consume(size);
         Ok((file, size))
     }
 }
@@ -382,6 +385,26 @@ impl Throttle {
     pub fn delay(limit: u64, bytes: u64, elapsed: std::time::Duration) -> std::time::Duration {
         let due = std::time::Duration::from_secs_f64(bytes as f64 / limit.max(1) as f64);
         due.saturating_sub(elapsed)
+    }
+
+    /// Accounts for `n` bytes about to be read, sleeping while that is
+    /// over the limit: in short slices, so that a stop asked for during a
+    /// long wait (a large file under a low limit) is not kept waiting.
+    fn consume_cancellable(&mut self, n: u64, cancel: &Cancel) -> io::Result<()> {
+        if let Some(limit) = self.limit {
+            self.bytes += n;
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(io::Error::other(Cancelled));
+                }
+                let wait = Self::delay(limit, self.bytes, self.started.elapsed());
+                if wait.is_zero() {
+                    break;
+                }
+                std::thread::sleep(wait.min(std::time::Duration::from_millis(200)));
+            }
+        }
+        Ok(())
     }
 
     /// Accounts for `n` bytes read, sleeping if that went over the limit.
@@ -1356,5 +1379,28 @@ mod tests {
             Throttle::delay(10_000_000, 10_000_000, Duration::from_secs(2)),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn a_long_wait_under_the_rate_limit_stops_on_a_signal() {
+        // 1 GB at 1 MB/s would wait 1,000 s; a stop asked for after 0.2 s
+        // ends the wait, as an error the walk turns into Cancelled.
+        let mut throttle = Throttle::new(Some(1_000_000));
+        let cancel = Cancel::new();
+        let stopper = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                cancel.cancel();
+            })
+        };
+        let started = std::time::Instant::now();
+        let waited = throttle.consume_cancellable(1_000_000_000, &cancel);
+        stopper.join().unwrap();
+        let err = waited.expect_err("the wait ended without the stop");
+        assert!(err.get_ref().is_some_and(|e| e.is::<Cancelled>()), "{err}");
+        // Within one wait slice of the stop, and in the same run: a ratio
+        // of the wait it would have been, not a time limit.
+        assert!(started.elapsed() < Duration::from_secs(1000) / 100);
     }
 }

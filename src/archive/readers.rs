@@ -208,31 +208,46 @@ fn serve(
             Err(_) => return,
         };
         let Ok(batch) = next else { return };
-        let mut events = Vec::new();
-        let mut pending = 0;
-        for job in batch {
-            let read = read_file(
-                &job,
-                chunker,
-                repo,
-                cancel,
-                &mut events,
-                &mut pending,
-                sender,
-            );
-            match read {
-                Ok(()) => {}
-                Err(e) => {
-                    let shown = super::display(&job.rel);
-                    let _ = sender.send(Err(e.context(format!("cannot read {shown}"))));
-                    return;
-                }
-            }
-        }
-        if !events.is_empty() && sender.send(Ok(events)).is_err() {
-            return;
-        }
+        // A panic fails the backup like any error: a thread that vanished
+        // would leave the walk waiting for its files forever.
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serve_batch(batch, chunker, repo, cancel, sender)
+        }));
+        let failed = match served {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("internal error: a reading thread failed"),
+        };
+        let _ = sender.send(Err(failed));
+        return;
     }
+}
+
+fn serve_batch(
+    batch: Vec<FileJob>,
+    chunker: &mut Chunker,
+    repo: &Repository,
+    cancel: &Cancel,
+    sender: &SyncSender<Events>,
+) -> Result<()> {
+    let mut events = Vec::new();
+    let mut pending = 0;
+    for job in batch {
+        read_file(
+            &job,
+            chunker,
+            repo,
+            cancel,
+            &mut events,
+            &mut pending,
+            sender,
+        )
+        .with_context(|| format!("cannot read {}", super::display(&job.rel)))?;
+    }
+    if !events.is_empty() && sender.send(Ok(events)).is_err() {
+        anyhow::bail!("the backup stopped listening");
+    }
+    Ok(())
 }
 
 /// Reads, chunks and hashes one file into `events`, sending them once

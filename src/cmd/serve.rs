@@ -5,10 +5,17 @@ use anyhow::Result;
 use std::time::Duration;
 
 pub fn run(args: ServeArgs, keys: &crate::cli::KeyArgs) -> Result<i32> {
-    if let Some(identity) = &keys.identity {
+    let readers = [
+        ("--identity or VOLSNAP_IDENTITY_FILE", &keys.identity),
+        (
+            "--passphrase-file or VOLSNAP_PASSPHRASE_FILE",
+            &keys.passphrase_file,
+        ),
+    ];
+    if let Some((how, Some(file))) = readers.iter().find(|(_, f)| f.is_some()) {
         return Err(volsnap::usage!(
-            "volsnap serve never loads an identity ({} was given, by --identity or VOLSNAP_IDENTITY_FILE): whoever reaches the dashboard would read through it. Serve with the write key only; read files with volsnap ls or restore",
-            identity.display()
+            "volsnap serve never loads a key that reads backups ({} was given, by {how}): whoever reaches the dashboard would read through it. Serve with the write key only; read files with volsnap ls or restore",
+            file.display()
         ));
     }
     let options = volsnap::serve::ServeOptions {

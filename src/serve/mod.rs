@@ -27,7 +27,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use model::Model;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,10 @@ pub struct ServeOptions {
 const SESSION_COOKIE: &str = "volsnap_session";
 /// How long a login lasts.
 const SESSION_SECONDS: u64 = 12 * 3600;
+/// How long a login link works (once).
+const CODE_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backups whose file lists are kept in memory.
 const CONTENTS_KEPT: usize = 4;
 
@@ -61,8 +65,8 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; script-
 struct Shared {
     options: ServeOptions,
     token: blake3::Hash,
-    /// One-time login codes not yet used.
-    codes: Mutex<HashSet<String>>,
+    /// One-time login codes not yet used, and until when they work.
+    codes: Mutex<HashMap<String, Instant>>,
     sessions: Mutex<HashMap<blake3::Hash, Instant>>,
     allowed_hosts: Vec<String>,
     model: Mutex<Option<Arc<Model>>>,
@@ -101,6 +105,14 @@ pub fn run(options: ServeOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
     let token = load_or_create_token(&options.token_file)?;
     let model = Model::load(&options.repo)
         .with_context(|| format!("cannot read repository {}", options.repo.display()))?;
+    // Whatever key sources the environment names: never serve through a
+    // key that reads the backups' contents.
+    if model.encrypted && model.browsable {
+        return Err(crate::usage!(
+            "{} was opened with a key that reads its backups (a passphrase repository, or an identity): volsnap serve shows encrypted repositories through their write key only",
+            options.repo.display()
+        ));
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let first_code = random_hex()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,7 +138,7 @@ pub fn run(options: ServeOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
         ));
         let shared = Arc::new(Shared {
             token: blake3::hash(token.as_bytes()),
-            codes: Mutex::new(HashSet::from([first_code])),
+            codes: Mutex::new(HashMap::from([(first_code, Instant::now() + CODE_LIFETIME)])),
             sessions: Mutex::new(HashMap::new()),
             allowed_hosts: allowed_hosts(&options, local),
             model: Mutex::new(Some(Arc::new(model))),
@@ -187,7 +199,8 @@ async fn serve_tls(
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
+            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            let Ok(Ok(stream)) = accepted else {
                 return;
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
@@ -345,11 +358,12 @@ async fn login(
     State(shared): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    let now = Instant::now();
     let used = query.get("code").is_some_and(|code| {
-        shared
-            .codes
-            .lock()
-            .is_ok_and(|mut codes| codes.remove(code))
+        shared.codes.lock().is_ok_and(|mut codes| {
+            codes.retain(|_, until| *until > now);
+            codes.remove(code).is_some()
+        })
     });
     if !used {
         return (
@@ -367,10 +381,16 @@ async fn login(
             Instant::now() + Duration::from_secs(SESSION_SECONDS),
         );
     }
-    // Only a path on this server: never an open redirect.
+    // Only a path on this server, in plain characters: never an open
+    // redirect (browsers drop tabs and newlines: `/\t/evil.example`).
     let next = query
         .get("next")
-        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .filter(|n| {
+            n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_.?=&%-+~".contains(&b))
+        })
         .map_or("/", String::as_str);
     let secure = if shared.secure { "; Secure" } else { "" };
     let cookie = format!(
@@ -388,7 +408,7 @@ async fn login_link(State(shared): State<AppState>) -> Response {
     match random_hex() {
         Ok(code) => {
             if let Ok(mut codes) = shared.codes.lock() {
-                codes.insert(code.clone());
+                codes.insert(code.clone(), Instant::now() + CODE_LIFETIME);
             }
             format!("/login?code={code}\n").into_response()
         }
@@ -568,10 +588,13 @@ async fn diff(
         contents_of(&shared, &m, &from.key).await,
         contents_of(&shared, &m, &to.key).await,
     );
-    let changes = match (old.as_ref(), new.as_ref()) {
+    // Off the async threads: a diff of two large backups takes a while.
+    let changes = tokio::task::spawn_blocking(move || match (old.as_ref(), new.as_ref()) {
         (Ok(old), Ok(new)) => Ok(contents::diff(old, new)),
         (Err(e), _) | (_, Err(e)) => Err(e.clone()),
-    };
+    })
+    .await
+    .unwrap_or_else(|_| Err("comparing the backups failed".to_string()));
     let shown = changes.as_deref().map_err(Clone::clone);
     Html(pages::diff(&v, from, to, shown).into_string()).into_response()
 }

@@ -60,6 +60,9 @@ pub(crate) struct Model {
     pub browsable: bool,
     /// Oldest first.
     pub backups: Vec<Backup>,
+    /// The indexes in `backups` of each (host, stack), oldest first: a
+    /// page groups once, not once per row.
+    pub by_stack: std::collections::BTreeMap<(String, String), Vec<usize>>,
     pub warnings: Vec<String>,
     /// (size, free) of the file system holding a local repository.
     pub capacity: Option<(u64, u64)>,
@@ -78,7 +81,16 @@ impl Model {
         let (entries, warnings) = repo::list_any(root)?;
         let mut backups: Vec<Backup> = entries.iter().map(backup).collect();
         backups.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.key.cmp(&b.key)));
+        let mut by_stack: std::collections::BTreeMap<(String, String), Vec<usize>> =
+            Default::default();
+        for (n, b) in backups.iter().enumerate() {
+            by_stack
+                .entry((b.host.clone(), b.selection.clone()))
+                .or_default()
+                .push(n);
+        }
         Ok(Model {
+            by_stack,
             location: root.display().to_string(),
             root: root.to_path_buf(),
             loaded_at: Utc::now(),
@@ -92,26 +104,21 @@ impl Model {
     }
 
     /// Every (host, stack) pair, sorted.
-    pub(crate) fn stacks(&self) -> Vec<(String, String)> {
-        let mut pairs: Vec<(String, String)> = self
-            .backups
-            .iter()
-            .map(|b| (b.host.clone(), b.selection.clone()))
-            .collect();
-        pairs.sort();
-        pairs.dedup();
-        pairs
+    pub(crate) fn stacks(&self) -> impl Iterator<Item = &(String, String)> {
+        self.by_stack.keys()
     }
 
     /// The backups of one stack, oldest first.
     pub(crate) fn of_stack<'m>(
         &'m self,
-        host: &'m str,
-        selection: &'m str,
+        host: &str,
+        selection: &str,
     ) -> impl Iterator<Item = &'m Backup> + 'm {
-        self.backups
-            .iter()
-            .filter(move |b| b.host == host && b.selection == selection)
+        self.by_stack
+            .get(&(host.to_string(), selection.to_string()))
+            .into_iter()
+            .flatten()
+            .map(|&n| &self.backups[n])
     }
 
     pub(crate) fn find(&self, key: &str) -> Option<&Backup> {

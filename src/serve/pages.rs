@@ -110,7 +110,7 @@ fn opt_ms(ms: Option<u64>) -> String {
 }
 
 pub(crate) fn fleet(view: &View<'_>) -> Markup {
-    let stacks = view.model.stacks();
+    let stacks: Vec<&(String, String)> = view.model.stacks().collect();
     let body = html! {
         @if stacks.is_empty() {
             p { "No backups in this repository yet." }
@@ -121,7 +121,7 @@ pub(crate) fn fleet(view: &View<'_>) -> Markup {
                     th { "newest verified" } th { "last drill" } th { "RTO" } th { "backups" }
                 } }
                 tbody {
-                    @for (host, selection) in &stacks {
+                    @for (host, selection) in stacks {
                         (fleet_row(view, host, selection))
                     }
                 }
