@@ -177,6 +177,37 @@ pub enum Command {
     /// stack's newest backup against its schedule, drills, plots, growth,
     /// file lists and diffs (README, "Dashboard").
     Serve(ServeArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish,
+    /// powershell), made from the same definitions as --help.
+    Completions(CompletionsArgs),
+    /// Write man pages into a directory: volsnap.1 and one page per
+    /// subcommand (volsnap-backup.1, …), made from the same definitions as
+    /// --help.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  volsnap completions bash > /etc/bash_completion.d/volsnap
+  volsnap completions zsh > /usr/local/share/zsh/site-functions/_volsnap
+  volsnap completions fish > ~/.config/fish/completions/volsnap.fish")]
+pub struct CompletionsArgs {
+    /// The shell to complete volsnap's commands and options in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  volsnap man --dir /usr/local/share/man/man1 && mandb -q
+  volsnap man --dir /tmp/man && man -l /tmp/man/volsnap-backup.1")]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing; pages there
+    /// are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -51,13 +51,14 @@ struct Served {
 }
 
 impl Served {
-    fn start(state: &Path, args: &[&str]) -> Served {
+    fn start(host: &str, state: &Path, args: &[&str]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_volsnap"))
             .arg("serve")
             .args(args)
             .env_remove("VOLSNAP_REPO")
             .env_remove("RUST_LOG")
             .env("VOLSNAP_STATE_DIR", state)
+            .env("VOLSNAP_HOST", host)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -313,6 +314,7 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
     let before = listing(&repo);
 
     let served = Served::start(
+        "alpha",
         &states[0],
         &[
             "--repo",
@@ -430,16 +432,26 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
         3,
         "one point per backup: {plot}"
     );
+    // alpha serves: its own record adds what each plan estimated and what
+    // each backup read, one point per backup again.
+    let plot = element(&dom, "id=\"plot-downtime\"", "</figure>");
+    assert_eq!(
+        plot.matches("<circle").count(),
+        6,
+        "down and estimated: {plot}"
+    );
+    let plot = element(&dom, "id=\"plot-bytes\"", "</figure>");
+    assert_eq!(
+        plot.matches("<circle").count(),
+        9,
+        "data, stored and read: {plot}"
+    );
 
     // 2^63 stored bytes: shown as out of range, never plotted.
     let dom = render(&served, &stack(1), None);
     assert!(dom.contains("out of range"), "{dom}");
     let plot = element(&dom, "id=\"plot-bytes\"", "</figure>");
-    assert_eq!(
-        plot.matches("<circle").count(),
-        1,
-        "bytes read only: {plot}"
-    );
+    assert_eq!(plot.matches("<circle").count(), 1, "its data only: {plot}");
     assert!(
         !plot.contains("PiB") && !plot.contains("EiB"),
         "an absurd axis: {plot}"
@@ -545,6 +557,7 @@ fn off_loopback_it_needs_tls_and_serves_it() {
         .unwrap();
     assert!(made.status.success(), "{}", stderr(&made));
     let served = Served::start(
+        "alpha",
         state.path(),
         &[
             "--repo",

@@ -22,7 +22,7 @@ mod snapshot;
 mod verify;
 
 use crate::cli::{Command, HostArgs, SelectionArgs, StackFilterArgs, StrategyArgs};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use volsnap::discovery::Selection;
 use volsnap::plan::PlanOptions;
 use volsnap::repo::Scope;
@@ -88,6 +88,25 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
             copy::run(args)
         }
         Command::Ls(args) => contents::ls(args),
+        Command::Completions(args) => {
+            let mut definition = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                args.shell,
+                &mut definition,
+                "volsnap",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Man(args) => {
+            std::fs::create_dir_all(&args.dir)
+                .with_context(|| format!("cannot create the directory {}", args.dir.display()))?;
+            let definition = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(definition, &args.dir)
+                .with_context(|| format!("cannot write man pages into {}", args.dir.display()))?;
+            outln!("volsnap: man pages written into {}", args.dir.display());
+            Ok(0)
+        }
         Command::Serve(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             serve::run(args, keys)

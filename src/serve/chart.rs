@@ -20,6 +20,8 @@ const COLOURS: [RGBColor; 3] = [
 /// A time chart of `series` with values shown by `unit`; `None` when
 /// there is nothing to draw.
 pub(crate) fn time_chart(series: &[Series<'_>], unit: fn(f64) -> String) -> Option<String> {
+    // A series without points gets no line and no legend.
+    let series: Vec<&Series<'_>> = series.iter().filter(|s| !s.points.is_empty()).collect();
     let all = || series.iter().flat_map(|s| s.points.iter());
     let first = all().map(|(t, _)| t.timestamp()).min()?;
     let last = all().map(|(t, _)| t.timestamp()).max()?;

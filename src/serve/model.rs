@@ -66,6 +66,11 @@ pub(crate) struct Model {
     pub warnings: Vec<String>,
     /// (size, free) of the file system holding a local repository.
     pub capacity: Option<(u64, u64)>,
+    /// The name this host's backups carry, and its own record of them
+    /// (its state directory, not the repository): what each plan
+    /// estimated and what each backup read.
+    pub this_host: String,
+    pub history: Vec<crate::plan::estimate::PastRun>,
 }
 
 impl Model {
@@ -100,6 +105,8 @@ impl Model {
             backups,
             warnings,
             capacity: capacity(root),
+            this_host: crate::execute::this_host(),
+            history: crate::jobs::history::load(&crate::repo::keys::state_dir()),
         })
     }
 
@@ -161,9 +168,7 @@ fn backup(entry: &BackupEntry) -> Backup {
         strategy: m.strategy.to_string(),
         consistency: m.consistency.to_string(),
         started_at: m.started_at,
-        duration_ms: u64::try_from((m.completed_at - m.started_at).num_milliseconds())
-            .ok()
-            .and_then(|ms| plausible(ms, MAX_MS)),
+        duration_ms: plausible(m.duration_ms, MAX_MS),
         downtime_ms: plausible(m.downtime_ms, MAX_MS),
         bytes: m
             .volumes

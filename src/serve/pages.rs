@@ -4,7 +4,7 @@
 //! as query values (escaped by `urlencoded`).
 
 use super::chart::{self, Series};
-use super::model::{Backup, Model};
+use super::model::{plausible, Backup, Model, MAX_BYTES, MAX_MS};
 use crate::fsutil::human_bytes;
 use crate::jobs::contents::{Changed, Contents};
 use chrono::{DateTime, Utc};
@@ -200,8 +200,29 @@ pub(crate) fn stack(view: &View<'_>, host: &str, selection: &str) -> Markup {
     let backups: Vec<&Backup> = view.model.of_stack(host, selection).collect();
     let duration = points(&backups, |b| b.duration_ms);
     let downtime = points(&backups, |b| b.downtime_ms);
-    let read = points(&backups, |b| b.bytes);
+    let data = points(&backups, |b| b.bytes);
     let stored = points(&backups, |b| b.stored);
+    // This host's own record of its backups of this stack: the estimated
+    // downtime and the bytes actually read (the rest came from the parent).
+    let own: Vec<&crate::plan::estimate::PastRun> = if host == view.model.this_host {
+        view.model
+            .history
+            .iter()
+            .filter(|r| r.selection == selection)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let estimated: Vec<(DateTime<Utc>, f64)> = own
+        .iter()
+        .filter_map(|r| plausible(r.estimated_ms, MAX_MS).map(|ms| (r.at, ms as f64)))
+        .collect();
+    let read: Vec<(DateTime<Utc>, f64)> = own
+        .iter()
+        .filter_map(|r| {
+            plausible(r.read_bytes.unwrap_or(r.bytes), MAX_BYTES).map(|b| (r.at, b as f64))
+        })
+        .collect();
     let rto: Vec<(DateTime<Utc>, f64)> = backups
         .iter()
         .filter_map(|b| b.drill.as_ref())
@@ -212,10 +233,10 @@ pub(crate) fn stack(view: &View<'_>, host: &str, selection: &str) -> Markup {
         p { "Host " strong { (host) } ", " (backups.len()) " backups." }
         (figure("plot-duration", "Duration of each backup", duration.len(),
             chart::time_chart(&one("duration", &duration), chart::seconds)))
-        (figure("plot-downtime", "Services down during each backup", downtime.len(),
-            chart::time_chart(&one("downtime", &downtime), chart::seconds)))
-        (figure("plot-bytes", "Bytes read and bytes stored per backup", read.len(),
-            chart::time_chart(&[Series { label: "read", points: &read }, Series { label: "stored", points: &stored }], chart::bytes)))
+        (figure("plot-downtime", "Services down during each backup, and what the plan estimated (this host's record)", downtime.len(),
+            chart::time_chart(&[Series { label: "down", points: &downtime }, Series { label: "estimated", points: &estimated }], chart::seconds)))
+        (figure("plot-bytes", "Data, bytes read (this host's record) and bytes stored per backup", data.len(),
+            chart::time_chart(&[Series { label: "data", points: &data }, Series { label: "stored", points: &stored }, Series { label: "read", points: &read }], chart::bytes)))
         (figure("plot-rto", "Drill recovery time (restore, then healthy)", rto.len(),
             chart::time_chart(&one("RTO", &rto), chart::seconds)))
         table #backups {
