@@ -214,6 +214,7 @@ pub struct ManArgs {
 #[command(after_help = "\
 Examples:
   volsnap serve --repo /backups                       # http://127.0.0.1:8470/, loopback only
+  volsnap serve --repo /backups --repo s3://offsite/volsnap --keep-daily 7 --keep-weekly 4
   ssh -L 8470:127.0.0.1:8470 backup-host              # then open the login link it printed
   volsnap serve --repo s3://bucket/volsnap --listen 0.0.0.0:8443 --server-name backups.example.org \\
       --tls-cert /etc/volsnap/dash.crt --tls-key /etc/volsnap/dash.key
@@ -222,14 +223,27 @@ Every request needs the token (made on first start, 0600, in the state directory
 login link printed at start sets a session cookie once; scripts send
 'Authorization: Bearer TOKEN', and POST /api/login-link mints a new link. Requests must
 name the server in their Host header. Off loopback, TLS is required unless
---insecure-http. The repository is only read, and no identity is loaded (--identity is
+--insecure-http. The repositories are only read, and no identity is loaded (--identity is
 refused): an encrypted repository is listed with its write key, and shows its backups,
-not their file lists.")]
+not their file lists.
+
+Each repository page shows what a prune would free: a dry run of the --keep-* rules
+given here over every stack, or else of this host's jobs' retention over their own
+stacks. The jobs page shows this host's jobs (--config) and their run log.")]
 pub struct ServeArgs {
     /// Backup repository: a directory, s3://BUCKET/PREFIX or
-    /// sftp://USER@HOST/PATH.
-    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
-    pub repo: PathBuf,
+    /// sftp://USER@HOST/PATH; repeat to show several.
+    #[arg(
+        long = "repo",
+        env = "VOLSNAP_REPO",
+        value_name = "REPO",
+        required = true
+    )]
+    pub repos: Vec<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     #[command(flatten)]
     pub state: StateArgs,
     /// Address and port to listen on.

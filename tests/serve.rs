@@ -4,7 +4,10 @@
 //! field its signature does not cover, so it still verifies). Checked over
 //! HTTP with curl (token, Host header, login links, TLS) and rendered in
 //! headless Chromium, asserting on the DOM it built; screenshots are kept
-//! under the target directory. Nothing in the repository changes.
+//! under the target directory. A second repository, in format 1, is served
+//! beside it; this host's jobs and run log have their page, and the
+//! repository page shows what the jobs' retention would free. Nothing in
+//! either repository changes.
 
 mod common;
 
@@ -268,15 +271,38 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
             ],
         ))
     };
-    // alpha: three backups, a file added before the third.
+    // alpha: three backups, a file added before the third, which its job
+    // takes (so the run log has it). The job's retention is added after
+    // that run: what it would free is a dry run on the dashboard.
     backup(0);
     backup(0);
     std::fs::write(sources[0].join("added.txt"), b"new\n").unwrap();
-    backup(0);
+    let config = p.tempdir().join("volsnap.toml");
+    let config_s = config.to_str().unwrap().to_string();
+    let jobs = |extra: &str| {
+        format!(
+            "[jobs.nightly]\ncontainers = [\"{}\"]\nrepo = \"{repo_s}\"\nstrategy = \"online\"\n{extra}\n\
+             [jobs.never-ran]\ncontainers = [\"app-never\"]\nrepo = \"{repo_s}\"\nschedule = \"0 3 * * 0\"\n",
+            containers[0]
+        )
+    };
+    std::fs::write(&config, jobs("")).unwrap();
+    ok(as_host(
+        "alpha",
+        &states[0],
+        &["run", "nightly", "--config", &config_s],
+    ));
+    // Yearly: alpha's stack is not overdue by its schedule, whatever
+    // --overdue-after says.
+    std::fs::write(
+        &config,
+        jobs("schedule = \"0 0 1 1 *\"\n[jobs.nightly.retention]\nkeep_last = 1"),
+    )
+    .unwrap();
     let alpha_done = Instant::now();
     backup(2);
-    // alpha's newest backup is older than --overdue-after below; beta's,
-    // taken just before the server starts, is not.
+    // The hostile host's newest backup is older than --overdue-after
+    // below; beta's, taken just before the server starts, is not.
     let overdue_after = Duration::from_secs(20);
     if let Some(left) = (overdue_after + Duration::from_secs(5)).checked_sub(alpha_done.elapsed()) {
         std::thread::sleep(left);
@@ -311,7 +337,28 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
         }
     }
     assert!(raised, "no commit of beta");
-    let before = listing(&repo);
+    // A second repository, in format 1, with one backup of alpha's.
+    let tar_repo = p.tempdir().join("tar-repo");
+    let tar_repo_s = tar_repo.to_str().unwrap().to_string();
+    ok(as_host(
+        "alpha",
+        &states[0],
+        &["init", "--repo", &tar_repo_s, "--format", "tar"],
+    ));
+    ok(as_host(
+        "alpha",
+        &states[0],
+        &[
+            "backup",
+            "--repo",
+            &tar_repo_s,
+            "--container",
+            &containers[0],
+            "--strategy",
+            "online",
+        ],
+    ));
+    let before = (listing(&repo), listing(&tar_repo));
 
     let served = Served::start(
         "alpha",
@@ -319,6 +366,10 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
         &[
             "--repo",
             &repo_s,
+            "--repo",
+            &tar_repo_s,
+            "--config",
+            &config_s,
             "--listen",
             "127.0.0.1:0",
             "--overdue-after",
@@ -393,20 +444,35 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
         assert_eq!(location.split_once(':').unwrap().1.trim(), "/", "{next}");
     }
 
-    // Right after beta's backup: alpha is overdue, beta is not.
+    // Right after beta's backup: the hostile host is overdue, beta is not,
+    // and alpha is not either: its job's schedule says when it is due.
     let row = |page: &str, host: &str| -> String {
         let at = page
             .find(&format!("data-host=\"{host}\""))
             .unwrap_or_else(|| panic!("no row of {host}: {page}"));
         let start = page[..at].rfind("<tr").unwrap();
-        page[start..at].to_string()
+        let end = at + page[at..].find("</tr>").unwrap();
+        page[start..end].to_string()
     };
-    assert!(row(&fleet, "alpha").contains("overdue"), "{fleet}");
+    let evil_attribute = "&lt;script&gt;document.title='owned'&lt;/script&gt;&quot;'";
+    assert!(row(&fleet, evil_attribute).contains("overdue"), "{fleet}");
     assert!(!row(&fleet, "beta").contains("overdue"), "{fleet}");
+    assert!(
+        !row(&fleet, "alpha").contains("class=\"overdue\""),
+        "{fleet}"
+    );
+    assert!(
+        row(&fleet, "alpha").contains("job schedule 0 0 1 1 *"),
+        "{fleet}"
+    );
 
     // In a real browser.
     let dom = render(&served, "/", Some("fleet"));
-    assert!(row(&dom, "alpha").contains("class=\"overdue\""), "{dom}");
+    // Both repositories, each with its table; the format-1 one holds
+    // alpha's one backup.
+    let second = element(&dom, "data-repo=\"1\"", "</table>");
+    assert_eq!(second.matches("data-host=").count(), 1, "{second}");
+    assert!(row(second, "alpha").contains("--container"), "{second}");
     assert!(
         dom.contains("&lt;script&gt;document.title='owned'&lt;/script&gt;"),
         "{dom}"
@@ -419,7 +485,7 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
 
     let stack = |n: usize| {
         format!(
-            "/stack?host={}&selection={}",
+            "/stack?repo=0&host={}&selection={}",
             urlencode(hosts[n].0),
             urlencode(&format!("--container {}", containers[n]))
         )
@@ -463,9 +529,16 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
 
     // A backup's files, and a diff between two backups.
     let (_, _, page) = served.get(&stack(0));
+    let link = "/backup?repo=0&amp;id=";
     let keys: Vec<String> = page
-        .match_indices("/backup?id=")
-        .map(|(at, _)| page[at + 11..].split('"').next().unwrap().to_string())
+        .match_indices(link)
+        .map(|(at, _)| {
+            page[at + link.len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(keys.len(), 3, "{page}");
     let (newest, oldest) = (&keys[0], &keys[2]);
@@ -492,15 +565,69 @@ fn the_dashboard_shows_a_fleet_safely_and_changes_nothing() {
     let dom = render(&served, "/repository", Some("repository"));
     let plot = element(&dom, "id=\"plot-growth\"", "</figure>");
     assert!(plot.contains("data-points=\"5\""), "{plot}");
+    // What alpha's job's retention (keep_last = 1) would free: its two
+    // older backups, and the bytes only they use.
+    let prune = element(&dom, "id=\"prune\"", "</section>");
+    assert!(prune.contains("data-deleting=\"2\""), "{prune}");
+    assert!(prune.contains("--keep-last 1"), "{prune}");
+    // The page names backups by id: the text of each link to them.
+    let id_of = |key: &str| {
+        let at = page.find(&format!("{key}\">")).unwrap() + key.len() + 2;
+        page[at..].split('<').next().unwrap().to_string()
+    };
+    assert!(
+        prune.contains(&id_of(&keys[1]))
+            && prune.contains(&id_of(&keys[2]))
+            && !prune.contains(&id_of(newest)),
+        "{prune}"
+    );
+    assert!(!prune.contains("out of range"), "{prune}");
+
+    // The format-1 repository: its page, its backup's files.
+    let (code, _, page) = served.get("/repository?repo=1");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("1 (tar)"), "{page}");
+    let (code, _, _) = served.get("/repository?repo=2");
+    assert_eq!(code, 404, "a repository the server does not have");
+    let (_, _, page) = served.get(&stack(0).replace("repo=0", "repo=1"));
+    let link = "/backup?repo=1&amp;id=";
+    let tar_key = page[page.find(link).expect(&page) + link.len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let dom = render(&served, &format!("/backup?repo=1&id={tar_key}"), None);
+    assert!(
+        dom.contains("notes.txt") && dom.contains("added.txt"),
+        "{dom}"
+    );
+    assert!(!dom.contains("<img"), "{dom}");
+
+    // This host's jobs: the job that ran, with its run; the one that
+    // never ran is overdue.
+    let dom = render(&served, "/jobs", Some("jobs"));
+    let nightly = element(&dom, "data-job=\"nightly\"", "</tr>");
+    assert!(
+        nightly.contains("success") && !nightly.contains("overdue"),
+        "{nightly}"
+    );
+    let never = element(&dom, "data-job=\"never-ran\"", "</tr>");
+    assert!(never.contains("no successful run yet"), "{never}");
+    let runs = element(&dom, "id=\"runs\"", "</table>");
+    assert_eq!(
+        runs.matches("data-status=\"success\"").count(),
+        1,
+        "one run: {runs}"
+    );
 
     assert!(
         served.stop().success(),
         "serve did not stop cleanly on SIGTERM"
     );
     assert_eq!(
-        listing(&repo),
+        (listing(&repo), listing(&tar_repo)),
         before,
-        "the dashboard changed the repository"
+        "the dashboard changed a repository"
     );
 }
 

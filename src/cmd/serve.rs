@@ -22,7 +22,10 @@ pub fn run(args: ServeArgs, keys: &crate::cli::KeyArgs) -> Result<i32> {
         token_file: args
             .token_file
             .unwrap_or_else(|| args.state.state_dir.join("serve-token")),
-        repo: args.repo,
+        repos: args.repos,
+        config: args.config.path,
+        state_dir: args.state.state_dir.clone(),
+        prune_policy: Some(args.policy.to_policy()).filter(|p| !p.is_empty()),
         listen: args.listen,
         server_names: args.server_names,
         tls: args.tls_cert.zip(args.tls_key),

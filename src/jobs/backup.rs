@@ -194,6 +194,7 @@ pub fn perform(request: &BackupRequest, run: &RunContext<'_>) -> Result<Done> {
             .reused_bytes
             .map(|reused| manifest.total_bytes().saturating_sub(reused)),
         estimated_ms: plan.estimated_downtime_ms,
+        backup_id: Some(manifest.id.clone()),
         volumes: manifest
             .volumes
             .iter()

@@ -74,6 +74,7 @@ mod tests {
             read_bytes: None,
             estimated_ms: 0,
             volumes: Default::default(),
+            backup_id: None,
         }
     }
 

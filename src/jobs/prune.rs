@@ -35,6 +35,10 @@ pub struct PruneReport {
     /// repositories): a later prune deletes them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retained: Vec<Retained>,
+    /// Format 2: the commit objects retention lets go (deleted, or in a
+    /// dry run, that would be).
+    #[serde(skip)]
+    pub(crate) letting_go: Vec<crate::repo::v2::id::Id>,
 }
 
 /// A backup Object Lock keeps until a date.
@@ -78,6 +82,7 @@ pub fn prune(
         groups: Vec::new(),
         deleted: Vec::new(),
         retained: Vec::new(),
+        letting_go: Vec::new(),
     };
     for (group_host, group) in groups {
         let members: Vec<_> = backups
@@ -187,6 +192,7 @@ pub fn prune_chunked(
         groups: Vec::new(),
         deleted: Vec::new(),
         retained: Vec::new(),
+        letting_go: Vec::new(),
     };
     for (group_host, group) in groups {
         let (members, unverified): (Vec<_>, Vec<_>) = commits
@@ -263,6 +269,11 @@ pub fn prune_chunked(
                 break;
             }
             damaged.push((shown(decision), check.problems.join("; ")));
+        }
+        for decision in decisions.iter().filter(|d| !d.keep) {
+            if let Some(objects) = backup(decision) {
+                report.letting_go.extend(objects.iter().map(|(o, _)| **o));
+            }
         }
         if !dry_run {
             for decision in decisions.iter().filter(|d| !d.keep) {
@@ -349,6 +360,70 @@ pub fn prune_at(
             Ok((report, Some(collected)))
         }
     }
+}
+
+/// One rule of a [`preview_at`]: a policy over the groups it names.
+pub struct PreviewRule {
+    pub policy: Policy,
+    pub selection: Option<String>,
+    pub host: Option<String>,
+}
+
+/// What prune would do under some rules, and about how many bytes it
+/// would free (what only the backups it deletes use; the packs holding
+/// them go or are rewritten by garbage collection). Nothing is written.
+pub struct Preview {
+    pub reports: Vec<PruneReport>,
+    pub bytes_freed: u64,
+}
+
+/// A dry run of every rule on the repository at `root`, then the bytes
+/// the backups they let go hold alone.
+pub fn preview_at(
+    root: &std::path::Path,
+    rules: &[PreviewRule],
+    cancel: &Cancel,
+) -> Result<Preview> {
+    let mut reports = Vec::new();
+    for rule in rules {
+        let (report, _) = prune_at(
+            root,
+            &rule.policy,
+            rule.selection.as_deref(),
+            rule.host.as_deref(),
+            true,
+            cancel,
+        )?;
+        reports.push(report);
+    }
+    let bytes_freed = match crate::repo::detect(root) {
+        crate::repo::Format::Chunked => {
+            let going = reports
+                .iter()
+                .flat_map(|r| r.letting_go.iter().copied())
+                .collect();
+            let repo = crate::repo::open_chunked(root)?;
+            crate::repo::v2::gc::bytes_only_used_by(&repo, &going, cancel)?
+        }
+        crate::repo::Format::Tar => {
+            let going: std::collections::HashSet<&str> = reports
+                .iter()
+                .flat_map(|r| &r.groups)
+                .flat_map(|g| &g.decisions)
+                .filter(|d| !d.keep)
+                .map(|d| d.id.as_str())
+                .collect();
+            let (backups, _) = Repo::open(root)?.list()?;
+            backups
+                .iter()
+                .filter(|b| going.contains(b.id.as_str()))
+                .fold(0u64, |sum, b| sum.saturating_add(b.manifest.bytes_stored()))
+        }
+    };
+    Ok(Preview {
+        reports,
+        bytes_freed,
+    })
 }
 
 /// `volsnap forget`: deletes one backup, named by the operator (its id, or

@@ -51,6 +51,10 @@ pub struct PastRun {
     /// (progress totals) when it does not measure.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub volumes: std::collections::BTreeMap<String, u64>,
+    /// The backup it wrote (the dashboard matches its record to the
+    /// repository's backups by this; older records have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
 }
 
 /// An estimate and where it comes from.
@@ -265,6 +269,7 @@ mod tests {
             read_bytes: None,
             estimated_ms: 0,
             volumes: Default::default(),
+            backup_id: None,
         }
     }
 

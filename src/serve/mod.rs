@@ -1,5 +1,5 @@
-//! `volsnap serve`: a read-only dashboard over one repository and what
-//! its backups say of themselves (docs/dashboard.md).
+//! `volsnap serve`: a read-only dashboard over repositories, what their
+//! backups say of themselves, and this host's own jobs and run log.
 //!
 //! Safe by default, since any local user can reach 127.0.0.1:
 //! - every request needs the token (a bearer header, or the session cookie
@@ -14,6 +14,7 @@
 //!   Content-Security-Policy allows no script at all.
 
 mod chart;
+mod host;
 mod model;
 mod pages;
 
@@ -35,7 +36,15 @@ use std::time::{Duration, Instant};
 
 /// How `volsnap serve` was asked to run.
 pub struct ServeOptions {
-    pub repo: PathBuf,
+    /// The repositories shown, in this order (at least one).
+    pub repos: Vec<PathBuf>,
+    /// This host's configuration file (its jobs; none when missing) and
+    /// state directory (its run log).
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    /// Rules whose dry run the repository pages show (what a prune would
+    /// free); without them, this host's jobs' retention.
+    pub prune_policy: Option<crate::repo::retention::Policy>,
     pub listen: SocketAddr,
     /// Names clients reach the server by, besides its address.
     pub server_names: Vec<String>,
@@ -69,11 +78,17 @@ struct Shared {
     codes: Mutex<HashMap<String, Instant>>,
     sessions: Mutex<HashMap<blake3::Hash, Instant>>,
     allowed_hosts: Vec<String>,
+    repos: Vec<Slot>,
+    secure: bool,
+}
+
+/// One repository the server shows, as last read.
+struct Slot {
+    root: PathBuf,
     model: Mutex<Option<Arc<Model>>>,
     /// Held by whoever reads the repository again.
     refreshing: tokio::sync::Mutex<()>,
     contents: Mutex<VecDeque<(String, ReadContents)>>,
-    secure: bool,
 }
 
 type AppState = Arc<Shared>;
@@ -103,15 +118,30 @@ pub fn run(options: ServeOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
         .map(|(cert, key)| tls_config(cert, key))
         .transpose()?;
     let token = load_or_create_token(&options.token_file)?;
-    let model = Model::load(&options.repo)
-        .with_context(|| format!("cannot read repository {}", options.repo.display()))?;
-    // Whatever key sources the environment names: never serve through a
-    // key that reads the backups' contents.
-    if model.encrypted && model.browsable {
+    if options.repos.is_empty() {
         return Err(crate::usage!(
-            "{} was opened with a key that reads its backups (a passphrase repository, or an identity): volsnap serve shows encrypted repositories through their write key only",
-            options.repo.display()
+            "volsnap serve needs a repository: give --repo"
         ));
+    }
+    let host = Arc::new(host::HostRecord::load(&options.config, &options.state_dir));
+    let mut repos = Vec::new();
+    for root in &options.repos {
+        let model = Model::load(root, host.clone())
+            .with_context(|| format!("cannot read repository {}", root.display()))?;
+        // Whatever key sources the environment names: never serve through
+        // a key that reads the backups' contents.
+        if model.encrypted && model.browsable {
+            return Err(crate::usage!(
+                "{} was opened with a key that reads its backups (a passphrase repository, or an identity): volsnap serve shows encrypted repositories through their write key only",
+                root.display()
+            ));
+        }
+        repos.push(Slot {
+            root: root.clone(),
+            model: Mutex::new(Some(Arc::new(model))),
+            refreshing: tokio::sync::Mutex::new(()),
+            contents: Mutex::new(VecDeque::new()),
+        });
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let first_code = random_hex()?;
@@ -131,9 +161,14 @@ pub fn run(options: ServeOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
             .first()
             .map(|n| format!("{n}:{}", local.port()))
             .unwrap_or_else(|| local.to_string());
+        let served: Vec<String> = options
+            .repos
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
         announce(&format!(
             "volsnap: serving {} at {scheme}://{shown_host}/\n  log in once with {scheme}://{shown_host}/login?code={first_code}\n  or send Authorization: Bearer <the token in {}>",
-            options.repo.display(),
+            served.join(", "),
             options.token_file.display()
         ));
         let shared = Arc::new(Shared {
@@ -141,9 +176,7 @@ pub fn run(options: ServeOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
             codes: Mutex::new(HashMap::from([(first_code, Instant::now() + CODE_LIFETIME)])),
             sessions: Mutex::new(HashMap::new()),
             allowed_hosts: allowed_hosts(&options, local),
-            model: Mutex::new(Some(Arc::new(model))),
-            refreshing: tokio::sync::Mutex::new(()),
-            contents: Mutex::new(VecDeque::new()),
+            repos,
             secure: tls.is_some(),
             options,
         });
@@ -170,6 +203,7 @@ fn router(shared: AppState) -> Router {
         .route("/repository", get(repository))
         .route("/backup", get(backup))
         .route("/diff", get(diff))
+        .route("/jobs", get(jobs))
         .route("/static/style.css", get(style))
         .route("/login", get(login))
         .route("/api/login-link", post(login_link))
@@ -416,10 +450,11 @@ async fn login_link(State(shared): State<AppState>) -> Response {
     }
 }
 
-/// What was read of the repository, read again once older than the
+/// What was read of repository `n`, read again once older than the
 /// refresh interval (by one request; the others see the last reading).
-async fn model(shared: &AppState) -> Result<Arc<Model>, Response> {
-    let current = shared.model.lock().ok().and_then(|m| m.clone());
+async fn model(shared: &AppState, n: usize) -> Result<Arc<Model>, Response> {
+    let slot = &shared.repos[n];
+    let current = slot.model.lock().ok().and_then(|m| m.clone());
     let stale = current.as_ref().is_none_or(|m| {
         (chrono::Utc::now() - m.loaded_at)
             .to_std()
@@ -429,17 +464,24 @@ async fn model(shared: &AppState) -> Result<Arc<Model>, Response> {
     if !stale {
         return current.ok_or_else(|| unavailable("nothing read yet"));
     }
-    let Ok(_guard) = shared.refreshing.try_lock() else {
+    let Ok(_guard) = slot.refreshing.try_lock() else {
         return current.ok_or_else(|| unavailable("the repository is being read"));
     };
-    let root = shared.options.repo.clone();
-    match tokio::task::spawn_blocking(move || Model::load(&root)).await {
+    let root = slot.root.clone();
+    let (config, state_dir) = (
+        shared.options.config.clone(),
+        shared.options.state_dir.clone(),
+    );
+    let read = tokio::task::spawn_blocking(move || {
+        Model::load(&root, Arc::new(host::HostRecord::load(&config, &state_dir)))
+    });
+    match read.await {
         Ok(Ok(fresh)) => {
             let fresh = Arc::new(fresh);
-            if let Ok(mut m) = shared.model.lock() {
+            if let Ok(mut m) = slot.model.lock() {
                 *m = Some(fresh.clone());
             }
-            if let Ok(mut c) = shared.contents.lock() {
+            if let Ok(mut c) = slot.contents.lock() {
                 c.clear();
             }
             Ok(fresh)
@@ -456,65 +498,129 @@ fn unavailable(why: &str) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
 }
 
-fn view<'m>(shared: &Shared, model: &'m Model) -> pages::View<'m> {
+type Params = Query<HashMap<String, String>>;
+
+/// What every page starts with: the repository it is about (`repo=N`,
+/// the first by default) as last read.
+async fn page_model(shared: &AppState, query: &HashMap<String, String>) -> Result<Page, Response> {
+    let n = match query.get("repo").map(|n| n.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) if n < shared.repos.len() => n,
+        Some(_) => {
+            let m = model(shared, 0).await?;
+            return Err(missing(
+                &view(shared, &m, 0),
+                "no such repository on this server",
+            ));
+        }
+    };
+    Ok(Page {
+        n,
+        model: model(shared, n).await?,
+    })
+}
+
+struct Page {
+    n: usize,
+    model: Arc<Model>,
+}
+
+impl Page {
+    fn view<'p>(&'p self, shared: &'p Shared) -> pages::View<'p> {
+        view(shared, &self.model, self.n)
+    }
+}
+
+fn view<'m>(shared: &'m Shared, model: &'m Model, n: usize) -> pages::View<'m> {
     pages::View {
         model,
+        repo: n,
+        repos: &shared.options.repos,
         now: chrono::Utc::now(),
         overdue_after: chrono::Duration::from_std(shared.options.overdue_after)
             .unwrap_or(chrono::Duration::hours(26)),
     }
 }
 
+fn html(markup: maud::Markup) -> Response {
+    Html(markup.into_string()).into_response()
+}
+
 async fn fleet(State(shared): State<AppState>) -> Response {
-    match model(&shared).await {
-        Ok(m) => Html(pages::fleet(&view(&shared, &m)).into_string()).into_response(),
-        Err(r) => r,
+    let mut models = Vec::new();
+    for n in 0..shared.repos.len() {
+        match model(&shared, n).await {
+            Ok(m) => models.push(m),
+            Err(r) => return r,
+        }
     }
+    let views: Vec<pages::View<'_>> = models
+        .iter()
+        .enumerate()
+        .map(|(n, m)| view(&shared, m, n))
+        .collect();
+    html(pages::fleet(&views))
 }
 
-async fn repository(State(shared): State<AppState>) -> Response {
-    match model(&shared).await {
-        Ok(m) => Html(pages::repository(&view(&shared, &m)).into_string()).into_response(),
-        Err(r) => r,
-    }
-}
-
-async fn stack(
-    State(shared): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let m = match model(&shared).await {
-        Ok(m) => m,
+async fn repository(State(shared): State<AppState>, Query(query): Params) -> Response {
+    let page = match page_model(&shared, &query).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let v = view(&shared, &m);
+    // A dry run of prune reads every backup's trees: off the async
+    // threads, once per reading of the repository.
+    let (m, policy) = (page.model.clone(), shared.options.prune_policy.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        m.prune_preview(policy.as_ref());
+    })
+    .await;
+    let preview = page
+        .model
+        .prune_preview(shared.options.prune_policy.as_ref());
+    html(pages::repository(&page.view(&shared), preview))
+}
+
+async fn jobs(State(shared): State<AppState>) -> Response {
+    match model(&shared, 0).await {
+        Ok(m) => html(pages::jobs(&view(&shared, &m, 0))),
+        Err(r) => r,
+    }
+}
+
+async fn stack(State(shared): State<AppState>, Query(query): Params) -> Response {
+    let page = match page_model(&shared, &query).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let v = page.view(&shared);
     let (Some(host), Some(selection)) = (query.get("host"), query.get("selection")) else {
         return missing(&v, "a stack needs ?host=…&selection=…");
     };
-    if m.of_stack(host, selection).next().is_none() {
+    if page.model.of_stack(host, selection).next().is_none() {
         return missing(&v, "no backups of that stack in this repository");
     }
-    Html(pages::stack(&v, host, selection).into_string()).into_response()
+    html(pages::stack(&v, host, selection))
 }
 
 fn missing(v: &pages::View<'_>, text: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
-        Html(pages::message(v, "Not found", text).into_string()),
+        html(pages::message(v, "Not found", text)),
     )
         .into_response()
 }
 
 async fn not_found(State(shared): State<AppState>) -> Response {
-    match model(&shared).await {
-        Ok(m) => missing(&view(&shared, &m), "no such page"),
+    match model(&shared, 0).await {
+        Ok(m) => missing(&view(&shared, &m, 0), "no such page"),
         Err(r) => r,
     }
 }
 
 /// A backup's file list: read once, then kept for the next views.
-async fn contents_of(shared: &AppState, model: &Model, key: &str) -> ReadContents {
-    if let Some(kept) = shared
+async fn contents_of(shared: &AppState, page: &Page, key: &str) -> ReadContents {
+    let slot = &shared.repos[page.n];
+    if let Some(kept) = slot
         .contents
         .lock()
         .ok()
@@ -522,10 +628,10 @@ async fn contents_of(shared: &AppState, model: &Model, key: &str) -> ReadContent
     {
         return kept;
     }
-    let read = if !model.browsable {
+    let read = if !page.model.browsable {
         Err("The file lists of an encrypted repository need an identity, which the dashboard never loads: use volsnap ls with --identity.".to_string())
     } else {
-        let (root, id) = (model.root.clone(), key.to_string());
+        let (root, id) = (page.model.root.clone(), key.to_string());
         let scope = crate::repo::Scope {
             host: String::new(),
             selection: None,
@@ -541,7 +647,7 @@ async fn contents_of(shared: &AppState, model: &Model, key: &str) -> ReadContent
         }
     };
     let read = Arc::new(read);
-    if let Ok(mut kept) = shared.contents.lock() {
+    if let Ok(mut kept) = slot.contents.lock() {
         if kept.len() == CONTENTS_KEPT {
             kept.pop_front();
         }
@@ -550,34 +656,28 @@ async fn contents_of(shared: &AppState, model: &Model, key: &str) -> ReadContent
     read
 }
 
-async fn backup(
-    State(shared): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let m = match model(&shared).await {
-        Ok(m) => m,
+async fn backup(State(shared): State<AppState>, Query(query): Params) -> Response {
+    let page = match page_model(&shared, &query).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let v = view(&shared, &m);
-    let Some(b) = query.get("id").and_then(|id| m.find(id)) else {
+    let v = page.view(&shared);
+    let Some(b) = query.get("id").and_then(|id| page.model.find(id)) else {
         return missing(&v, "no such backup in this repository");
     };
-    let contents = contents_of(&shared, &m, &b.key).await;
+    let contents = contents_of(&shared, &page, &b.key).await;
     let under = query.get("under").map_or("", String::as_str);
     let shown = contents.as_ref().as_ref().map_err(Clone::clone);
-    Html(pages::backup(&v, b, shown, under).into_string()).into_response()
+    html(pages::backup(&v, b, shown, under))
 }
 
-async fn diff(
-    State(shared): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let m = match model(&shared).await {
-        Ok(m) => m,
+async fn diff(State(shared): State<AppState>, Query(query): Params) -> Response {
+    let page = match page_model(&shared, &query).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let v = view(&shared, &m);
-    let found = |name: &str| query.get(name).and_then(|id| m.find(id));
+    let v = page.view(&shared);
+    let found = |name: &str| query.get(name).and_then(|id| page.model.find(id));
     let (Some(from), Some(to)) = (found("from"), found("to")) else {
         return missing(
             &v,
@@ -585,8 +685,8 @@ async fn diff(
         );
     };
     let (old, new) = (
-        contents_of(&shared, &m, &from.key).await,
-        contents_of(&shared, &m, &to.key).await,
+        contents_of(&shared, &page, &from.key).await,
+        contents_of(&shared, &page, &to.key).await,
     );
     // Off the async threads: a diff of two large backups takes a while.
     let changes = tokio::task::spawn_blocking(move || match (old.as_ref(), new.as_ref()) {
@@ -596,7 +696,7 @@ async fn diff(
     .await
     .unwrap_or_else(|_| Err("comparing the backups failed".to_string()));
     let shown = changes.as_deref().map_err(Clone::clone);
-    Html(pages::diff(&v, from, to, shown).into_string()).into_response()
+    html(pages::diff(&v, from, to, shown))
 }
 
 async fn style() -> Response {

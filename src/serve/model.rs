@@ -4,10 +4,14 @@
 //! are escaped where they are rendered (maud escapes every string), and
 //! numbers are checked here before anything plots them.
 
+use super::host::{describe_policy, HostRecord};
+use crate::jobs::prune::PreviewRule;
+use crate::repo::retention::Policy;
 use crate::repo::{self, BackupEntry, Format};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// Bytes past this (a pebibyte) are not believed: plotted as nothing,
 /// shown as out of range.
@@ -71,10 +75,30 @@ pub(crate) struct Model {
     /// estimated and what each backup read.
     pub this_host: String,
     pub history: Vec<crate::plan::estimate::PastRun>,
+    /// This host's jobs and run log, read with the repository.
+    pub host: Arc<HostRecord>,
+    /// What a prune would free: worked out once per reading, when first
+    /// asked for (it reads every backup's trees).
+    prune: OnceLock<PrunePreview>,
+}
+
+/// What a dry run of prune found.
+pub(crate) struct PrunePreview {
+    /// The rules, in words.
+    pub rules: String,
+    pub result: Result<PruneFigures, String>,
+}
+
+pub(crate) struct PruneFigures {
+    /// (host, stack, backup id) of each backup the rules let go.
+    pub deleting: Vec<(String, String, String)>,
+    pub keeping: usize,
+    /// The bytes only those backups use, when plausible.
+    pub bytes_freed: Option<u64>,
 }
 
 impl Model {
-    pub(crate) fn load(root: &Path) -> Result<Model> {
+    pub(crate) fn load(root: &Path, host: Arc<HostRecord>) -> Result<Model> {
         let format = repo::detect(root);
         let (encrypted, browsable) = match format {
             Format::Chunked => {
@@ -107,6 +131,73 @@ impl Model {
             capacity: capacity(root),
             this_host: crate::execute::this_host(),
             history: crate::jobs::history::load(&crate::repo::keys::state_dir()),
+            host,
+            prune: OnceLock::new(),
+        })
+    }
+
+    /// What prune would delete and free under `flags` (every stack), or
+    /// else under this host's jobs' retention (each over its own stack);
+    /// a dry run that writes nothing.
+    pub(crate) fn prune_preview(&self, flags: Option<&Policy>) -> &PrunePreview {
+        self.prune.get_or_init(|| {
+            let (rules, words) = match flags {
+                Some(policy) => (
+                    vec![PreviewRule {
+                        policy: policy.clone(),
+                        selection: None,
+                        host: None,
+                    }],
+                    format!("volsnap prune {} (every stack)", describe_policy(policy)),
+                ),
+                None => {
+                    let jobs = self.host.retention_into(&self.root);
+                    let words = jobs
+                        .iter()
+                        .map(|(selection, p)| format!("{selection}: {}", describe_policy(p)))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    let rules = jobs
+                        .into_iter()
+                        .map(|(selection, policy)| PreviewRule {
+                            policy,
+                            selection: Some(selection),
+                            host: Some(self.this_host.clone()),
+                        })
+                        .collect();
+                    (rules, format!("this host's jobs' retention ({words})"))
+                }
+            };
+            let result = if rules.is_empty() {
+                Err("No rule to apply: this host's jobs keep every backup here. Start volsnap serve with --keep-… flags to see what a prune with them would free.".to_string())
+            } else {
+                crate::jobs::prune::preview_at(&self.root, &rules, &crate::cancel::Cancel::new())
+                    .map(|preview| PruneFigures {
+                        deleting: preview
+                            .reports
+                            .iter()
+                            .flat_map(|r| &r.groups)
+                            .flat_map(|g| {
+                                g.decisions.iter().filter(|d| !d.keep).map(|d| {
+                                    (g.host.clone(), g.selection.clone(), d.id.clone())
+                                })
+                            })
+                            .collect(),
+                        keeping: preview
+                            .reports
+                            .iter()
+                            .flat_map(|r| &r.groups)
+                            .flat_map(|g| &g.decisions)
+                            .filter(|d| d.keep)
+                            .count(),
+                        bytes_freed: plausible(preview.bytes_freed, MAX_BYTES),
+                    })
+                    .map_err(|e| format!("cannot work out what a prune would do: {e:#}"))
+            };
+            PrunePreview {
+                rules: words,
+                result,
+            }
         })
     }
 

@@ -4,15 +4,19 @@
 //! as query values (escaped by `urlencoded`).
 
 use super::chart::{self, Series};
-use super::model::{plausible, Backup, Model, MAX_BYTES, MAX_MS};
+use super::model::{plausible, Backup, Model, PrunePreview, MAX_BYTES, MAX_MS};
 use crate::fsutil::human_bytes;
 use crate::jobs::contents::{Changed, Contents};
+use crate::jobs::runlog::{RunKind, RunStatus};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// What a page needs besides the model.
 pub(crate) struct View<'m> {
     pub model: &'m Model,
+    /// Which of the server's repositories `model` is, and all of them.
+    pub repo: usize,
+    pub repos: &'m [std::path::PathBuf],
     pub now: DateTime<Utc>,
     /// A stack whose newest backup is older than this is overdue.
     pub overdue_after: chrono::Duration,
@@ -31,15 +35,17 @@ fn layout(view: &View<'_>, title: &str, body: Markup) -> Markup {
             body {
                 nav {
                     a href="/" { "Fleet" }
-                    a href="/repository" { "Repository" }
+                    a href="/jobs" { "This host's jobs" }
+                    @for (n, root) in view.repos.iter().enumerate() {
+                        a.current[n == view.repo] href=(format!("/repository?repo={n}")) title=(root.display().to_string()) {
+                            @if view.repos.len() == 1 { "Repository" } @else { "Repository " (n + 1) }
+                        }
+                    }
                     span.where { (view.model.location) }
                     span.when { "read " (age(view, &view.model.loaded_at)) }
                 }
                 main {
                     h1 { (title) }
-                    @for w in &view.model.warnings {
-                        p.warning { "skipped: " (w) }
-                    }
                     (body)
                 }
             }
@@ -68,15 +74,31 @@ pub(crate) fn urlencode(value: &str) -> String {
     out
 }
 
-fn stack_link(host: &str, selection: &str) -> String {
+fn stack_link(view: &View<'_>, host: &str, selection: &str) -> String {
     format!(
         "/stack?{}",
-        query(&[("host", host), ("selection", selection)])
+        query(&[
+            ("repo", &view.repo.to_string()),
+            ("host", host),
+            ("selection", selection)
+        ])
     )
 }
 
-fn backup_link(b: &Backup) -> String {
-    format!("/backup?{}", query(&[("id", &b.key)]))
+fn backup_link(view: &View<'_>, b: &Backup) -> String {
+    format!(
+        "/backup?{}",
+        query(&[("repo", &view.repo.to_string()), ("id", &b.key)])
+    )
+}
+
+/// What the repository said that was skipped.
+fn warnings(view: &View<'_>) -> Markup {
+    html! {
+        @for w in &view.model.warnings {
+            p.warning { "skipped: " (w) }
+        }
+    }
 }
 
 /// How long before the page `t` was: "5 min ago".
@@ -109,13 +131,26 @@ fn opt_ms(ms: Option<u64>) -> String {
     ms.map_or_else(|| "out of range".into(), |ms| chart::seconds(ms as f64))
 }
 
-pub(crate) fn fleet(view: &View<'_>) -> Markup {
-    let stacks: Vec<&(String, String)> = view.model.stacks().collect();
+pub(crate) fn fleet(views: &[View<'_>]) -> Markup {
     let body = html! {
+        @for view in views {
+            @if views.len() > 1 {
+                h2 { "Repository " (view.repo + 1) ": " (view.model.location) }
+            }
+            (fleet_table(view))
+        }
+    };
+    layout(&views[0], "Fleet", body)
+}
+
+fn fleet_table(view: &View<'_>) -> Markup {
+    let stacks: Vec<&(String, String)> = view.model.stacks().collect();
+    html! {
+        (warnings(view))
         @if stacks.is_empty() {
             p { "No backups in this repository yet." }
         } @else {
-            table #fleet {
+            table.fleet data-repo=(view.repo) {
                 thead { tr {
                     th { "host" } th { "stack" } th { "newest backup" } th { "consistency" }
                     th { "newest verified" } th { "last drill" } th { "RTO" } th { "backups" }
@@ -126,18 +161,45 @@ pub(crate) fn fleet(view: &View<'_>) -> Markup {
                     }
                 }
             }
-            p.legend { "Overdue: the newest backup that verifies as its host's is older than "
+            p.legend { "Overdue: no backup that verifies as its host's since the time this host's job for the stack was due, plus "
+                (human_duration(SCHEDULE_GRACE)) "; for other stacks, the newest is older than "
                 (human_duration(view.overdue_after)) " (serve --overdue-after). "
                 "Backups that do not verify as their host's (unsigned, untrusted key, tampered with) are counted apart and never taken as newest." }
         }
+    }
+}
+
+/// How late a scheduled backup may start before its stack is overdue.
+const SCHEDULE_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+/// Whether a stack is overdue, and the schedule that says so (this host's
+/// job for it), if any.
+fn overdue(
+    view: &View<'_>,
+    host: &str,
+    selection: &str,
+    newest: Option<&Backup>,
+) -> (bool, Option<String>) {
+    let schedule = (host == view.model.this_host)
+        .then(|| view.model.host.schedule_of(&view.model.root, selection))
+        .flatten();
+    let Some(newest) = newest else {
+        return (true, schedule.map(|(text, _)| text));
     };
-    layout(view, "Fleet", body)
+    match schedule {
+        Some((text, cron)) => {
+            let late = crate::jobs::schedule::next_after(&cron, newest.started_at)
+                .is_some_and(|due| view.now > due + SCHEDULE_GRACE);
+            (late, Some(text))
+        }
+        None => (view.now - newest.started_at > view.overdue_after, None),
+    }
 }
 
 fn fleet_row(view: &View<'_>, host: &str, selection: &str) -> Markup {
     let all: Vec<&Backup> = view.model.of_stack(host, selection).collect();
     let newest = all.iter().rev().find(|b| b.attributed);
-    let overdue = newest.is_none_or(|b| view.now - b.started_at > view.overdue_after);
+    let (overdue, schedule) = overdue(view, host, selection, newest.copied());
     let unattributed = all.iter().filter(|b| !b.attributed).count();
     let verified = all.iter().filter_map(|b| b.verified_at).max();
     let drill = all
@@ -147,10 +209,13 @@ fn fleet_row(view: &View<'_>, host: &str, selection: &str) -> Markup {
     html! {
         tr.overdue[overdue] data-host=(host) data-stack=(selection) {
             td { (host) }
-            td { a href=(stack_link(host, selection)) { (selection) } }
+            td {
+                a href=(stack_link(view, host, selection)) { (selection) }
+                @if let Some(schedule) = &schedule { br; span.legend { "job schedule " (schedule) } }
+            }
             td {
                 @match newest {
-                    Some(b) => { a href=(backup_link(b)) { (age(view, &b.started_at)) } }
+                    Some(b) => { a href=(backup_link(view, b)) { (age(view, &b.started_at)) } }
                     None => { "none that verifies" }
                 }
                 @if overdue { " " span.flag { "overdue" } }
@@ -209,6 +274,11 @@ pub(crate) fn stack(view: &View<'_>, host: &str, selection: &str) -> Markup {
             .history
             .iter()
             .filter(|r| r.selection == selection)
+            .filter(|r| {
+                r.backup_id
+                    .as_ref()
+                    .is_none_or(|id| backups.iter().any(|b| b.id == *id))
+            })
             .collect()
     } else {
         Vec::new()
@@ -247,7 +317,7 @@ pub(crate) fn stack(view: &View<'_>, host: &str, selection: &str) -> Markup {
             tbody {
                 @for b in backups.iter().rev() {
                     tr {
-                        td { a href=(backup_link(b)) { (b.id) } }
+                        td { a href=(backup_link(view, b)) { (b.id) } }
                         td { (b.started_at.format("%Y-%m-%d %H:%M:%S")) }
                         td { (b.strategy) } td { (b.consistency) }
                         td { (opt_ms(b.duration_ms)) } td { (opt_ms(b.downtime_ms)) }
@@ -258,7 +328,11 @@ pub(crate) fn stack(view: &View<'_>, host: &str, selection: &str) -> Markup {
             }
         }
     };
-    layout(view, &format!("Stack {selection}"), body)
+    layout(
+        view,
+        &format!("Stack {selection}"),
+        html! { (warnings(view)) (body) },
+    )
 }
 
 fn marks(b: &Backup) -> String {
@@ -280,7 +354,7 @@ fn marks(b: &Backup) -> String {
     marks.join(", ")
 }
 
-pub(crate) fn repository(view: &View<'_>) -> Markup {
+pub(crate) fn repository(view: &View<'_>, prune: &PrunePreview) -> Markup {
     let m = view.model;
     // The repository's stored size after each backup: what each added.
     let mut total = 0u64;
@@ -325,8 +399,151 @@ pub(crate) fn repository(view: &View<'_>) -> Markup {
         }
         (figure("plot-growth", "Stored size after each backup", growth.len(),
             chart::time_chart(&[Series { label: "stored", points: &growth }], chart::bytes)))
+        (prune_section(view, prune))
     };
-    layout(view, "Repository", body)
+    layout(view, "Repository", html! { (warnings(view)) (body) })
+}
+
+fn prune_section(view: &View<'_>, prune: &PrunePreview) -> Markup {
+    html! {
+        section #prune {
+            h2 { "What a prune would free" }
+            p.legend { "A dry run of " (prune.rules) ", as of this reading: nothing was deleted. "
+                "The newest backup of each stack that verifies always stays, and so do protected ones." }
+            @match &prune.result {
+                Err(why) => { p.warning { (why) } }
+                Ok(figures) => {
+                    p #prune-summary data-deleting=(figures.deleting.len()) {
+                        (figures.deleting.len()) " backups would go, " (figures.keeping) " stay; about "
+                        strong { (opt_bytes(figures.bytes_freed)) } " freed (what only the backups going use)."
+                    }
+                    @if !figures.deleting.is_empty() {
+                        table #prune-deleting {
+                            thead { tr { th { "host" } th { "stack" } th { "backup" } } }
+                            tbody {
+                                @for (host, selection, id) in figures.deleting.iter().take(MAX_ENTRIES) {
+                                    tr { td { (host) } td { a href=(stack_link(view, host, selection)) { (selection) } } td { (id) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs shown per job on the jobs page.
+const RUNS_PER_JOB: usize = 20;
+
+/// This host's jobs (its configuration file) and their runs (its run log).
+pub(crate) fn jobs(view: &View<'_>) -> Markup {
+    let host = &view.model.host;
+    let body = html! {
+        p.legend { "From this host's configuration " code { (host.config_path.display().to_string()) }
+            " and run log " code { (host.run_log.display().to_string()) } ", not from a repository." }
+        @if let Some(problem) = &host.config_problem { p.warning { (problem) } }
+        @if host.jobs.is_empty() {
+            p { "This host has no jobs." }
+        } @else {
+            table #jobs {
+                thead { tr {
+                    th { "job" } th { "stack" } th { "repository" } th { "schedule" } th { "next run" }
+                    th { "last run" } th { "last success" } th { "retention" }
+                } }
+                tbody {
+                    @for (name, job) in &host.jobs {
+                        (job_row(view, name, job))
+                    }
+                }
+            }
+        }
+        h2 { "Runs" }
+        @if host.runs.is_empty() {
+            p { "No run recorded yet." }
+        } @else {
+            table #runs {
+                thead { tr {
+                    th { "job" } th { "kind" } th { "started (UTC)" } th { "status" } th { "duration" }
+                    th { "downtime (estimated)" } th { "data" } th { "backup" } th { "problems" }
+                } }
+                tbody {
+                    @for (name, _) in &host.jobs {
+                        @for r in host.runs_of(name).take(RUNS_PER_JOB) { (run_row(r)) }
+                    }
+                    @for r in host.runs.iter().rev().filter(|r| !host.jobs.iter().any(|(n, _)| *n == r.job)).take(super::host::RUNS_SHOWN) {
+                        (run_row(r))
+                    }
+                }
+            }
+            p.legend { "The newest " (RUNS_PER_JOB) " runs of each job, then runs of jobs no longer configured." }
+        }
+    };
+    layout(view, "This host's jobs", body)
+}
+
+fn job_row(view: &View<'_>, name: &str, job: &crate::jobs::config::Job) -> Markup {
+    let host = &view.model.host;
+    let last = host.runs_of(name).find(|r| r.kind == RunKind::Backup);
+    let success = host
+        .runs_of(name)
+        .find(|r| r.kind == RunKind::Backup && r.status == RunStatus::Success);
+    let cron = job
+        .schedule
+        .as_deref()
+        .and_then(|s| crate::jobs::config::parse_schedule(s).ok());
+    let next = cron
+        .as_ref()
+        .and_then(|c| crate::jobs::schedule::next_after(c, view.now));
+    // Late: a run was due since the last success (or ever, with none),
+    // and the grace has passed.
+    let late = cron.as_ref().is_some_and(|c| match success {
+        Some(s) => crate::jobs::schedule::next_after(c, s.started_at)
+            .is_some_and(|due| view.now > due + SCHEDULE_GRACE),
+        None => true,
+    });
+    html! {
+        tr.overdue[late] data-job=(name) {
+            td {
+                (name)
+                @if late && success.is_none() { " " span.flag { "no successful run yet" } }
+                @else if late { " " span.flag { "overdue" } }
+            }
+            td { (job.selection().to_string()) }
+            td { (job.repo.display().to_string()) }
+            td { (job.schedule.as_deref().unwrap_or("none (volsnap run)")) }
+            td { (next.map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string())) }
+            td {
+                @match last {
+                    Some(r) if r.status == RunStatus::Success => { span.pass { "success" } " " (age(view, &r.started_at)) }
+                    Some(r) => { span.flag { "failed" } " " (age(view, &r.started_at)) }
+                    None => { "never" }
+                }
+            }
+            td { (success.map_or_else(|| "never".to_string(), |r| age(view, &r.started_at))) }
+            td { (job.retention.as_ref().map_or_else(|| "keeps every backup".to_string(), super::host::describe_policy)) }
+        }
+    }
+}
+
+fn run_row(r: &crate::jobs::runlog::RunRecord) -> Markup {
+    let kind = match r.kind {
+        RunKind::Backup => "backup",
+        RunKind::Drill => "drill",
+    };
+    html! {
+        tr data-job=(r.job) data-status=(r.status.to_string()) {
+            td { (r.job) } td { (kind) }
+            td { (r.started_at.format("%Y-%m-%d %H:%M:%S")) }
+            td { @if r.status == RunStatus::Success { span.pass { "success" } } @else { span.flag { "failed" } } }
+            td { (chart::seconds(r.duration_ms as f64)) }
+            td { (chart::seconds(r.downtime_ms as f64))
+                @if let Some(e) = r.estimated_downtime_ms { " (" (chart::seconds(e as f64)) ")" } }
+            td { (human_bytes(r.bytes)) }
+            td { (r.backup_id.as_deref().unwrap_or("")) }
+            td { (r.problems.join("; ")) }
+        }
+    }
 }
 
 /// Entries shown on one backup page at most.
@@ -346,7 +563,7 @@ pub(crate) fn backup(
     let body = html! {
         dl #facts {
             dt { "host" } dd { (b.host) }
-            dt { "stack" } dd { a href=(stack_link(&b.host, &b.selection)) { (b.selection) } }
+            dt { "stack" } dd { a href=(stack_link(view, &b.host, &b.selection)) { (b.selection) } }
             dt { "started (UTC)" } dd { (b.started_at.format("%Y-%m-%d %H:%M:%S")) }
             dt { "strategy" } dd { (b.strategy) ", " (b.consistency) }
             dt { "volumes" } dd { (b.volumes.join(", ")) }
@@ -354,6 +571,7 @@ pub(crate) fn backup(
         }
         @if !others.is_empty() {
             form method="get" action="/diff" {
+                input type="hidden" name="repo" value=(view.repo);
                 input type="hidden" name="from" value=(b.key);
                 label { "Compare with " select name="to" {
                     @for o in others.iter().rev() { option value=(o.key) { (o.id) " (" (o.started_at.format("%Y-%m-%d %H:%M")) ")" } }
@@ -365,6 +583,7 @@ pub(crate) fn backup(
             Err(why) => { p.warning { (why) } }
             Ok(contents) => {
                 form method="get" action="/backup" {
+                    input type="hidden" name="repo" value=(view.repo);
                     input type="hidden" name="id" value=(b.key);
                     label { "Under " input type="text" name="under" value=(under) placeholder="volume/path"; }
                     button type="submit" { "filter" }
@@ -387,7 +606,11 @@ pub(crate) fn backup(
             }
         }
     };
-    layout(view, &format!("Backup {}", b.id), body)
+    layout(
+        view,
+        &format!("Backup {}", b.id),
+        html! { (warnings(view)) (body) },
+    )
 }
 
 fn entries_under<'c>(
@@ -418,7 +641,7 @@ pub(crate) fn diff(
     changes: Result<&[Changed], String>,
 ) -> Markup {
     let body = html! {
-        p { "From " a href=(backup_link(from)) { (from.id) } " to " a href=(backup_link(to)) { (to.id) } "." }
+        p { "From " a href=(backup_link(view, from)) { (from.id) } " to " a href=(backup_link(view, to)) { (to.id) } "." }
         @match changes {
             Err(why) => { p.warning { (why) } }
             Ok(changes) if changes.is_empty() => { p { "No entry differs." } }
@@ -447,7 +670,7 @@ pub(crate) fn message(view: &View<'_>, title: &str, text: &str) -> Markup {
 pub(crate) const STYLE: &str = "\
 body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}\
 nav{background:#223;padding:.6em 1em;display:flex;gap:1.2em;align-items:baseline}\
-nav a{color:#fff;text-decoration:none;font-weight:600}\
+nav a{color:#fff;text-decoration:none;font-weight:600}nav a.current{text-decoration:underline}\
 nav .where,nav .when{color:#aab;font-size:.85em}\
 main{padding:1em 1.5em}\
 table{border-collapse:collapse;margin:1em 0;background:#fff}\

@@ -341,6 +341,33 @@ fn used_blobs(repo: &Repository, cancel: &Cancel) -> Result<HashSet<Id>> {
     Ok(used)
 }
 
+/// The bytes of the blobs that only the backups `going` (commit objects)
+/// use: what deleting them lets garbage collection free, before packs are
+/// rewritten. Lengths come from the index (saturating: an index may lie).
+pub(crate) fn bytes_only_used_by(
+    repo: &Repository,
+    going: &HashSet<Id>,
+    cancel: &Cancel,
+) -> Result<u64> {
+    if going.is_empty() {
+        return Ok(0);
+    }
+    let index = repo.load_index()?;
+    let (mut stays, mut goes) = (HashSet::new(), HashSet::new());
+    for (object, commit) in repo.commits_unchecked()? {
+        let used = if going.contains(&object) {
+            &mut goes
+        } else {
+            &mut stays
+        };
+        commit_blobs(repo, &index, &commit, cancel, used)?;
+    }
+    Ok(goes
+        .difference(&stays)
+        .filter_map(|blob| index.get(blob))
+        .fold(0u64, |sum, at| sum.saturating_add(at.length)))
+}
+
 /// How many blobs backup `commit` uses that the index does not place in a
 /// present pack (its trees unreadable count as one): a backup counts for
 /// retention only when this is 0.
