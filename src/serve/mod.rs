@@ -63,7 +63,8 @@ const SESSION_COOKIE: &str = "volsnap_session";
 const SESSION_SECONDS: u64 = 12 * 3600;
 /// How long a login link works (once).
 const CODE_LIFETIME: Duration = Duration::from_secs(15 * 60);
-/// How long a client may take over its TLS handshake.
+/// How long a client may take over its TLS handshake, and over each
+/// request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backups whose file lists are kept in memory.
 const CONTENTS_KEPT: usize = 4;
@@ -186,13 +187,9 @@ pub fn run(options: ServeOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         };
-        match tls {
-            None => axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .context("the server failed"),
-            Some(config) => serve_tls(listener, app, config, stop).await,
-        }
+        let tls = tls.map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        serve_connections(listener, app, tls, stop).await;
+        Ok(())
     })
 }
 
@@ -212,17 +209,20 @@ fn router(shared: AppState) -> Router {
         .with_state(shared)
 }
 
-async fn serve_tls(
+/// Accepts connections until `stop`, each served on its own task, over
+/// TLS when given an acceptor. A client gets [`HANDSHAKE_TIMEOUT`] for its
+/// TLS handshake and again for each request's headers: a connection that
+/// sends nothing does not hold a task for ever.
+async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: Router,
-    config: rustls::ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+) {
     tokio::pin!(stop);
     loop {
         let (tcp, _) = tokio::select! {
-            () = &mut stop => return Ok(()),
+            () = &mut stop => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -231,16 +231,28 @@ async fn serve_tls(
                 }
             },
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (tls, app) = (tls.clone(), app.clone());
         tokio::spawn(async move {
-            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            let Ok(Ok(stream)) = accepted else {
-                return;
-            };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT);
+            match tls {
+                None => {
+                    let _ = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let accepted =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    if let Ok(Ok(stream)) = accepted {
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            }
         });
     }
 }
