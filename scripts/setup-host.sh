@@ -3,7 +3,7 @@
 # Debian machine (run as root): Docker (Debian's docker.io), busybox-static
 # for the local test image, btrfs-progs, zstd, age (the encryption tests
 # open volsnap's key objects with Debian's age), chromium and openssl (the
-# dashboard's browser tests); starts dockerd when it is not
+# dashboard's browser tests), fuse3 (volsnap mount); starts dockerd when it is not
 # running; builds the local test image (no registry is needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # The dashboard's tests: a real browser, and a certificate for its TLS.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# volsnap mount: the tests mount as root (a mount(2) call); fusermount3 is
+# the fallback fuser uses otherwise, and diff compares the trees.
+command -v fusermount3 >/dev/null 2>&1 || command -v fusermount >/dev/null 2>&1 || need+=(fuse3)
+command -v diff >/dev/null 2>&1 || need+=(diffutils)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   apt-get update -qq

@@ -177,6 +177,9 @@ pub enum Command {
     /// stack's newest backup against its schedule, drills, plots, growth,
     /// file lists and diffs (README, "Dashboard").
     Serve(ServeArgs),
+    /// Mount a repository read-only (FUSE): every backup as files, under
+    /// hosts/HOST/STACK/BACKUP/VOLUME, for diff -r, grep or a file manager.
+    Mount(MountArgs),
     /// Print a completion script for a shell (bash, zsh, fish, elvish,
     /// powershell), made from the same definitions as --help.
     Completions(CompletionsArgs),
@@ -184,6 +187,40 @@ pub enum Command {
     /// subcommand (volsnap-backup.1, …), made from the same definitions as
     /// --help.
     Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  mkdir -p /mnt/backups && volsnap mount --repo /backups /mnt/backups
+  diff -r /mnt/backups/hosts/db1/project=milvus/latest/milvus_etcd /var/lib/docker/volumes/milvus_etcd/_data
+  volsnap mount --repo s3://bucket/volsnap --identity /root/volsnap.age /mnt/backups &
+  umount /mnt/backups                                 # or Ctrl-C / SIGTERM to volsnap mount
+
+The tree is hosts/HOST/STACK/BACKUP/VOLUME/…, with a 'latest' link in each stack to its
+newest backup that verifies as its host's. Stacks are named by their selection
+(project=milvus, container=a+container=b). Names from the repository that hold '/', '%',
+control characters or a leading dot are shown with those bytes as %XX; a path inside a
+backup that would leave its volume is not shown (and is reported). The mount is
+read-only, nosuid and nodev, and only you may enter it unless --allow-other. File
+contents are read on demand, every chunk checked; an encrypted repository needs an
+identity (--identity or --passphrase-file). It stays in the foreground until unmounted.")]
+pub struct MountArgs {
+    /// Backup repository: a directory, s3://BUCKET/PREFIX or
+    /// sftp://USER@HOST/PATH.
+    #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// An empty directory to mount on.
+    pub dir: PathBuf,
+    /// Let other users see the mount (each entry's mode then applies;
+    /// non-root users need user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Memory for file contents read through the mount, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub cache_mib: usize,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Args, Debug)]

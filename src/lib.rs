@@ -41,6 +41,7 @@ pub mod hashing;
 pub mod jobs;
 pub mod journal;
 pub mod lock;
+pub mod mount;
 pub mod plan;
 pub mod process;
 pub mod repo;

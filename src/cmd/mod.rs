@@ -107,6 +107,18 @@ pub fn run(command: Command, keys: &crate::cli::KeyArgs) -> Result<i32> {
             outln!("volsnap: man pages written into {}", args.dir.display());
             Ok(0)
         }
+        Command::Mount(args) => {
+            volsnap::repo::keys::set_state_dir(&args.state.state_dir);
+            let options = volsnap::mount::MountOptions {
+                repo: args.repo,
+                dir: args.dir,
+                allow_other: args.allow_other,
+                cache_bytes: args.cache_mib.saturating_mul(1 << 20),
+            };
+            let cancel = volsnap::cancel::Cancel::from_signals()?;
+            volsnap::mount::run(options, cancel, &|text| outln!("{text}"))?;
+            Ok(0)
+        }
         Command::Serve(args) => {
             volsnap::repo::keys::set_state_dir(&args.state.state_dir);
             serve::run(args, keys)
