@@ -19,7 +19,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The keys of encrypted repositories (README, "Encryption and keys").
+/// The keys of encrypted repositories (docs/encryption.md).
 #[derive(Args, Debug, Clone)]
 pub struct KeyArgs {
     /// Age identity file (age-keygen's) that reads an encrypted
@@ -122,7 +122,7 @@ pub enum Command {
     Forget(ForgetArgs),
     /// This host's signing key, and the keys of other hosts it trusts: a
     /// format-2 backup counts as host X's (retention, latest, restore,
-    /// drills) only if signed by a key trusted for X (README, "Fleets").
+    /// drills) only if signed by a key trusted for X (docs/fleets.md).
     Host {
         #[command(subcommand)]
         command: HostCommand,
@@ -147,7 +147,7 @@ pub enum Command {
     /// tear it all down, record the result.
     Drill(DrillArgs),
     /// Manage an encrypted repository's keys: who can read new backups,
-    /// and the write key hosts back up with (README, "Encryption and keys").
+    /// and the write key hosts back up with (docs/encryption.md).
     Key {
         #[command(subcommand)]
         command: KeyCommand,
@@ -166,7 +166,7 @@ pub enum Command {
         command: RepoCommand,
     },
     /// Copy backups into another repository, sending only the packs it
-    /// lacks (an off-site copy of a local repository: README, "Copies").
+    /// lacks (an off-site copy of a local repository: docs/fleets.md).
     Copy(CopyArgs),
     /// List what a backup holds: every entry, or those under VOLUME[/PATH].
     Ls(LsArgs),
@@ -175,7 +175,7 @@ pub enum Command {
     Diff(DiffArgs),
     /// Serve a read-only dashboard of a repository in the browser: every
     /// stack's newest backup against its schedule, drills, plots, growth,
-    /// file lists and diffs (README, "Dashboard").
+    /// file lists and diffs (docs/dashboard.md).
     Serve(ServeArgs),
     /// Mount a repository read-only (FUSE): every backup as files, under
     /// hosts/HOST/STACK/BACKUP/VOLUME, for diff -r, grep or a file manager.
@@ -411,7 +411,7 @@ pub struct CopyArgs {
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Backup repository: a directory, s3://BUCKET/PREFIX or
-    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    /// sftp://USER@HOST/PATH (docs/remote.md).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (the newest from this host, of the stack
@@ -543,7 +543,7 @@ Examples:
   volsnap run nightly --drill     # the drill settings of a configured job")]
 pub struct DrillArgs {
     /// Backup repository: a directory, s3://BUCKET/PREFIX or
-    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    /// sftp://USER@HOST/PATH (docs/remote.md).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (of the selection).
@@ -591,7 +591,7 @@ Examples:
   volsnap prune --repo /backups --project milvus --keep-last 3")]
 pub struct PruneArgs {
     /// Backup repository: a directory, s3://BUCKET/PREFIX or
-    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    /// sftp://USER@HOST/PATH (docs/remote.md).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     #[command(flatten)]
@@ -637,7 +637,7 @@ pub struct PolicyArgs {
 #[derive(Args, Debug)]
 pub struct ProtectArgs {
     /// Backup repository: a directory, s3://BUCKET/PREFIX or
-    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    /// sftp://USER@HOST/PATH (docs/remote.md).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest".
@@ -1060,7 +1060,7 @@ impl From<CompressionArg> for Compression {
 #[derive(Args, Debug)]
 pub struct ListArgs {
     /// Backup repository: a directory, s3://BUCKET/PREFIX or
-    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    /// sftp://USER@HOST/PATH (docs/remote.md).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     #[command(flatten)]
@@ -1085,7 +1085,7 @@ Exit status: 0 intact, 1 a problem found (each named, with the backups and files
 affects), 2 bad usage.")]
 pub struct VerifyArgs {
     /// Backup repository: a directory, s3://BUCKET/PREFIX or
-    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    /// sftp://USER@HOST/PATH (docs/remote.md).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (the newest from this host, of the stack
@@ -1139,7 +1139,7 @@ Examples:
   volsnap restore --repo /backups --host old-server --target-dir /tmp/inspect")]
 pub struct RestoreArgs {
     /// Backup repository: a directory, s3://BUCKET/PREFIX or
-    /// sftp://USER@HOST/PATH (README, "Remote repositories").
+    /// sftp://USER@HOST/PATH (docs/remote.md).
     #[arg(long, env = "VOLSNAP_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     /// Backup id, or "latest" (the newest from this host, of the stack

@@ -360,7 +360,7 @@ fn init_remote(
             let repo = open_chunked(root)?;
             repo.retain(&repo.retained_with_every_backup()?)?;
             format!(
-                "\nimmutable: every object of a backup is retained {days} days (S3 Object Lock, compliance mode) and each backup renews the retention of what it references; locks and marks are not retained. Set the bucket's lifecycle rules NoncurrentVersionExpiration and AbortIncompleteMultipartUpload (README, \"Immutable backups\")"
+                "\nimmutable: every object of a backup is retained {days} days (S3 Object Lock, compliance mode) and each backup renews the retention of what it references; locks and marks are not retained. Set the bucket's lifecycle rules NoncurrentVersionExpiration and AbortIncompleteMultipartUpload (docs/fleets.md)"
             )
         }
         None => String::new(),
