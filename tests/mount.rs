@@ -286,13 +286,25 @@ fn a_mounted_backup_is_the_restored_backup_and_names_stay_harmless() {
         .unwrap()
         .path();
     let commit: serde_json::Value = serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
-    for (host, selection) in [
-        ("../../etc", "--project ../../../tmp/evil"),
-        ("evil\x1b]0;owned\x07", "--project x"),
+    // The third forges the real backup itself (same host, stack and id,
+    // an earlier start, no valid signature): it must not take its name.
+    let real_host = commit["host"].as_str().unwrap().to_string();
+    let real_selection = commit["selection"].as_str().unwrap().to_string();
+    for (host, selection, started) in [
+        ("../../etc", "--project ../../../tmp/evil", None),
+        ("evil\x1b]0;owned\x07", "--project x", None),
+        (
+            real_host.as_str(),
+            real_selection.as_str(),
+            Some("2026-01-01T00:00:00Z"),
+        ),
     ] {
         let mut crafted = commit.clone();
         crafted["host"] = serde_json::json!(host);
         crafted["selection"] = serde_json::json!(selection);
+        if let Some(started) = started {
+            crafted["started_at"] = serde_json::json!(started);
+        }
         common::craft::put_named(&repo, "snapshots", &serde_json::to_vec(&crafted).unwrap());
     }
     let parent = dir.parent().unwrap().to_path_buf();
@@ -307,13 +319,29 @@ fn a_mounted_backup_is_the_restored_backup_and_names_stay_harmless() {
         evil_stack.file_name().unwrap(),
         OsStr::new("project=..%2F..%2F..%2Ftmp%2Fevil")
     );
+    let unverified = format!("{id}~unverified");
     assert_eq!(
         names(&evil_stack),
-        vec![std::ffi::OsString::from(&id)],
-        "its backup, and no latest (it is not its host's)"
+        vec![std::ffi::OsString::from(&unverified)],
+        "its backup, marked, and no latest (it is not its host's)"
     );
     // Its trees are the real ones: browsable, and nothing outside moved.
-    diff_r(&restored, &evil_stack.join(&id).join(&vol));
+    diff_r(&restored, &evil_stack.join(&unverified).join(&vol));
+    // The forged copy of the real backup: beside it, marked; the real one
+    // keeps its name and latest.
+    let real_stack = only(&dir.join("hosts").join(&real_host));
+    assert_eq!(
+        names(&real_stack),
+        vec![
+            std::ffi::OsString::from(&id),
+            std::ffi::OsString::from(&unverified),
+            std::ffi::OsString::from("latest"),
+        ]
+    );
+    assert_eq!(
+        std::fs::read_link(real_stack.join("latest")).unwrap(),
+        Path::new(&id)
+    );
     assert_eq!(
         names(&parent),
         around,

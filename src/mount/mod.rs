@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use fuser::{
     FileType, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -68,7 +68,7 @@ struct Mounted {
 
 /// An open file: where each of its chunks ends, or its extracted content.
 enum Opened {
-    Chunks { chunks: Arc<[Id]>, ends: Vec<u64> },
+    Chunks { chunks: Arc<[Id]>, ends: Arc<[u64]> },
     Extracted(std::fs::File),
 }
 
@@ -107,7 +107,7 @@ pub fn run(options: MountOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
     };
     mounted.add_backups(&entries, &commits);
     for w in warnings {
-        mounted.tree.skip(w);
+        mounted.tree.skip(crate::text::escape(&w).into_owned());
     }
     let mut mount_options = vec![
         MountOption::RO,
@@ -191,8 +191,11 @@ impl Mounted {
         let Some(hosts) = self.tree.dir(1, OsString::from("hosts")) else {
             return;
         };
+        // Backups that count (verify as their host's; every format-1 one)
+        // are named first, so that no forged backup takes their name; the
+        // others carry `~unverified` in theirs.
         let mut sorted: Vec<&BackupEntry> = entries.iter().collect();
-        sorted.sort_by_key(|a| a.manifest.started_at);
+        sorted.sort_by_key(|a| (!a.counts(), a.manifest.started_at));
         let mut newest: HashMap<u64, OsString> = HashMap::new();
         for entry in sorted {
             let m = &entry.manifest;
@@ -225,12 +228,21 @@ impl Mounted {
                 children: Default::default(),
                 unread: Some(n),
             };
-            // Two commits may claim one id: the second is named by its object too.
-            let mut name = tree::component(&entry.id);
+            // Two commits may claim one id: the second is named by its
+            // object too. `latest` is never a backup's name.
+            let shown_id = if entry.counts() {
+                entry.id.clone()
+            } else {
+                format!("{}~unverified", entry.id)
+            };
+            let mut name = tree::component(&shown_id);
+            if name == "latest" {
+                name = tree::component(&format!("{shown_id}~"));
+            }
             let mut added = self.tree.add(stack, name.clone(), attr, body());
             if added.is_none() {
                 if let Some(object) = &object {
-                    name = tree::component(&format!("{}~{}", entry.id, object.hex()));
+                    name = tree::component(&format!("{shown_id}~{}", object.hex()));
                     added = self.tree.add(stack, name.clone(), attr, body());
                 }
             }
@@ -261,8 +273,14 @@ impl Mounted {
                 0,
             );
             attr.nlink = 1;
-            self.tree
-                .add(stack, OsString::from("latest"), attr, Body::Symlink(target));
+            if self
+                .tree
+                .add(stack, OsString::from("latest"), attr, Body::Symlink(target))
+                .is_none()
+            {
+                self.tree
+                    .skip("a stack's latest link: the name is taken".into());
+            }
         }
     }
 
@@ -276,17 +294,21 @@ impl Mounted {
             return Ok(());
         };
         let n = *n;
-        if let Err(e) = self.load(ino, n) {
-            tracing::warn!(
-                "cannot read backup {}: {e:#}",
-                self.backups[n].dir.display()
-            );
-            return Err(libc::EIO);
-        }
+        // Read once, whatever comes of it: a backup that cannot be read is
+        // not read again on every look.
         if let Some(node) = self.tree.get_mut(ino) {
             if let Body::Dir { unread, .. } = &mut node.body {
                 *unread = None;
             }
+        }
+        if let Err(e) = self.load(ino, n) {
+            let dir = self.backups[n].dir.to_string_lossy().into_owned();
+            self.tree.skip(format!(
+                "backup {}: it cannot be read ({})",
+                crate::text::escape(&dir),
+                crate::text::escape(&format!("{e:#}"))
+            ));
+            return Err(libc::EIO);
         }
         Ok(())
     }
@@ -297,10 +319,7 @@ impl Mounted {
                 use crate::repo::v2::tree::{TreeEntry, TreeReader};
                 let repo = repo.clone();
                 for volume in &commit.volumes {
-                    let dir = self
-                        .tree
-                        .dir(ino, tree::component(&volume.name))
-                        .context("two volumes of one name")?;
+                    let dir = self.volume_dir(ino, &volume.name)?;
                     let index = &self.chunked.as_ref().context("no chunk index")?.1;
                     let mut lines = TreeReader::new(&repo, index, &volume.tree, volume.tree_sha256);
                     while let Some(line) = lines.next_line::<TreeEntry>()? {
@@ -319,10 +338,7 @@ impl Mounted {
             _ => {
                 let manifest = Manifest::load(&self.backups[n].dir.join(MANIFEST_FILE))?;
                 for (v, volume) in manifest.volumes.iter().enumerate() {
-                    let dir = self
-                        .tree
-                        .dir(ino, tree::component(&volume.name))
-                        .context("two volumes of one name")?;
+                    let dir = self.volume_dir(ino, &volume.name)?;
                     for entry in &volume.entries {
                         let content = entry.raw_path().ok().map(|path| Content::Archived {
                             backup: n,
@@ -336,6 +352,19 @@ impl Mounted {
             }
         }
         Ok(())
+    }
+
+    /// A volume's directory in a backup's: refused when the name is taken
+    /// (two volumes of one name never share a directory).
+    fn volume_dir(&mut self, backup: u64, name: &str) -> Result<u64> {
+        let attr = self.tree.dir_attr(0o555);
+        let body = Body::Dir {
+            children: Default::default(),
+            unread: None,
+        };
+        self.tree
+            .add(backup, tree::component(name), attr, body)
+            .with_context(|| format!("two volumes are named {}", crate::text::escape(name)))
     }
 
     fn open_content(&mut self, content: &Content, size: u64) -> Result<Opened> {
@@ -359,7 +388,7 @@ impl Mounted {
                 );
                 Ok(Opened::Chunks {
                     chunks: chunks.clone(),
-                    ends,
+                    ends: ends.into(),
                 })
             }
             Content::Archived {
@@ -441,17 +470,26 @@ fn extract(
     let mut reader = crate::archive::ArchiveReader::open(archive, compression)?;
     for entry in reader.archive().entries()? {
         cancel.check()?;
-        let mut entry = entry.context("the archive is corrupt")?;
+        let entry = entry.context("the archive is corrupt")?;
         if entry.header().entry_type() != tar::EntryType::Regular
             || crate::archive::entry_path(&entry) != path
         {
             continue;
         }
+        // The archive's word for its length must be the manifest's before
+        // a byte is copied: a crafted entry could claim a terabyte.
+        let claimed = entry.header().size().context("the archive is corrupt")?;
+        anyhow::ensure!(
+            claimed == size,
+            "the archive says it holds {claimed} bytes, the manifest {size}"
+        );
+        let mut entry = entry.take(size);
         let mut out = tempfile::tempfile().context("cannot make a temporary file")?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut copied = 0u64;
         loop {
+            cancel.check()?;
             let n = entry.read(&mut buf)?;
             if n == 0 {
                 break;
@@ -475,43 +513,55 @@ fn extract(
     anyhow::bail!("it is not in its archive")
 }
 
-/// Chunks kept by most recent use, up to a byte budget.
+/// Chunks kept by most recent use, up to a byte budget (each charged its
+/// length and what keeping it costs besides).
 struct ChunkCache {
-    kept: HashMap<Id, Arc<Vec<u8>>>,
-    order: VecDeque<Id>,
+    /// Each chunk and the tick of its last use.
+    kept: HashMap<Id, (Arc<Vec<u8>>, u64)>,
+    /// Ticks of last use, oldest first.
+    by_use: BTreeMap<u64, Id>,
+    tick: u64,
     bytes: usize,
     budget: usize,
 }
+
+/// What one kept chunk costs beyond its bytes (map entries, the Arc).
+const CHUNK_OVERHEAD: usize = 128;
 
 impl ChunkCache {
     fn new(budget: usize) -> Self {
         ChunkCache {
             kept: HashMap::new(),
-            order: VecDeque::new(),
+            by_use: BTreeMap::new(),
+            tick: 0,
             bytes: 0,
             budget,
         }
     }
 
     fn get(&mut self, id: &Id) -> Option<Arc<Vec<u8>>> {
-        let data = self.kept.get(id)?.clone();
-        if let Some(at) = self.order.iter().position(|o| o == id) {
-            self.order.remove(at);
-        }
-        self.order.push_back(*id);
-        Some(data)
+        self.tick += 1;
+        let (data, used) = self.kept.get_mut(id)?;
+        self.by_use.remove(used);
+        *used = self.tick;
+        self.by_use.insert(self.tick, *id);
+        Some(data.clone())
     }
 
     fn put(&mut self, id: Id, data: Arc<Vec<u8>>) {
-        self.bytes += data.len();
-        if self.kept.insert(id, data).is_none() {
-            self.order.push_back(id);
+        self.tick += 1;
+        self.bytes += data.len() + CHUNK_OVERHEAD;
+        if let Some((old, used)) = self.kept.insert(id, (data, self.tick)) {
+            self.bytes -= old.len() + CHUNK_OVERHEAD;
+            self.by_use.remove(&used);
         }
-        while self.bytes > self.budget && self.order.len() > 1 {
-            if let Some(old) = self.order.pop_front() {
-                if let Some(gone) = self.kept.remove(&old) {
-                    self.bytes -= gone.len();
-                }
+        self.by_use.insert(self.tick, id);
+        while self.bytes > self.budget && self.kept.len() > 1 {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            if let Some((gone, _)) = self.kept.remove(&oldest) {
+                self.bytes -= gone.len() + CHUNK_OVERHEAD;
             }
         }
     }

@@ -276,8 +276,13 @@ fn target_len(entry: &FileEntry) -> u64 {
         .map_or(0, |t| t.len() as u64)
 }
 
+/// The longest name a directory entry may have (Linux's NAME_MAX): a
+/// longer one would make the kernel refuse a whole directory listing.
+const NAME_MAX: usize = 255;
+
 /// A path of a volume as its components: `None` when one of them is
-/// empty, `.`, `..` or holds a NUL (the root, `.`, is no component).
+/// empty, `.`, `..`, longer than [`NAME_MAX`] or holds a NUL (the root,
+/// `.`, is no component).
 pub(crate) fn split(raw: &[u8]) -> Option<Vec<&[u8]>> {
     if raw == b"." {
         return Some(Vec::new());
@@ -285,7 +290,9 @@ pub(crate) fn split(raw: &[u8]) -> Option<Vec<&[u8]>> {
     let parts: Vec<&[u8]> = raw.split(|b| *b == b'/').collect();
     parts
         .iter()
-        .all(|p| !p.is_empty() && *p != b"." && *p != b".." && !p.contains(&0))
+        .all(|p| {
+            !p.is_empty() && *p != b"." && *p != b".." && !p.contains(&0) && p.len() <= NAME_MAX
+        })
         .then_some(parts)
 }
 
@@ -305,6 +312,15 @@ pub(crate) fn component(name: &str) -> OsString {
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
+    }
+    if out.len() > NAME_MAX {
+        // Shortened, with a digest of the whole name: still one per name.
+        let digest = blake3::hash(name.as_bytes()).to_hex();
+        let mut cut = NAME_MAX - 34;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out = format!("{}~{}", &out[..cut], &digest[..32]);
     }
     OsString::from(out)
 }
@@ -379,6 +395,9 @@ mod tests {
         assert_eq!(component("100%"), OsString::from("100%25"));
         assert_eq!(component(""), OsString::from("%"));
         assert_ne!(component("a%2Fb"), component("a/b"));
+        let long = component(&"\x01".repeat(5000));
+        assert!(long.len() <= NAME_MAX, "{}", long.len());
+        assert_ne!(long, component(&"\x01".repeat(5001)));
     }
 
     #[test]
@@ -409,6 +428,7 @@ mod tests {
             b"a/./b",
             b"a\0b",
             b"",
+            &[b'n'; 256],
         ] {
             assert_eq!(split(bad), None, "{bad:?}");
         }

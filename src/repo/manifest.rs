@@ -190,6 +190,23 @@ pub struct FileEntry {
     pub target_hex: Option<String>,
 }
 
+/// Backup times volsnap could have written: from 1970 to 9999 (a clock
+/// stepped back may end a backup before it started: that is kept). Anything else is refused where a backup is read,
+/// so that no calendar arithmetic (retention's local days, schedules,
+/// plots) meets a date at chrono's limits.
+pub fn plausible_times(started: DateTime<Utc>, completed: DateTime<Utc>) -> Result<()> {
+    use chrono::Datelike;
+    for (what, t) in [("start", started), ("end", completed)] {
+        if !(1970..=9999).contains(&t.year()) {
+            bail!(
+                "its {what} time {} is outside the years 1970 to 9999",
+                t.to_rfc3339()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A name's bytes as the manifest stores them: (text, hex when not UTF-8).
 pub fn encode_name(raw: &[u8]) -> (String, Option<String>) {
     match std::str::from_utf8(raw) {
@@ -405,6 +422,9 @@ impl Manifest {
                 );
             }
         }
+        if let Err(why) = plausible_times(manifest.started_at, manifest.completed_at) {
+            bail!("{}: {why} (damaged or tampered with)", path.display());
+        }
         Ok(manifest)
     }
 
@@ -452,6 +472,23 @@ pub fn parse_sums(text: &str) -> Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_times_past_what_volsnap_writes_are_refused() {
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let now = at("2026-12-06T23:00:00Z");
+        assert!(plausible_times(now, now).is_ok());
+        // A clock stepped back during a backup: kept.
+        assert!(plausible_times(now, at("2026-12-06T22:59:00Z")).is_ok());
+        assert!(plausible_times(at("1969-12-31T23:59:59Z"), now).is_err());
+        let far = DateTime::<Utc>::MAX_UTC;
+        assert!(plausible_times(now, far).is_err());
+        assert!(plausible_times(far, far).is_err());
+    }
 
     #[test]
     fn sums_round_trip() {

@@ -74,11 +74,19 @@ impl HostRecord {
             })
     }
 
-    /// Each job's retention over its own stack in `root`.
+    /// Each job's retention over its own stack in `root` (the first job's,
+    /// when two jobs back up one stack there).
     pub(crate) fn retention_into(&self, root: &Path) -> Vec<(String, Policy)> {
-        self.jobs_into(root)
-            .filter_map(|(_, job)| Some((job.selection().to_string(), job.retention.clone()?)))
-            .collect()
+        let mut rules: Vec<(String, Policy)> = Vec::new();
+        for (_, job) in self.jobs_into(root) {
+            let selection = job.selection().to_string();
+            if let Some(policy) = &job.retention {
+                if !rules.iter().any(|(s, _)| *s == selection) {
+                    rules.push((selection, policy.clone()));
+                }
+            }
+        }
+        rules
     }
 
     /// The runs of job `name`, newest first.

@@ -582,13 +582,19 @@ async fn repository(State(shared): State<AppState>, Query(query): Params) -> Res
     // A dry run of prune reads every backup's trees: off the async
     // threads, once per reading of the repository.
     let (m, policy) = (page.model.clone(), shared.options.prune_policy.clone());
-    let _ = tokio::task::spawn_blocking(move || {
+    let worked = tokio::task::spawn_blocking(move || {
         m.prune_preview(policy.as_ref());
     })
     .await;
-    let preview = page
-        .model
-        .prune_preview(shared.options.prune_policy.as_ref());
+    // Never worked out here, on the server's own threads.
+    let failed = model::PrunePreview {
+        rules: String::new(),
+        result: Err("working out what a prune would free failed".to_string()),
+    };
+    let preview = match worked {
+        Ok(()) => page.model.prune_preview_done().unwrap_or(&failed),
+        Err(_) => &failed,
+    };
     html(pages::repository(&page.view(&shared), preview))
 }
 

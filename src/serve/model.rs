@@ -136,6 +136,11 @@ impl Model {
         })
     }
 
+    /// The prune preview, once worked out.
+    pub(crate) fn prune_preview_done(&self) -> Option<&PrunePreview> {
+        self.prune.get()
+    }
+
     /// What prune would delete and free under `flags` (every stack), or
     /// else under this host's jobs' retention (each over its own stack);
     /// a dry run that writes nothing.

@@ -155,6 +155,7 @@ impl Commit {
             Ok(())
         };
         plain("host", &self.host, 255)?;
+        crate::repo::manifest::plausible_times(self.started_at, self.completed_at)?;
         plain("selection", &self.selection, 4096)?;
         for v in &self.volumes {
             plain("volume name", &v.name, 4096)?;
