@@ -24,7 +24,13 @@ struct Mounted {
 
 impl Mounted {
     fn start(repo: &str, dir: &Path) -> Mounted {
-        let mut child = spawn_volsnap(&["mount", "--repo", repo, dir.to_str().unwrap()]);
+        Mounted::start_with(repo, dir, &[])
+    }
+
+    fn start_with(repo: &str, dir: &Path, extra: &[&str]) -> Mounted {
+        let mut args = vec!["mount", "--repo", repo, dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut child = spawn_volsnap(&args);
         // Ready once the tree is there (or the command has failed).
         let deadline = Instant::now() + Duration::from_secs(60);
         while !dir.join("hosts").exists() {
@@ -272,6 +278,35 @@ fn a_mounted_backup_is_the_restored_backup_and_names_stay_harmless() {
     let tar_volume = volume_in(&dir);
     diff_r(&restored, &tar_volume);
     assert_eq!(sha256(&tar_volume.join("big.bin")), through_mount);
+    assert!(m.stop().success());
+
+    // An encrypted repository: mounted with an identity only.
+    let (identity, recipient) = keygen(&p.tempdir(), "reader");
+    let enc_repo = p.tempdir().join("enc-repo");
+    let enc_repo_s = enc_repo.to_str().unwrap().to_string();
+    ok(volsnap(&[
+        "init",
+        "--repo",
+        &enc_repo_s,
+        "--recipient",
+        &recipient,
+    ]));
+    ok(volsnap(&backup_args(
+        &project,
+        &enc_repo,
+        &["--strategy", "cold"],
+    )));
+    let refused = volsnap(&["mount", "--repo", &enc_repo_s, dir.to_str().unwrap()]);
+    assert_fails(&refused, 2, "no identity");
+    assert!(!mounted(&dir));
+    let m = Mounted::start_with(
+        &enc_repo_s,
+        &dir,
+        &["--identity", identity.to_str().unwrap()],
+    );
+    let enc_volume = volume_in(&dir);
+    diff_r(&restored, &enc_volume);
+    assert_eq!(sha256(&enc_volume.join("big.bin")), through_mount);
     assert!(m.stop().success());
 
     // A crafted repository: copies of the real backup's commit whose host
