@@ -15,10 +15,11 @@
 //! - the mount is read-only, `nosuid` and `nodev`, and only its owner may
 //!   enter it unless `--allow-other` (then the kernel checks modes).
 
+mod archived;
 mod tree;
 
 use crate::cancel::Cancel;
-use crate::repo::manifest::{Compression, Manifest, MANIFEST_FILE};
+use crate::repo::manifest::{Manifest, MANIFEST_FILE};
 use crate::repo::v2::id::Id;
 use crate::repo::v2::index::Index;
 use crate::repo::v2::Repository;
@@ -45,6 +46,9 @@ pub struct MountOptions {
     pub cache_bytes: usize,
 }
 
+/// Format-1 archives read at once (each by a thread of its own).
+const CURSORS_KEPT: usize = 4;
+
 /// How long the kernel may keep what it was told: nothing here changes.
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -63,6 +67,8 @@ struct Mounted {
     cache: ChunkCache,
     open: HashMap<u64, Opened>,
     next_fh: u64,
+    /// Format 1: the archives being read, most recently used last.
+    cursors: Vec<((usize, usize), archived::Cursor)>,
     cancel: Cancel,
 }
 
@@ -103,6 +109,7 @@ pub fn run(options: MountOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
         cache: ChunkCache::new(options.cache_bytes),
         open: HashMap::new(),
         next_fh: 1,
+        cursors: Vec::new(),
         cancel: cancel.clone(),
     };
     mounted.add_backups(&entries, &commits);
@@ -397,20 +404,39 @@ impl Mounted {
                 path,
                 sha256,
             } => {
-                let dir = &self.backups[*backup].dir;
-                let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
-                let record = manifest.volumes.get(*volume).context("no such volume")?;
-                extract(
-                    &dir.join(&record.archive),
-                    manifest.compression,
-                    path,
-                    size,
-                    sha256.as_deref(),
-                    &self.cancel,
-                )
-                .map(Opened::Extracted)
+                let cursor = self.cursor(*backup, *volume)?;
+                cursor
+                    .extract(path, size, sha256.as_deref())
+                    .map(Opened::Extracted)
             }
         }
+    }
+
+    /// The reading thread of a format-1 volume's archive, started when
+    /// first needed; a few are kept, the least recently used one goes.
+    fn cursor(&mut self, backup: usize, volume: usize) -> Result<&archived::Cursor> {
+        let key = (backup, volume);
+        if let Some(at) = self.cursors.iter().position(|(k, _)| *k == key) {
+            let kept = self.cursors.remove(at);
+            self.cursors.push(kept);
+        } else {
+            let dir = &self.backups[backup].dir;
+            let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
+            let record = manifest.volumes.get(volume).context("no such volume")?;
+            let cursor = archived::Cursor::start(
+                dir.join(&record.archive),
+                manifest.compression,
+                self.cancel.clone(),
+            )?;
+            if self.cursors.len() == CURSORS_KEPT {
+                self.cursors.remove(0);
+            }
+            self.cursors.push((key, cursor));
+        }
+        self.cursors
+            .last()
+            .map(|(_, c)| c)
+            .context("no archive cursor")
     }
 
     fn read_chunks(
@@ -453,64 +479,6 @@ impl Mounted {
         self.cache.put(*id, data.clone());
         Ok(data)
     }
-}
-
-/// Format 1: a file's content, streamed out of its volume's archive into
-/// an unlinked temporary file and checked against its size and SHA-256.
-fn extract(
-    archive: &Path,
-    compression: Compression,
-    path: &[u8],
-    size: u64,
-    sha256: Option<&str>,
-    cancel: &Cancel,
-) -> Result<std::fs::File> {
-    use sha2::{Digest, Sha256};
-    use std::io::{Read, Write};
-    let mut reader = crate::archive::ArchiveReader::open(archive, compression)?;
-    for entry in reader.archive().entries()? {
-        cancel.check()?;
-        let entry = entry.context("the archive is corrupt")?;
-        if entry.header().entry_type() != tar::EntryType::Regular
-            || crate::archive::entry_path(&entry) != path
-        {
-            continue;
-        }
-        // The archive's word for its length must be the manifest's before
-        // a byte is copied: a crafted entry could claim a terabyte.
-        let claimed = entry.header().size().context("the archive is corrupt")?;
-        anyhow::ensure!(
-            claimed == size,
-            "the archive says it holds {claimed} bytes, the manifest {size}"
-        );
-        let mut entry = entry.take(size);
-        let mut out = tempfile::tempfile().context("cannot make a temporary file")?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut copied = 0u64;
-        loop {
-            cancel.check()?;
-            let n = entry.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-            copied += n as u64;
-        }
-        anyhow::ensure!(
-            copied == size,
-            "the archive holds {copied} bytes of it, the manifest says {size}"
-        );
-        if let Some(expected) = sha256 {
-            anyhow::ensure!(
-                hex::encode(hasher.finalize()) == expected,
-                "its content does not match its SHA-256"
-            );
-        }
-        return Ok(out);
-    }
-    anyhow::bail!("it is not in its archive")
 }
 
 /// Chunks kept by most recent use, up to a byte budget (each charged its

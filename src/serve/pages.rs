@@ -115,11 +115,16 @@ fn age(view: &View<'_>, t: &DateTime<Utc>) -> String {
 
 fn human_duration(d: chrono::Duration) -> String {
     let s = d.num_seconds();
-    match s {
-        s if s % 86_400 == 0 && s > 0 => format!("{} days", s / 86_400),
-        s if s % 3600 == 0 && s > 0 => format!("{} hours", s / 3600),
-        s if s % 60 == 0 && s > 0 => format!("{} minutes", s / 60),
-        s => format!("{s} seconds"),
+    let (n, unit) = match s {
+        s if s % 86_400 == 0 && s > 0 => (s / 86_400, "day"),
+        s if s % 3600 == 0 && s > 0 => (s / 3600, "hour"),
+        s if s % 60 == 0 && s > 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
     }
 }
 
