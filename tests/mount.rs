@@ -194,6 +194,19 @@ fn a_mounted_backup_is_the_restored_backup_and_names_stay_harmless() {
     std::fs::write(busy.join("kept"), b"x").unwrap();
     let refused = volsnap(&["mount", "--repo", &repo_s, busy.to_str().unwrap()]);
     assert_fails(&refused, 2, "not empty");
+    // Nor under a directory another user may change (no sticky bit): the
+    // empty directory could be swapped for a link before the mount.
+    let open = p.tempdir().join("open");
+    std::fs::create_dir_all(open.join("mnt")).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = volsnap(&[
+        "mount",
+        "--repo",
+        &repo_s,
+        open.join("mnt").to_str().unwrap(),
+    ]);
+    assert_fails(&refused, 2, "can be changed by another user");
+    assert!(!mounted(&open.join("mnt")));
 
     let dir = p.tempdir();
     let m = Mounted::start(&repo_s, &dir);

@@ -81,7 +81,7 @@ enum Opened {
 /// Mounts the repository at `options.dir` and serves it until `cancel`
 /// is set (SIGINT, SIGTERM) or the directory is unmounted.
 pub fn run(options: MountOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Result<()> {
-    check_mount_point(&options.dir)?;
+    let mount_point = check_mount_point(&options.dir)?;
     let format = crate::repo::detect(&options.repo);
     let chunked = match format {
         Format::Chunked => {
@@ -130,7 +130,7 @@ pub fn run(options: MountOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
     }
     let count = mounted.backups.len();
     let mut session =
-        fuser::Session::new(mounted, &options.dir, &mount_options).with_context(|| {
+        fuser::Session::new(mounted, &mount_point, &mount_options).with_context(|| {
             format!(
                 "cannot mount on {} (is /dev/fuse there, and are you root?)",
                 options.dir.display()
@@ -167,7 +167,10 @@ pub fn run(options: MountOptions, cancel: Cancel, announce: &dyn Fn(&str)) -> Re
 
 /// A mount point must be an empty directory (not a link to one): nothing
 /// there is hidden by the mount, and nothing is mounted somewhere else.
-fn check_mount_point(dir: &Path) -> Result<()> {
+/// Since mounting follows the path again, no directory above it may be
+/// changed by another user (one could swap it for a link in between).
+/// Its real path, to mount on.
+fn check_mount_point(dir: &Path) -> Result<PathBuf> {
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| crate::usage!("cannot use {} as a mount point: {e}", dir.display()))?;
     if !meta.is_dir() {
@@ -184,7 +187,24 @@ fn check_mount_point(dir: &Path) -> Result<()> {
             dir.display()
         ));
     }
-    Ok(())
+    use std::os::unix::fs::MetadataExt;
+    let real =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    for above in real.ancestors().skip(1) {
+        let meta =
+            std::fs::metadata(above).with_context(|| format!("cannot read {}", above.display()))?;
+        let sticky = meta.mode() & 0o1000 != 0;
+        let others_write = meta.mode() & 0o022 != 0 && !sticky;
+        if others_write || (meta.uid() != 0 && meta.uid() != me) {
+            return Err(crate::usage!(
+                "{} can be changed by another user, who could swap {} for a link to elsewhere between this check and the mount: mount under a directory only root (or you) can change, such as /mnt",
+                above.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(real)
 }
 
 impl Mounted {
