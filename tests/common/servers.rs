@@ -41,11 +41,23 @@ fn program(relative: &str, test: &str) -> Option<PathBuf> {
 }
 
 /// A port nothing listens on now.
+/// A port free now and never handed out before in this test process: a
+/// server killed and restarted on its port (a_server_restarting_…) must
+/// not find another test's server there, started on a port the kernel
+/// gave out again while it was down.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
